@@ -1,0 +1,38 @@
+"""RepAn Zoo: re-parameterizable CNNs for timm, trained with RepAn (CVPR'24).
+
+Entry points: :func:`reparameterize` (train → deploy), :func:`unfold` (deploy → trainable
+multi-branch, same function), :func:`calibrate_bn` and :func:`set_lambda`.
+"""
+__version__ = "0.1.0"
+
+from . import algebra
+from .blocks import BRANCH_KINDS, RepBlock, register_branch
+from .convert import calibrate_bn, reparameterize, set_lambda, unfold
+from .errors import (
+    CheckpointError,
+    LambdaRangeError,
+    NoRepBlocksError,
+    RepanError,
+    ReparameterizationError,
+    UnfusableBranchError,
+)
+from .verify import rep_blocks
+
+__all__ = [
+    "__version__",
+    "algebra",
+    "BRANCH_KINDS",
+    "RepBlock",
+    "register_branch",
+    "reparameterize",
+    "unfold",
+    "calibrate_bn",
+    "set_lambda",
+    "rep_blocks",
+    "RepanError",
+    "LambdaRangeError",
+    "NoRepBlocksError",
+    "ReparameterizationError",
+    "UnfusableBranchError",
+    "CheckpointError",
+]

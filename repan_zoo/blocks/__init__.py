@@ -1,0 +1,16 @@
+"""Rep blocks (Eq. 3) and their branch kinds."""
+from .branches import BRANCH_KINDS, BlockSpec, Branch, bn_params, branch_class, create_branch, register_branch
+from .rep_block import RepBlock, check_lambda, init_branch_
+
+__all__ = [
+    "BRANCH_KINDS",
+    "BlockSpec",
+    "Branch",
+    "RepBlock",
+    "bn_params",
+    "branch_class",
+    "check_lambda",
+    "create_branch",
+    "init_branch_",
+    "register_branch",
+]

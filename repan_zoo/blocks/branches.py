@@ -1,0 +1,315 @@
+"""Branch kinds of a :class:`~repan_zoo.blocks.RepBlock`, registered by name.
+
+Every branch answers one question: *what single convolution am I, in the trunk's
+shape?* — :meth:`Branch.kernel_bias` returns ``(kernel, bias)`` with kernel shape
+``[C_out, C_in/groups, k, k]`` in float32, from which Eq. (1) adds the branches up.
+
+Registered kinds (see :data:`BRANCH_KINDS`):
+
+============  ==============================================  ===========================
+kind          module                                          fuses with
+============  ==============================================  ===========================
+conv_kxk      k×k conv + BN (the trunk, RepVGG, MobileOne)     Eq. 2
+conv_1x1      1×1 conv + BN (RepVGG, MobileOne scale branch)   Eq. 2, centre pad
+identity      BN of the input (RepVGG residual, Eq. 3 BN_res)  identity kernel, Eq. 2
+avg           k×k average pool + BN (DBB)                      avg kernel, Eq. 2
+1x1_kxk       1×1 conv + BN → k×k conv + BN (DBB)              sequential merge, Eq. 2
+conv_kx1      k×1 conv + BN (ACNet)                            Eq. 2, centre pad
+conv_1xk      1×k conv + BN (ACNet)                            Eq. 2, centre pad
+============  ==============================================  ===========================
+
+A new kind is a subclass registered with :func:`register_branch`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import algebra
+from ..algebra import BNParams, KernelBias
+from ..errors import UnfusableBranchError
+
+__all__ = [
+    "BlockSpec",
+    "Branch",
+    "BRANCH_KINDS",
+    "register_branch",
+    "branch_class",
+    "create_branch",
+    "bn_params",
+]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The shape of the single conv a Rep block fuses into."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int = 3
+    stride: int = 1
+    groups: int = 1
+
+    @property
+    def padding(self) -> int:
+        return self.kernel_size // 2
+
+    def __post_init__(self):
+        if self.kernel_size % 2 == 0:
+            raise UnfusableBranchError(
+                f"kernel_size={self.kernel_size}: Rep blocks need an odd kernel so that smaller branches "
+                "can be centred in it; use 1, 3, 5, ..."
+            )
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise UnfusableBranchError(
+                f"in_channels={self.in_channels} and out_channels={self.out_channels} must both be divisible "
+                f"by groups={self.groups}"
+            )
+
+
+def bn_params(bn: nn.modules.batchnorm._BatchNorm) -> BNParams:
+    """Eval-mode parameters of any BatchNorm (BatchNorm2d, SyncBatchNorm, ...), as float32."""
+    num = bn.num_features
+    ref = bn.running_mean if bn.running_mean is not None else bn.weight
+    if bn.running_mean is None or bn.running_var is None:
+        raise UnfusableBranchError(
+            f"{type(bn).__name__} without running statistics (track_running_stats=False) cannot be fused; "
+            "build the model with track_running_stats=True"
+        )
+    weight = bn.weight if bn.affine else torch.ones(num, device=ref.device, dtype=ref.dtype)
+    bias = bn.bias if bn.affine else torch.zeros(num, device=ref.device, dtype=ref.dtype)
+    weight, bias, mean, var = algebra.as_fp32(weight.detach(), bias.detach(), bn.running_mean, bn.running_var)
+    return BNParams(weight, bias, mean, var, bn.eps)
+
+
+def _conv_kernel_bias(conv: nn.Conv2d) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    (kernel,) = algebra.as_fp32(conv.weight.detach())
+    bias = None if conv.bias is None else algebra.as_fp32(conv.bias.detach())[0]
+    return kernel, bias
+
+
+class Branch(nn.Module):
+    """Base class: one parallel branch of a Rep block."""
+
+    kind: str = ""
+    #: set by ``unfold``/expansion for branches whose BN has no function to keep yet (calibrate_bn).
+    fresh: bool = False
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__()
+        self.check(spec)
+        self.spec = spec
+
+    @classmethod
+    def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
+        """Why this kind cannot be fused into ``spec``'s conv, or ``None`` when it can."""
+        return None
+
+    @classmethod
+    def check(cls, spec: BlockSpec) -> None:
+        reason = cls.unfit_reason(spec)
+        if reason:
+            raise UnfusableBranchError(f"branch {cls.kind!r} cannot be fused into {spec}: {reason}")
+
+    def kernel_bias(self) -> KernelBias:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convs(self) -> List[nn.Conv2d]:
+        return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+
+    def bns(self) -> List[nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+BRANCH_KINDS: Dict[str, Type[Branch]] = {}
+
+
+def register_branch(kind: str) -> Callable[[Type[Branch]], Type[Branch]]:
+    """Class decorator: make a :class:`Branch` subclass available by name."""
+
+    def wrap(cls: Type[Branch]) -> Type[Branch]:
+        if kind in BRANCH_KINDS:
+            raise ValueError(f"branch kind {kind!r} is already registered by {BRANCH_KINDS[kind].__name__}")
+        cls.kind = kind
+        BRANCH_KINDS[kind] = cls
+        return cls
+
+    return wrap
+
+
+def branch_class(kind: str) -> Type[Branch]:
+    """The registered :class:`Branch` subclass of a kind name."""
+    try:
+        return BRANCH_KINDS[kind]
+    except KeyError:
+        raise UnfusableBranchError(
+            f"unknown branch kind {kind!r}; registered kinds: {sorted(BRANCH_KINDS)} "
+            "(register new ones with repan_zoo.blocks.register_branch)"
+        ) from None
+
+
+def create_branch(kind: str, spec: BlockSpec) -> Branch:
+    """Build a branch of a registered kind for a block of shape ``spec``."""
+    return branch_class(kind)(spec)
+
+
+class _ConvBN(Branch):
+    """kh×kw conv (no bias) + BN, centred in the block's k×k window."""
+
+    window: Tuple[Optional[int], Optional[int]] = (None, None)  # None = the block's k
+
+    @classmethod
+    def _size(cls, spec: BlockSpec) -> Tuple[int, int]:
+        kh, kw = cls.window
+        return (kh or spec.kernel_size, kw or spec.kernel_size)
+
+    @classmethod
+    def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
+        kh, kw = cls._size(spec)
+        if kh > spec.kernel_size or kw > spec.kernel_size:
+            return f"a {kh}x{kw} kernel does not fit inside the block's {spec.kernel_size}x{spec.kernel_size} kernel"
+        return None
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__(spec)
+        kh, kw = self._size(spec)
+        self.conv = nn.Conv2d(
+            spec.in_channels, spec.out_channels, (kh, kw), spec.stride, (kh // 2, kw // 2),
+            groups=spec.groups, bias=False,
+        )
+        self.bn = nn.BatchNorm2d(spec.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+    def kernel_bias(self) -> KernelBias:
+        kernel, bias = _conv_kernel_bias(self.conv)
+        kernel, bias = algebra.fuse_conv_bn(kernel, bias, bn_params(self.bn))
+        k = self.spec.kernel_size
+        return KernelBias(algebra.pad_kernel(kernel, (k, k)), bias)
+
+
+@register_branch("conv_kxk")
+class ConvKxK(_ConvBN):
+    """The k×k conv+BN branch (the trunk of every Rep block)."""
+
+
+@register_branch("conv_1x1")
+class Conv1x1(_ConvBN):
+    window = (1, 1)
+
+
+@register_branch("conv_kx1")
+class ConvKx1(_ConvBN):
+    window = (None, 1)
+
+
+@register_branch("conv_1xk")
+class Conv1xK(_ConvBN):
+    window = (1, None)
+
+
+def _same_shape_reason(spec: BlockSpec, what: str) -> Optional[str]:
+    if spec.in_channels != spec.out_channels:
+        return f"{what} needs in_channels == out_channels (got {spec.in_channels} -> {spec.out_channels})"
+    return None
+
+
+@register_branch("identity")
+class IdentityBN(Branch):
+    """BN of the block's input (RepVGG's identity branch, Eq. 3's BN_res)."""
+
+    @classmethod
+    def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
+        if spec.stride != 1:
+            return f"an identity branch needs stride 1 (got stride {spec.stride})"
+        return _same_shape_reason(spec, "an identity branch")
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__(spec)
+        self.bn = nn.BatchNorm2d(spec.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
+
+    def kernel_bias(self) -> KernelBias:
+        bn = bn_params(self.bn)
+        k = self.spec.kernel_size
+        kernel = algebra.identity_kernel(self.spec.out_channels, self.spec.groups, (k, k), bn.weight)
+        return algebra.fuse_conv_bn(kernel, None, bn)
+
+
+@register_branch("avg")
+class AvgPoolBN(Branch):
+    """k×k average pooling (zero padding counted, like a conv) + BN (DBB)."""
+
+    @classmethod
+    def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
+        return _same_shape_reason(spec, "an average-pooling branch")
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__(spec)
+        k = spec.kernel_size
+        self.pool = nn.AvgPool2d(k, spec.stride, k // 2, count_include_pad=True)
+        self.bn = nn.BatchNorm2d(spec.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pool(x))
+
+    def kernel_bias(self) -> KernelBias:
+        bn = bn_params(self.bn)
+        kernel = algebra.avg_pool_kernel(self.spec.out_channels, self.spec.groups, self.spec.kernel_size, bn.weight)
+        return algebra.fuse_conv_bn(kernel, None, bn)
+
+
+class BNAndPad(nn.Module):
+    """BN followed by padding with the BN's own eval-mode offset ``β - γμ/σ`` instead of zeros.
+
+    A 1×1 conv + BN followed by a zero-padded k×k conv is *not* one k×k conv at the
+    borders: the zeros would have to be the BN's offset. Padding with that offset makes
+    the 1×1→k×k branch fuse exactly on the whole map (DBB's fix of a known fusion bug).
+    """
+
+    def __init__(self, channels: int, pad: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(x)
+        if self.pad > 0:
+            bn = self.bn
+            assert bn.running_mean is not None and bn.running_var is not None
+            offset = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            offset = offset.reshape(1, -1, 1, 1).to(y.dtype)
+            # zero-pad (y - offset), add offset back: the border holds the offset, the inside is y
+            y = F.pad(y - offset, [self.pad] * 4) + offset
+        return y
+
+
+@register_branch("1x1_kxk")
+class Seq1x1KxK(Branch):
+    """1×1 conv + BN → k×k conv + BN (DBB's sequential branch), with offset padding in between."""
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__(spec)
+        mid = spec.in_channels
+        k = spec.kernel_size
+        self.conv1 = nn.Conv2d(spec.in_channels, mid, 1, 1, 0, groups=spec.groups, bias=False)
+        self.bn_pad = BNAndPad(mid, k // 2)
+        self.conv2 = nn.Conv2d(mid, spec.out_channels, k, spec.stride, 0, groups=spec.groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(spec.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv2(self.bn_pad(self.conv1(x))))
+
+    def kernel_bias(self) -> KernelBias:
+        k1, b1 = _conv_kernel_bias(self.conv1)
+        first = algebra.fuse_conv_bn(k1, b1, bn_params(self.bn_pad.bn))
+        k2, b2 = _conv_kernel_bias(self.conv2)
+        second = algebra.fuse_conv_bn(k2, b2, bn_params(self.bn2))
+        return algebra.fuse_1x1_kxk(first, second, self.spec.groups)

@@ -1,0 +1,248 @@
+"""The Rep block: a trunk branch plus λ-gated extra branches (Eq. 3), or one fused conv (deploy)."""
+from __future__ import annotations
+
+import math
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import algebra
+from ..algebra import BNParams, KernelBias
+from ..errors import LambdaRangeError, UnfusableBranchError
+from .branches import BlockSpec, Branch, bn_params, branch_class, create_branch
+
+__all__ = ["RepBlock", "check_lambda"]
+
+
+def check_lambda(value) -> float:
+    """Validate the attach rate λ of Eq. (3): a finite number in [0, 1]."""
+    try:
+        lam = float(value)
+    except (TypeError, ValueError):
+        raise LambdaRangeError(f"λ must be a number in [0, 1], got {value!r}") from None
+    if not math.isfinite(lam) or lam < 0.0 or lam > 1.0:
+        raise LambdaRangeError(
+            f"λ={value!r} is outside [0, 1]: Eq. (3) gates the expanded branches with 0 ≤ λ ≤ 1 "
+            "(0 keeps the fused function, 1 adds the branches fully); clamp your scheduler's output"
+        )
+    return lam
+
+
+class RepBlock(nn.Module):
+    """A re-parameterizable conv block (linear: add the activation outside).
+
+    Train form (Eq. 3)::
+
+        Y = trunk(X) + λ · Σ_i extras[i](X)
+
+    where ``trunk`` is a k×k conv + BN (the paper's inverted branch, un-gated) and
+    ``extras`` are branches of registered kinds (``conv_1x1``, ``identity``, ``avg``,
+    ``1x1_kxk``, ``conv_kx1``, ``conv_1xk``, more ``conv_kxk`` ...), including the
+    residual BN. λ is a non-persistent buffer set by :meth:`set_lambda`; 1.0 gives an
+    ordinary Rep block (RepVGG, DBB, ACNet, MobileOne), 0.0 a block whose extras are
+    silent. Deploy form: one k×k conv with bias, ``reparam_conv``.
+
+    :meth:`reparameterize` fuses in place (Eq. 1, 2, 5; λ included); it is the method
+    ``timm.utils.reparameterize_model`` calls. :meth:`unfold` goes the other way.
+    """
+
+    __jit_unused_properties__ = ["in_channels", "out_channels", "deploy", "branch_kinds"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        branches: Sequence[str] = (),
+        *,
+        dilation: int = 1,
+        lam: float = 1.0,
+        deploy: bool = False,
+    ):
+        super().__init__()
+        if dilation != 1:
+            raise UnfusableBranchError(
+                f"dilation={dilation}: branches of different kernel sizes only line up without dilation; "
+                "build the block with dilation=1 (or use a plain nn.Conv2d for dilated convs)"
+            )
+        self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups)
+        self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=False)
+        #: the branch kinds this block was built with (kept in deploy form, so a train-form
+        #: checkpoint can be loaded into a deploy model and vice versa).
+        self.arch_branches = tuple(branches)
+        for kind in self.arch_branches:  # fail at construction, in either form, for unfusable kinds
+            branch_class(kind).check(self.spec)
+        self._inherit_bn: Optional[BNParams] = None
+        if deploy:
+            self.trunk: Optional[Branch] = None
+            self.extras = nn.ModuleList()
+            self.reparam_conv: Optional[nn.Conv2d] = self._new_conv()
+        else:
+            self.trunk = create_branch("conv_kxk", self.spec)
+            self.extras = nn.ModuleList([create_branch(kind, self.spec) for kind in branches])
+            self.reparam_conv = None
+
+    # -- shape and state -------------------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.out_channels
+
+    @property
+    def deploy(self) -> bool:
+        return self.reparam_conv is not None
+
+    @property
+    def branch_kinds(self) -> List[str]:
+        return [b.kind for b in self.extras]
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        form = "deploy" if self.deploy else f"train, λ={float(self.lam):g}"
+        return f"{s.in_channels}, {s.out_channels}, k={s.kernel_size}, stride={s.stride}, groups={s.groups}, {form}"
+
+    def set_lambda(self, value) -> None:
+        """Set λ of Eq. (3); raises :class:`LambdaRangeError` outside [0, 1]."""
+        self.lam.fill_(check_lambda(value))
+
+    def _new_conv(self) -> nn.Conv2d:
+        s = self.spec
+        return nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, groups=s.groups, bias=True)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reparam_conv is not None:
+            return self.reparam_conv(x)
+        assert self.trunk is not None
+        y = self.trunk(x)
+        extra: Optional[torch.Tensor] = None
+        for branch in self.extras:
+            out = branch(x)
+            extra = out if extra is None else extra + out
+        if extra is not None:
+            y = y + self.lam.to(extra.dtype) * extra
+        return y
+
+    # -- fusion ---------------------------------------------------------------------------
+    def fused_kernel_bias(self) -> KernelBias:
+        """The single conv this block computes in eval mode, in float32 (Eq. 5, λ included)."""
+        if self.reparam_conv is not None:
+            kernel = self.reparam_conv.weight.detach().float()
+            bias = self.reparam_conv.bias.detach().float()
+            return KernelBias(kernel, bias)
+        assert self.trunk is not None
+        return algebra.gated_sum(
+            self.trunk.kernel_bias(), [b.kernel_bias() for b in self.extras], self.lam.detach().float()
+        )
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Train → deploy in place: fuse all branches into ``reparam_conv`` (idempotent)."""
+        if self.reparam_conv is not None:
+            return
+        assert self.trunk is not None
+        ref = self.trunk.conv.weight
+        kernel, bias = self.fused_kernel_bias()
+        self._inherit_bn = BNParams(*(t.clone() for t in bn_params(self.trunk.bn)[:4]), self.trunk.bn.eps)
+        conv = self._new_conv().to(device=ref.device, dtype=ref.dtype)
+        conv.weight.copy_(kernel.to(ref.dtype))
+        conv.bias.copy_(bias.to(ref.dtype))
+        self.reparam_conv = conv
+        self.trunk = None
+        self.extras = nn.ModuleList()
+
+    @torch.no_grad()
+    def unfold(
+        self,
+        branches: Iterable[str] = (),
+        *,
+        k: int = 1,
+        lam: float = 0.0,
+        restore: str = "inherit",
+        generator: Optional[torch.Generator] = None,
+        branch_gamma: float = 1.0,
+        skip_unfit: bool = False,
+    ) -> List[Branch]:
+        """Deploy → train form in place (Expand + Restore of Algorithm 1, lines 4–5).
+
+        The fused conv is split into a trunk conv + BN by :func:`algebra.restore_conv_bn`
+        (``restore`` = ``"inherit"`` | ``"normalized"`` | ``"identity"``; ``"inherit"`` uses the
+        trunk BN remembered at the last :meth:`reparameterize` and falls back to
+        ``"normalized"`` when there is none, e.g. after loading a deploy checkpoint).
+        Then ``k`` new branches of every kind in ``branches`` are attached (He-normal
+        convs drawn from ``generator``, BN γ = ``branch_gamma``, β = 0) and λ is set.
+        At λ = 0 the eval function is unchanged. A train-form block is fused first.
+        Kinds that do not fit this block raise, or are skipped with ``skip_unfit=True``.
+        Returns the new branches.
+        """
+        lam = check_lambda(lam)
+        if k < 0:
+            raise ValueError(f"k={k}: the number of new parallel branches per kind must be ≥ 0")
+        self.reparameterize()
+        assert self.reparam_conv is not None
+        ref = self.reparam_conv.weight
+        kernel, bias = self.fused_kernel_bias()
+        previous = self._inherit_bn
+        mode = restore
+        if restore == "inherit" and previous is None:
+            mode = "normalized"
+        if previous is not None:
+            previous = BNParams(*(t.to(kernel) for t in previous[:4]), previous.eps)
+        new_kernel, bn = algebra.restore_conv_bn(kernel, bias, mode, previous=previous)
+        trunk = create_branch("conv_kxk", self.spec).to(device=ref.device, dtype=ref.dtype)
+        trunk.conv.weight.copy_(new_kernel.to(ref.dtype))
+        _load_bn(trunk.bn, bn)
+        new: List[Branch] = []
+        for kind in branches:
+            for _ in range(k):
+                try:
+                    branch = create_branch(kind, self.spec)
+                except UnfusableBranchError:
+                    if skip_unfit:
+                        break
+                    raise
+                init_branch_(branch, generator=generator, gamma=branch_gamma)
+                new.append(branch.to(device=ref.device, dtype=ref.dtype))
+        self.trunk = trunk
+        self.extras = nn.ModuleList(new)
+        self.reparam_conv = None
+        self.set_lambda(lam)
+        return new
+
+
+def _load_bn(bn: nn.modules.batchnorm._BatchNorm, params: BNParams) -> None:
+    bn.weight.copy_(params.weight)
+    bn.bias.copy_(params.bias)
+    bn.running_mean.copy_(params.running_mean)
+    bn.running_var.copy_(params.running_var)
+    bn.eps = params.eps
+
+
+@torch.no_grad()
+def init_branch_(branch: Branch, *, generator: Optional[torch.Generator] = None, gamma: float = 1.0) -> Branch:
+    """Fresh branch init: He-normal convs (fan_out, ReLU gain) from ``generator``; BN β=0, μ=0, σ²=1,
+    γ=1 inside the branch and γ=``gamma`` on its output BN.
+
+    The branch is marked ``fresh`` so that :func:`repan_zoo.calibrate_bn` gives its BNs the
+    batch statistics (the new branch then starts normalised instead of at a raw conv's scale).
+    """
+    for conv in branch.convs():
+        fan_out = conv.out_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+        std = math.sqrt(2.0 / fan_out)
+        sample = torch.randn(conv.weight.shape, generator=generator, dtype=torch.float32, device="cpu")
+        conv.weight.copy_((sample * std).to(conv.weight))
+    bns = branch.bns()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.weight.fill_(1.0)
+        bn.bias.zero_()
+    if bns:  # the branch's output BN scales what the branch adds (γ=0: an exact no-op that grows by gradient)
+        bns[-1].weight.fill_(gamma)
+    branch.fresh = True
+    return branch

@@ -1,0 +1,253 @@
+"""Typed safetensors checkpoints: every file says which form it holds, and loading is strict.
+
+Metadata written into every file (safetensors string metadata):
+
+``format``        ``"pt"``
+``form``          ``"train"`` | ``"deploy"`` (the Rep blocks' form)
+``architecture``  the timm model name, or the model's class name
+``repan_zoo``     package version
+``exactness``     JSON of the last conversion check (``model.repan_exactness``), when known
+``branches``      train form only: JSON ``{block: [branch kinds]}`` so the structure can be rebuilt
+``lambdas``       train form only: JSON ``{block: λ}`` (λ is a non-persistent buffer)
+
+A state dict of the other form is recognised (from metadata, else from its keys) and
+converted exactly (:func:`load_into`), never loaded with ``strict=False``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError
+from .verify import rep_blocks
+
+__all__ = [
+    "state_dict_form",
+    "model_form",
+    "save_checkpoint",
+    "read_checkpoint",
+    "load_into",
+    "atomic_write",
+]
+
+PathLike = Union[str, os.PathLike]
+
+
+def state_dict_form(state_dict: Mapping[str, Any]) -> Optional[str]:
+    """``"deploy"`` if the Rep blocks are fused convs, ``"train"`` if they hold branches, else None."""
+    keys = list(state_dict)
+    if any(k.endswith("reparam_conv.weight") for k in keys):
+        return "deploy"
+    if any(k.endswith("trunk.conv.weight") for k in keys):
+        return "train"
+    return None
+
+
+def model_form(model: nn.Module) -> Optional[str]:
+    """Form of a model's Rep blocks: ``"train"``, ``"deploy"``, ``"mixed"``, or None without blocks."""
+    forms = {("deploy" if b.deploy else "train") for _, b in rep_blocks(model)}
+    if not forms:
+        return None
+    return forms.pop() if len(forms) == 1 else "mixed"
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or getattr(model, "repan_architecture", None) or type(model).__name__
+
+
+def atomic_write(path: PathLike, write) -> Path:
+    """Write through ``write(tmp_path)`` to a temp file in the target folder, then rename:
+    a killed process never leaves a half-written file under ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: PathLike,
+    *,
+    architecture: Optional[str] = None,
+    metadata: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Save ``model``'s state dict as a typed safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    form = model_form(model)
+    if form == "mixed":
+        raise CheckpointError(
+            "the model has both fused and unfused Rep blocks; call repan_zoo.reparameterize(model) "
+            "(or unfold) first so the checkpoint has one form"
+        )
+    meta: Dict[str, str] = {
+        "format": "pt",
+        "form": form or "plain",
+        "architecture": architecture or _architecture(model),
+        "repan_zoo": _version(),
+    }
+    exactness = getattr(model, "repan_exactness", None)
+    if exactness is not None:
+        meta["exactness"] = json.dumps(exactness)
+    if form == "train":
+        blocks = rep_blocks(model)
+        meta["branches"] = json.dumps({name: b.branch_kinds for name, b in blocks})
+        meta["lambdas"] = json.dumps({name: float(b.lam) for name, b in blocks})
+    for key, value in (metadata or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
+    """Read a safetensors file; a truncated or foreign file raises :class:`CheckpointError`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for bad headers / short files
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a checkpoint. "
+            "Delete it and download / save it again"
+        ) from exc
+    return tensors, meta
+
+
+def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> Optional[str]:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def head(items):
+        return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {head(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {head(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {head(shapes)}")
+    return (
+        f"{what} does not match {_architecture(model)}: " + "; ".join(parts) + ". "
+        "Check the model name and its num_classes / in_chans / width kwargs; a timm-native state dict "
+        "goes through repan_zoo.models.checkpoint_filter"
+    )
+
+
+def _strict_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    message = _mismatch_message(model, state_dict, what)
+    if message:
+        raise CheckpointError(message)
+    model.load_state_dict(state_dict, strict=True)
+
+
+@torch.no_grad()
+def load_into(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Optional[Mapping[str, str]] = None,
+    *,
+    what: str = "state dict",
+) -> nn.Module:
+    """Load strictly into ``model`` (in place), converting between forms exactly when needed.
+
+    * same form: strict load.
+    * deploy checkpoint → train-form model: the blocks are fused, loaded, then unfolded
+      into their own branch kinds with zero-γ output BNs (an exact no-op that training grows).
+    * train checkpoint → deploy model: the blocks are unfolded into the checkpoint's branch
+      structure (metadata ``branches``, else the model's architecture), loaded, λ set from
+      the metadata, then fused.
+    Anything that still does not match raises :class:`CheckpointError` naming the keys.
+    """
+    metadata = dict(metadata or {})
+    ckpt_form = metadata.get("form") or state_dict_form(state_dict)
+    if ckpt_form == "plain":
+        ckpt_form = None
+    mform = model_form(model)
+    blocks = rep_blocks(model)
+    if ckpt_form is None or mform is None or ckpt_form == mform:
+        if ckpt_form == "train" and mform == "train":
+            _shape_like_checkpoint(blocks, metadata)
+        _strict_load(model, state_dict, what)
+        if ckpt_form == "train":
+            _set_lambdas(blocks, metadata)
+        return model
+    if mform == "mixed":
+        raise CheckpointError("the model mixes fused and unfused Rep blocks; reparameterize or unfold it first")
+    if ckpt_form == "deploy":  # into a train-form model
+        lams = {name: float(b.lam) for name, b in blocks}
+        for _, b in blocks:
+            b.reparameterize()
+        _strict_load(model, state_dict, f"{what} (deploy form)")
+        for name, b in blocks:
+            b.unfold(b.arch_branches, k=1, lam=lams[name], restore="normalized", branch_gamma=0.0)
+            for branch in b.extras:
+                branch.fresh = False
+        return model
+    # train checkpoint into a deploy model
+    branches = json.loads(metadata["branches"]) if "branches" in metadata else {}
+    for name, b in blocks:
+        kinds = branches.get(name, b.arch_branches)
+        b.unfold(kinds, k=1, lam=1.0, restore="normalized")
+    _strict_load(model, state_dict, f"{what} (train form)")
+    _set_lambdas(blocks, metadata)
+    for _, b in blocks:
+        b.reparameterize()
+    return model
+
+
+def _shape_like_checkpoint(blocks, metadata: Mapping[str, str]) -> None:
+    """Give train-form blocks the checkpoint's branch structure (after RepAn expansion it differs
+    from the architecture's)."""
+    if "branches" not in metadata:
+        return
+    branches = json.loads(metadata["branches"])
+    for name, b in blocks:
+        kinds = branches.get(name)
+        if kinds is not None and list(kinds) != b.branch_kinds:
+            b.unfold(kinds, k=1, lam=float(b.lam), restore="normalized")
+
+
+def _set_lambdas(blocks, metadata: Mapping[str, str]) -> None:
+    if "lambdas" not in metadata:
+        return
+    lambdas = json.loads(metadata["lambdas"])
+    for name, b in blocks:
+        if name in lambdas and not b.deploy:
+            b.set_lambda(lambdas[name])
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

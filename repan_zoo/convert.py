@@ -1,0 +1,310 @@
+"""Whole-model conversions: ``reparameterize`` (train → deploy), ``unfold`` (deploy → train),
+``calibrate_bn`` (Sec. 3.3) and ``set_lambda`` (Eq. 3).
+
+Both conversions take any ``nn.Module`` tree (a timm model, a ``features_only`` backbone,
+a torchvision detector, an ``nn.Sequential``), convert every :class:`RepBlock` wherever it
+sits and leave everything else bit-identical. They work on a deep copy unless
+``inplace=True``; the train/eval flag of every submodule is kept. With ``verify=True``
+a probe input runs through the old and the new model in eval mode and a
+:class:`ReparameterizationError` names the worst block when the result is not exact;
+the figures are attached as ``model.repan_exactness``.
+"""
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .blocks import RepBlock, bn_params, check_lambda
+from .errors import NoRepBlocksError, ReparameterizationError
+from .verify import ExactnessReport, capture, compare, eval_mode, probe_input, rep_blocks
+
+__all__ = [
+    "reparameterize",
+    "unfold",
+    "calibrate_bn",
+    "set_lambda",
+    "default_tolerance",
+    "DEFAULT_BRANCHES",
+]
+
+#: Expansion default: one new k×k and one new 1×1 conv+BN per block (findings-cpu-scale.md).
+DEFAULT_BRANCHES = ("conv_kxk", "conv_1x1")
+
+_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def default_tolerance(model: nn.Module) -> float:
+    """fp32: 1e-5 (the design card's whole-network bound); half precisions: their rounding."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return _TOLERANCE.get(param.dtype if param is not None else torch.float32, 1e-5)
+
+
+def _require_blocks(model: nn.Module, call: str) -> List[str]:
+    names = [name for name, _ in rep_blocks(model)]
+    if not names:
+        raise NoRepBlocksError(
+            f"{call}: {type(model).__name__} holds no RepBlock, so there is nothing to convert. "
+            "Build it from repan_zoo models (timm.create_model('repan_...')) or repan_zoo.blocks.RepBlock"
+        )
+    return names
+
+
+def _checked_conversion(
+    model: nn.Module,
+    convert: Callable[[nn.Module], None],
+    *,
+    call: str,
+    inplace: bool,
+    verify: bool,
+    example_input: Any,
+    tolerance: Optional[float],
+) -> nn.Module:
+    """Convert a deep copy, check it, and only then hand back the copy (or apply to ``model``)."""
+    names = _require_blocks(model, call)
+    work = copy.deepcopy(model)
+    report: Optional[ExactnessReport] = None
+    if verify:
+        tol = default_tolerance(model) if tolerance is None else tolerance
+        probe = probe_input(work, example_input)
+        ref = capture(work, probe, names)
+        convert(work)
+        new = capture(work, probe, names)
+        shape = list(probe.shape) if isinstance(probe, torch.Tensor) else []
+        dtype = str(next(work.parameters()).dtype).replace("torch.", "")
+        report = compare(ref, new, tolerance=tol, dtype=dtype, input_shape=shape)
+        if not report.ok:
+            model_err = "n/a" if report.model_rel_error is None else f"{report.model_rel_error:.3g}"
+            raise ReparameterizationError(
+                f"{call} changed the model's function: block {report.worst_block!r} has relative error "
+                f"{report.worst_block_rel_error:.3g} (whole model: {model_err}) above the tolerance {tol:g}. "
+                "The model was left unchanged. Check that every BN in the Rep blocks is a standard "
+                "BatchNorm with running statistics, or pass a larger tolerance= for low precision",
+                worst_block=report.worst_block,
+                rel_error=report.worst_block_rel_error,
+                model_rel_error=report.model_rel_error,
+                tolerance=tol,
+            )
+    else:
+        convert(work)
+    if inplace:
+        _transplant(work, model, names, convert)
+        work = model
+    if report is not None:
+        work.repan_exactness = report.as_dict()
+    return work
+
+
+def _transplant(src: nn.Module, dst: nn.Module, names: List[str], convert: Callable[[nn.Module], None]) -> None:
+    """Move the checked, converted blocks of ``src`` into ``dst`` (same tree), so that an in-place
+    call ends with exactly the blocks that were verified."""
+    if "" in names:  # the model is itself a RepBlock
+        convert(dst)
+        return
+    converted = dict(src.named_modules())
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = dst.get_submodule(parent_name) if parent_name else dst
+        setattr(parent, child, converted[name])
+
+
+def reparameterize(
+    model: nn.Module,
+    *,
+    inplace: bool = False,
+    verify: bool = True,
+    example_input: Any = None,
+    tolerance: Optional[float] = None,
+) -> nn.Module:
+    """Train → deploy: fuse every Rep block into one conv (Eq. 1, 2, 5 with λ); idempotent.
+
+    Returns the converted model (a deep copy unless ``inplace=True``). With ``verify=True``
+    the old and new model are compared in eval mode on a probe input and a
+    :class:`ReparameterizationError` is raised, before anything is changed, when the
+    relative error of any block or of the output exceeds ``tolerance`` (fp32: 1e-5).
+    The figures are attached as ``model.repan_exactness``.
+    """
+
+    def convert(m: nn.Module) -> None:
+        for _, block in rep_blocks(m):
+            block.reparameterize()
+
+    return _checked_conversion(
+        model, convert, call="reparameterize", inplace=inplace, verify=verify,
+        example_input=example_input, tolerance=tolerance,
+    )
+
+
+def unfold(
+    model: nn.Module,
+    branches: Sequence[str] = DEFAULT_BRANCHES,
+    *,
+    k: int = 1,
+    lam: float = 0.0,
+    restore: str = "inherit",
+    residual: bool = False,
+    branch_gamma: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+    blocks: Optional[Callable[[str, RepBlock], bool]] = None,
+    inplace: bool = False,
+    verify: bool = True,
+    example_input: Any = None,
+    tolerance: Optional[float] = None,
+) -> nn.Module:
+    """Deploy → trainable multi-branch form, same function at λ=0 (Expand + Restore, Alg. 1 l. 4–5).
+
+    Every selected Rep block (``blocks(name, block)`` → bool, default all) is fused if needed,
+    its conv restored into conv + BN (``restore``: ``"inherit"`` | ``"normalized"`` |
+    ``"identity"``, see :func:`repan_zoo.algebra.restore_conv_bn`), and given ``k`` new
+    branches of each kind in ``branches`` (kinds that do not fit a block, e.g. ``avg`` where
+    in≠out, are skipped there). ``residual=True`` adds the residual BN branch of Eq. 3 where
+    shapes allow. New convs are He-normal from ``generator`` (one generator for the run:
+    no global re-seeding), their output BN has γ = ``branch_gamma``. λ is set to ``lam``.
+
+    ``verify`` checks at λ=0 that the eval function is unchanged, whatever ``lam`` is asked
+    (λ>0 changes the function by design, Eq. 3).
+    """
+    check_lambda(lam)
+    kinds = list(branches) + (["identity"] if residual else [])
+    unfolded: List[str] = []
+
+    def convert(m: nn.Module) -> None:
+        attached: Dict[str, int] = defaultdict(int)
+        unfolded.clear()
+        for name, block in rep_blocks(m):
+            if blocks is not None and not blocks(name, block):
+                continue
+            unfolded.append(name)
+            new = block.unfold(
+                kinds, k=k, lam=0.0, restore=restore, generator=generator,
+                branch_gamma=branch_gamma, skip_unfit=True,
+            )
+            for b in new:
+                attached[b.kind] += 1
+        missing = [kind for kind in kinds if k > 0 and not attached[kind] and not (kind == "identity" and residual)]
+        if missing:
+            raise ValueError(
+                f"unfold: branch kind(s) {missing} fit none of the selected blocks "
+                "(identity needs stride 1 and in==out; avg needs in==out); choose other branches"
+            )
+
+    out = _checked_conversion(
+        model, convert, call="unfold", inplace=inplace, verify=verify,
+        example_input=example_input, tolerance=tolerance,
+    )
+    if lam:
+        modules = dict(out.named_modules())
+        for name in unfolded:
+            modules[name].set_lambda(lam)
+    return out
+
+
+def set_lambda(model: nn.Module, value: float, *, only_train_form: bool = False) -> int:
+    """Set λ of Eq. (3) on every Rep block of ``model``; returns how many blocks were set.
+
+    Raises :class:`~repan_zoo.errors.LambdaRangeError` for λ outside [0, 1] (nothing is changed).
+    """
+    lam = check_lambda(value)
+    count = 0
+    for _, block in rep_blocks(model):
+        if only_train_form and block.deploy:
+            continue
+        block.set_lambda(lam)
+        count += 1
+    return count
+
+
+def _batch_tensor(batch: Any) -> Any:
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor) and batch[0].dim() == 4:
+        return batch[0]  # (images, labels) from a DataLoader
+    return batch
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[torch.device] = None) -> nn.Module:
+    """Calibrate (Algorithm 1, line 6; Sec. 3.3): re-estimate the running statistics of every
+    BN inside the train-form Rep blocks from ``batches`` while keeping the eval function.
+
+    For an inherited BN with new statistics ``(μ', σ')`` the affine part is adjusted so that
+    ``γ'/σ' = γ/σ`` and ``β' - γ'μ'/σ' = β - γμ/σ``: the eval output is unchanged and the
+    train-mode output (batch statistics) starts equal to it. BNs of branches marked ``fresh``
+    by expansion have no function to keep: they get the batch statistics and keep their
+    initial γ, β, so each new branch starts normalised (at λ=0 the block output is unchanged
+    either way). Nested fresh BNs (DBB's 1×1→k×k) are calibrated stage by stage so that each
+    sees its calibrated predecessor. Statistics are gathered in eval mode (forward hooks,
+    float64 sums, unbiased variance like BN's running_var). Modifies ``model`` in place and
+    returns it.
+    """
+    blocks = [b for _, b in rep_blocks(model) if not b.deploy]
+    if not blocks:
+        raise NoRepBlocksError(
+            "calibrate_bn: the model has no train-form Rep block; call repan_zoo.unfold(model) first"
+        )
+    batches = [_batch_tensor(b) for b in batches]
+    if not batches:
+        raise ValueError("calibrate_bn needs at least one batch of inputs")
+    if device is not None:
+        batches = [b.to(device) for b in batches]
+    stages: List[List[nn.modules.batchnorm._BatchNorm]] = [[]]
+    fresh_ids = set()
+    for block in blocks:
+        for branch in [block.trunk, *block.extras]:
+            bns = branch.bns()
+            if branch.fresh:
+                for depth, bn in enumerate(bns):
+                    while len(stages) <= depth:
+                        stages.append([])
+                    stages[depth].append(bn)
+                    fresh_ids.add(id(bn))
+                branch.fresh = False
+            else:
+                stages[0].extend(bns)
+    for stage in stages:
+        stats = _gather_input_stats(model, stage, batches)
+        for bn in stage:
+            mean, var = stats[id(bn)]
+            _set_bn_stats(bn, mean, var, keep_function=id(bn) not in fresh_ids)
+    return model
+
+
+def _gather_input_stats(model: nn.Module, bns: List[nn.Module], batches: List[Any]) -> Dict[int, Any]:
+    sums: Dict[int, List[Any]] = {}
+    handles = []
+    for bn in bns:
+        def hook(m, inputs, _out):
+            x = inputs[0].detach().double()
+            s = sums.setdefault(id(m), [0.0, 0.0, 0])
+            s[0] = s[0] + x.sum(dim=(0, 2, 3))
+            s[1] = s[1] + (x * x).sum(dim=(0, 2, 3))
+            s[2] += x.numel() // x.shape[1]
+        handles.append(bn.register_forward_hook(hook))
+    try:
+        with eval_mode(model):
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    stats = {}
+    for bn in bns:
+        total, total_sq, n = sums[id(bn)]
+        mean = total / n
+        var = (total_sq / n - mean * mean).clamp_min(0.0) * (n / max(n - 1, 1))
+        stats[id(bn)] = (mean, var)
+    return stats
+
+
+def _set_bn_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor, keep_function: bool) -> None:
+    if keep_function:
+        old = bn_params(bn)
+        old_std = (old.running_var.double() + bn.eps).sqrt()
+        new_std = (var + bn.eps).sqrt()
+        gamma = old.weight.double() * new_std / old_std
+        beta = old.bias.double() + old.weight.double() * (mean - old.running_mean.double()) / old_std
+        bn.weight.copy_(gamma.to(bn.weight))
+        bn.bias.copy_(beta.to(bn.bias))
+    bn.running_mean.copy_(mean.to(bn.running_mean))
+    bn.running_var.copy_(var.to(bn.running_var))
