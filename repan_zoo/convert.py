@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import RepBlock, bn_params, check_lambda
-from .errors import NoRepBlocksError, ReparameterizationError
+from .errors import NoRepBlocksError, ReparameterizationError, UnfusableBranchError
 from .verify import ExactnessReport, capture, compare, eval_mode, probe_input, rep_blocks
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "calibrate_bn",
     "set_lambda",
     "default_tolerance",
+    "revert_sync_batchnorm",
     "DEFAULT_BRANCHES",
 ]
 
@@ -70,9 +71,10 @@ def _checked_conversion(
     if verify:
         tol = default_tolerance(model) if tolerance is None else tolerance
         probe = probe_input(work, example_input)
-        ref = capture(work, probe, names)
+        block_inputs: Dict[str, torch.Tensor] = {}
+        ref = capture(work, probe, names, record_inputs=block_inputs)
         convert(work)
-        new = capture(work, probe, names)
+        new = capture(work, probe, names, block_inputs=block_inputs)  # each block on its reference input
         shape = list(probe.shape) if isinstance(probe, torch.Tensor) else []
         dtype = str(next(work.parameters()).dtype).replace("torch.", "")
         report = compare(ref, new, tolerance=tol, dtype=dtype, input_shape=shape)
@@ -168,7 +170,11 @@ def unfold(
     (λ>0 changes the function by design, Eq. 3).
     """
     check_lambda(lam)
+    if k < 0:
+        raise ValueError(f"k={k}: the number of new parallel branches per kind must be ≥ 0")
     kinds = list(branches) + (["identity"] if residual else [])
+    # k new branches of each asked kind, plus ONE residual BN: Eq. (3) has a single BN_res(X)
+    per_block = [kind for kind in branches for _ in range(k)] + (["identity"] if residual else [])
     unfolded: List[str] = []
 
     def convert(m: nn.Module) -> None:
@@ -179,14 +185,14 @@ def unfold(
                 continue
             unfolded.append(name)
             new = block.unfold(
-                kinds, k=k, lam=0.0, restore=restore, generator=generator,
+                per_block, k=1, lam=0.0, restore=restore, generator=generator,
                 branch_gamma=branch_gamma, skip_unfit=True,
             )
             for b in new:
                 attached[b.kind] += 1
         missing = [kind for kind in kinds if k > 0 and not attached[kind] and not (kind == "identity" and residual)]
         if missing:
-            raise ValueError(
+            raise UnfusableBranchError(
                 f"unfold: branch kind(s) {missing} fit none of the selected blocks "
                 "(identity needs stride 1 and in==out; avg needs in==out); choose other branches"
             )
@@ -308,3 +314,26 @@ def _set_bn_stats(bn: nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: 
         bn.bias.copy_(beta.to(bn.bias))
     bn.running_mean.copy_(mean.to(bn.running_mean))
     bn.running_var.copy_(var.to(bn.running_var))
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Inverse of ``nn.SyncBatchNorm.convert_sync_batchnorm`` (torch and timm have none): every
+    ``SyncBatchNorm`` becomes a ``BatchNorm2d`` holding the same parameters and buffers (shared,
+    not copied) and the same train/eval flag, e.g. to fuse or export a model trained with DDP.
+    SyncBatchNorm does not remember its original class: every one becomes a ``BatchNorm2d``
+    (image models; a converted ``BatchNorm1d/3d`` would need its own class back).
+    Converts children in place and returns ``module`` (or its replacement when it is itself one).
+    """
+    if isinstance(module, nn.SyncBatchNorm):
+        bn = nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        if module.affine:
+            bn.weight, bn.bias = module.weight, module.bias
+        bn.running_mean, bn.running_var = module.running_mean, module.running_var
+        bn.num_batches_tracked = module.num_batches_tracked
+        bn.train(module.training)
+        return bn
+    for name, child in module.named_children():
+        new = revert_sync_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module

@@ -35,3 +35,110 @@ class ReparameterizationError(RepanError, RuntimeError):
 
 class CheckpointError(RepanError, ValueError):
     """A checkpoint that cannot be loaded into the model as asked (wrong form, architecture, truncated)."""
+
+
+class ExportError(RepanError, RuntimeError):
+    """An export that would not compute the model: unfused branches left in the graph, or an
+    exported file whose outputs differ from torch beyond fp32 rounding.
+
+    Attributes: ``modules`` (qualified names of the offending modules, if any) and
+    ``rel_error`` (the measured relative error, if the comparison failed).
+    """
+
+    def __init__(self, message: str, *, modules=None, rel_error=None):
+        super().__init__(message)
+        self.modules = list(modules or [])
+        self.rel_error = rel_error
+
+
+class DatasetNotFoundError(RepanError, FileNotFoundError):
+    """A dataset's files are missing or unreadable; the message names the files and how to get them."""
+
+
+class TrainingDivergedError(RepanError, FloatingPointError):
+    """The training loss became NaN/inf. Attributes: ``cycle``, ``epoch``, ``step`` (1-based) and
+    ``checkpoint`` (the last good checkpoint directory, left untouched, or None)."""
+
+    def __init__(self, message: str, *, cycle=None, epoch=None, step=None, checkpoint=None):
+        super().__init__(message)
+        self.cycle = cycle
+        self.epoch = epoch
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class RecipeError(RepanError, ValueError):
+    """An invalid or inconsistent training recipe (arguments that cannot work together)."""
+
+
+# -- weights hub (repan_zoo.manifest, repan_zoo.hub) --------------------------------------------
+class ManifestError(RepanError, ValueError):
+    """A weights-manifest file or entry that does not follow the schema (``weights_manifest/README.md``)."""
+
+
+class WeightsError(RepanError):
+    """Pretrained weights that cannot be provided as asked. ``model`` and ``filename`` name what was asked for."""
+
+    def __init__(self, message: str, *, model=None, filename=None):
+        super().__init__(message)
+        self.model = model
+        self.filename = filename
+
+
+class UnknownTagError(WeightsError, LookupError):
+    """The manifest has no weights of that tag for the model (``available`` lists the tags it has)."""
+
+    def __init__(self, message: str, *, model=None, filename=None, available=()):
+        super().__init__(message, model=model, filename=filename)
+        self.available = tuple(available)
+
+
+class WeightsNotFoundError(WeightsError, LookupError):
+    """No weights where the manifest / config points: no manifest entry, or the Hub answered 404 (repo or file)."""
+
+
+class UnknownRevisionError(WeightsNotFoundError):
+    """The pinned revision (commit) does not exist in the Hub repo."""
+
+
+class OfflineError(WeightsError, ConnectionError):
+    """The weights are not in the local cache and the Hub cannot be reached (offline mode or no network)."""
+
+
+class WeightsDownloadError(WeightsError, OSError):
+    """The Hub could be reached but the transfer failed (server error, broken connection)."""
+
+
+class IntegrityError(WeightsError):
+    """A weights file whose bytes are not the published ones. It was not loaded, and was removed from the cache."""
+
+    def __init__(self, message: str, *, model=None, filename=None, expected=None, actual=None):
+        super().__init__(message, model=model, filename=filename)
+        self.expected = expected
+        self.actual = actual
+
+
+class ChecksumMismatchError(IntegrityError):
+    """The file's sha256 (or git blob hash) differs from the published one: corrupted or tampered with."""
+
+
+class SizeMismatchError(IntegrityError):
+    """The file's size differs from the published size."""
+
+
+class TruncatedDownloadError(SizeMismatchError):
+    """The transfer ended early: fewer bytes than published arrived."""
+
+
+class PublishError(RepanError, ValueError):
+    """A publish request that would put unverifiable or incomplete weights on the Hub (no metrics, no exactness...)."""
+
+
+# -- model registry (repan_zoo.models) -----------------------------------------------------------
+class ModelConfigError(RepanError, ValueError):
+    """Model-construction arguments that cannot work together or are out of range
+    (e.g. ``deploy=True`` with ``branches=``, ``width_mult<=0``, a ``_w025`` name with another width)."""
+
+
+class UnknownModelArgError(ModelConfigError, TypeError):
+    """A keyword argument the ``repan_*`` models do not take; the message lists those they do."""

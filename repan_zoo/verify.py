@@ -106,20 +106,37 @@ def _is_torchvision_detector(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def capture(model: nn.Module, inputs: Any, names: Sequence[str]) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
+def capture(
+    model: nn.Module,
+    inputs: Any,
+    names: Sequence[str],
+    *,
+    record_inputs: Optional[Dict[str, torch.Tensor]] = None,
+    block_inputs: Optional[Dict[str, torch.Tensor]] = None,
+) -> Tuple[List[torch.Tensor], Dict[str, torch.Tensor]]:
     """Run ``model`` in eval mode on ``inputs``; return its flattened outputs and the outputs of
-    the named submodules (detached float copies)."""
+    the named submodules (detached float copies).
+
+    ``record_inputs`` (a dict) receives each named submodule's input. With ``block_inputs``
+    (such a dict from the reference model) each submodule's figure is its output on that
+    recorded input, so a per-block error measures the block alone instead of also carrying
+    the errors of the blocks upstream (the worst block is then the one that is wrong)."""
     modules = dict(model.named_modules())
     seen: Dict[str, torch.Tensor] = {}
     handles = []
     for name in names:
-        def hook(_m, _i, out, name=name):
+        def hook(_m, args, out, name=name):
             if isinstance(out, torch.Tensor) and name not in seen:
                 seen[name] = out.detach().float().clone()
+                if record_inputs is not None and args and isinstance(args[0], torch.Tensor):
+                    record_inputs[name] = args[0].detach().clone()
         handles.append(modules[name].register_forward_hook(hook))
     try:
         with eval_mode(model):
             out = model(inputs if not isinstance(inputs, list) else [t for t in inputs])
+            for name, x in (block_inputs or {}).items():
+                if name in seen:
+                    seen[name] = modules[name](x).detach().float().clone()
     finally:
         for h in handles:
             h.remove()

@@ -156,6 +156,7 @@ class RepBlock(nn.Module):
         self.reparam_conv = conv
         self.trunk = None
         self.extras = nn.ModuleList()
+        self._adopt_training_flag()
 
     @torch.no_grad()
     def unfold(
@@ -212,8 +213,15 @@ class RepBlock(nn.Module):
         self.trunk = trunk
         self.extras = nn.ModuleList(new)
         self.reparam_conv = None
+        self._adopt_training_flag()
         self.set_lambda(lam)
         return new
+
+    def _adopt_training_flag(self) -> None:
+        """New submodules take the block's train/eval flag (a block in eval mode must not get
+        train-mode BNs from a conversion)."""
+        for child in self.children():
+            child.train(self.training)
 
 
 def _load_bn(bn: nn.modules.batchnorm._BatchNorm, params: BNParams) -> None:

@@ -1,0 +1,121 @@
+"""Shared test helpers (importable from any test file: ``from helpers import randomize_bn``)."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from repan_zoo.blocks import RepBlock
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+@torch.no_grad()
+def randomize_bn(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Give every BatchNorm under ``module`` non-trivial eval statistics and affine parameters.
+
+    running_mean ~ N(0, 0.5²), running_var ~ U(0.3, 2.0), |γ| ~ U(0.4, 1.6) with a random sign,
+    β ~ N(0, 0.5²). Fresh BN (μ=0, σ²=1, γ=1, β=0) would hide fusion bugs, so every exactness
+    test goes through this. Returns ``module``.
+    """
+    for bn in module.modules():
+        if not isinstance(bn, _BN):
+            continue
+        n = bn.num_features
+        ref = bn.running_mean
+        def draw(fn, *args):
+            return fn(*args, n, generator=generator).to(device=ref.device, dtype=ref.dtype)
+        bn.running_mean.copy_(draw(torch.randn) * 0.5)
+        bn.running_var.copy_(draw(torch.rand) * 1.7 + 0.3)
+        if bn.affine:
+            sign = torch.where(draw(torch.rand) < 0.2, -1.0, 1.0).to(bn.weight)
+            bn.weight.copy_((draw(torch.rand) * 1.2 + 0.4).to(bn.weight) * sign)
+            bn.bias.copy_(draw(torch.randn).to(bn.bias) * 0.5)
+    return module
+
+
+@torch.no_grad()
+def randomize_convs(module: nn.Module, generator: torch.Generator, scale: float = 0.3) -> nn.Module:
+    """Redraw every Conv2d weight (and bias) under ``module`` from ``generator`` (reproducible)."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator).to(conv.weight) * scale)
+            if conv.bias is not None:
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator).to(conv.bias) * scale)
+    return module
+
+
+def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random convs and random BN statistics from one seed; puts ``module`` in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    randomize_convs(module, gen)
+    randomize_bn(module, gen)
+    return module.eval()
+
+
+def rel_err(ref: torch.Tensor, new: torch.Tensor) -> float:
+    """``max|new - ref| / max|ref|`` over the FULL tensor (borders included), in float64."""
+    ref64, new64 = ref.detach().double(), new.detach().double()
+    return ((new64 - ref64).abs().max() / ref64.abs().max()).item()
+
+
+def make_input(channels: int = 8, size: int = 9, batch: int = 2, seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, size, size, generator=gen).to(dtype)
+
+
+def snapshot(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """A detached clone of the state dict (parameters and buffers), for bit-identity checks."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def same_state(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> bool:
+    """Same keys and bit-identical tensors (dtype included)."""
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def training_flags(module: nn.Module) -> Dict[str, bool]:
+    return {name: m.training for name, m in module.named_modules()}
+
+
+class Head(nn.Module):
+    """A plain (non-Rep) module with its own conv + BN: must stay bit-identical through conversions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 1)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class TinyNet(nn.Module):
+    """A small network with RepBlocks in nested containers next to plain modules.
+
+    stem:   plain conv + BN (not a RepBlock)
+    body:   Sequential of RepBlocks and ReLUs (stride 2, in≠out, DBB branches, depthwise)
+    extra:  ModuleDict holding a RepBlock beside a plain Head
+    """
+
+    def __init__(self, in_ch: int = 3, width: int = 8, lam: float = 1.0):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_ch, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.body = nn.Sequential(
+            RepBlock(w, w, 3, 1, branches=("conv_1x1", "identity"), lam=lam),
+            nn.ReLU(),
+            RepBlock(w, 2 * w, 3, 2, branches=("conv_1x1", "1x1_kxk", "conv_kx1", "conv_1xk"), lam=lam),
+            nn.ReLU(),
+            RepBlock(2 * w, 2 * w, 3, 1, groups=2 * w, branches=("identity", "avg", "conv_1x1"), lam=lam),
+        )
+        self.extra = nn.ModuleDict({"rep": RepBlock(2 * w, 2 * w, 1, branches=("conv_1x1",), lam=lam), "head": Head(2 * w)})
+
+    def forward(self, x):
+        y = self.body(self.stem(x))
+        return self.extra["head"](torch.relu(self.extra["rep"](y)))
+
+
+def bns_of(module: nn.Module) -> Iterable[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, _BN)]

@@ -1,0 +1,168 @@
+"""Typed safetensors checkpoints (repan_zoo.checkpoint): metadata, form conversion, strictness,
+truncation and atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from helpers import TinyNet, make_input, randomize, rel_err, same_state, snapshot
+import repan_zoo as rz
+from repan_zoo.blocks import RepBlock
+from repan_zoo.checkpoint import (
+    atomic_write, load_into, model_form, read_checkpoint, save_checkpoint, state_dict_form,
+)
+from repan_zoo.errors import CheckpointError
+
+TOL = 1e-6
+
+
+def _out(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def _deploy_tiny():
+    model = TinyNet()
+    for _, b in rz.rep_blocks(model):
+        b.reparameterize()
+    return model
+
+
+def test_round_trip_with_metadata(tiny_net, tmp_path):
+    rz.set_lambda(tiny_net, 0.25)
+    path = save_checkpoint(tiny_net, tmp_path / "sub" / "m.safetensors", architecture="tiny_net",
+                           metadata={"epochs": 3, "note": "hello"})
+    assert path.is_file()
+    state, meta = read_checkpoint(path)
+    assert same_state(snapshot(tiny_net), state)
+    assert meta["form"] == "train" and meta["architecture"] == "tiny_net" and meta["format"] == "pt"
+    assert meta["repan_zoo"] == rz.__version__
+    assert meta["note"] == "hello" and json.loads(meta["epochs"]) == 3
+    assert json.loads(meta["branches"])["body.2"] == ["conv_1x1", "1x1_kxk", "conv_kx1", "conv_1xk"]
+    assert json.loads(meta["lambdas"]) == {"body.0": 0.25, "body.2": 0.25, "body.4": 0.25, "extra.rep": 0.25}
+    assert state_dict_form(state) == "train" and model_form(tiny_net) == "train"
+    fused = rz.reparameterize(tiny_net)
+    state, meta = read_checkpoint(save_checkpoint(fused, tmp_path / "d.safetensors"))
+    assert meta["form"] == "deploy" and meta["architecture"] == "TinyNet"
+    assert json.loads(meta["exactness"]) == fused.repan_exactness
+    assert "branches" not in meta and "lambdas" not in meta
+    assert state_dict_form(state) == "deploy"
+
+
+def test_deploy_checkpoint_into_train_model(tiny_net, tiny_input, tmp_path):
+    fused = rz.reparameterize(tiny_net)
+    state, meta = read_checkpoint(save_checkpoint(fused, tmp_path / "d.safetensors"))
+    fresh = randomize(TinyNet(lam=0.6), seed=99)  # other weights, train form
+    load_into(fresh, state, meta)
+    assert model_form(fresh) == "train"
+    assert all(float(b.lam) == pytest.approx(0.6) for _, b in rz.rep_blocks(fresh))
+    assert {n: b.branch_kinds for n, b in rz.rep_blocks(fresh)} == {
+        n: list(b.arch_branches) for n, b in rz.rep_blocks(fresh)
+    }
+    assert rel_err(_out(fused, tiny_input), _out(fresh, tiny_input)) <= TOL
+    # and it trains: the zero-γ branches get gradients through their BN γ
+    fresh.train()
+    fresh(tiny_input).sum().backward()
+    assert fresh.body[0].extras[0].bn.weight.grad.abs().max() > 0
+
+
+def test_train_checkpoint_into_deploy_model(tiny_net, tiny_input, tmp_path):
+    rz.set_lambda(tiny_net, 0.6)
+    state, meta = read_checkpoint(save_checkpoint(tiny_net, tmp_path / "t.safetensors"))
+    deploy = _deploy_tiny()
+    load_into(deploy, state, meta)
+    assert model_form(deploy) == "deploy"
+    ref = rz.reparameterize(tiny_net)
+    assert rel_err(_out(tiny_net, tiny_input), _out(deploy, tiny_input)) <= 1e-5
+    assert same_state(snapshot(ref), snapshot(deploy))  # the same fusion, bit for bit
+    # without metadata the form is recognised from the keys
+    deploy2 = _deploy_tiny()
+    load_into(deploy2, state)
+    assert model_form(deploy2) == "deploy"
+
+
+def test_expanded_train_checkpoint_reloads_structure_and_lambda(tiny_net, tiny_input, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    expanded = rz.unfold(rz.reparameterize(tiny_net), branches=("conv_kxk", "conv_1x1", "1x1_kxk"),
+                         k=2, lam=0.4, residual=True, generator=gen)
+    rz.calibrate_bn(expanded, [make_input(3, seed=4)])
+    state, meta = read_checkpoint(save_checkpoint(expanded, tmp_path / "e.safetensors"))
+    model = TinyNet()  # the architecture's own branches, λ=1
+    load_into(model, state, meta)
+    assert {n: b.branch_kinds for n, b in rz.rep_blocks(model)} == {n: b.branch_kinds for n, b in rz.rep_blocks(expanded)}
+    assert all(float(b.lam) == pytest.approx(0.4) for _, b in rz.rep_blocks(model))
+    assert same_state(snapshot(expanded), snapshot(model))
+    assert torch.equal(_out(expanded, tiny_input), _out(model, tiny_input))
+    deploy = _deploy_tiny()
+    load_into(deploy, state, meta)
+    assert rel_err(_out(expanded, tiny_input), _out(deploy, tiny_input)) <= 1e-5
+
+
+def test_truncated_file_is_a_checkpoint_error(tiny_net, tmp_path):
+    path = save_checkpoint(tiny_net, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.safetensors")
+
+
+class _Other(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU())
+        self.body = nn.Sequential(RepBlock(12, 12, 3, 1, branches=("conv_1x1", "identity")))
+        self.fc = nn.Linear(12, 10)
+
+
+def test_other_architecture_names_the_keys(tiny_net):
+    other = _Other().state_dict()
+    with pytest.raises(CheckpointError) as info:
+        load_into(TinyNet(), other, what="other.safetensors")
+    msg = str(info.value)
+    assert "other.safetensors does not match TinyNet" in msg
+    assert "missing key(s): " in msg and "body.2.trunk.conv.weight" in msg
+    assert "unexpected key(s): fc.weight, fc.bias" in msg
+    assert "shape mismatch(es): stem.0.weight: checkpoint (12, 3, 3, 3) vs model (8, 3, 3, 3)" in msg
+    # a deploy model gets the same strictness (after the form conversion)
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_into(_deploy_tiny(), other)
+
+
+def test_mixed_form_model_cannot_be_saved(tiny_net, tmp_path):
+    tiny_net.body[0].reparameterize()
+    assert model_form(tiny_net) == "mixed"
+    with pytest.raises(CheckpointError, match="both fused and unfused"):
+        save_checkpoint(tiny_net, tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "w.bin"
+
+    def failing(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"half of it")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, failing)
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    with pytest.raises(OSError):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["w.bin"]
+    def good(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(b"new")
+
+    atomic_write(target, good)
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["w.bin"]

@@ -1,0 +1,351 @@
+"""Whole-model conversions: reparameterize, unfold, calibrate_bn, set_lambda (repan_zoo.convert).
+
+Models have random BN statistics and are compared in eval mode on full output maps.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from helpers import (
+    TinyNet, bns_of, make_input, randomize, rel_err, same_state, snapshot, training_flags,
+)
+import repan_zoo as rz
+from repan_zoo.algebra import KernelBias
+from repan_zoo.blocks import RepBlock
+from repan_zoo.blocks.branches import ConvKx1
+from repan_zoo.convert import revert_sync_batchnorm
+from repan_zoo.errors import LambdaRangeError, NoRepBlocksError, ReparameterizationError, UnfusableBranchError
+
+BLOCK_TOL = 1e-6
+NET_TOL = 1e-5
+
+
+def _out(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _block_names(model):
+    return [n for n, _ in rz.rep_blocks(model)]
+
+
+def _plain_state(model):
+    """State of everything outside the Rep blocks."""
+    names = _block_names(model)
+    return {k: v for k, v in snapshot(model).items() if not any(k.startswith(n + ".") for n in names)}
+
+
+# -- reparameterize ------------------------------------------------------------------------
+def test_reparameterize_is_exact_and_non_destructive(tiny_net, tiny_input):
+    tiny_net.train()
+    tiny_net.body[0].eval()
+    tiny_net.extra["head"].eval()  # mixed flags must survive
+    before, flags = snapshot(tiny_net), training_flags(tiny_net)
+    fused = rz.reparameterize(tiny_net)
+    assert fused is not tiny_net
+    assert same_state(before, snapshot(tiny_net)) and training_flags(tiny_net) == flags
+    assert all(not b.deploy for _, b in rz.rep_blocks(tiny_net))
+    assert all(b.deploy for _, b in rz.rep_blocks(fused))
+    new_flags = training_flags(fused)
+    assert all(new_flags[n] == f for n, f in flags.items() if n in new_flags)
+    assert all(new_flags[n] == new_flags[n.rsplit(".", 1)[0]] for n in new_flags if n.endswith("reparam_conv"))
+    assert same_state(_plain_state(tiny_net), _plain_state(fused))  # other modules bit-identical
+    with rz.verify.eval_mode(tiny_net), rz.verify.eval_mode(fused):
+        assert rel_err(_out(tiny_net, tiny_input), _out(fused, tiny_input)) <= NET_TOL
+        for name, block in rz.rep_blocks(tiny_net):  # per block, on the block's real input
+            inp = {}
+            h = block.register_forward_pre_hook(lambda m, a: inp.setdefault("x", a[0]))
+            _out(tiny_net, tiny_input)
+            h.remove()
+            assert rel_err(_out(block, inp["x"]), _out(fused.get_submodule(name), inp["x"])) <= BLOCK_TOL, name
+    report = fused.repan_exactness
+    assert report["model_rel_error"] <= NET_TOL and report["tolerance"] == NET_TOL
+    assert report["worst_block"] in _block_names(tiny_net)
+
+
+def test_reparameterize_inplace_and_idempotent(tiny_net, tiny_input):
+    ref = _out(tiny_net, tiny_input)
+    out = rz.reparameterize(tiny_net, inplace=True)
+    assert out is tiny_net and all(b.deploy for _, b in rz.rep_blocks(tiny_net))
+    state = snapshot(tiny_net)
+    again = rz.reparameterize(tiny_net)
+    assert same_state(state, snapshot(again))
+    assert rel_err(ref, _out(again, tiny_input)) <= NET_TOL
+
+
+def test_reparameterize_plain_sequential_of_rep_blocks():
+    seq = randomize(nn.Sequential(
+        RepBlock(8, 8, 3, 1, branches=("conv_1x1", "identity")),
+        RepBlock(8, 8, 5, 2, groups=8, branches=("avg", "1x1_kxk")),
+    ), seed=2)
+    x = make_input(8)
+    fused = rz.reparameterize(seq, example_input=x)
+    assert isinstance(fused, nn.Sequential) and all(isinstance(m, RepBlock) and m.deploy for m in fused)
+    assert rel_err(_out(seq, x), _out(fused, x)) <= BLOCK_TOL * 2  # two blocks
+
+
+def test_reparameterize_block_itself(tiny_input):
+    block = randomize(RepBlock(8, 8, branches=("conv_1x1", "identity"), lam=0.4), seed=3)
+    x = make_input(8)
+    fused = rz.reparameterize(block, inplace=True, example_input=x)
+    assert fused is block and block.deploy
+    block2 = randomize(RepBlock(8, 8, branches=("conv_1x1",)), seed=3)
+    copy_ = rz.reparameterize(block2, example_input=x)
+    assert copy_.deploy and not block2.deploy
+
+
+def test_timm_reparameterize_model_matches(tiny_net, tiny_input):
+    from timm.utils import reparameterize_model
+
+    ours = rz.reparameterize(tiny_net)
+    theirs = reparameterize_model(tiny_net)
+    assert all(b.deploy for _, b in rz.rep_blocks(theirs))
+    assert not any(b.deploy for _, b in rz.rep_blocks(tiny_net))  # timm copies too
+    assert rel_err(_out(ours, tiny_input), _out(theirs, tiny_input)) <= BLOCK_TOL
+    assert rel_err(_out(tiny_net, tiny_input), _out(theirs, tiny_input)) <= NET_TOL
+
+
+# -- errors --------------------------------------------------------------------------------
+@pytest.mark.parametrize("call", ["unfold", "reparameterize", "calibrate_bn"])
+def test_no_rep_blocks_is_a_typed_error(call):
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8))
+    fn = getattr(rz, call)
+    args = ([make_input(3)],) if call == "calibrate_bn" else ()
+    with pytest.raises(NoRepBlocksError, match="RepBlock|Rep block"):
+        fn(plain, *args)
+
+
+def test_calibrate_on_deploy_model_is_a_typed_error(tiny_net, tiny_input):
+    with pytest.raises(NoRepBlocksError, match="unfold"):
+        rz.calibrate_bn(rz.reparameterize(tiny_net), [tiny_input])
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_broken_block_raises_and_leaves_model_unchanged(tiny_net, tiny_input, monkeypatch, inplace):
+    original = ConvKx1.kernel_bias  # only body.2 has a conv_kx1 branch
+
+    def broken(self):
+        kb = original(self)
+        return KernelBias(kb.kernel + 0.05, kb.bias)
+
+    monkeypatch.setattr(ConvKx1, "kernel_bias", broken)
+    before, flags = snapshot(tiny_net), training_flags(tiny_net)
+    with pytest.raises(ReparameterizationError, match=r"block 'body\.2'.*left unchanged") as info:
+        rz.reparameterize(tiny_net, inplace=inplace)
+    err = info.value
+    assert err.worst_block == "body.2"
+    assert err.tolerance == NET_TOL and err.rel_error > NET_TOL and err.model_rel_error > NET_TOL
+    assert same_state(before, snapshot(tiny_net)) and training_flags(tiny_net) == flags
+    assert not any(b.deploy for _, b in rz.rep_blocks(tiny_net))
+    assert not hasattr(tiny_net, "repan_exactness")
+    # without the perturbation the same call passes (the test is not vacuous)
+    monkeypatch.undo()
+    rz.reparameterize(tiny_net, inplace=inplace)
+
+
+def test_set_lambda_counts_and_rejects(tiny_net):
+    assert rz.set_lambda(tiny_net, 0.3) == 4
+    assert all(float(b.lam) == pytest.approx(0.3) for _, b in rz.rep_blocks(tiny_net))
+    with pytest.raises(LambdaRangeError):
+        rz.set_lambda(tiny_net, 1.2)
+    assert all(float(b.lam) == pytest.approx(0.3) for _, b in rz.rep_blocks(tiny_net))
+    with pytest.raises(LambdaRangeError):
+        rz.unfold(tiny_net, lam=-0.5)
+
+
+# -- unfold -----------------------------------------------------------------------------
+@pytest.fixture
+def deploy_net(tiny_net):
+    return rz.reparameterize(tiny_net)
+
+
+@pytest.mark.parametrize("restore", ["inherit", "normalized", "identity"])
+def test_unfold_at_lambda_zero_preserves_function(tiny_net, deploy_net, tiny_input, restore):
+    before = snapshot(deploy_net)
+    un = rz.unfold(deploy_net, restore=restore)
+    assert same_state(before, snapshot(deploy_net))  # non-destructive
+    assert same_state(_plain_state(deploy_net), _plain_state(un))
+    for name, block in rz.rep_blocks(un):
+        assert not block.deploy and float(block.lam) == 0.0
+        assert block.branch_kinds == ["conv_kxk", "conv_1x1"]
+        assert not block.training  # the model was in eval mode, and so are the new modules
+    assert rel_err(_out(deploy_net, tiny_input), _out(un, tiny_input)) <= NET_TOL
+    assert un.repan_exactness["model_rel_error"] <= NET_TOL
+    if restore == "inherit":  # Sec. 3.3: γ, μ, σ of the trunk BN come back from before the fusion
+        for name, block in rz.rep_blocks(un):
+            old = tiny_net.get_submodule(name).trunk.bn
+            assert torch.equal(block.trunk.bn.running_var, old.running_var)
+            assert torch.equal(block.trunk.bn.running_mean, old.running_mean)
+            assert torch.equal(block.trunk.bn.weight, old.weight)
+
+
+def test_reparameterize_of_unfold_is_the_original(deploy_net, tiny_input):
+    back = rz.reparameterize(rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), residual=True))
+    assert rel_err(_out(deploy_net, tiny_input), _out(back, tiny_input)) <= BLOCK_TOL
+    for name, block in rz.rep_blocks(back):
+        ref = deploy_net.get_submodule(name).reparam_conv
+        assert rel_err(ref.weight, block.reparam_conv.weight) <= BLOCK_TOL
+        assert rel_err(ref.bias, block.reparam_conv.bias) <= BLOCK_TOL
+
+
+def test_unfold_with_positive_lambda(deploy_net, tiny_input):
+    gen = torch.Generator().manual_seed(5)
+    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), lam=0.4, generator=gen)
+    assert all(float(b.lam) == pytest.approx(0.4) for _, b in rz.rep_blocks(un))
+    train_out = _out(un, tiny_input)
+    assert rel_err(_out(deploy_net, tiny_input), train_out) > 1e-2  # λ>0 changes the function (Eq. 3)
+    fused = rz.reparameterize(un)
+    assert rel_err(train_out, _out(fused, tiny_input)) <= NET_TOL
+    assert fused.repan_exactness["worst_block_rel_error"] <= BLOCK_TOL
+
+
+def test_unfold_residual_k_and_generator(deploy_net, tiny_input):
+    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "avg"), k=3, residual=True,
+                   generator=torch.Generator().manual_seed(1))
+    kinds = {name: b.branch_kinds for name, b in rz.rep_blocks(un)}
+    # identity (residual BN) and avg only where shapes allow: body.2 is 8 -> 16, stride 2
+    assert kinds["body.2"] == ["conv_kxk"] * 3 + ["conv_1x1"] * 3
+    for name in ("body.0", "body.4", "extra.rep"):
+        assert kinds[name] == ["conv_kxk"] * 3 + ["conv_1x1"] * 3 + ["avg"] * 3 + ["identity"]
+    assert rel_err(_out(deploy_net, tiny_input), _out(un, tiny_input)) <= NET_TOL
+    un2 = rz.unfold(deploy_net, k=2, generator=torch.Generator().manual_seed(1))
+    assert all(b.branch_kinds == ["conv_kxk"] * 2 + ["conv_1x1"] * 2 for _, b in rz.rep_blocks(un2))
+
+
+def test_unfold_generator_reproducible(deploy_net):
+    a = rz.unfold(deploy_net, generator=torch.Generator().manual_seed(42))
+    b = rz.unfold(deploy_net, generator=torch.Generator().manual_seed(42))
+    c = rz.unfold(deploy_net, generator=torch.Generator().manual_seed(43))
+    assert same_state(snapshot(a), snapshot(b))
+    assert not same_state(snapshot(a), snapshot(c))
+    # the global RNG state does not decide the new weights
+    torch.manual_seed(123)
+    d = rz.unfold(deploy_net, generator=torch.Generator().manual_seed(42))
+    assert same_state(snapshot(a), snapshot(d))
+
+
+def test_unfold_blocks_filter(deploy_net, tiny_input):
+    un = rz.unfold(deploy_net, blocks=lambda name, block: name.startswith("body"))
+    forms = {name: b.deploy for name, b in rz.rep_blocks(un)}
+    assert forms == {"body.0": False, "body.2": False, "body.4": False, "extra.rep": True}
+    assert same_state(snapshot(deploy_net.extra["rep"]), snapshot(un.extra["rep"]))
+    assert rel_err(_out(deploy_net, tiny_input), _out(un, tiny_input)) <= NET_TOL
+
+
+def test_unfold_unfit_everywhere_is_an_error(deploy_net):
+    only_body2 = lambda name, block: name == "body.2"  # noqa: E731  (8 -> 16, stride 2)
+    with pytest.raises(UnfusableBranchError, match=r"\['avg'\] fit none"):
+        rz.unfold(deploy_net, branches=("avg",), blocks=only_body2)
+
+
+def test_unfold_inplace(deploy_net, tiny_input):
+    ref = _out(deploy_net, tiny_input)
+    out = rz.unfold(deploy_net, inplace=True, lam=0.2)
+    assert out is deploy_net and not any(b.deploy for _, b in rz.rep_blocks(deploy_net))
+    assert all(float(b.lam) == pytest.approx(0.2) for _, b in rz.rep_blocks(deploy_net))
+    rz.set_lambda(deploy_net, 0.0)
+    assert rel_err(ref, _out(deploy_net, tiny_input)) <= NET_TOL
+
+
+# -- calibrate_bn -------------------------------------------------------------------------------
+def _input_stats(model, bns, batches):
+    """Independent reference: per-channel mean and unbiased variance of each BN's input."""
+    seen = {id(bn): [] for bn in bns}
+    hooks = [bn.register_forward_pre_hook(lambda m, a: seen[id(m)].append(a[0].detach().double())) for bn in bns]
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for bn in bns:
+        x = torch.cat(seen[id(bn)]).transpose(0, 1).reshape(bn.num_features, -1)
+        out[id(bn)] = (x.mean(1), x.var(1, unbiased=True))
+    return out
+
+
+def test_calibrate_bn_keeps_function_and_sets_batch_stats(deploy_net, tiny_input):
+    gen = torch.Generator().manual_seed(3)
+    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), residual=True, generator=gen)
+    fresh = [br for _, b in rz.rep_blocks(un) for br in b.extras]
+    assert fresh and all(br.fresh for br in fresh)
+    inherited = [b.trunk.bn for _, b in rz.rep_blocks(un)]
+    old_stats = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in inherited]
+    batches = [make_input(3, seed=20) * 2 + 0.5, make_input(3, seed=21)]
+    ref = _out(un, tiny_input)
+    out = rz.calibrate_bn(un, [(batches[0], torch.zeros(2)), batches[1]])  # DataLoader-style tuple too
+    assert out is un
+    assert rel_err(ref, _out(un, tiny_input)) <= NET_TOL  # eval function unchanged (λ = 0)
+    bns = [bn for _, b in rz.rep_blocks(un) for bn in bns_of(b)]
+    expected = _input_stats(un, bns, batches)
+    for bn in bns:
+        mean, var = expected[id(bn)]
+        assert torch.allclose(bn.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(bn.running_var.double(), var, rtol=1e-5, atol=1e-6)
+    for bn, (m, v) in zip(inherited, old_stats):  # the statistics really moved
+        assert not torch.allclose(bn.running_mean, m) and not torch.allclose(bn.running_var, v)
+    # fresh branches start normalised: per-channel mean β=0 and variance γ²=1 on the calibration data
+    for br in fresh:
+        assert not br.fresh
+        outs = []
+        h = br.register_forward_hook(lambda m, a, o: outs.append(o.detach().double()))
+        with torch.no_grad():
+            for b in batches:
+                un(b)
+        h.remove()
+        y = torch.cat(outs).transpose(0, 1).reshape(outs[0].shape[1], -1)
+        assert y.mean(1).abs().max() < 1e-4
+        assert (y.var(1) - 1).abs().max() < 1e-3
+    assert any(len(bns_of(br)) == 2 for br in fresh)  # DBB nested BNs were part of it
+
+
+def test_calibrate_bn_keeps_function_at_positive_lambda_for_inherited(deploy_net, tiny_input):
+    """Inherited BNs keep the block function whatever the statistics are: with no extra branches
+    the model output is unchanged even at λ>0."""
+    un = rz.unfold(deploy_net, branches=(), k=0, lam=0.7)
+    ref = _out(un, tiny_input)
+    rz.calibrate_bn(un, [make_input(3, seed=30) * 3 - 1])
+    assert rel_err(ref, _out(un, tiny_input)) <= NET_TOL
+
+
+# -- SyncBatchNorm / half precision --------------------------------------------------------------
+def test_sync_batchnorm_fuse_and_revert(tiny_net, tiny_input):
+    sync = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(tiny_net))
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in sync.modules())
+    ref = _out(tiny_net, tiny_input)
+    assert torch.equal(ref, _out(sync, tiny_input))  # eval mode runs on CPU without a process group
+    fused = rz.reparameterize(sync)
+    assert rel_err(ref, _out(fused, tiny_input)) <= NET_TOL
+    assert same_state(snapshot(rz.reparameterize(tiny_net)), snapshot(fused))
+    back = revert_sync_batchnorm(sync)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in back.modules())
+    assert type(back.extra["head"].bn) is nn.BatchNorm2d
+    assert same_state(snapshot(tiny_net), snapshot(back)) and training_flags(tiny_net) == training_flags(back)
+    assert torch.equal(ref, _out(back, tiny_input))
+    assert rel_err(ref, _out(rz.reparameterize(back), tiny_input)) <= NET_TOL
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+def test_half_precision_fuses_in_fp32(tiny_net, tiny_input, dtype, tol):
+    half = copy.deepcopy(tiny_net).to(dtype)
+    fused = rz.reparameterize(half)
+    assert all(p.dtype == dtype for p in fused.parameters())
+    # fusion is done in fp32 internally and cast back: the same as fusing the fp32 upcast
+    ref = rz.reparameterize(copy.deepcopy(half).float()).to(dtype)
+    assert same_state(snapshot(ref), snapshot(fused))
+    x = tiny_input.to(dtype)
+    assert rel_err(_out(half, x), _out(fused, x)) <= tol
+    assert rel_err(_out(tiny_net, tiny_input), _out(fused, x)) <= tol
+    assert fused.repan_exactness["dtype"] == str(dtype).replace("torch.", "")
+
+
+def test_relative_error_helper_agrees():
+    a = torch.tensor([1.0, -4.0, 2.0])
+    b = torch.tensor([1.0, -4.0, 2.5])
+    assert rz.verify.relative_error(a, b) == pytest.approx(0.125) == rel_err(a, b)
+    assert rz.verify.relative_error(torch.zeros(3), torch.zeros(3)) == 0.0
