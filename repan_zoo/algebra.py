@@ -15,7 +15,7 @@ Equation numbers refer to *RepAn: Enhanced Annealing through Re-parameterization
 
 Constants (identity / average kernels) are built in the dtype and device of the
 tensors they are combined with. Callers that hold fp16/bf16 weights should fuse in
-fp32 and cast the result back (see :func:`as_fp32`).
+in float64 and cast the result back (see :func:`as_fusion_dtype`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ __all__ = [
     "KernelBias",
     "BNParams",
     "RESTORE_MODES",
-    "as_fp32",
+    "as_fusion_dtype",
     "fuse_conv_bn",
     "restore_conv_bn",
     "bn_affine",
@@ -60,9 +60,10 @@ class BNParams(NamedTuple):
     eps: float
 
 
-def as_fp32(*tensors: Tensor) -> Tuple[Tensor, ...]:
-    """Upcast to float32 for fusion arithmetic (fp16/bf16 fuse in fp32, cast back after)."""
-    return tuple(t.float() if t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors)
+def as_fusion_dtype(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    """Upcast to float64 for fusion arithmetic: the fused kernel is then the correctly rounded
+    value in the weights' own dtype (fp32, fp16, bf16), cast back by the caller."""
+    return tuple(t.double() if t.is_floating_point() else t for t in tensors)
 
 
 def bn_affine(bn: BNParams) -> Tuple[Tensor, Tensor]:

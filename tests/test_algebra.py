@@ -247,7 +247,7 @@ def test_gated_sum_equals_gated_branches(generator, lam):
     assert algebra.gated_sum(trunk, [], lam) == trunk
 
 
-def test_as_fp32_upcasts_half_only():
-    h, b, d, i = torch.ones(2, dtype=torch.half), torch.ones(2, dtype=torch.bfloat16), torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.long)
-    out = algebra.as_fp32(h, b, d, i)
-    assert [t.dtype for t in out] == [torch.float32, torch.float32, torch.float64, torch.long]
+def test_as_fusion_dtype_upcasts_floats_to_float64_only():
+    h, b, f, i = (torch.ones(2, dtype=dt) for dt in (torch.half, torch.bfloat16, torch.float32, torch.long))
+    out = algebra.as_fusion_dtype(h, b, f, i)
+    assert [t.dtype for t in out] == [torch.float64, torch.float64, torch.float64, torch.long]

@@ -111,7 +111,7 @@ def test_dbb_1x1_kxk_is_exact_on_borders_and_zero_padding_is_not(k, stride, grou
     with torch.no_grad():
         fused = branch.kernel_bias()
         ref = branch(x)
-        out = F.conv2d(x, fused.kernel, fused.bias, stride, k // 2, groups=groups)
+        out = F.conv2d(x, fused.kernel.to(x.dtype), fused.bias.to(x.dtype), stride, k // 2, groups=groups)
         assert rel_err(ref, out) <= TOL  # full map, borders included
 
         def zero_pad(self, y):  # what a naive implementation does

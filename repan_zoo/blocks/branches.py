@@ -2,7 +2,7 @@
 
 Every branch answers one question: *what single convolution am I, in the trunk's
 shape?* — :meth:`Branch.kernel_bias` returns ``(kernel, bias)`` with kernel shape
-``[C_out, C_in/groups, k, k]`` in float32, from which Eq. (1) adds the branches up.
+``[C_out, C_in/groups, k, k]`` in float64, from which Eq. (1) adds the branches up.
 
 Registered kinds (see :data:`BRANCH_KINDS`):
 
@@ -72,7 +72,7 @@ class BlockSpec:
 
 
 def bn_params(bn: nn.modules.batchnorm._BatchNorm) -> BNParams:
-    """Eval-mode parameters of any BatchNorm (BatchNorm2d, SyncBatchNorm, ...), as float32."""
+    """Eval-mode parameters of any BatchNorm (BatchNorm2d, SyncBatchNorm, ...), as float64."""
     num = bn.num_features
     ref = bn.running_mean if bn.running_mean is not None else bn.weight
     if bn.running_mean is None or bn.running_var is None:
@@ -82,13 +82,13 @@ def bn_params(bn: nn.modules.batchnorm._BatchNorm) -> BNParams:
         )
     weight = bn.weight if bn.affine else torch.ones(num, device=ref.device, dtype=ref.dtype)
     bias = bn.bias if bn.affine else torch.zeros(num, device=ref.device, dtype=ref.dtype)
-    weight, bias, mean, var = algebra.as_fp32(weight.detach(), bias.detach(), bn.running_mean, bn.running_var)
+    weight, bias, mean, var = algebra.as_fusion_dtype(weight.detach(), bias.detach(), bn.running_mean, bn.running_var)
     return BNParams(weight, bias, mean, var, bn.eps)
 
 
 def _conv_kernel_bias(conv: nn.Conv2d) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    (kernel,) = algebra.as_fp32(conv.weight.detach())
-    bias = None if conv.bias is None else algebra.as_fp32(conv.bias.detach())[0]
+    (kernel,) = algebra.as_fusion_dtype(conv.weight.detach())
+    bias = None if conv.bias is None else algebra.as_fusion_dtype(conv.bias.detach())[0]
     return kernel, bias
 
 

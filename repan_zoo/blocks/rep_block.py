@@ -131,14 +131,14 @@ class RepBlock(nn.Module):
 
     # -- fusion ---------------------------------------------------------------------------
     def fused_kernel_bias(self) -> KernelBias:
-        """The single conv this block computes in eval mode, in float32 (Eq. 5, λ included)."""
+        """The single conv this block computes in eval mode, in float64 (Eq. 5, λ included)."""
         if self.reparam_conv is not None:
-            kernel = self.reparam_conv.weight.detach().float()
-            bias = self.reparam_conv.bias.detach().float()
+            kernel = self.reparam_conv.weight.detach().double()
+            bias = self.reparam_conv.bias.detach().double()
             return KernelBias(kernel, bias)
         assert self.trunk is not None
         return algebra.gated_sum(
-            self.trunk.kernel_bias(), [b.kernel_bias() for b in self.extras], self.lam.detach().float()
+            self.trunk.kernel_bias(), [b.kernel_bias() for b in self.extras], self.lam.detach().double()
         )
 
     @torch.no_grad()
