@@ -17,6 +17,7 @@ from .errors import (
     UnfusableBranchError,
 )
 from .verify import rep_blocks
+from . import models  # registers the repan_* models in timm (import last: it uses the core above)
 
 __all__ = [
     "__version__",
