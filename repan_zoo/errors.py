@@ -84,6 +84,9 @@ class WeightsError(RepanError):
         self.model = model
         self.filename = filename
 
+    def __str__(self) -> str:  # OSError-based subclasses would otherwise format ``filename`` their way
+        return str(self.args[0]) if self.args else ""
+
 
 class UnknownTagError(WeightsError, LookupError):
     """The manifest has no weights of that tag for the model (``available`` lists the tags it has)."""
@@ -142,3 +145,19 @@ class ModelConfigError(RepanError, ValueError):
 
 class UnknownModelArgError(ModelConfigError, TypeError):
     """A keyword argument the ``repan_*`` models do not take; the message lists those they do."""
+
+
+# -- detection (repan_zoo.detection) ---------------------------------------------------------------
+class FeatureStrideError(RepanError, ValueError):
+    """A backbone whose feature levels cannot feed a feature pyramid: too few levels, strides that
+    do not increase by powers of two, or maps whose measured size disagrees with their stride."""
+
+
+class CocoFormatError(RepanError, ValueError):
+    """A file that is not a valid COCO instances file. ``path`` names the file, ``field`` the
+    missing or invalid entry (e.g. ``annotations[3].bbox``)."""
+
+    def __init__(self, message: str, *, path=None, field=None):
+        super().__init__(message)
+        self.path = path
+        self.field = field

@@ -120,10 +120,18 @@ def capture(
     ``record_inputs`` (a dict) receives each named submodule's input. With ``block_inputs``
     (such a dict from the reference model) each submodule's figure is its output on that
     recorded input, so a per-block error measures the block alone instead of also carrying
-    the errors of the blocks upstream (the worst block is then the one that is wrong)."""
+    the errors of the blocks upstream (the worst block is then the one that is wrong).
+
+    For a torchvision detector the returned outputs are its backbone's (FPN) feature maps:
+    the detections themselves pass through top-k, score thresholds and NMS, discrete choices
+    that fp32 rounding may flip (a 1e-7 change of two near-equal objectness scores selects
+    other proposals), so they are no measure of exactness."""
     modules = dict(model.named_modules())
     seen: Dict[str, torch.Tensor] = {}
     handles = []
+    dense: List[Any] = []
+    if _is_torchvision_detector(model) and isinstance(getattr(model, "backbone", None), nn.Module):
+        handles.append(model.backbone.register_forward_hook(lambda _m, _a, out: dense.append(out)))
     for name in names:
         def hook(_m, args, out, name=name):
             if isinstance(out, torch.Tensor) and name not in seen:
@@ -140,7 +148,7 @@ def capture(
     finally:
         for h in handles:
             h.remove()
-    return [t.detach().float().clone() for t in flatten_tensors(out)], seen
+    return [t.detach().float().clone() for t in flatten_tensors(dense[:1] or out)], seen
 
 
 @dataclass

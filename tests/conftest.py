@@ -9,6 +9,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `from helpers import ...` in every layout
 
+import fake_hub  # noqa: E402  weights-hub tests: a loopback Hub; HF_ENDPOINT must be set before huggingface_hub loads
+
+fake_hub.install_session_hub()
+
 from helpers import TinyNet, make_input, randomize  # noqa: E402
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Optional
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -119,3 +120,16 @@ class TinyNet(nn.Module):
 
 def bns_of(module: nn.Module) -> Iterable[nn.Module]:
     return [m for m in module.modules() if isinstance(m, _BN)]
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test, then the old count back. Tiny inputs gain nothing from
+    threads, and on a busy 2-core machine OpenMP spin-waiting makes 2 threads several times slower.
+    Use it with ``pytestmark = pytest.mark.usefixtures("single_thread")`` (after importing it)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

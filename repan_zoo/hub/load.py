@@ -1,0 +1,154 @@
+"""``load_pretrained(model)``: what a model entrypoint calls for ``pretrained=True``.
+
+resolve (:mod:`.resolve`) → fetch + verify size and sha256 (:mod:`.download`, before any tensor
+is read) → :func:`repan_zoo.checkpoint.read_checkpoint` → adapt the stem to ``in_chans`` and
+drop a classifier of another ``num_classes`` (as timm does) → :func:`repan_zoo.checkpoint.load_into`,
+which loads deploy weights into a deploy model and unfolds them, function preserved, into a
+train-form model.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Dict, Iterable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..blocks import RepBlock
+from ..checkpoint import load_into, read_checkpoint
+from ..errors import CheckpointError, WeightsNotFoundError
+from .download import Fetched, fetch
+from .resolve import WeightSource, resolve_source
+
+__all__ = ["load_pretrained", "adapt_classifier", "adapt_input_channels"]
+
+
+def load_pretrained(model: nn.Module, *, cache_dir: Optional[str] = None) -> nn.Module:
+    """Load the verified pretrained weights named by ``model.pretrained_cfg`` into ``model`` (in place).
+
+    Raises the typed errors of :mod:`repan_zoo.errors` (``UnknownTagError``, ``WeightsNotFoundError``,
+    ``UnknownRevisionError``, ``OfflineError``, ``ChecksumMismatchError``, ``SizeMismatchError``,
+    ``TruncatedDownloadError``, ``CheckpointError``), each naming the model, the file and the fix.
+    Sets ``model.repan_weights`` (source, file, sha256) for provenance."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if not cfg:
+        raise WeightsNotFoundError(
+            f"{type(model).__name__} has no pretrained_cfg, so its weights cannot be looked up; build it with "
+            "timm.create_model('repan_...') (after `import repan_zoo`)"
+        )
+    cfg = dict(cfg)
+    source = resolve_source(cfg)
+    fetched = fetch(source, cache_dir=cache_dir)
+    state_dict, metadata = read_checkpoint(fetched.path)
+    state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
+    state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"))
+    load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})")
+    model.repan_weights = _provenance(source, fetched)
+    return model
+
+
+def _provenance(source: WeightSource, fetched: Fetched) -> Dict[str, object]:
+    info: Dict[str, object] = {"name": source.label, "source": source.kind, "file": str(fetched.path)}
+    if source.kind == "hub":
+        info.update(hf_hub_id=source.hf_hub_id, revision=fetched.revision, filename=source.filename)
+    expected = fetched.expected
+    if expected is None:
+        info["verified_by"] = "nothing (a local-dir folder of the user's)"
+    else:
+        info.update(sha256=expected.sha256, git_sha1=expected.git_sha1, size=expected.size, verified_by=expected.origin)
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def _names(value) -> Tuple[str, ...]:
+    if not value:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@torch.no_grad()
+def adapt_classifier(model: nn.Module, state_dict: Dict[str, torch.Tensor], classifier) -> Dict[str, torch.Tensor]:
+    """Drop the pretrained classifier (``pretrained_cfg['classifier']``) when the model's differs in
+    shape (another ``num_classes``) or is absent (``num_classes=0``), as timm does. The model keeps
+    its freshly initialised classifier, so everything else still loads strictly."""
+    own = model.state_dict()
+    out = dict(state_dict)
+    for name in _names(classifier):
+        for key in (f"{name}.weight", f"{name}.bias"):
+            if key not in out:
+                continue
+            if key not in own:
+                del out[key]
+            elif own[key].shape != out[key].shape:
+                out[key] = own[key].clone()
+    return out
+
+
+def _input_conv_keys(name: str) -> Iterable[str]:
+    """Checkpoint keys the first conv may have: the conv itself, or a Rep block in either form."""
+    yield f"{name}.weight"
+    yield f"{name}.reparam_conv.weight"
+    if name.endswith(".trunk.conv"):
+        yield f"{name[: -len('.trunk.conv')]}.reparam_conv.weight"
+    if name.endswith(".reparam_conv"):
+        yield f"{name[: -len('.reparam_conv')]}.trunk.conv.weight"
+
+
+def _module_for(model: nn.Module, name: str) -> Optional[nn.Module]:
+    for candidate in (name, name.rsplit(".trunk.conv", 1)[0], name.rsplit(".reparam_conv", 1)[0]):
+        try:
+            module = model.get_submodule(candidate)
+        except AttributeError:
+            continue
+        if isinstance(module, (RepBlock, nn.Conv2d)):
+            return module
+        first = next((m for m in module.modules() if isinstance(m, (RepBlock, nn.Conv2d))), None)
+        if first is not None:
+            return first
+    return None
+
+
+@torch.no_grad()
+def adapt_input_channels(
+    model: nn.Module, state_dict: Dict[str, torch.Tensor], first_conv, source: Optional[WeightSource] = None
+) -> Dict[str, torch.Tensor]:
+    """Adapt the first conv (``pretrained_cfg['first_conv']``) to the model's ``in_chans`` with timm's
+    ``adapt_input_conv`` (sum for 1 channel, repeat and rescale for more). In a deploy checkpoint
+    the stem Rep block is one fused conv, and the adaptation is linear in the input channels, so
+    adapting the fused kernel equals adapting every branch."""
+    from timm.models import adapt_input_conv
+
+    out = dict(state_dict)
+    label = source.label if source is not None else "the checkpoint"
+    for name in _names(first_conv):
+        key = next((k for k in _input_conv_keys(name) if k in out), None)
+        module = _module_for(model, name)
+        if key is None or module is None:
+            continue
+        if isinstance(module, RepBlock):
+            target, groups = module.in_channels, module.spec.groups
+        else:
+            target, groups = module.in_channels, module.groups
+        weight = out[key]
+        if weight.ndim != 4:
+            continue
+        pretrained = weight.shape[1] * groups
+        if pretrained == target:
+            continue
+        if groups != 1:
+            raise CheckpointError(
+                f"pretrained weights {label}: the first conv {name} is grouped (groups={groups}), so its "
+                f"{pretrained} input channels cannot be adapted to in_chans={target}; use in_chans={pretrained}"
+            )
+        try:
+            if "base_chans" in inspect.signature(adapt_input_conv).parameters:
+                out[key] = adapt_input_conv(target, weight, base_chans=pretrained)
+            elif pretrained == 3:
+                out[key] = adapt_input_conv(target, weight)
+            else:
+                raise NotImplementedError
+        except NotImplementedError:
+            raise CheckpointError(
+                f"pretrained weights {label}: cannot adapt the first conv {name} from {pretrained} to "
+                f"{target} input channels with this timm; use in_chans={pretrained}"
+            ) from None
+    return out

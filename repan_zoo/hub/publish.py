@@ -1,0 +1,354 @@
+"""Publish a deploy checkpoint: to the Hugging Face Hub (:func:`publish`) or into the package (:func:`bundle`),
+and record it in the weights manifest.
+
+Inputs: the deploy checkpoint (typed safetensors, :mod:`repan_zoo.checkpoint`) and the training
+run's metrics JSON: the trainer's ``final.json`` (:mod:`repan_zoo.annealing`) as it is, or any JSON
+with these fields (``recipe.*`` is the trainer's ``TrainConfig.as_dict()``):
+
+``model``                     timm model name (else ``recipe.model``, else the checkpoint's ``architecture``)
+``create_kwargs``             kwargs to rebuild the model (the trainer's: ``num_classes``, ``in_chans``, ...);
+                              else ``model_kwargs`` / ``model_args``, else ``recipe.model_kwargs``
+``test_top1`` (+ ``val_top1``, ...)  one dataset's figures at the top level (the trainer's), the dataset named by
+                              ``dataset`` / ``data.dataset`` / ``recipe.dataset``; or ``metrics``:
+                              ``{dataset: top1 | {"top1": .., ...}}`` or one dataset's ``{"test_top1": .., ...}``.
+                              **Required.**
+``exactness``                 the certificate: ``tolerance`` and ``model_rel_error`` (or ``max_rel_error``),
+                              optionally ``worst_block_rel_error``; every error ≤ tolerance. Else the checkpoint's
+                              own ``exactness`` metadata. **Required.**
+``recipe``                    the training recipe (recorded as is)
+``data`` / ``data_config``    ``input_size`` [C, H, W], ``mean``, ``std`` (else top-level keys, else the model's cfg)
+
+Publishing refuses (:class:`PublishError`) without metrics or a passing exactness certificate, for
+a train-form checkpoint, or for one that does not load strictly into ``timm.create_model(model,
+deploy=True, **model_kwargs)``. After the upload, the Hub's metadata of the new commit is checked
+against the local sha256 and size before the manifest entry is written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .. import manifest
+from ..checkpoint import atomic_write, load_into, read_checkpoint, state_dict_form
+from ..errors import CheckpointError, PublishError
+from ..manifest import WeightEntry
+from .card import model_card
+from .integrity import git_blob_sha1, sha256_file
+from .resolve import DEFAULT_FILENAME
+
+__all__ = ["RunRecord", "read_run", "check_exactness", "prepare", "publish", "bundle", "PublishResult"]
+
+_METRIC_NAMES = {"top1", "top5", "test_top1", "test_top5", "val_top1", "val_top5", "loss", "test_loss", "val_loss"}
+_ERROR_FIELDS = ("model_rel_error", "max_rel_error", "worst_block_rel_error")
+
+
+@dataclass
+class RunRecord:
+    """What publishing needs from a training run."""
+
+    model: str
+    model_kwargs: Dict[str, Any]
+    metrics: Dict[str, Dict[str, Any]]
+    exactness: Dict[str, Any]
+    recipe: Dict[str, Any]
+    data: Dict[str, Any]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _normalise_metrics(raw: Any, dataset: Optional[str], where: str) -> Dict[str, Dict[str, Any]]:
+    if not isinstance(raw, dict) or not raw:
+        return {}
+    if set(raw) & _METRIC_NAMES:  # one dataset's figures
+        if not dataset:
+            raise PublishError(f"{where}: metrics {sorted(raw)} do not say which dataset; add 'dataset' to the JSON")
+        raw = {dataset: raw}
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, value in raw.items():
+        figures = {"top1": value} if _is_number(value) else dict(value) if isinstance(value, dict) else {}
+        if "top1" not in figures and "test_top1" in figures:
+            figures["top1"] = figures["test_top1"]
+        if not _is_number(figures.get("top1")):
+            raise PublishError(f"{where}: metrics[{name!r}] has no numeric top-1 ({value!r})")
+        out[str(name)] = {k: v for k, v in figures.items() if _is_number(v)}
+    return out
+
+
+def check_exactness(cert: Any, where: str) -> Dict[str, Any]:
+    """The certificate, if it proves fused == trained within its tolerance; else :class:`PublishError`."""
+    if isinstance(cert, str):
+        try:
+            cert = json.loads(cert)
+        except json.JSONDecodeError:
+            cert = None
+    if not isinstance(cert, dict) or not cert:
+        raise PublishError(
+            f"{where} has no exactness certificate: publishing needs proof that the deploy weights compute what the "
+            "trained network computed. Produce it with repan_zoo.reparameterize(model) (it attaches "
+            "model.repan_exactness; the trainer writes it to final.json as 'exactness')"
+        )
+    tol = cert.get("tolerance")
+    errors = {k: cert[k] for k in _ERROR_FIELDS if cert.get(k) is not None}
+    if not _is_number(tol) or not errors:
+        raise PublishError(
+            f"{where}: the exactness certificate needs a numeric 'tolerance' and 'model_rel_error' "
+            f"(or 'max_rel_error'); got keys {sorted(cert)}"
+        )
+    bad = {k: v for k, v in errors.items() if not _is_number(v) or v > tol}
+    if bad:
+        raise PublishError(
+            f"{where}: the exactness certificate fails: {bad} exceed the tolerance {tol:g}. The deploy weights do not "
+            "compute what the trained network did; fix the conversion before publishing"
+        )
+    return dict(cert)
+
+
+def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -> RunRecord:
+    """Read the training run's metrics JSON (see the module docstring for the fields)."""
+    if metrics_json is None:
+        raise PublishError("no metrics JSON given: publishing needs the training run's metrics (final.json)")
+    path = Path(metrics_json)
+    if not path.is_file():
+        raise PublishError(f"metrics JSON {path} does not exist; pass the run's final.json")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PublishError(f"metrics JSON {path} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise PublishError(f"metrics JSON {path} must hold an object")
+    recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}
+    data = next((doc[k] for k in ("data", "data_config") if isinstance(doc.get(k), dict)), {})
+    data = dict(data)
+    for key in ("input_size", "mean", "std", "num_classes"):
+        if key in doc and key not in data:
+            data[key] = doc[key]
+    model = doc.get("model") or recipe.get("model") or checkpoint_meta.get("architecture")
+    if not model:
+        raise PublishError(f"{path}: no model name ('model' or 'recipe.model') and the checkpoint names none")
+    kwargs = next((doc[k] for k in ("create_kwargs", "model_kwargs", "model_args") if isinstance(doc.get(k), dict)), None)
+    if kwargs is None:
+        kwargs = recipe.get("model_kwargs") if isinstance(recipe.get("model_kwargs"), dict) else {}
+    dataset = doc.get("dataset") or data.get("dataset") or recipe.get("dataset")
+    metrics = _normalise_metrics(doc.get("metrics"), dataset, str(path))
+    if not metrics:
+        top = {k: doc[k] for k in ("top1", "test_top1", "top5", "test_top5", "val_top1") if _is_number(doc.get(k))}
+        metrics = _normalise_metrics(top, dataset, str(path))
+    if not metrics:
+        raise PublishError(
+            f"{path} has no metrics: publishing needs the measured accuracy ('test_top1' with 'dataset', or "
+            "'metrics': {{dataset: {{'top1': ..}}}})"
+        )
+    cert = doc.get("exactness") or checkpoint_meta.get("exactness")
+    exactness = check_exactness(cert, str(path))
+    return RunRecord(str(model), dict(kwargs), metrics, exactness, dict(recipe), data)
+
+
+@dataclass
+class Prepared:
+    """A checked checkpoint with its config.json, card and manifest fields, staged in ``folder``."""
+
+    run: RunRecord
+    tag: str
+    license: str
+    folder: Path
+    weights: Path
+    sha256: str
+    size: int
+    git_sha1: str
+    input_size: list
+    mean: list
+    std: list
+    num_classes: int
+
+
+def _check_loads(checkpoint: Path, run: RunRecord):
+    """Build ``timm.create_model(model, deploy=True, **kwargs)`` and load the checkpoint strictly."""
+    import timm
+
+    state_dict, meta = read_checkpoint(checkpoint)
+    form = meta.get("form") or state_dict_form(state_dict)
+    if form != "deploy":
+        raise PublishError(
+            f"{checkpoint} is a {form or 'plain'}-form checkpoint; publish the deploy (fused) weights: "
+            "repan_zoo.reparameterize(model) then repan_zoo.checkpoint.save_checkpoint"
+        )
+    if not timm.is_model(run.model):
+        raise PublishError(
+            f"{run.model} is not a timm model known here; `import repan_zoo` registers the repan_* models. "
+            "Only registered models can be published (timm must rebuild them from config.json)"
+        )
+    kwargs = {k: v for k, v in run.model_kwargs.items() if k not in ("pretrained", "deploy")}
+    model = timm.create_model(run.model, pretrained=False, deploy=True, **kwargs)
+    try:
+        load_into(model, state_dict, meta, what=f"checkpoint {checkpoint}")
+    except CheckpointError as exc:
+        raise PublishError(f"{checkpoint} does not load into {run.model}({kwargs}): {exc}") from exc
+    return model, meta
+
+
+def _data_config(run: RunRecord, model) -> Dict[str, Any]:
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    in_chans = getattr(model, "in_chans", None) or run.model_kwargs.get("in_chans") or (cfg.get("input_size") or [3])[0]
+    size = list(run.data.get("input_size") or cfg.get("input_size") or [])
+    mean = list(run.data.get("mean") or cfg.get("mean") or [])
+    std = list(run.data.get("std") or cfg.get("std") or [])
+    if len(size) == 2:
+        size = [in_chans, *size]
+    if len(size) != 3 or size[0] != in_chans or len(mean) != in_chans or len(std) != in_chans:
+        raise PublishError(
+            f"cannot tell the input preprocessing of {run.model} (in_chans={in_chans}): input_size={size}, "
+            f"mean={mean}, std={std}. Add 'data': {{'input_size': [C, H, W], 'mean': [...], 'std': [...]}} to the "
+            "metrics JSON"
+        )
+    return {"input_size": [int(v) for v in size], "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def prepare(
+    checkpoint: Path, metrics_json: Optional[Path], *, tag: str, license: str, repo_id: str, folder: Path
+) -> Prepared:
+    """Check everything and stage ``model.safetensors``, ``config.json`` and ``README.md`` in ``folder``."""
+    from timm.models._hub import save_config_for_hf
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise PublishError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint.suffix != ".safetensors":
+        raise PublishError(f"{checkpoint}: only safetensors checkpoints are published (no pickles)")
+    _, meta = read_checkpoint(checkpoint)
+    run = read_run(metrics_json, meta)
+    if not manifest.is_valid_tag(tag):
+        raise PublishError(f"tag {tag!r}: use letters, digits, '_', '-', '.' (e.g. 'fmnist_repan')")
+    model, _ = _check_loads(checkpoint, run)
+    data = _data_config(run, model)
+    num_classes = int(getattr(model, "num_classes", 0) or run.data.get("num_classes") or 0)
+    if num_classes <= 0:
+        raise PublishError(f"{run.model} has no classifier (num_classes={num_classes}); publish a classification model")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / DEFAULT_FILENAME
+    shutil.copyfile(checkpoint, weights)  # the exact bytes that were certified
+    sha, size = sha256_file(weights), weights.stat().st_size
+    model.pretrained_cfg = {**dict(getattr(model, "pretrained_cfg", None) or {}), "architecture": run.model, "tag": tag,
+                            "license": license, "input_size": tuple(data["input_size"])}
+    save_config_for_hf(
+        model, folder / "config.json",
+        model_args={"deploy": True},
+        data_config={"input_size": tuple(data["input_size"]), "mean": tuple(data["mean"]), "std": tuple(data["std"])},
+    )
+    card = model_card(
+        model=run.model, tag=tag, repo_id=repo_id, license=license, metrics=run.metrics, recipe=run.recipe,
+        exactness=run.exactness, data=data, filename=DEFAULT_FILENAME, sha256=sha, size=size,
+        model_args={k: v for k, v in run.model_kwargs.items() if k not in ("pretrained", "deploy")},
+    )
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    return Prepared(run, tag, license, folder, weights, sha, size, git_blob_sha1(weights),
+                    data["input_size"], data["mean"], data["std"], num_classes)
+
+
+def _entry(p: Prepared, **where) -> WeightEntry:
+    return WeightEntry.from_dict(
+        {
+            "model": p.run.model, "tag": p.tag, **where, "sha256": p.sha256, "size": p.size,
+            "num_classes": p.num_classes, "input_size": p.input_size, "mean": p.mean, "std": p.std,
+            "metrics": p.run.metrics, "recipe": p.run.recipe, "exactness": p.run.exactness, "license": p.license,
+            **({"model_kwargs": p.run.model_kwargs} if p.run.model_kwargs else {}),
+        },
+        where="publish",
+    )
+
+
+@dataclass
+class PublishResult:
+    entry: WeightEntry
+    manifest_file: Optional[Path]
+    folder: Path
+    commit: Optional[str] = None
+
+
+def publish(
+    checkpoint,
+    metrics_json,
+    repo_id: str,
+    *,
+    tag: str,
+    license: str = "apache-2.0",
+    family: Optional[str] = None,
+    manifest_dir=None,
+    out_dir=None,
+    private: bool = False,
+    token: Optional[str] = None,
+    endpoint: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    dry_run: bool = False,
+) -> PublishResult:
+    """Check, stage, upload with ``HfApi`` (create_repo + create_commit), verify the Hub's copy and write the
+    manifest entry (pinned to the new commit). ``dry_run``: stage into ``out_dir`` only."""
+    from huggingface_hub import CommitOperationAdd, HfApi, get_hf_file_metadata, hf_hub_url
+
+    if not manifest.is_valid_repo_id(repo_id):
+        raise PublishError(f"repo id {repo_id!r} must be 'org/name'")
+    folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="repan-publish-"))
+    p = prepare(Path(checkpoint), metrics_json, tag=tag, license=license, repo_id=repo_id, folder=folder)
+    if dry_run:
+        entry = _entry(p, source="hub", hf_hub_id=repo_id, revision="0" * 40, filename=DEFAULT_FILENAME)
+        return PublishResult(entry, None, folder)
+    api = HfApi(endpoint=endpoint, token=token, library_name="repan_zoo")
+    api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+    operations = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
+        for name in (DEFAULT_FILENAME, "config.json", "README.md")
+    ]
+    info = api.create_commit(
+        repo_id, operations, repo_type="model",
+        commit_message=commit_message or f"{p.run.model}.{tag}: deploy weights, config and model card (repan_zoo)",
+    )
+    commit = info.oid
+    meta = get_hf_file_metadata(hf_hub_url(repo_id, DEFAULT_FILENAME, revision=commit, endpoint=api.endpoint), token=token)
+    etag = (meta.etag or "").strip('"').lower()
+    if meta.commit_hash != commit or meta.size != p.size or etag not in (p.sha256, p.git_sha1):
+        raise PublishError(
+            f"the Hub's copy of {repo_id}@{commit}/{DEFAULT_FILENAME} (commit {meta.commit_hash}, {meta.size} bytes, "
+            f"ETag {etag}) is not the uploaded file ({p.size} bytes, sha256 {p.sha256}); the manifest was NOT updated. "
+            "Publish again"
+        )
+    entry = _entry(p, source="hub", hf_hub_id=repo_id, revision=commit, filename=DEFAULT_FILENAME)
+    file = manifest.write_entry(entry, family=family, directory=manifest_dir)
+    return PublishResult(entry, file, folder, commit)
+
+
+def bundle(
+    checkpoint,
+    metrics_json,
+    *,
+    tag: str,
+    license: str = "apache-2.0",
+    family: Optional[str] = None,
+    manifest_dir=None,
+    max_bytes: int = 8 << 20,
+) -> PublishResult:
+    """Copy a small deploy checkpoint into the package (:func:`repan_zoo.manifest.bundled_dir`,
+    ``repan_zoo/weights/``) and write a ``source: bundled`` manifest entry: ``pretrained=True`` then
+    works with no network."""
+    checkpoint = Path(checkpoint)
+    size = checkpoint.stat().st_size if checkpoint.is_file() else 0
+    if size > max_bytes:
+        raise PublishError(
+            f"{checkpoint} is {size} bytes; bundled weights ship in every install and are limited to {max_bytes} "
+            "bytes: publish it to the Hub instead (or raise --max-bundle-mb)"
+        )
+    with tempfile.TemporaryDirectory(prefix="repan-bundle-") as tmp:
+        p = prepare(checkpoint, metrics_json, tag=tag, license=license, repo_id="<bundled>/<bundled>", folder=Path(tmp))
+        target_dir = manifest.bundled_dir()
+        filename = f"{p.run.model}-{tag}.safetensors"
+        data = p.weights.read_bytes()
+        atomic_write(target_dir / filename, lambda t: Path(t).write_bytes(data))
+        entry = _entry(p, source="bundled", filename=filename)
+        file = manifest.write_entry(entry, family=family, directory=manifest_dir)
+        return PublishResult(entry, file, target_dir)

@@ -1,0 +1,132 @@
+"""Which bytes a model's ``pretrained_cfg`` asks for: a manifest entry, or a Hub repo named by timm.
+
+Order of resolution (:func:`resolve_source`):
+
+1. ``source == 'hf-hub'`` (``timm.create_model('hf-hub:org/name[@rev]')``): that repo and revision.
+   The file's size and hash then come from the Hub's own metadata (LFS sha256, or the git blob
+   id of a non-LFS file); when a manifest entry pins the same repo, file and commit, its sha256
+   and size must match as well.
+2. ``source == 'local-dir'`` (``timm.create_model('local-dir:/path')``): the user's own folder
+   (``model.safetensors`` in it), loaded as given: nothing is downloaded, so there is nothing
+   published to compare with. (A cfg ``file`` is otherwise ignored: bundled files are found
+   through the manifest, which carries their hashes.)
+3. The manifest entry of ``(architecture, tag)`` (``tag`` None: the first listed): pinned
+   commit, sha256 and size — unless the cfg's ``hf_hub_id`` names another repo or revision.
+4. A cfg ``hf_hub_id`` without (or overriding) a manifest entry, e.g.
+   ``pretrained_cfg_overlay=dict(hf_hub_id='org/name@rev')``: as in 1.
+5. Otherwise :class:`UnknownTagError` (the model has weights, but not of that tag) or
+   :class:`WeightsNotFoundError` (none at all).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Tuple
+
+from .. import manifest
+from ..errors import UnknownTagError, WeightsNotFoundError
+from ..manifest import WeightEntry
+
+__all__ = ["WeightSource", "resolve_source", "split_hf_hub_id", "DEFAULT_FILENAME"]
+
+DEFAULT_FILENAME = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where one model's weights come from. ``kind``: ``hub`` | ``bundled`` | ``local``.
+
+    ``entry`` is the manifest entry when the bytes are pinned by it (hub or bundled);
+    ``revision`` is a 40-char commit for pinned hub weights, a branch/tag/commit or None (main)
+    for a repo named by timm's ``hf-hub:`` prefix."""
+
+    model: str
+    tag: Optional[str]
+    kind: str
+    filename: str
+    hf_hub_id: Optional[str] = None
+    revision: Optional[str] = None
+    path: Optional[Path] = None
+    entry: Optional[WeightEntry] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}.{self.tag}" if self.tag else self.model
+
+    @property
+    def where(self) -> str:
+        if self.kind == "hub":
+            return f"{self.hf_hub_id}@{self.revision or 'main'}/{self.filename}"
+        return str(self.path)
+
+
+def split_hf_hub_id(hf_hub_id: str) -> Tuple[str, Optional[str]]:
+    """timm's ``org/name@revision`` → ``(org/name, revision or None)``."""
+    repo, sep, rev = hf_hub_id.partition("@")
+    return repo, (rev or None) if sep else None
+
+
+def _hub_source(model: str, tag: Optional[str], hf_hub_id: str, filename: Optional[str]) -> WeightSource:
+    repo, revision = split_hf_hub_id(hf_hub_id)
+    return WeightSource(model, tag, "hub", filename or DEFAULT_FILENAME, hf_hub_id=repo, revision=revision)
+
+
+def from_entry(entry: WeightEntry) -> WeightSource:
+    if entry.source == "bundled":
+        return WeightSource(
+            entry.model, entry.tag, "bundled", entry.filename, path=manifest.bundled_dir() / entry.filename, entry=entry
+        )
+    return WeightSource(
+        entry.model, entry.tag, "hub", entry.filename, hf_hub_id=entry.hf_hub_id, revision=entry.revision, entry=entry
+    )
+
+
+def _overridden(entry: WeightEntry, hf_hub_id: Optional[str]) -> bool:
+    """Whether the cfg names another Hub repo/revision than the manifest entry (a user's
+    ``pretrained_cfg_overlay=dict(hf_hub_id=...)``): then that repo is loaded, verified by its metadata."""
+    if not hf_hub_id:
+        return False
+    repo, revision = split_hf_hub_id(hf_hub_id)
+    return repo != entry.hf_hub_id or (revision is not None and revision != entry.revision)
+
+
+def _available(model: str) -> str:
+    tags = [e.tag for e in manifest.entries_for(model)]
+    return ", ".join(tags) if tags else "none"
+
+
+def resolve_source(cfg: Mapping[str, Any]) -> WeightSource:
+    """The weights a ``pretrained_cfg`` asks for (see the module docstring for the order)."""
+    model = cfg.get("architecture")
+    if not model:
+        raise WeightsNotFoundError(
+            "the model's pretrained_cfg has no 'architecture', so its weights cannot be looked up; "
+            "build it with timm.create_model('repan_...') (after `import repan_zoo`)",
+        )
+    tag = cfg.get("tag") or None
+    filename = cfg.get("hf_hub_filename") or None
+    if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
+        return _hub_source(model, tag, cfg["hf_hub_id"], filename)
+    if cfg.get("source") == "local-dir" and cfg.get("file"):
+        path = Path(cfg["file"])
+        if path.is_dir():
+            path = path / (filename or DEFAULT_FILENAME)
+        return WeightSource(model, tag, "local", path.name, path=path)
+    entry = manifest.find_entry(model, tag)
+    if entry is not None and not _overridden(entry, cfg.get("hf_hub_id")):
+        return from_entry(entry)
+    if cfg.get("hf_hub_id"):
+        return _hub_source(model, tag, cfg["hf_hub_id"], filename)
+    where = manifest.manifest_dir()
+    if tag is not None:
+        raise UnknownTagError(
+            f"{model} has no pretrained weights tagged {tag!r} in the weights manifest ({where}); "
+            f"tags it has: {_available(model)}. Use one of them (timm.create_model('{model}.<tag>', pretrained=True)), "
+            "or pretrained=False",
+            model=model, available=[e.tag for e in manifest.entries_for(model)],
+        )
+    raise WeightsNotFoundError(
+        f"{model} has no pretrained weights in the weights manifest ({where}). Use pretrained=False, "
+        "load a checkpoint with repan_zoo.checkpoint, or publish weights with `repan-publish`",
+        model=model,
+    )

@@ -1,0 +1,339 @@
+"""The weights manifest: one JSON file per model family under ``weights_manifest/``.
+
+A weight is a value carrying its metrics, recipe and preprocessing (as torchvision's
+``WeightsEnum``): each entry says where the bytes are (a Hugging Face Hub repo pinned to
+a 40-character commit, or a file bundled in the package), what they must hash to, and
+what they measured. The manifest drives timm's ``pretrained_cfg`` (``model.tag`` names).
+
+File layout::
+
+    {"family": "repvgg", "entries": [ {<entry>}, ... ]}
+
+Entry fields (validated on load, see :data:`REQUIRED_FIELDS` and ``weights_manifest/README.md``):
+``model``, ``tag``, ``source`` ("hub" | "bundled"), ``hf_hub_id`` + ``revision`` (hub),
+``filename``, ``sha256``, ``size``, ``num_classes``, ``input_size``, ``mean``, ``std``,
+``metrics`` (dataset → top-1), ``recipe``, ``exactness``, ``license``. Unknown fields are
+kept (``WeightEntry.extra``) and written back unchanged.
+
+Where the manifest is read from (:func:`manifest_dir`): ``$REPAN_ZOO_MANIFEST_DIR``; else the
+repository's top-level ``weights_manifest/`` (source checkout / editable install: the source
+of truth); else ``repan_zoo/weights/manifest/`` inside the installed package, which the build
+(``setup.py``'s ``build_py``) fills with a copy of ``weights_manifest/*.json`` so that a wheel
+carries the manifest. Bundled weight files live in ``repan_zoo/weights/`` (package data),
+or ``$REPAN_ZOO_WEIGHTS_DIR``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import ManifestError
+
+__all__ = [
+    "ManifestError",
+    "WeightEntry",
+    "manifest_dir",
+    "bundled_dir",
+    "load_manifest",
+    "reload_manifest",
+    "entries_for",
+    "find_entry",
+    "family_for",
+    "write_entry",
+    "is_valid_tag",
+    "is_valid_repo_id",
+    "timm_cfgs",
+    "REQUIRED_FIELDS",
+    "SOURCES",
+]
+
+REQUIRED_FIELDS = (
+    "model", "tag", "source", "filename", "sha256", "size", "num_classes", "input_size",
+    "mean", "std", "metrics", "recipe", "exactness", "license",
+)
+SOURCES = ("hub", "bundled")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-.]*/[A-Za-z0-9][A-Za-z0-9_\-.]*$")
+
+
+@dataclass(frozen=True)
+class WeightEntry:
+    """One published weight: where its bytes are, what they hash to, what they measured."""
+
+    model: str
+    tag: str
+    source: str
+    filename: str
+    sha256: str
+    size: int
+    num_classes: int
+    input_size: Tuple[int, int, int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    metrics: Dict[str, Any]
+    recipe: Dict[str, Any]
+    exactness: Dict[str, Any]
+    license: str
+    hf_hub_id: Optional[str] = None
+    revision: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        extra = d.pop("extra")
+        d.update(extra)
+        return {k: v for k, v in d.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any], where: str = "manifest") -> "WeightEntry":
+        """Validate ``d`` against the schema and build the entry; :class:`ManifestError` names the field."""
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where}: every entry must be a JSON object, got {type(d).__name__}")
+        label = f"{where} entry {d.get('model', '?')}.{d.get('tag', '?')}"
+        missing = [k for k in REQUIRED_FIELDS if k not in d]
+        if missing:
+            raise ManifestError(f"{label} lacks field(s) {missing}; every entry needs {list(REQUIRED_FIELDS)}")
+        _validate(d, label)
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        extra = {k: v for k, v in d.items() if k not in known}
+        kwargs = {k: d[k] for k in known if k in d}
+        kwargs["input_size"] = tuple(int(v) for v in d["input_size"])
+        kwargs["mean"], kwargs["std"] = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+        return cls(**kwargs, extra=extra)
+
+
+def _validate(d: Dict[str, Any], label: str) -> None:
+    def fail(what: str) -> None:
+        raise ManifestError(f"{label}: {what} (schema: weights_manifest/README.md)")
+
+    if not isinstance(d["model"], str) or not _NAME.match(d["model"]):
+        fail(f"model must be a timm model name, got {d['model']!r}")
+    if not isinstance(d["tag"], str) or not _TAG.match(d["tag"]):
+        fail(f"tag must be a non-empty name of letters, digits, '_', '-', '.', got {d['tag']!r}")
+    if d["source"] not in SOURCES:
+        fail(f"source must be one of {SOURCES}, got {d['source']!r}")
+    filename = d["filename"]
+    parts = str(filename).replace("\\", "/").split("/")
+    if not isinstance(filename, str) or not filename or filename.startswith("/") or ".." in parts:
+        fail(f"filename must be a relative path inside the repo / weights folder, got {filename!r}")
+    if not filename.endswith(".safetensors"):
+        fail(f"filename must be a .safetensors file (weights are never pickles), got {filename!r}")
+    if d["source"] == "hub":
+        if not isinstance(d.get("hf_hub_id"), str) or not _REPO_ID.match(d["hf_hub_id"]):
+            fail(f"a hub entry needs hf_hub_id 'org/name', got {d.get('hf_hub_id')!r}")
+        if not _COMMIT.match(str(d.get("revision", ""))):
+            fail(f"revision must be a 40-character commit hash (a branch or tag can move), got {d.get('revision')!r}")
+    else:
+        if len(parts) != 1:
+            fail(f"a bundled filename is a plain file name in repan_zoo/weights/, got {filename!r}")
+        for key in ("hf_hub_id", "revision"):
+            if d.get(key) is not None:
+                fail(f"a bundled entry has no {key} (set source='hub' for Hub weights)")
+    if not isinstance(d["sha256"], str) or not _SHA256.match(d["sha256"]):
+        fail("sha256 must be 64 lowercase hex digits")
+    if not isinstance(d["size"], int) or isinstance(d["size"], bool) or d["size"] <= 0:
+        fail(f"size must be a positive byte count, got {d['size']!r}")
+    if not isinstance(d["num_classes"], int) or isinstance(d["num_classes"], bool) or d["num_classes"] <= 0:
+        fail(f"num_classes must be a positive integer, got {d['num_classes']!r}")
+    size = d["input_size"]
+    if (
+        not isinstance(size, (list, tuple)) or len(size) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        fail(f"input_size is [C, H, W] of positive integers, got {size!r}")
+    for key in ("mean", "std"):
+        vals = d[key]
+        if not isinstance(vals, (list, tuple)) or len(vals) != size[0] or not all(_is_number(v) for v in vals):
+            fail(f"{key} must hold C={size[0]} numbers (one per input channel), got {vals!r}")
+    if any(float(v) <= 0 for v in d["std"]):
+        fail("std values must be positive")
+    metrics = d["metrics"]
+    if not isinstance(metrics, dict) or not metrics:
+        fail("metrics must map dataset → top-1 (a number, or an object with 'top1'); it is empty or not an object")
+    for dataset, value in metrics.items():
+        top1 = value.get("top1") if isinstance(value, dict) else value
+        if not _is_number(top1):
+            fail(f"metrics[{dataset!r}] needs a numeric top-1, got {value!r}")
+    for key in ("recipe", "exactness"):
+        if not isinstance(d[key], dict):
+            fail(f"{key} must be an object")
+    if not isinstance(d["license"], str) or not d["license"].strip():
+        fail("license must be a non-empty SPDX-style identifier, e.g. 'apache-2.0'")
+
+
+def is_valid_tag(tag: Any) -> bool:
+    """A pretrained tag: letters, digits, ``_``, ``-``, ``.`` (``fmnist``, ``fmnist_repan.r5``)."""
+    return isinstance(tag, str) and bool(_TAG.match(tag))
+
+
+def is_valid_repo_id(repo_id: Any) -> bool:
+    """A Hub model repo id ``org/name``."""
+    return isinstance(repo_id, str) and bool(_REPO_ID.match(repo_id))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# -- locations -------------------------------------------------------------------------------
+def _package_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def manifest_dir() -> Path:
+    """``$REPAN_ZOO_MANIFEST_DIR``, else the repository's ``weights_manifest/`` (a source checkout,
+    recognised by its ``setup.cfg``), else the copy installed inside the package
+    (``repan_zoo/weights/manifest``)."""
+    env = os.environ.get("REPAN_ZOO_MANIFEST_DIR")
+    if env:
+        return Path(env)
+    here = _package_dir()
+    repo = here.parent / "weights_manifest"
+    if repo.is_dir() and (here.parent / "setup.cfg").is_file():
+        return repo
+    return here / "weights" / "manifest"
+
+
+def bundled_dir() -> Path:
+    """Folder of the bundled (``source: bundled``) weight files: ``$REPAN_ZOO_WEIGHTS_DIR`` or
+    ``repan_zoo/weights/`` inside the package."""
+    env = os.environ.get("REPAN_ZOO_WEIGHTS_DIR")
+    return Path(env) if env else _package_dir() / "weights"
+
+
+# -- reading ---------------------------------------------------------------------------------
+def _read_document(file: Path) -> Dict[str, Any]:
+    try:
+        doc = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{file} is not valid JSON: {exc}; fix or restore it (git checkout the file)") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
+        raise ManifestError(f"{file} must hold {{'family': ..., 'entries': [...]}}")
+    return doc
+
+
+@lru_cache(maxsize=8)
+def _load(directory: str) -> Dict[Tuple[str, str], WeightEntry]:
+    entries: Dict[Tuple[str, str], WeightEntry] = {}
+    path = Path(directory)
+    if not path.is_dir():
+        return entries
+    for file in sorted(path.glob("*.json")):
+        for raw in _read_document(file)["entries"]:
+            entry = WeightEntry.from_dict(raw, where=file.name)
+            key = (entry.model, entry.tag)
+            if key in entries:
+                raise ManifestError(f"{file.name}: {entry.name} is listed twice; keep one entry per model and tag")
+            entries[key] = entry
+    return entries
+
+
+def load_manifest(directory: Optional[os.PathLike] = None) -> Dict[Tuple[str, str], WeightEntry]:
+    """All entries, keyed by ``(model, tag)``; validated (cached per folder, see :func:`reload_manifest`)."""
+    return _load(str(directory or manifest_dir()))
+
+
+def reload_manifest() -> None:
+    """Forget the cached manifests (after the files were edited)."""
+    _load.cache_clear()
+
+
+def entries_for(model: str, directory: Optional[os.PathLike] = None) -> List[WeightEntry]:
+    return [e for (m, _), e in load_manifest(directory).items() if m == model]
+
+
+def find_entry(model: str, tag: Optional[str] = None, directory: Optional[os.PathLike] = None) -> Optional[WeightEntry]:
+    """The entry for ``model`` and ``tag`` (the first listed one when ``tag`` is None)."""
+    entries = entries_for(model, directory)
+    if tag is None:
+        return entries[0] if entries else None
+    return next((e for e in entries if e.tag == tag), None)
+
+
+# -- writing ---------------------------------------------------------------------------------
+def family_for(model: str) -> str:
+    """Manifest file (family) of a model name: its first word after ``repan_``, without a trailing
+    depth: ``repan_repvgg_a0`` → ``repvgg``, ``repan_resnet50_dbb`` → ``resnet``, ``repan_mobileone_s0``
+    → ``mobileone``."""
+    name = model[len("repan_"):] if model.startswith("repan_") else model
+    return re.sub(r"\d+$", "", name.split("_", 1)[0]) or model
+
+
+def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: Optional[os.PathLike] = None) -> Path:
+    """Add ``entry`` to ``<directory>/<family>.json``, replacing the entry of the same model and tag
+    (in place, so the listed order, and hence timm's default tag, is kept). Written atomically;
+    the whole folder is re-validated afterwards. Returns the file."""
+    from .checkpoint import atomic_write
+
+    WeightEntry.from_dict(entry.as_dict(), where="new")  # the schema, before touching any file
+    folder = Path(directory or manifest_dir())
+    family = family or family_for(entry.model)
+    if not _NAME.match(family):
+        raise ManifestError(f"family {family!r} is not a valid file name (letters, digits, '_', '-')")
+    file = folder / f"{family}.json"
+    for other in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if other != file and any(
+            (e.get("model"), e.get("tag")) == (entry.model, entry.tag) for e in _read_document(other)["entries"]
+        ):
+            raise ManifestError(
+                f"{entry.name} is already listed in {other.name}; update it there (pass that family) or use another tag"
+            )
+    doc = _read_document(file) if file.exists() else {"family": family, "entries": []}
+    new = entry.as_dict()
+    rows = doc["entries"]
+    for i, row in enumerate(rows):
+        if (row.get("model"), row.get("tag")) == (entry.model, entry.tag):
+            rows[i] = new
+            break
+    else:
+        rows.append(new)
+    text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    atomic_write(file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    reload_manifest()
+    load_manifest(folder)  # fail loudly now rather than at the next import
+    return file
+
+
+# -- timm ------------------------------------------------------------------------------------
+def timm_cfgs(model: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """timm ``default_cfgs`` for ``model``: one ``model.tag`` cfg per manifest entry (listed order,
+    the first is the default), or the bare ``base`` cfg when the manifest has none.
+
+    Hub entries set ``hf_hub_id='org/name@<revision>'`` (timm's own pinning syntax); bundled
+    entries set ``file`` to the bundled file. Loading itself goes through
+    :func:`repan_zoo.hub.load_pretrained`, which verifies size and sha256 first."""
+    cfgs: Dict[str, Dict[str, Any]] = {}
+    for entry in entries_for(model):
+        cfg = dict(base)
+        cfg.update(
+            num_classes=entry.num_classes,
+            input_size=tuple(entry.input_size),
+            test_input_size=tuple(entry.input_size),
+            mean=tuple(entry.mean),
+            std=tuple(entry.std),
+            license=entry.license,
+        )
+        if entry.source == "hub":
+            cfg["hf_hub_id"] = f"{entry.hf_hub_id}@{entry.revision}"
+            cfg["hf_hub_filename"] = entry.filename
+        else:
+            cfg["file"] = str(bundled_dir() / entry.filename)
+        cfgs[f"{model}.{entry.tag}"] = cfg
+    if not cfgs:
+        cfgs[model] = dict(base)
+    return cfgs

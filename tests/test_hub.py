@@ -1,0 +1,361 @@
+"""repan_zoo.hub against a loopback Hub (tests/fake_hub.py), through the real huggingface_hub client:
+publish → manifest → download → verify → timm.create_model(pretrained=True), and every way a
+download can go wrong."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from fake_hub import cached_files, hub, make_deploy_run, register_test_model  # noqa: F401  (hub is a fixture)
+from helpers import rel_err
+from repan_zoo import manifest
+from repan_zoo.errors import (
+    ChecksumMismatchError,
+    IntegrityError,
+    OfflineError,
+    SizeMismatchError,
+    TruncatedDownloadError,
+    UnknownRevisionError,
+    UnknownTagError,
+    WeightsNotFoundError,
+)
+from repan_zoo.hub import bundle, fetch_weights, list_pretrained, publish
+
+MODEL = register_test_model()
+REPO = "org/hubtest-tiny"
+FILE = "model.safetensors"
+X = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def published(hub, tmp_path):
+    """A deploy run published to the fake Hub under tag 'fmnist' (manifest entry written)."""
+    checkpoint, metrics, deploy = make_deploy_run(tmp_path / "run")
+    result = publish(checkpoint, metrics, REPO, tag="fmnist")
+    return result.entry, deploy
+
+
+@pytest.fixture
+def spy_reads(monkeypatch):
+    """Records every checkpoint the hub reads tensors from (to prove nothing unverified is read)."""
+    import repan_zoo.hub.load as load_module
+
+    calls = []
+    real = load_module.read_checkpoint
+
+    def spy(path):
+        calls.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(load_module, "read_checkpoint", spy)
+    return calls
+
+
+def create(tag="fmnist", overlay=None, **kwargs):
+    overlay = dict(overlay or {}, tag=tag)
+    return timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+
+
+def offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+# -- the happy path ------------------------------------------------------------------------------
+def test_publish_manifest_download_verify_create_model(hub, published):
+    entry, deploy = published
+    stored = hub.repos[REPO].commits[entry.revision][FILE]
+    assert entry.revision == hub.head(REPO) and len(entry.revision) == 40
+    assert (entry.sha256, entry.size) == (hashlib.sha256(stored).hexdigest(), len(stored))
+    manifest.reload_manifest()
+    assert manifest.find_entry(MODEL, "fmnist") == entry  # read back from the JSON file
+
+    ref = deploy(X)
+    m = create(deploy=True)
+    assert m.stem.deploy and torch.equal(m(X), ref)
+    assert m.repan_weights["revision"] == entry.revision and m.repan_weights["sha256"] == entry.sha256
+    assert m.repan_weights["verified_by"] == f"the manifest entry {MODEL}.fmnist"
+
+    train = create()  # train form: deploy weights unfolded, same function
+    assert not train.stem.deploy and len(train.body.extras) > 0
+    assert rel_err(ref, train(X)) <= 1e-5
+
+    hub.requests.clear()
+    assert torch.equal(create(deploy=True)(X), ref)
+    assert hub.requests == []  # pinned commit, warm cache: no network at all
+
+    via_timm = timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()  # timm's own prefix
+    assert via_timm.stem.deploy and torch.equal(via_timm(X), ref)
+    assert "the Hub's metadata" in via_timm.repan_weights["verified_by"]
+    assert str(fetch_weights(f"{MODEL}.fmnist")) == m.repan_weights["file"]
+    assert list_pretrained(f"{MODEL}.*") == [f"{MODEL}.fmnist"]
+
+
+def test_manifest_tags_become_timm_pretrained_tags(hub, published):
+    entry, deploy = published
+    name = "hubtest_tagged"  # same architecture; registered after its manifest entries exist
+    manifest.write_entry(dataclasses.replace(entry, model=name, tag="fmnist"))
+    manifest.write_entry(dataclasses.replace(entry, model=name, tag="second"))
+    register_test_model(name)
+    assert timm.list_pretrained(f"{name}*") == [f"{name}.fmnist", f"{name}.second"]
+    cfg = timm.models.get_pretrained_cfg(f"{name}.second")
+    assert cfg.hf_hub_id == f"{REPO}@{entry.revision}" and cfg.num_classes == entry.num_classes
+    default = timm.create_model(name, pretrained=True, deploy=True).eval()  # first listed tag
+    tagged = timm.create_model(f"{name}.second", pretrained=True, deploy=True).eval()
+    assert default.pretrained_cfg["tag"] == "fmnist" and tagged.pretrained_cfg["tag"] == "second"
+    assert torch.equal(default(X), deploy(X)) and torch.equal(tagged(X), deploy(X))
+
+
+def test_other_num_classes_and_in_chans_are_adapted(hub, published):
+    from timm.models import adapt_input_conv
+
+    entry, deploy = published
+    ref = deploy.state_dict()
+    m = create(deploy=True, in_chans=3, num_classes=4)
+    got = m.state_dict()
+    assert torch.equal(got["stem.reparam_conv.weight"], adapt_input_conv(3, ref["stem.reparam_conv.weight"], base_chans=1))
+    assert got["fc.weight"].shape == (4, 8)
+    assert all(torch.equal(got[k], v) for k, v in ref.items() if not k.startswith(("stem.reparam_conv.weight", "fc.")))
+    # the registry names the first conv in train form ('stem.trunk.conv'): same adaptation, train model unfolded
+    x3 = torch.randn(2, 3, 16, 16)
+    train = create(in_chans=3, num_classes=4, overlay=dict(first_conv="stem.trunk.conv"))
+    assert rel_err(m.forward_features(x3), train.forward_features(x3)) <= 1e-5
+    headless = create(deploy=True, num_classes=0)
+    assert torch.equal(headless.forward_features(X), deploy.forward_features(X))
+
+
+def test_registry_model_end_to_end(hub, tmp_path):
+    import repan_zoo.models  # noqa: F401  registers the repan_* models
+
+    name = "repan_repvgg_a0_w025"
+    assert name in timm.list_models("repan_*")
+    checkpoint, metrics, deploy = make_deploy_run(tmp_path / "run", model=name, seed=1)
+    publish(checkpoint, metrics, "org/repvgg-a0-w025", tag="fmnist")
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    ref = deploy(x)
+    fused = timm.create_model(name, pretrained=True, deploy=True, pretrained_cfg_overlay=dict(tag="fmnist")).eval()
+    assert torch.equal(fused(x), ref)
+    train = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(tag="fmnist")).eval()
+    assert rel_err(ref, train(x)) <= 1e-5
+    via_timm = timm.create_model("hf-hub:org/repvgg-a0-w025", pretrained=True).eval()
+    assert torch.equal(via_timm(x), ref)
+
+
+# -- damaged downloads ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fault, error",
+    [("corrupt", ChecksumMismatchError), ("truncate", TruncatedDownloadError), ("resize", SizeMismatchError)],
+)
+def test_damaged_download_is_refused_and_not_cached(hub, published, spy_reads, fault, error):
+    entry, deploy = published
+    hub.inject(REPO, FILE, fault)
+    with pytest.raises(error) as info:
+        create()
+    err = info.value
+    assert (err.model, err.filename) == (f"{MODEL}.fmnist", FILE)
+    assert MODEL in str(err) and FILE in str(err) and "run again" in str(err).lower()
+    assert fault != "resize" or not isinstance(err, TruncatedDownloadError)
+    assert spy_reads == []  # no tensor was read from it
+    assert cached_files(hub.cache_dir) == []  # and it is not left for the next call
+    assert len([r for r in hub.file_requests(FILE) if r[0] == "GET"]) == 1  # a fresh download is not retried
+
+    hub.inject(REPO, FILE, None)
+    assert torch.equal(create(deploy=True)(X), deploy(X))
+
+
+def test_tampered_cache_is_replaced_online_and_refused_offline(hub, published, monkeypatch):
+    entry, deploy = published
+    blob = Path(create(deploy=True).repan_weights["file"]).resolve()
+    data = bytearray(blob.read_bytes())
+    data[-9] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    assert torch.equal(create(deploy=True)(X), deploy(X))  # detected, evicted, downloaded again
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == entry.sha256
+
+    blob.write_bytes(bytes(data))
+    offline(monkeypatch)
+    with pytest.raises(ChecksumMismatchError, match="unset HF_HUB_OFFLINE"):
+        create()
+    assert cached_files(hub.cache_dir) == []
+
+
+@pytest.mark.parametrize("change, error, words", [
+    ({"revision": "f" * 40}, UnknownRevisionError, "no revision"),
+    ({"filename": "missing.safetensors"}, WeightsNotFoundError, "404"),
+    ({"hf_hub_id": "org/no-such-repo"}, WeightsNotFoundError, "no such repo"),
+])
+def test_manifest_pointing_nowhere(hub, published, change, error, words):
+    entry, _ = published
+    manifest.write_entry(dataclasses.replace(entry, **change))
+    with pytest.raises(error, match=words) as info:
+        create()
+    assert info.value.model == f"{MODEL}.fmnist" and MODEL in str(info.value)
+    assert change.get("filename", FILE) in str(info.value)
+    assert error is not WeightsNotFoundError or not isinstance(info.value, UnknownRevisionError)
+    assert cached_files(hub.cache_dir) == []
+
+
+def test_unknown_tag_and_no_weights(hub, published):
+    hub.requests.clear()
+    with pytest.raises(UnknownTagError, match="tags it has: fmnist") as info:
+        create(tag="imagenet")
+    assert info.value.available == ("fmnist",) and info.value.model == MODEL
+    (Path(os.environ["REPAN_ZOO_MANIFEST_DIR"]) / "hubtest.json").unlink()
+    manifest.reload_manifest()
+    with pytest.raises(WeightsNotFoundError, match="no pretrained weights"):
+        timm.create_model(MODEL, pretrained=True)
+    assert hub.file_requests() == []
+
+
+# -- offline ---------------------------------------------------------------------------------------
+def test_offline_with_empty_cache_raises(hub, published, monkeypatch):
+    offline(monkeypatch)
+    hub.requests.clear()
+    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE") as info:
+        create()
+    assert FILE in str(info.value) and MODEL in str(info.value) and "Go online" in str(info.value)
+    assert hub.requests == [] and cached_files(hub.cache_dir) == []
+
+
+def test_offline_from_warm_cache(hub, published, monkeypatch):
+    entry, deploy = published
+    create()
+    via_timm = timm.create_model(f"hf-hub:{REPO}", pretrained=True)  # caches config.json and refs/main too
+    offline(monkeypatch)
+    hub.requests.clear()
+    assert torch.equal(create(deploy=True)(X), deploy(X))
+    (Path(os.environ["REPAN_ZOO_MANIFEST_DIR"]) / "hubtest.json").unlink()  # no manifest: the cache's record
+    manifest.reload_manifest()
+    again = timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()
+    assert torch.equal(again(X), deploy(X)) and "recorded in the cache" in again.repan_weights["verified_by"]
+    assert hub.requests == [] and via_timm is not None
+
+
+def test_no_network_at_all_bundled_and_warm_cache(hub, published, tmp_path):
+    """A fresh interpreter with HF_HUB_OFFLINE=1 and HF_ENDPOINT pointing at a closed port."""
+    entry, deploy = published
+    create()  # warm the cache
+    checkpoint, metrics, bundled_model = make_deploy_run(tmp_path / "small", seed=5)
+    bundle(checkpoint, metrics, tag="bundled")
+    empty_cache = tmp_path / "empty-cache"
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import torch, timm, fake_hub
+        from repan_zoo.errors import OfflineError
+        from repan_zoo.hub import load_pretrained
+        name = fake_hub.register_test_model()
+        x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        out = {{}}
+        out["bundled"] = timm.create_model(name + ".bundled", pretrained=True, deploy=True).eval()(x).tolist()
+        out["hub"] = timm.create_model(name + ".fmnist", pretrained=True, deploy=True).eval()(x).tolist()
+        try:
+            load_pretrained(timm.create_model(name + ".fmnist", deploy=True), cache_dir={str(empty_cache)!r})
+        except OfflineError as exc:
+            out["empty_cache"] = type(exc).__name__
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(hub.cache_dir))
+    hub.requests.clear()
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert torch.equal(torch.tensor(out["bundled"]), bundled_model(X))
+    assert torch.equal(torch.tensor(out["hub"]), deploy(X))
+    assert out["empty_cache"] == "OfflineError"
+    assert hub.requests == []
+
+
+def test_bundled_weights_are_verified(hub, tmp_path):
+    checkpoint, metrics, deploy = make_deploy_run(tmp_path / "small", seed=2)
+    result = bundle(checkpoint, metrics, tag="bundled")
+    assert result.entry.source == "bundled" and result.entry.hf_hub_id is None
+    assert torch.equal(create(tag="bundled", deploy=True)(X), deploy(X))
+    path = manifest.bundled_dir() / result.entry.filename
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(TruncatedDownloadError, match="reinstall"):
+        create(tag="bundled")
+    path.unlink()
+    with pytest.raises(WeightsNotFoundError, match="missing"):
+        create(tag="bundled")
+    assert hub.requests == []
+
+
+# -- timm's hf-hub: prefix without a manifest entry -------------------------------------------------
+def test_hf_hub_prefix_verified_by_hub_metadata(hub, published, spy_reads):
+    entry, deploy = published
+    (Path(os.environ["REPAN_ZOO_MANIFEST_DIR"]) / "hubtest.json").unlink()
+    manifest.reload_manifest()
+    hub.inject(REPO, FILE, "corrupt")
+    with pytest.raises(ChecksumMismatchError, match="Hub's metadata"):
+        timm.create_model(f"hf-hub:{REPO}", pretrained=True)
+    assert spy_reads == [] and not [f for f in cached_files(hub.cache_dir) if f.endswith(FILE)]
+    hub.inject(REPO, FILE, None)
+    m = timm.create_model(f"hf-hub:{REPO}@{entry.revision}", pretrained=True).eval()
+    assert torch.equal(m(X), deploy(X)) and m.repan_weights["sha256"] == entry.sha256
+    # a file the Hub keeps in git (not LFS) is checked against its git blob id
+    hub.commit(REPO, {".gitattributes": b""}, summary="no LFS")
+    hub.inject(REPO, FILE, "corrupt")
+    with pytest.raises(ChecksumMismatchError, match="git blob id"):
+        timm.create_model(f"hf-hub:{REPO}", pretrained=True)
+    hub.inject(REPO, FILE, None)
+    plain = timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()
+    assert torch.equal(plain(X), deploy(X)) and "git_sha1" in plain.repan_weights
+
+
+def test_cfg_hf_hub_id_overrides_the_manifest(hub, published, tmp_path):
+    entry, deploy = published
+    checkpoint, metrics, other = make_deploy_run(tmp_path / "other", seed=9)
+    publish(checkpoint, metrics, "org/other", tag="other")
+    m = create(tag="fmnist", overlay=dict(hf_hub_id="org/other"), deploy=True)
+    assert torch.equal(m(X), other(X)) and m.repan_weights["hf_hub_id"] == "org/other"
+    assert "Hub's metadata" in m.repan_weights["verified_by"]
+    same = create(tag="fmnist", overlay=dict(hf_hub_id=f"{REPO}@{entry.revision}"), deploy=True)
+    assert torch.equal(same(X), deploy(X)) and same.repan_weights["verified_by"] == f"the manifest entry {MODEL}.fmnist"
+
+
+def test_manifest_and_hub_disagree(hub, published):
+    entry, _ = published
+    manifest.write_entry(dataclasses.replace(entry, sha256="0" * 64))
+    with pytest.raises(IntegrityError, match="contradicts the manifest"):
+        timm.create_model(f"hf-hub:{REPO}", pretrained=True)
+    with pytest.raises(ChecksumMismatchError, match="sha256"):
+        create()
+    assert not [f for f in cached_files(hub.cache_dir) if f.endswith(FILE)]
+
+
+# -- no pickles ------------------------------------------------------------------------------------
+def test_no_torch_load_without_weights_only():
+    """Every torch.load(...) in the package, scripts and benchmarks passes weights_only=True."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("repan_zoo", "train_scripts", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            safe_calls = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                ):
+                    safe_calls.add(id(node.func))
+            for node in ast.walk(tree):
+                is_torch_load = (
+                    isinstance(node, ast.Attribute) and node.attr == "load"
+                    and isinstance(node.value, ast.Name) and node.value.id == "torch"
+                )
+                if is_torch_load and id(node) not in safe_calls:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == [], f"torch.load without weights_only=True: {offenders}"

@@ -1,0 +1,172 @@
+"""Publishing (repan_zoo.hub.publish, repan-publish, train_scripts/publish.py) against the loopback Hub."""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from fake_hub import hub, make_deploy_run, register_test_model  # noqa: F401  (hub is a fixture)
+from repan_zoo import manifest
+from repan_zoo.checkpoint import save_checkpoint
+from repan_zoo.errors import PublishError
+from repan_zoo.hub import publish
+from repan_zoo.publish_cli import main
+
+MODEL = register_test_model()
+REPO = "org/hubtest-publish"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def edit(path: Path, **change) -> Path:
+    doc = json.loads(path.read_text())
+    for key, value in change.items():
+        if value is None:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def nothing_published(hub) -> bool:
+    return not hub.repos and not list(manifest.manifest_dir().glob("*.json"))
+
+
+@pytest.fixture
+def run(hub, tmp_path):
+    return make_deploy_run(tmp_path / "run", seed=3)
+
+
+# -- refusals ------------------------------------------------------------------------------------
+def test_refuses_without_metrics(hub, run, tmp_path):
+    checkpoint, metrics, _ = run
+    with pytest.raises(PublishError, match="no metrics JSON"):
+        publish(checkpoint, None, REPO, tag="fmnist")
+    with pytest.raises(PublishError, match="does not exist"):
+        publish(checkpoint, tmp_path / "nope.json", REPO, tag="fmnist")
+    with pytest.raises(PublishError, match="has no metrics"):
+        publish(checkpoint, edit(metrics, test_top1=None, val_top1=None), REPO, tag="fmnist")
+    with pytest.raises(PublishError, match="numeric top-1"):
+        publish(checkpoint, edit(metrics, metrics={"fashion_mnist": {"top5": 99.0}}), REPO, tag="fmnist")
+    assert nothing_published(hub)
+
+
+def test_refuses_without_a_passing_exactness_certificate(hub, run, tmp_path):
+    checkpoint, metrics, _ = run
+    with pytest.raises(PublishError, match="exceed the tolerance"):
+        publish(checkpoint, edit(metrics, exactness={"model_rel_error": 2e-3, "tolerance": 1e-5}), REPO, tag="t")
+    with pytest.raises(PublishError, match="numeric 'tolerance'"):
+        publish(checkpoint, edit(metrics, exactness={"model_rel_error": 2e-7}), REPO, tag="t")
+    # no certificate in the JSON, and a checkpoint that carries none either
+    bare = save_checkpoint(timm.create_model(MODEL, deploy=True), tmp_path / "bare.safetensors", architecture=MODEL)
+    with pytest.raises(PublishError, match="no exactness certificate"):
+        publish(bare, edit(metrics, exactness=None), REPO, tag="t")
+    assert nothing_published(hub)
+
+
+def test_refuses_checkpoints_that_are_not_loadable_deploy_weights(hub, run, tmp_path):
+    checkpoint, metrics, deploy = run
+    train = save_checkpoint(timm.create_model(MODEL), tmp_path / "train.safetensors", architecture=MODEL)
+    with pytest.raises(PublishError, match="train-form checkpoint"):
+        publish(train, metrics, REPO, tag="t")
+    with pytest.raises(PublishError, match="does not load into"):
+        publish(checkpoint, edit(metrics, create_kwargs={"num_classes": 7, "in_chans": 1}), REPO, tag="t")
+    with pytest.raises(PublishError, match="not a timm model"):
+        publish(checkpoint, edit(metrics, model="no_such_model"), REPO, tag="t")
+    pickle = tmp_path / "deploy.pth"
+    pickle.write_bytes(b"\x80\x04")
+    with pytest.raises(PublishError, match="only safetensors"):
+        publish(pickle, metrics, REPO, tag="t")
+    assert nothing_published(hub)
+
+
+def test_refuses_when_the_hub_copy_differs(hub, run):
+    checkpoint, metrics, _ = run
+    hub.inject(REPO, "model.safetensors", "resize")
+    with pytest.raises(PublishError, match="manifest was NOT updated"):
+        publish(checkpoint, metrics, REPO, tag="fmnist")
+    assert not list(manifest.manifest_dir().glob("*.json"))
+
+
+# -- what gets published -----------------------------------------------------------------------
+def test_staged_files_config_and_card(hub, run, tmp_path):
+    checkpoint, metrics, deploy = run
+    out = tmp_path / "stage"
+    result = publish(checkpoint, metrics, REPO, tag="fmnist", out_dir=out, dry_run=True)
+    assert nothing_published(hub)  # dry run: no upload, no manifest
+    assert (out / "model.safetensors").read_bytes() == Path(checkpoint).read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == MODEL and config["num_classes"] == 10 and config["num_features"] == 8
+    assert config["model_args"]["deploy"] is True
+    cfg = config["pretrained_cfg"]
+    assert (cfg["input_size"], cfg["mean"], cfg["std"], cfg["tag"]) == ([1, 16, 16], [0.5], [0.25], "fmnist")
+    assert cfg["first_conv"] == "stem" and cfg["classifier"] == "fc" and cfg["license"] == "apache-2.0"
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: timm\nlicense: apache-2.0")
+    assert "| fashion_mnist | 87.25 | 87.25 | 88.5 |" in card  # metrics table (top1, test_top1, val_top1)
+    assert "model_rel_error" in card and "tolerance" in card and "| method | repan |" in card
+    assert f'timm.create_model("hf-hub:{REPO}", pretrained=True)' in card
+    assert result.entry.sha256 in card
+    # the staged folder is a timm model folder: timm's own local-dir: prefix rebuilds the deploy model
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(2, 1, 16, 16)
+    assert model.stem.deploy and torch.equal(model(x), deploy(x))
+
+
+def test_metrics_in_the_documented_dict_form(hub, run):
+    checkpoint, metrics, _ = run
+    doc = edit(metrics, test_top1=None, val_top1=None, metrics={"fashion_mnist": 90.0, "cifar10": {"top1": 80.5}})
+    entry = publish(checkpoint, doc, REPO, tag="two", dry_run=True).entry
+    assert entry.metrics == {"fashion_mnist": {"top1": 90.0}, "cifar10": {"top1": 80.5}}
+    assert entry.recipe["method"] == "repan" and entry.exactness["tolerance"] == 1e-5
+
+
+def test_republishing_a_tag_updates_its_entry(hub, run, tmp_path):
+    checkpoint, metrics, _ = run
+    first = publish(checkpoint, metrics, REPO, tag="fmnist")
+    checkpoint2, metrics2, _ = make_deploy_run(tmp_path / "run2", seed=4)
+    second = publish(checkpoint2, metrics2, REPO, tag="fmnist")
+    assert first.commit != second.commit == hub.head(REPO)
+    doc = json.loads(second.manifest_file.read_text())
+    assert [(e["tag"], e["revision"], e["sha256"]) for e in doc["entries"]] == [
+        ("fmnist", second.commit, second.entry.sha256)
+    ]
+    assert manifest.find_entry(MODEL, "fmnist").revision == second.commit
+
+
+# -- command line ------------------------------------------------------------------------------
+def test_cli_publish_and_bundle(hub, run, capsys):
+    checkpoint, metrics, deploy = run
+    code = main([str(checkpoint), "--metrics", str(metrics), "--repo", REPO, "--tag", "fmnist"])
+    out = capsys.readouterr().out
+    assert code == 0 and f"uploaded to {REPO}@{hub.head(REPO)}" in out and "manifest entry written" in out
+    assert manifest.find_entry(MODEL, "fmnist").revision == hub.head(REPO)
+
+    code = main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "offline"])
+    assert code == 0 and "bundled as" in capsys.readouterr().out
+    entry = manifest.find_entry(MODEL, "offline")
+    assert entry.source == "bundled" and (manifest.bundled_dir() / entry.filename).is_file()
+    x = torch.randn(2, 1, 16, 16)
+    model = timm.create_model(MODEL, pretrained=True, deploy=True, pretrained_cfg_overlay=dict(tag="offline"))
+    assert torch.equal(model.eval()(x), deploy(x))
+
+    code = main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "big", "--max-bundle-mb", "0.001"])
+    assert code == 2 and "limited to" in capsys.readouterr().err
+    code = main([str(checkpoint), "--metrics", str(edit(metrics, test_top1=None, val_top1=None)), "--repo", REPO,
+                 "--tag", "x"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("repan-publish: error:") and "has no metrics" in err
+
+
+def test_train_scripts_wrapper(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["publish.py", "--help"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(ROOT / "train_scripts" / "publish.py"), run_name="__main__")
+    assert info.value.code == 0 and "--bundle" in capsys.readouterr().out
+    assert os.access(ROOT / "train_scripts" / "publish.py", os.X_OK)
