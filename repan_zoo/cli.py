@@ -1,0 +1,187 @@
+"""The ``repan`` console command.
+
+::
+
+    repan list [PATTERN] [--pretrained]
+    repan export MODEL --format onnx|torchscript --out PATH [--checkpoint FILE] [--input-size C H W]
+    repan profile MODEL [--input-size C H W] [--batch-size N] [--threads T] [--json]
+
+Models come from ``timm.create_model(MODEL, ...)`` once ``repan_zoo.models`` has registered the
+``repan_*`` families. ``--checkpoint`` loads a typed safetensors file strictly, in either form
+(:func:`repan_zoo.checkpoint.load_into`). ``export`` fuses a copy, refuses half-fused graphs and
+checks the written file against torch (:mod:`repan_zoo.export`); ``profile`` measures the train and
+the deploy form (:mod:`repan_zoo.profile`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["main", "build_parser", "create_model", "list_models"]
+
+MODEL_PREFIX = "repan_"
+
+
+def list_models(pattern: str = MODEL_PREFIX + "*", pretrained: bool = False) -> List[str]:
+    """Registered ``repan_*`` model names matching ``pattern`` (timm wildcards)."""
+    import timm
+
+    from . import models  # noqa: F401  (registers the repan_* families with timm)
+
+    return [name for name in timm.list_models(pattern, pretrained=pretrained) if name.startswith(MODEL_PREFIX)]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    checkpoint: Optional[str] = None,
+    input_size: Optional[Sequence[int]] = None,
+    num_classes: Optional[int] = None,
+    model_args: Sequence[str] = (),
+):
+    """``timm.create_model(name, ...)`` with the CLI's options; ``checkpoint`` is loaded strictly
+    (train or deploy form, converted exactly). ``input_size`` ``(C, H, W)`` sets ``in_chans=C``."""
+    import timm
+
+    from . import models  # noqa: F401  (registers the repan_* families with timm)
+    from .checkpoint import load_into, read_checkpoint
+
+    kwargs: Dict[str, Any] = {}
+    for item in model_args:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-arg {item!r}: write KEY=VALUE, e.g. --model-arg drop_rate=0.1")
+        kwargs[key] = _parse_value(value)
+    if input_size is not None:
+        kwargs.setdefault("in_chans", int(input_size[0]))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if not timm.is_model(name):
+        known = list_models()
+        hint = f"registered repan models: {', '.join(known)}" if known else "no repan_* model is registered yet"
+        raise ValueError(f"unknown model {name!r} ({hint}); `repan list` shows them")
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if checkpoint:
+        state_dict, metadata = read_checkpoint(checkpoint)
+        load_into(model, state_dict, metadata, what=checkpoint)
+    return model.eval()
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name, e.g. repan_repvgg_a0 (see `repan list`)")
+    p.add_argument("--checkpoint", metavar="FILE", help="typed safetensors checkpoint (train or deploy form)")
+    p.add_argument("--pretrained", action="store_true", help="load the published weights (hub, sha256-checked)")
+    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"),
+                   help="input channels, height, width (default: the model's pretrained_cfg)")
+    p.add_argument("--num-classes", type=int, help="classifier size (must match --checkpoint)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model keyword (VALUE parsed as JSON when it can be); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="repan", description="RepAn Zoo: list, export and profile repan_* models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list the registered repan_* models")
+    p.add_argument("pattern", nargs="?", default=MODEL_PREFIX + "*", help="timm wildcard (default: repan_*)")
+    p.add_argument("--pretrained", action="store_true", help="only models with published weights")
+
+    p = sub.add_parser("export", help="fuse a copy, export (ONNX / TorchScript) and check the file against torch")
+    _add_model_options(p)
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write (written only once it checked out)")
+    p.add_argument("--batch-size", type=int, default=2, help="probe batch size (the batch axis stays dynamic)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--legacy-onnx", action="store_true",
+                   help="use torch's deprecated TorchScript-based ONNX exporter instead of torch.export")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+    p = sub.add_parser("profile", help="params, FLOPs and CPU latency of the train and the deploy form")
+    _add_model_options(p)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads while timing")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print the measurements as JSON instead of a table")
+    return parser
+
+
+def _model_from(args: argparse.Namespace):
+    return create_model(
+        args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, input_size=args.input_size,
+        num_classes=args.num_classes, model_args=args.model_arg,
+    )
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    names = list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        print(f"no repan model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    print("\n".join(names))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, export_torchscript
+
+    model = _model_from(args)
+    common = dict(input_size=args.input_size, batch_size=args.batch_size)
+    if args.format == "onnx":
+        report = export_onnx(model, args.out, opset=args.opset, dynamo=not args.legacy_onnx, **common)
+    else:
+        report = export_torchscript(model, args.out, **common)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        shape = "×".join(map(str, report["input_shape"]))
+        opset = f", opset {report['opset']}" if "opset" in report else ""
+        print(
+            f"wrote {report['path']} ({report['format']}{opset}, probe {shape}, dynamic batch): "
+            f"max relative error {report['max_rel_error']:.2g} vs the fused model, "
+            f"{report['max_rel_error_vs_source']:.2g} vs {args.model} (tolerance {report['tolerance']:g}); "
+            f"{report['conv_nodes']} conv, {report['batchnorm_nodes']} BatchNorm nodes; sha256 {report['sha256']}"
+        )
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import forms_markdown, profile_forms
+
+    model = _model_from(args)
+    result = profile_forms(
+        model, args.input_size, batch_size=args.batch_size, repeats=args.repeats, warmup=args.warmup,
+        threads=args.threads,
+    )
+    result["model"] = args.model
+    print(json.dumps(result, indent=2) if args.json else forms_markdown([result]))
+    return 0
+
+
+_COMMANDS = {"list": _cmd_list, "export": _cmd_export, "profile": _cmd_profile}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``repan`` console script; returns the exit status."""
+    from .errors import RepanError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (RepanError, ValueError) as exc:
+        print(f"repan {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

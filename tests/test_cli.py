@@ -1,0 +1,116 @@
+"""The ``repan`` console command: list, export, profile (repan_zoo.cli)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import onnx
+import pytest
+import timm
+import torch
+
+import repan_zoo
+import repan_zoo.models  # noqa: F401  (registers the repan_* models with timm)
+from repan_zoo.blocks import RepBlock
+from repan_zoo.checkpoint import save_checkpoint
+from repan_zoo.cli import build_parser, main
+from repan_zoo.verify import relative_error
+
+from helpers import make_input, randomize, single_thread  # noqa: F401 (single_thread: fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+MODEL = "repan_repvgg_a0_w025"  # 0.25× width: the CLI plumbing, quickly
+SMALL = ["--input-size", "1", "28", "28", "--num-classes", "10"]  # the Fashion-MNIST setting of the w025 models
+
+needs_model = pytest.mark.skipif(
+    MODEL not in timm.list_models("repan_*"), reason=f"{MODEL} is not registered yet"
+)
+
+
+@needs_model
+def test_console_script_lists_models():
+    """The installed entry point runs in a fresh interpreter (setup.cfg: repan = repan_zoo.cli:main)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from repan_zoo.cli import main; sys.exit(main(['list']))"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    names = out.stdout.split()
+    assert MODEL in names and "repan_mobileone_s0" in names and all(n.startswith("repan_") for n in names)
+
+
+def test_list_with_no_match(capsys):
+    assert main(["list", "repan_no_such_family_*"]) == 1
+    assert "no repan model matches" in capsys.readouterr().err
+
+
+@needs_model
+def test_export_onnx(tmp_path, capsys):
+    out = tmp_path / "a0.onnx"
+    args = ["export", MODEL, "--format", "onnx", "--out", str(out), *SMALL, "--batch-size", "1", "--legacy-onnx", "--opset", "17"]
+    assert main(args) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {out} (onnx, opset 17, probe 1×1×28×28, dynamic batch)")
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    blocks = [m for m in timm.create_model(MODEL).modules() if isinstance(m, RepBlock)]
+    assert ops.count("Conv") == len(blocks) and "BatchNormalization" not in ops
+
+
+@needs_model
+def test_export_torchscript_from_checkpoint(tmp_path, capsys):
+    """--checkpoint: a deploy-form safetensors file is loaded strictly and is what gets exported."""
+    model = randomize(timm.create_model(MODEL, num_classes=10), seed=9)
+    ckpt = save_checkpoint(repan_zoo.reparameterize(model), tmp_path / "a0-deploy.safetensors", architecture=MODEL)
+    out = tmp_path / "a0.pt"
+    rc = main(["export", MODEL, "--format", "torchscript", "--out", str(out), "--checkpoint", str(ckpt), *SMALL, "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "torchscript" and report["max_rel_error_vs_source"] <= 1e-5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        loaded = torch.jit.load(str(out))
+    x = make_input(channels=1, size=28, batch=3, seed=5)
+    with torch.no_grad():
+        assert relative_error(model.eval()(x), loaded(x)) <= 1e-5
+
+
+@needs_model
+def test_profile_json(capsys):
+    rc = main(["profile", MODEL, *SMALL, "--repeats", "2", "--warmup", "1", "--json"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["model"] == MODEL and r["input_size"] == [1, 28, 28]
+    assert r["deploy"]["params"] < r["train"]["params"] and 0 < r["deploy"]["flops"] <= r["train"]["flops"]
+
+
+@needs_model
+def test_profile_table(capsys):
+    assert main(["profile", MODEL, "--input-size", "1", "16", "16", "--repeats", "1", "--warmup", "0"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| model |") and table[2].startswith(f"| {MODEL} | 1×16×16 | 1 |")
+
+
+@needs_model
+def test_export_refusal_reaches_the_user(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(RepBlock, "reparameterize", lambda self: None)
+    out = tmp_path / "half.onnx"
+    assert main(["export", MODEL, "--out", str(out), *SMALL]) == 1
+    err = capsys.readouterr().err
+    print(err)
+    assert err.startswith("repan export: error: refusing to export a half-fused graph") and not out.exists()
+
+
+def test_unknown_model_and_bad_arguments(tmp_path, capsys):
+    assert main(["export", "no_such_model", "--out", str(tmp_path / "x.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "unknown model 'no_such_model'" in err and "repan list" in err
+    assert main(["profile", "no_such_model", "--model-arg", "oops"]) == 1
+    assert "--model-arg 'oops': write KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse: --out is required, formats are a fixed choice
+        build_parser().parse_args(["export", MODEL])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", MODEL, "--out", "x", "--format", "tflite"])
