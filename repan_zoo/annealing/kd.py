@@ -1,0 +1,86 @@
+"""Knowledge distillation (Sec. 3.4, Table 4): soft labels from a teacher kept in eval mode.
+
+``loss = (1 - α) · CE(student, y) + α · T² · KL(softmax(teacher/T) ‖ softmax(student/T))``
+
+The T² factor keeps the soft-label gradients on the scale of the hard-label ones (Hinton et
+al.). The paper uses α = 0.9, T = 10 on CIFAR and α = 0.5 on ImageNet; α = 0 is RepAn
+without KD (Table 4, row 2).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import RecipeError
+
+__all__ = ["KDLoss", "build_teacher"]
+
+
+class KDLoss(nn.Module):
+    """Hard-label cross-entropy mixed with the temperature-softened KL to the teacher."""
+
+    def __init__(self, alpha: float = 0.9, temperature: float = 10.0, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise RecipeError(f"KD α={alpha} must be in [0, 1] (the share of the distillation term)")
+        if not temperature > 0:
+            raise RecipeError(f"KD temperature T={temperature} must be > 0")
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        hard = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        if teacher_logits is None or self.alpha == 0.0:
+            return hard
+        t = self.temperature
+        log_p = F.log_softmax(logits.float() / t, dim=1)
+        q = F.log_softmax(teacher_logits.float().detach() / t, dim=1)
+        soft = F.kl_div(log_p, q, reduction="batchmean", log_target=True) * (t * t)
+        return (1.0 - self.alpha) * hard + self.alpha * soft
+
+
+def build_teacher(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int,
+    checkpoint: Optional[str] = None,
+    pretrained: bool = False,
+    model_kwargs: Optional[Dict[str, Any]] = None,
+    device: Optional[torch.device] = None,
+) -> nn.Module:
+    """A teacher from a timm model name, optionally with weights from a local safetensors file
+    (train or deploy form, or a plain state dict: :func:`repan_zoo.checkpoint.load_into`), or
+    timm's own pretrained weights (``pretrained=True``). A teacher without weights would teach
+    noise, so one of the two is required. Returned in eval mode with ``requires_grad=False`` everywhere; it never trains.
+    """
+    import timm
+
+    from ..checkpoint import load_into, read_checkpoint
+
+    kwargs = dict(model_kwargs or {})
+    if not checkpoint and not pretrained:
+        raise RecipeError(
+            f"teacher {name!r} has no weights: pass --teacher-checkpoint FILE.safetensors (e.g. the deploy "
+            "checkpoint of a baseline run on the same dataset) or --teacher-pretrained"
+        )
+    try:
+        teacher = timm.create_model(name, pretrained=pretrained and not checkpoint, num_classes=num_classes,
+                                    in_chans=in_chans, **kwargs)
+    except RuntimeError as exc:  # timm: "Unknown model"
+        raise RecipeError(f"teacher {name!r}: {exc}. Give a timm model name (timm.list_models())") from exc
+    if checkpoint:
+        state, meta = read_checkpoint(checkpoint)
+        load_into(teacher, state, meta, what=f"teacher checkpoint {checkpoint}")
+        teacher.repan_teacher_source = {"model": name, "checkpoint": str(checkpoint), "kwargs": json.dumps(kwargs)}
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    if device is not None:
+        teacher.to(device)
+    return teacher

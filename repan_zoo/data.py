@@ -1,0 +1,512 @@
+"""Datasets for training and evaluating the zoo: Fashion-MNIST (Debian's IDX files), CIFAR-10/100
+and ImageFolder trees through torchvision — never downloaded here.
+
+Every dataset is served as **uint8 images** ``[N, C, H, W]`` plus int64 labels; the float
+conversion and normalisation with the dataset's mean/std happen on the training device
+(:class:`Normalize`). Training augmentation is a random horizontal flip (the setup of
+``findings-cpu-scale.md``), drawn per image from ``(seed, epoch)`` only, so the data a step
+sees does not depend on the number of processes or on a restart (:class:`ImageSet.set_epoch`).
+
+Splits (:func:`load_splits`): ``train`` and ``val`` are carved from the *training* files by a
+fixed seeded permutation (``split_seed``), ``test`` is the official test set, used only to
+report. A validation split never touches the test set.
+
+Batches are fetched a whole list of indices at a time (``ImageSet.__getitem__(list)``), driven
+by :func:`train_loader` (``DistributedSampler`` → ``BatchSampler``) and :func:`eval_loader`.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from .errors import DatasetNotFoundError
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_FILES",
+    "DataSplits",
+    "ImageSet",
+    "Normalize",
+    "read_idx",
+    "load_fashion_mnist",
+    "load_splits",
+    "train_loader",
+    "eval_loader",
+    "calibration_batches",
+]
+
+#: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT")
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sets
+# ---------------------------------------------------------------------------------------------
+class ImageSet(Dataset):
+    """Images (uint8 ``[N, C, H, W]``, in memory or loaded by ``fetch``) with labels.
+
+    ``dataset[list_of_indices]`` returns a whole batch ``(uint8 images, int64 labels)``.
+    With ``flip=True`` each image is mirrored horizontally with probability ½, decided by
+    ``(seed, epoch, index)`` alone (:meth:`set_epoch`).
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        images: Optional[torch.Tensor] = None,
+        *,
+        fetch: Optional[Callable[[int], torch.Tensor]] = None,
+        indices: Optional[torch.Tensor] = None,
+        flip: bool = False,
+        seed: int = 0,
+    ):
+        if (images is None) == (fetch is None):
+            raise ValueError("ImageSet needs either in-memory images or a fetch function")
+        self.images = images
+        self.fetch = fetch
+        self.labels = labels
+        self.indices = torch.arange(len(labels)) if indices is None else indices.long()
+        self.flip = flip
+        self.seed = int(seed)
+        self.epoch = 0
+        self._flip_mask: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose flips are served (a function of ``(seed, epoch)`` only)."""
+        self.epoch = int(epoch)
+        self._flip_mask = None
+
+    def flip_mask(self) -> torch.Tensor:
+        if self._flip_mask is None:
+            gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0x5F1B))
+            self._flip_mask = torch.rand(len(self), generator=gen) < 0.5
+        return self._flip_mask
+
+    def subset(self, positions: torch.Tensor, *, flip: Optional[bool] = None) -> "ImageSet":
+        """The images at ``positions`` of this set (a view sharing the storage)."""
+        return ImageSet(
+            self.labels, self.images, fetch=self.fetch, indices=self.indices[positions],
+            flip=self.flip if flip is None else flip, seed=self.seed,
+        )
+
+    def __getitem__(self, item: Union[int, Sequence[int], torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        single = isinstance(item, int)
+        pos = torch.as_tensor([item] if single else list(item) if not isinstance(item, torch.Tensor) else item).long()
+        idx = self.indices[pos]
+        if self.images is not None:
+            x = self.images[idx]
+        else:
+            assert self.fetch is not None
+            x = torch.stack([self.fetch(int(i)) for i in idx])
+        if self.flip:
+            mask = self.flip_mask()[pos]
+            if bool(mask.any()):
+                x = x.clone()
+                x[mask] = x[mask].flip(-1)
+        y = self.labels[idx]
+        return (x[0], y[0]) if single else (x, y)
+
+    @property
+    def image_shape(self) -> Tuple[int, ...]:
+        return tuple(self[0][0].shape)
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps), for independent generator streams."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class Normalize(nn.Module):
+    """uint8 images → float, ``(x/255 - mean) / std`` per channel, on the batch's device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return (x.float().div_(255.0) - mean) / std
+
+
+@dataclass
+class DataSplits:
+    """``train`` (flipped), ``val`` and ``test`` image sets with what a model needs to know."""
+
+    name: str
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    num_classes: int
+    in_chans: int
+    input_size: Tuple[int, int, int]
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    classes: Tuple[str, ...] = ()
+    info: Dict[str, object] = field(default_factory=dict)
+
+    def normalizer(self) -> Normalize:
+        return Normalize(self.mean, self.std)
+
+    def describe(self) -> Dict[str, object]:
+        return {
+            "dataset": self.name,
+            "train_size": len(self.train),
+            "val_size": len(self.val),
+            "test_size": len(self.test),
+            "num_classes": self.num_classes,
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            **self.info,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX)
+# ---------------------------------------------------------------------------------------------
+def read_idx(path: Union[str, Path]) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw) into a numpy array; a corrupt file raises
+    :class:`DatasetNotFoundError` naming it."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise DatasetNotFoundError(f"cannot read IDX file {path}: {exc}. Reinstall it (apt-get install --reinstall "
+                                   "dataset-fashion-mnist) or fix --data-dir") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise DatasetNotFoundError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise DatasetNotFoundError(
+            f"{path} is truncated or corrupt: header says {dims} ({expected} bytes of data), "
+            f"file holds {len(data) - header}. Reinstall it (apt-get install --reinstall dataset-fashion-mnist)"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+
+
+#: the last Fashion-MNIST arrays read (keyed by the files' paths, mtimes and sizes); never mutated.
+_FMNIST_CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
+
+
+def _find_fmnist_file(root: Path, stem: str) -> Optional[Path]:
+    for name in (stem + ".gz", stem):
+        for candidate in (root / name, root / "raw" / name, root / "FashionMNIST" / "raw" / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_fashion_mnist(root: Union[str, Path, None] = None) -> Dict[str, torch.Tensor]:
+    """The four Fashion-MNIST arrays as tensors: ``train_images`` uint8 ``[60000, 1, 28, 28]``,
+    ``train_labels`` int64, ``test_images``, ``test_labels``.
+
+    ``root`` defaults to Debian's location (:data:`FASHION_MNIST_DIR`); torchvision's layout
+    (``root/FashionMNIST/raw``) is found too. Missing files raise :class:`DatasetNotFoundError`
+    naming them and the install command.
+    """
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    found = {key: _find_fmnist_file(root, stem) for key, stem in FASHION_MNIST_FILES.items()}
+    missing = [FASHION_MNIST_FILES[k] + ".gz" for k, p in found.items() if p is None]
+    if missing:
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST not found in {root}: missing {', '.join(missing)}. "
+            f"Install Debian's package (`apt-get install dataset-fashion-mnist`, files go to {FASHION_MNIST_DIR}) "
+            "or pass --data-dir pointing at a folder with the four IDX files "
+            "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+            "t10k-labels-idx1-ubyte.gz)"
+        )
+    cache_key = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in found.values())  # type: ignore[union-attr]
+    if cache_key in _FMNIST_CACHE:
+        return dict(_FMNIST_CACHE[cache_key])
+    out: Dict[str, torch.Tensor] = {}
+    for key, path in found.items():
+        arr = read_idx(path)
+        if key.endswith("images"):
+            if arr.ndim != 3:
+                raise DatasetNotFoundError(f"{path}: expected images [N, 28, 28], got shape {arr.shape}")
+            out[key] = torch.from_numpy(arr.copy()).unsqueeze(1)
+        else:
+            out[key] = torch.from_numpy(arr.astype(np.int64))
+    for split in ("train", "test"):
+        if len(out[f"{split}_images"]) != len(out[f"{split}_labels"]):
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST {split}: {len(out[f'{split}_images'])} images but {len(out[f'{split}_labels'])} "
+                "labels; the files do not belong together"
+            )
+    _FMNIST_CACHE.clear()
+    _FMNIST_CACHE[cache_key] = dict(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision datasets (never downloaded)
+# ---------------------------------------------------------------------------------------------
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                        "data_batch_5", "test_batch", "batches.meta"]),
+    "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
+}
+
+
+def _load_cifar(name: str, root: Optional[Union[str, Path]]) -> Dict[str, object]:
+    if root is None:
+        raise DatasetNotFoundError(
+            f"{name} needs --data-dir: the folder that holds {_CIFAR_FILES[name][0]}/ (the extracted python "
+            "version from https://www.cs.toronto.edu/~kriz/cifar.html). It is never downloaded here; on a machine "
+            f"with internet `torchvision.datasets.{'CIFAR10' if name == 'cifar10' else 'CIFAR100'}(root, download=True)` "
+            "creates it"
+        )
+    folder, files = _CIFAR_FILES[name]
+    missing = [f"{folder}/{f}" for f in files if not (Path(root) / folder / f).is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{name} not found in {root}: missing {', '.join(missing)}. Extract the python version of the "
+            "dataset (https://www.cs.toronto.edu/~kriz/cifar.html) into --data-dir; it is never downloaded here"
+        )
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DatasetNotFoundError(f"{name} in {root} is unreadable ({exc}); extract it again") from exc
+
+    def chw(arr) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
+
+    return {
+        "train_images": chw(train.data), "train_labels": torch.tensor(train.targets, dtype=torch.int64),
+        "test_images": chw(test.data), "test_labels": torch.tensor(test.targets, dtype=torch.int64),
+        "classes": tuple(train.classes),
+    }
+
+
+def _load_imagefolder(root: Optional[Union[str, Path]], img_size: int) -> Dict[str, object]:
+    import torchvision
+    from torchvision.transforms import v2
+
+    if root is None:
+        raise DatasetNotFoundError("imagefolder needs --data-dir with train/<class>/*.jpg and val/<class>/*.jpg")
+    root = Path(root)
+    splits = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DatasetNotFoundError(
+                f"imagefolder: {root / split} is missing; --data-dir must hold train/<class>/<images> and "
+                "val/<class>/<images> (val is used as the test split; the validation split is carved from train)"
+            )
+        try:
+            splits[split] = torchvision.datasets.ImageFolder(str(root / split))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DatasetNotFoundError(f"imagefolder: {root / split}: {exc}") from exc
+    if splits["train"].classes != splits["val"].classes:
+        raise DatasetNotFoundError(f"imagefolder: train and val class folders differ under {root}")
+    resize = v2.Compose([v2.PILToTensor(), v2.Resize(int(math.floor(img_size / 0.875)), antialias=True),
+                         v2.CenterCrop(img_size)])
+
+    def fetcher(folder) -> Callable[[int], torch.Tensor]:
+        def fetch(i: int) -> torch.Tensor:
+            img = folder.loader(folder.samples[i][0]).convert("RGB")
+            return resize(img)
+        return fetch
+
+    return {
+        "train_fetch": fetcher(splits["train"]), "train_labels": torch.tensor(splits["train"].targets),
+        "test_fetch": fetcher(splits["val"]), "test_labels": torch.tensor(splits["val"].targets),
+        "classes": tuple(splits["train"].classes), "input_size": (3, img_size, img_size),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits
+# ---------------------------------------------------------------------------------------------
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
+
+def _mean_std(images: torch.Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Per-channel mean/std of uint8 images scaled to [0, 1], exactly, from each channel's
+    256-bin histogram."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(images.shape[1]):
+        counts = torch.bincount(images[:, c].reshape(-1).long(), minlength=256).double()
+        n = counts.sum()
+        mean = (counts * values).sum() / n
+        var = (counts * (values - mean) ** 2).sum() / n
+        means.append(round(float(mean), 6))
+        stds.append(round(float(var.sqrt()), 6))
+    return tuple(means), tuple(stds)
+
+
+def load_splits(
+    name: str = "fashion_mnist",
+    data_dir: Optional[Union[str, Path]] = None,
+    *,
+    val_size: int = 5000,
+    train_subset: Optional[int] = None,
+    test_subset: Optional[int] = None,
+    split_seed: int = 0,
+    seed: int = 0,
+    flip: bool = True,
+    img_size: int = 224,
+) -> DataSplits:
+    """Train / validation / test splits of a dataset.
+
+    ``val_size`` images are carved from the training files by a permutation seeded with
+    ``split_seed`` (fixed across runs, so every seed tunes on the same validation images);
+    ``train_subset`` keeps only the first that many of the remaining ones (same permutation),
+    ``test_subset`` the first that many test images. The mean/std are those of all training
+    files' images (ImageNet's for ``imagefolder``). ``seed`` drives the training flips.
+    """
+    name = name.lower().replace("-", "_")
+    info: Dict[str, object] = {"split_seed": split_seed}
+    if name == "fashion_mnist":
+        arrays = load_fashion_mnist(data_dir)
+        classes: Tuple[str, ...] = FASHION_MNIST_CLASSES
+        info["source"] = str(data_dir or FASHION_MNIST_DIR)
+    elif name in ("cifar10", "cifar100"):
+        arrays = _load_cifar(name, data_dir)
+        classes = arrays.pop("classes")  # type: ignore[assignment]
+        info["source"] = str(data_dir)
+    elif name == "imagefolder":
+        arrays = _load_imagefolder(data_dir, img_size)
+        classes = arrays.pop("classes")  # type: ignore[assignment]
+        info["source"] = str(data_dir)
+    else:
+        raise DatasetNotFoundError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+    train_labels: torch.Tensor = arrays["train_labels"]  # type: ignore[assignment]
+    test_labels: torch.Tensor = arrays["test_labels"]  # type: ignore[assignment]
+    if "train_images" in arrays:
+        full_train = ImageSet(train_labels, arrays["train_images"], flip=flip, seed=seed)  # type: ignore[arg-type]
+        full_test = ImageSet(test_labels, arrays["test_images"])  # type: ignore[arg-type]
+        mean, std = _mean_std(arrays["train_images"])  # type: ignore[arg-type]
+        input_size = tuple(arrays["train_images"].shape[1:])  # type: ignore[union-attr]
+    else:
+        full_train = ImageSet(train_labels, fetch=arrays["train_fetch"], flip=flip, seed=seed)  # type: ignore[arg-type]
+        full_test = ImageSet(test_labels, fetch=arrays["test_fetch"])  # type: ignore[arg-type]
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        mean, std = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+        input_size = arrays["input_size"]  # type: ignore[assignment]
+
+    n = len(full_train)
+    if not 0 < val_size < n:
+        raise ValueError(f"val_size={val_size} must be between 1 and {n - 1} (the training set has {n} images)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    val_pos, train_pos = perm[:val_size], perm[val_size:]
+    if train_subset is not None:
+        if not 0 < train_subset <= len(train_pos):
+            raise ValueError(f"train_subset={train_subset} must be between 1 and {len(train_pos)}")
+        train_pos = train_pos[:train_subset]
+    test = full_test
+    if test_subset is not None:
+        if not 0 < test_subset <= len(full_test):
+            raise ValueError(f"test_subset={test_subset} must be between 1 and {len(full_test)}")
+        test = full_test.subset(torch.arange(test_subset))
+    return DataSplits(
+        name=name,
+        train=full_train.subset(train_pos),
+        val=full_train.subset(val_pos, flip=False),
+        test=test,
+        num_classes=int(max(int(train_labels.max()), int(test_labels.max())) + 1) if not classes else len(classes),
+        in_chans=int(input_size[0]),
+        input_size=tuple(int(v) for v in input_size),  # type: ignore[arg-type]
+        mean=mean,
+        std=std,
+        classes=classes,
+        info=info,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------
+def train_loader(
+    dataset: ImageSet,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Shuffled batches of one epoch for one process: ``batch_size`` is this process's share.
+
+    Order and flips are functions of ``(seed, epoch)``: ``DistributedSampler`` (also with one
+    process) deals out one permutation, so the union of the ``world_size`` processes' k-th
+    batches is the k-th batch of a one-process run with ``world_size × batch_size``. The
+    last incomplete batch is dropped (BN needs more than one image).
+    """
+    dataset.set_epoch(epoch)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    sampler.set_epoch(epoch)
+    batches = BatchSampler(sampler, batch_size, drop_last=True)
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+
+
+def eval_loader(
+    dataset: ImageSet, batch_size: int, *, rank: int = 0, world_size: int = 1, workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """This process's shard (every ``world_size``-th image, no padding) in fixed order."""
+    positions = list(range(rank, len(dataset), world_size))
+    batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
+    return DataLoader(dataset, sampler=batches, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+
+
+def calibration_batches(dataset: ImageSet, num_batches: int, batch_size: int, *, seed: int, cycle: int) -> List[torch.Tensor]:
+    """``num_batches`` batches of training images (uint8, no flip) for BN calibration
+    (Algorithm 1, line 6), drawn without replacement from a permutation seeded by
+    ``(seed, cycle)``: the same on every process."""
+    if num_batches <= 0:
+        return []
+    gen = torch.Generator().manual_seed(_mix(seed, cycle, 0xCA1B))
+    perm = torch.randperm(len(dataset), generator=gen)
+    plain = dataset.subset(torch.arange(len(dataset)), flip=False)
+    out = []
+    for b in range(num_batches):
+        pos = perm[b * batch_size:(b + 1) * batch_size]
+        if len(pos) == 0:
+            break
+        out.append(plain[pos][0])
+    return out

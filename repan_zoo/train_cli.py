@@ -1,0 +1,294 @@
+"""``repan-train``: train a zoo model with RepAn (Algorithm 1), plain training or KD.
+
+Examples::
+
+    # RepAn on Fashion-MNIST (Debian's dataset-fashion-mnist), 4 cycles × 3 epochs
+    repan-train --method repan --model repan_repvgg_a1_w025 --cycles 4 --epochs 3 --out runs/a1
+
+    # the same budget as ordinary training, then fused (baseline of Sec. 5.1)
+    repan-train --method baseline --model repan_repvgg_a1_w025 --cycles 4 --epochs 3 --out runs/a1-base
+
+    # two processes (gloo on CPU, nccl on GPUs); --batch-size is the global batch
+    torchrun --standalone --nproc_per_node 2 -m repan_zoo.train_cli --out runs/ddp ...
+
+    # continue a killed run from its last completed epoch
+    repan-train --out runs/a1 --resume
+
+Outputs in ``--out``: ``recipe.json``, ``checkpoints/`` (every epoch, atomic),
+``metrics.csv`` / ``metrics.json`` (per epoch: train loss, val/test top-1, λ, lr, cycle, time),
+``learning_curve.png`` (cycle boundaries dotted, like Fig. 3), and at the end
+``deploy.safetensors`` (load with ``timm.create_model(name, deploy=True)`` +
+``repan_zoo.checkpoint.load_into``), ``exactness.json`` (fused vs unfused on a held-out batch)
+and ``final.json`` (full recipe, final val/test top-1 of the deploy model).
+
+With ``--resume`` the recipe saved in ``recipe.json`` is used; options given explicitly on the
+command line override it (recorded in ``resume.json``; the run is then no longer the one an
+uninterrupted run would give).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["build_parser", "run", "main"]
+
+_UNSET = object()
+
+
+def _json_dict(text: str) -> Dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width_mult\": 0.25}}', got {text!r}")
+    return value
+
+
+def _csv(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _optional_int(text: str) -> Optional[int]:
+    return None if text.lower() in ("", "none", "all") else int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .annealing.config import FIRST_CYCLE_MODES, METHODS, TrainConfig
+    from .data import DATASETS
+
+    d = TrainConfig.__dataclass_fields__
+    dflt = {name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for name, f in d.items()}
+    p = argparse.ArgumentParser(
+        prog="repan-train", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("method and model")
+    g.add_argument("--method", choices=METHODS, default=dflt["method"],
+                   help="baseline: plain training of cycles×epochs; kd: the same with a teacher; repan: Algorithm 1")
+    g.add_argument("--model", default=dflt["model"], help="timm model name (see timm.list_models('repan_*'))")
+    g.add_argument("--model-kwargs", dest="model_kwargs", type=_json_dict, default={},
+                   help="JSON kwargs for timm.create_model, e.g. '{\"width_mult\": 0.25}'")
+    g.add_argument("--init-checkpoint", default=None, help="Alg. 1 line 1: start from these weights (train or deploy safetensors)")
+
+    g = p.add_argument_group("RepAn (Algorithm 1)")
+    g.add_argument("--cycles", type=int, default=dflt["cycles"], help="R: number of cycles")
+    g.add_argument("--epochs", type=int, default=dflt["epochs"], help="E: epochs per cycle")
+    g.add_argument("--first-cycle", choices=FIRST_CYCLE_MODES, default=dflt["first_cycle"],
+                   help="expand: the paper (Alg. 1 line 2 fuses before cycle 1, every cycle expands); "
+                        "plain: cycle 1 trains the Rep network as built, cycles 2..R anneal (findings setup)")
+    g.add_argument("--branches", type=_csv, default=list(dflt["branches"]),
+                   help="branch kinds attached at each Expand (comma-separated), or 'arch' for each block's own kinds")
+    g.add_argument("--k", type=int, default=dflt["k"], help="new parallel branches per kind and block (1..5, Table 5)")
+    g.add_argument("--restore", default=dflt["restore"], help="inverse of Eq. 2: inherit | normalized | identity")
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=dflt["residual"],
+                   help="also attach the residual BN branch BN_res(X) of Eq. 3 where shapes allow")
+    g.add_argument("--branch-gamma", type=float, default=dflt["branch_gamma"],
+                   help="γ of each new branch's output BN (0: the branch starts as an exact no-op)")
+    g.add_argument("--expand-blocks", default=None, help="regex on block names: only these get new branches")
+    g.add_argument("--calib-batches", type=int, default=dflt["calib_batches"],
+                   help="BN calibration batches after each Expand (0 = keep the inherited statistics)")
+    g.add_argument("--precise-bn", type=int, default=dflt["precise_bn"],
+                   help="re-estimate BN statistics on this many training batches before each cycle-ending Rep "
+                        "(0 = off, as in the paper)")
+    g.add_argument("--calib-batch-size", type=int, default=None, help="images per calibration batch (default --batch-size)")
+    g.add_argument("--lam-schedule", default=dflt["lam_schedule"], help="Θ: constant | linear | cosine | step | registered name")
+    g.add_argument("--lam-warmup", type=float, default=dflt["lam_warmup"], help="fraction of a cycle over which λ rises")
+    g.add_argument("--lam-start", type=float, default=dflt["lam_start"], help="λ at the start of a cycle")
+    g.add_argument("--lam-end", type=float, default=dflt["lam_end"], help="λ after the warmup (constant: always)")
+    g.add_argument("--lam-per-iter", action=argparse.BooleanOptionalAction, default=dflt["lam_per_iter"],
+                   help="update λ every iteration (else once per epoch, before it trains)")
+
+    g = p.add_argument_group("knowledge distillation")
+    g.add_argument("--teacher", default=None, help="timm model name of the teacher")
+    g.add_argument("--teacher-checkpoint", default=None, help="local safetensors weights of the teacher")
+    g.add_argument("--teacher-kwargs", type=_json_dict, default={}, help="JSON kwargs for the teacher's create_model")
+    g.add_argument("--teacher-pretrained", action="store_true", help="use timm's pretrained weights for the teacher")
+    g.add_argument("--kd-alpha", type=float, default=dflt["kd_alpha"], help="α: share of the KD term")
+    g.add_argument("--kd-T", dest="kd_T", type=float, default=dflt["kd_T"], help="T: softmax temperature")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=dflt["dataset"])
+    g.add_argument("--data-dir", default=None, help="dataset folder (default for fashion_mnist: Debian's location)")
+    g.add_argument("--val-size", type=int, default=dflt["val_size"], help="validation images carved from the training set")
+    g.add_argument("--train-subset", type=_optional_int, default=None, help="use only this many training images")
+    g.add_argument("--test-subset", type=_optional_int, default=None, help="evaluate on only this many test images")
+    g.add_argument("--split-seed", type=int, default=dflt["split_seed"], help="seed of the train/val permutation")
+    g.add_argument("--img-size", type=int, default=dflt["img_size"], help="imagefolder: image side after resize+crop")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=dflt["flip"], help="random horizontal flip")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=dflt["batch_size"], help="global batch (split over processes)")
+    g.add_argument("--eval-batch-size", type=int, default=dflt["eval_batch_size"])
+    g.add_argument("--lr", type=float, default=dflt["lr"], help="peak learning rate (cosine to --min-lr each cycle)")
+    g.add_argument("--later-lr", type=float, default=None, help="peak learning rate of cycles 2..R (default --lr)")
+    g.add_argument("--min-lr", type=float, default=dflt["min_lr"])
+    g.add_argument("--warmup-epochs", type=float, default=dflt["warmup_epochs"], help="linear LR warmup per cycle")
+    g.add_argument("--wd", type=float, default=dflt["wd"], help="weight decay (all parameters)")
+    g.add_argument("--momentum", type=float, default=dflt["momentum"])
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=dflt["nesterov"])
+    g.add_argument("--label-smoothing", type=float, default=dflt["label_smoothing"])
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=dflt["amp"],
+                   help="mixed precision (float16 + grad scaler on CUDA, bfloat16 on CPU)")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=dflt["sync_bn"],
+                   help="BatchNorm statistics over the global batch of all processes")
+    g.add_argument("--seed", type=int, default=dflt["seed"])
+    g.add_argument("--max-steps-per-epoch", type=_optional_int, default=None, help="cap steps per epoch (tests, smoke runs)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="run directory (checkpoints, metrics, deploy checkpoint)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-reproducible resume)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm progress bars on rank 0 (default: when stderr is a terminal)")
+    g.add_argument("--keep-checkpoints", type=int, default=2, help="epoch checkpoints kept")
+    g.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True, help="write learning_curve.png")
+    g.add_argument("--import", dest="imports", action="append", default=[],
+                   help="import this module or .py file first (registers models / λ schedules); repeatable")
+    return p
+
+
+def _recipe_fields() -> List[str]:
+    from .annealing.config import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _import_plugins(names: Sequence[str]) -> None:
+    for name in names:
+        if name.endswith(".py"):
+            path = Path(name)
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"--import {name}: cannot load this file")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(name)
+
+
+def _parse(argv: Optional[Sequence[str]]):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # argparse fills in a default only where the namespace lacks the attribute: pre-set markers
+    # show which options were given explicitly (append actions start from None)
+    appends = {a.dest for a in parser._actions if isinstance(a, argparse._AppendAction)}
+    probe = argparse.Namespace(**{a.dest: (None if a.dest in appends else _UNSET)
+                                  for a in parser._actions if a.dest != "help"})
+    parser.parse_args(argv, namespace=probe)
+    explicit = {k for k, v in vars(probe).items() if v is not _UNSET and v is not None}
+    return args, explicit
+
+
+def _resolve_recipe(args, explicit, out: Path, log) -> Dict[str, Any]:
+    from .annealing.checkpointing import Checkpointer
+    from .annealing.report import write_json
+    from .errors import RecipeError
+
+    fields = _recipe_fields()
+    recipe = {name: getattr(args, name) for name in fields}
+    recipe["branches"] = list(recipe["branches"])
+    saved_path = out / "recipe.json"
+    has_run = Checkpointer(out).exists()
+    if not args.resume:
+        if has_run:
+            raise RecipeError(f"{out} already holds a run (checkpoints/latest.json); pass --resume to continue it "
+                              "or choose a new --out")
+        return recipe
+    if not saved_path.is_file():
+        if has_run:
+            raise RecipeError(f"{out} has checkpoints but no recipe.json; cannot resume it safely")
+        log(f"--resume: {out} holds no run yet; starting one")
+        return recipe
+    saved = json.loads(saved_path.read_text())
+    overrides = {k: recipe[k] for k in fields if k in explicit and saved.get(k) != recipe[k]}
+    if overrides:
+        log(f"--resume: overriding the saved recipe with {overrides}")
+        history = []
+        if (out / "resume.json").is_file():
+            history = json.loads((out / "resume.json").read_text())
+        write_json(out / "resume.json", history + [{"overrides": overrides}])
+    return {**{k: v for k, v in saved.items() if k in fields}, **overrides}
+
+
+def run(argv: Optional[Sequence[str]] = None):
+    """Parse ``argv`` and train; returns the :class:`~repan_zoo.annealing.TrainResult`.
+    Errors propagate (typed :class:`~repan_zoo.errors.RepanError` subclasses)."""
+    args, explicit = _parse(argv)
+    import torch
+
+    _import_plugins(args.imports)
+    from .annealing.config import TrainConfig
+    from .annealing.distributed import init_distributed
+    from .annealing.report import write_json
+    from .annealing.trainer import RepAnTrainer
+    from .data import load_splits
+
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    ctx = init_distributed(args.device)
+    try:
+        def log(msg: str) -> None:
+            if ctx.is_main:
+                print(msg, flush=True)
+
+        out = Path(args.out)
+        recipe = _resolve_recipe(args, explicit, out, log)
+        cfg = TrainConfig.from_dict(recipe)
+        if ctx.is_main:
+            write_json(out / "recipe.json", cfg.as_dict())
+        data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset,
+                           test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed, flip=cfg.flip,
+                           img_size=cfg.img_size)
+        progress = args.progress if args.progress is not None else sys.stderr.isatty()
+        log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
+            f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")
+        trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
+                               keep_checkpoints=args.keep_checkpoints, plot=args.plot)
+        result = trainer.run(resume=args.resume)
+        if ctx.is_main:
+            write_json(out / "recipe.json", cfg.as_dict())
+        return result
+    finally:
+        ctx.close()
+        torch.set_num_threads(threads_before)
+        if args.deterministic:
+            torch.use_deterministic_algorithms(deterministic_before)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: 0 on success, 2 for a bad recipe / missing data / checkpoint problem,
+    3 when training diverged (the message names cycle, epoch, step and the fix)."""
+    from .errors import RepanError, TrainingDivergedError
+
+    try:
+        run(argv)
+    except TrainingDivergedError as exc:
+        print(f"repan-train: error: {exc}", file=sys.stderr)
+        return 3
+    except RepanError as exc:
+        print(f"repan-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""repan_zoo.annealing: λ schedules Θ, KD loss, Algorithm 1's step order and exactness,
+divergence stop, run checkpoints. Tiny synthetic data and the ``tinyrep_test`` model."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
+from helpers import randomize_bn
+from repan_zoo.annealing import (
+    LAMBDA_SCHEDULES,
+    KDLoss,
+    LambdaSchedule,
+    RepAnTrainer,
+    TrainConfig,
+    build_teacher,
+    cosine_lr,
+    register_lambda_schedule,
+)
+from repan_zoo.annealing import trainer as trainer_mod
+from repan_zoo.annealing.checkpointing import Checkpointer
+from repan_zoo.annealing.distributed import CPUSyncBatchNorm, convert_sync_bn
+from repan_zoo.checkpoint import model_form, save_checkpoint
+from repan_zoo.errors import LambdaRangeError, RecipeError, TrainingDivergedError
+from repan_zoo.verify import eval_mode, relative_error, rep_blocks
+from tinyrep_models import synthetic_splits
+
+torch.set_num_threads(1)
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(method="repan", model="tinyrep_test", cycles=2, epochs=2, batch_size=32, eval_batch_size=64,
+                lr=0.05, calib_batches=2, calib_batch_size=32, max_steps_per_epoch=2, lam_per_iter=False,
+                lam_warmup=1.0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return synthetic_splits()
+
+
+# ----------------------------------------------------------------------------- Θ(r, e)
+def test_lambda_schedule_values():
+    lin = LambdaSchedule("linear", warmup=1.0)
+    assert [lin.value(1, e, 4) for e in (1, 2, 3, 4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # the findings' ramp over the first 30 % of a 3-epoch cycle, per epoch: full from epoch 1
+    assert LambdaSchedule("linear", warmup=0.3).value(1, 1, 3) == 1.0
+    ramp = LambdaSchedule("linear", warmup=0.5, per_iter=True)
+    assert ramp.value(2, 1, 2, step=1, steps_per_epoch=4) == pytest.approx((1 / 8) / 0.5)
+    assert ramp.value(2, 1, 2, step=4, steps_per_epoch=4) == 1.0
+    cos = LambdaSchedule("cosine", warmup=1.0)
+    assert cos.value(1, 1, 2) == pytest.approx(0.5)
+    assert cos.value(1, 1, 4) == pytest.approx(0.5 * (1 - math.cos(math.pi * 0.25)))
+    step = LambdaSchedule("step", start=0.1, end=0.9, warmup=0.5)
+    assert [step.value(1, e, 4) for e in (1, 2, 3, 4)] == pytest.approx([0.1, 0.9, 0.9, 0.9])
+    assert LambdaSchedule("constant", end=0.4).value(3, 1, 5) == pytest.approx(0.4)
+    assert LambdaSchedule("linear", start=0.2, end=0.6, warmup=1.0).value(1, 1, 2) == pytest.approx(0.4)
+
+
+def test_lambda_schedule_registry_and_range():
+    name = "test_half_then_over"
+    if name not in LAMBDA_SCHEDULES:
+        @register_lambda_schedule(name)
+        def _bad(progress, cycle, *, start, end, warmup):
+            return 0.5 if cycle == 1 else 1.5  # out of range from cycle 2 on
+
+    sched = LambdaSchedule(name)
+    assert sched.value(1, 1, 2) == 0.5
+    with pytest.raises(LambdaRangeError, match="outside"):
+        sched.value(2, 1, 2)
+    with pytest.raises(ValueError, match="already registered"):
+        register_lambda_schedule("linear")(lambda *a, **k: 0.0)
+    with pytest.raises(RecipeError, match="unknown λ schedule"):
+        LambdaSchedule("nope")
+    with pytest.raises(LambdaRangeError):
+        LambdaSchedule("linear", end=1.2)
+
+
+def test_cosine_lr_restarts_and_warmup():
+    assert cosine_lr(0, 10, 0.2) == pytest.approx(0.2)
+    assert cosine_lr(5, 10, 0.2) == pytest.approx(0.1)
+    assert cosine_lr(10, 10, 0.2) == pytest.approx(0.0, abs=1e-12)
+    assert [cosine_lr(s, 10, 0.2, warmup=4) for s in range(4)] == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    assert cosine_lr(4, 10, 0.2, warmup=4) == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------- KD
+def test_kd_loss_formula_and_teacher_gradient():
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(6, 10, generator=gen, requires_grad=True)
+    t = torch.randn(6, 10, generator=gen, requires_grad=True)
+    y = torch.randint(0, 10, (6,), generator=gen)
+    ce = F.cross_entropy(s, y)
+    assert torch.allclose(KDLoss(alpha=0.0, temperature=4.0)(s, y, t), ce)
+    assert torch.allclose(KDLoss(alpha=0.9)(s, y, None), ce)
+    alpha, T = 0.7, 4.0
+    p_t = F.softmax(t / T, 1)
+    kl = (p_t * (F.log_softmax(t / T, 1) - F.log_softmax(s / T, 1))).sum(1).mean()
+    expected = (1 - alpha) * ce + alpha * T * T * kl
+    loss = KDLoss(alpha=alpha, temperature=T)(s, y, t)
+    assert torch.allclose(loss, expected, atol=1e-6)
+    loss.backward()
+    assert t.grad is None and s.grad is not None
+    same = KDLoss(alpha=0.5, temperature=3.0)(s.detach(), y, s.detach())
+    assert torch.allclose(same, 0.5 * ce.detach(), atol=1e-6)  # KL(p‖p) = 0
+    with pytest.raises(RecipeError):
+        KDLoss(alpha=1.5)
+
+
+def test_teacher_from_local_checkpoint(tmp_path):
+    import timm
+
+    src = timm.create_model("tinyrep_test", num_classes=10, in_chans=1)
+    randomize_bn(src, torch.Generator().manual_seed(3))
+    path = save_checkpoint(src, tmp_path / "teacher.safetensors", architecture="tinyrep_test")
+    teacher = build_teacher("tinyrep_test", num_classes=10, in_chans=1, checkpoint=str(path))
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad(), eval_mode(src):
+        assert relative_error(src(x), teacher(x)) < 1e-6
+    with pytest.raises(RecipeError, match="no weights"):
+        build_teacher("tinyrep_test", num_classes=10, in_chans=1)
+
+
+# ----------------------------------------------------------------------------- Algorithm 1
+def _spy(monkeypatch):
+    """Record the order of Algorithm 1's steps as the trainer calls the core functions."""
+    events = []
+
+    def wrap(name, label):
+        original = getattr(trainer_mod, name)
+
+        def spy(*args, **kwargs):
+            if label == "lambda":
+                events.append(("lambda", round(float(args[1]), 6)))
+            elif label == "expand+restore":
+                events.append((label, kwargs.get("k")))
+                assert kwargs["generator"] is spies["generator"], "expansion must draw from the run's generator"
+                assert kwargs["lam"] == 0.0
+            elif label == "calibrate":
+                events.append((label, len(args[1])))
+            else:
+                events.append((label,))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_mod, name, spy)
+
+    spies = {}
+    wrap("reparameterize", "rep")
+    wrap("unfold", "expand+restore")
+    wrap("calibrate_bn", "calibrate")
+    wrap("set_lambda", "lambda")
+    wrap("train_one_epoch", "train")
+    seeds = []
+    real_seed = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: (seeds.append(s), real_seed(s))[1])
+    return events, spies, seeds
+
+
+def test_algorithm1_step_order_paper(monkeypatch, splits):
+    events, spies, seeds = _spy(monkeypatch)
+    trainer = RepAnTrainer(tiny_cfg(cycles=2, epochs=2, k=2), splits)
+    spies["generator"] = trainer.generator
+    result = trainer.run()
+    cycle = [("expand+restore", 2), ("calibrate", 2), ("lambda", 0.5), ("train",), ("lambda", 1.0), ("train",), ("rep",)]
+    assert events == [("rep",)] + cycle + cycle  # line 2, then lines 4-11 twice
+    assert seeds == [0], "the global RNG is seeded once (initialise), never per cycle"
+    assert model_form(result.model) == "deploy"
+    assert result.exactness["model_rel_error"] <= 1e-5
+    assert [r["lam"] for r in result.history] == [0.5, 1.0, 0.5, 1.0]
+
+
+def test_algorithm1_first_cycle_plain_and_baseline(monkeypatch, splits):
+    events, spies, _ = _spy(monkeypatch)
+    trainer = RepAnTrainer(tiny_cfg(first_cycle="plain", cycles=2, epochs=1), splits)
+    spies["generator"] = trainer.generator
+    trainer.run()
+    assert events == [("train",), ("rep",), ("expand+restore", 1), ("calibrate", 2), ("lambda", 1.0), ("train",), ("rep",)]
+    events.clear()
+    result = RepAnTrainer(tiny_cfg(method="baseline", cycles=2, epochs=1), splits).run()
+    assert events == [("train",), ("train",), ("rep",)]  # R·E epochs of one schedule, then fuse
+    assert [r["cycle"] for r in result.history] == [1, 1]
+
+
+def test_expand_restore_calibrate_keeps_the_fused_function(splits):
+    trainer = RepAnTrainer(tiny_cfg(k=2, branches=("conv_kxk", "conv_1x1"), residual=True, calib_batches=3), splits)
+    model = trainer.initialise()
+    randomize_bn(model, torch.Generator().manual_seed(5))
+    trainer.rep(cycle=0, when="test")
+    fused = trainer._eval_output()
+    fresh_before = None
+    trainer.expand_restore(1)
+    block = rep_blocks(model)[1][1]
+    assert block.branch_kinds == ["conv_kxk", "conv_kxk", "conv_1x1", "conv_1x1", "identity"]
+    fresh_before = block.extras[0].bn.running_var.clone()
+    record = trainer.calibrate(1, fused)
+    after = trainer._eval_output()
+    assert trainer.output_error(fused, after) <= 1e-5 and record["rel_error_vs_fused"] <= 1e-5
+    assert not torch.equal(block.extras[0].bn.running_var, fresh_before), "calibration must actually run"
+    assert record["images"] == 3 * 32
+    trainer.set_lambda(0.37)  # λ>0 changes the function (Eq. 3), and Rep keeps λ in the fusion
+    gated = trainer._eval_output()
+    assert trainer.output_error(fused, gated) > 1e-3
+    trainer.rep(cycle=1, when="test")
+    assert trainer.output_error(gated, trainer._eval_output()) <= 1e-5
+
+
+def test_expand_only_selected_blocks_and_arch_branches(splits):
+    trainer = RepAnTrainer(tiny_cfg(expand_blocks=r"^stage\.0$", k=1), splits)
+    model = trainer.initialise()
+    trainer.rep(0, "test")
+    trainer.expand_restore(1)
+    kinds = {n: b.branch_kinds for n, b in rep_blocks(model)}
+    assert kinds == {"stem": [], "stage.0": ["conv_kxk", "conv_1x1"], "stage.1": []}
+    assert model_form(model) == "train"
+    trainer = RepAnTrainer(tiny_cfg(branches=("arch",), k=1), splits)
+    model = trainer.initialise()
+    trainer.rep(0, "test")
+    trainer.expand_restore(1)
+    assert {n: b.branch_kinds for n, b in rep_blocks(model)} == {
+        "stem": ["conv_1x1"], "stage.0": ["conv_1x1", "identity"], "stage.1": ["conv_1x1"]}
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, splits):
+    cfg = tiny_cfg(method="baseline", cycles=1, epochs=3, model_kwargs={"nan_after": 3})
+    trainer = RepAnTrainer(cfg, splits, out=tmp_path, plot=False)
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.run()
+    err = info.value
+    assert (err.cycle, err.epoch, err.step) == (1, 2, 2)
+    msg = str(err)
+    assert "cycle 1, epoch 2/3, step 2" in msg and "lower --lr" in msg and "untouched" in msg
+    ckpt = Checkpointer(tmp_path)
+    assert ckpt.latest_dir() == err.checkpoint == tmp_path / "checkpoints" / "ep0001"
+    loaded = ckpt.load()
+    assert loaded.state["progress"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in loaded.model_state.values() if v.is_floating_point())
+    assert not (tmp_path / "deploy.safetensors").exists()
+
+
+def test_run_checkpoints_are_atomic_pairs_and_pruned(tmp_path, splits):
+    cfg = tiny_cfg(cycles=1, epochs=3)
+    RepAnTrainer(cfg, splits, out=tmp_path, plot=False, keep_checkpoints=2).run()
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.is_dir())
+    assert folders == ["ep0002", "ep0003"]
+    state = Checkpointer(tmp_path).load().state  # torch.load(weights_only=True) inside
+    assert set(state) >= {"progress", "optimizer", "rng", "history", "recipe"}
+    assert isinstance(state["rng"]["generator"], torch.Tensor)
+    assert not list((tmp_path / "checkpoints").glob("**/*.tmp"))
+
+
+def test_sync_bn_conversion_keeps_function_and_fuses(splits):
+    import copy
+
+    trainer = RepAnTrainer(tiny_cfg(), splits)
+    model = trainer.initialise()
+    randomize_bn(model, torch.Generator().manual_seed(9))
+    plain = copy.deepcopy(model)
+    ref = trainer._eval_output()
+    convert_sync_bn(model, torch.device("cpu"))
+    assert sum(isinstance(m, CPUSyncBatchNorm) for m in model.modules()) == 7
+    assert trainer.output_error(ref, trainer._eval_output()) == 0.0
+    x = trainer.probe[:16]
+    # one process: the synchronised BN is BatchNorm2d (batch statistics, same running-stat update)
+    assert torch.equal(model.train()(x), plain.train()(x))
+    assert torch.equal(model.stem.trunk.bn.running_var, plain.stem.trunk.bn.running_var)
+    trainer.rep(0, "test")  # fusion reads the synchronised BNs like any _BatchNorm
+    assert model_form(model) == "deploy"
+
+
+def test_bad_recipes_are_typed_errors():
+    with pytest.raises(RecipeError, match="--method kd needs --teacher"):
+        tiny_cfg(method="kd")
+    with pytest.raises(RecipeError, match="baseline trains without a teacher"):
+        tiny_cfg(method="baseline", teacher="tinyrep_test")
+    with pytest.raises(RecipeError, match="restore"):
+        tiny_cfg(restore="magic")
+    with pytest.raises(RecipeError, match="unknown branch"):
+        tiny_cfg(branches=("conv_9x9",))
+    with pytest.raises(RecipeError, match="divisible"):
+        from repan_zoo.annealing.distributed import DistContext
+
+        RepAnTrainer(tiny_cfg(batch_size=33), synthetic_splits(), ctx=DistContext(world_size=2))
+
+
+def test_lambda_per_iteration_inside_the_epoch(monkeypatch, splits):
+    events, spies, _ = _spy(monkeypatch)
+    trainer = RepAnTrainer(tiny_cfg(cycles=1, epochs=2, lam_per_iter=True, lam_warmup=0.5, max_steps_per_epoch=2), splits)
+    spies["generator"] = trainer.generator
+    trainer.run()
+    lams = [v for e, *v in events if e == "lambda"]
+    # 4 steps, ramp over the first half: steps 1..4 → 0.5, 1, 1, 1; set before each change
+    assert lams == [[0.5], [0.5], [1.0], [1.0], [1.0]]
+    assert events.index(("lambda", 0.5)) < events.index(("train",))
+
+
+def test_new_network_gets_data_bn_statistics_before_line2_and_precise_bn(splits):
+    trainer = RepAnTrainer(tiny_cfg(calib_batches=2), splits)
+    model = trainer.initialise()
+    bn = model.stem.trunk.bn
+    assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
+    assert [r["step"] for r in trainer.cycle_log] == ["initial_bn_statistics"]
+    # eval ≈ train-mode function now (the network Rep fuses is the one that trains)
+    x = trainer.probe[:64]
+    with torch.no_grad():
+        ev, tr = model.eval()(x), model.train()(x)
+    assert relative_error(tr, ev) < 0.2
+    plain = RepAnTrainer(tiny_cfg(first_cycle="plain"), splits)
+    m2 = plain.initialise()
+    assert torch.equal(m2.stem.trunk.bn.running_var, torch.ones_like(m2.stem.trunk.bn.running_var))
+
+    fused = {}
+    for n in (0, 2):
+        trainer = RepAnTrainer(tiny_cfg(precise_bn=n), splits)
+        trainer.initialise()
+        trainer.rep(0, "line 2: never precise BN")
+        trainer.expand_restore(1)
+        trainer.calibrate(1, None)
+        trainer.rep(1, "end of cycle 1")
+        fused[n] = trainer.model.stem.reparam_conv.weight.detach().clone()
+        steps = [r["step"] for r in trainer.cycle_log]
+        assert steps.count("precise_bn") == (1 if n else 0) and steps[-1] == "rep"
+    assert not torch.allclose(fused[0], fused[2]), "precise BN re-estimates the statistics Rep fuses"

@@ -1,0 +1,197 @@
+"""repan-train end to end on a small Fashion-MNIST subset: deploy checkpoint, DDP (2 processes,
+gloo) equivalence, SIGKILL + --resume, divergence stop and missing-data errors.
+
+The end-to-end test trains the zoo's ``repan_repvgg_a0_w025``; the DDP / resume / divergence
+tests use ``tinyrep_test`` (tests/tinyrep_models.py, three RepBlocks; subprocesses load it with
+``--import tinyrep_models``). Every run is a few steps on a few hundred images.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
+from repan_zoo.checkpoint import load_into, read_checkpoint
+from repan_zoo.data import FASHION_MNIST_DIR, eval_loader, load_splits
+from repan_zoo.errors import RecipeError
+from repan_zoo.train_cli import main, run
+
+pytestmark = pytest.mark.skipif(not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                                reason="apt-get install dataset-fashion-mnist")
+
+TESTS = Path(__file__).resolve().parent
+SMALL = ["--model", "tinyrep_test", "--train-subset", "256", "--val-size", "128", "--test-subset", "256",
+         "--batch-size", "32", "--eval-batch-size", "128", "--lr", "0.05", "--calib-batches", "2",
+         "--threads", "1", "--no-progress", "--no-plot", "--seed", "7"]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent), e.get("PYTHONPATH", "")])
+    e.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return e
+
+
+def weights(path: Path) -> dict:
+    return read_checkpoint(path)[0]
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    worst = 0.0
+    for k in a:
+        if not a[k].is_floating_point():
+            assert torch.equal(a[k], b[k]), k
+            continue
+        scale = max(float(a[k].abs().max()), 1e-12)
+        worst = max(worst, float((a[k] - b[k]).abs().max()) / scale)
+    return worst
+
+
+def test_end_to_end_repan_deploy_checkpoint_reproduces_accuracy(tmp_path):
+    import timm
+
+    import repan_zoo.models  # noqa: F401  (registers repan_*)
+
+    # a zoo model (RepVGG-A0 at 0.25 width). With 4 steps per epoch BN's running averages lag far
+    # behind the weights, and Rep fuses the eval function: --precise-bn re-estimates them first.
+    out = tmp_path / "run"
+    argv = ["--method", "repan", "--cycles", "2", "--epochs", "2", "--max-steps-per-epoch", "4", "--k", "2",
+            "--out", str(out), *SMALL, "--plot", "--model", "repan_repvgg_a0_w025", "--precise-bn", "2"]
+    assert main(argv) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["recipe"]["cycles"] == 2 and final["recipe"]["k"] == 2 and final["method"] == "repan"
+    assert final["exactness"]["model_rel_error"] <= 1e-5
+    assert json.loads((out / "exactness.json").read_text())["model_rel_error"] <= 1e-5
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("cycle,epoch,global_epoch") and len(rows) == 5
+    assert [r["cycle"] for r in json.loads((out / "metrics.json").read_text())] == [1, 1, 2, 2]
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    # the deploy checkpoint loads into a fresh deploy-form timm model and gives the recorded accuracy
+    state, meta = read_checkpoint(out / "deploy.safetensors")
+    assert meta["form"] == "deploy" and meta["architecture"] == "repan_repvgg_a0_w025"
+    model = timm.create_model("repan_repvgg_a0_w025", deploy=True, **{k: v for k, v in final["create_kwargs"].items()})
+    load_into(model, state, meta)
+    data = load_splits("fashion_mnist", val_size=128, train_subset=256, test_subset=256)
+    norm = data.normalizer()
+    correct = 0
+    with torch.no_grad():
+        for x, y in eval_loader(data.test, 100):
+            correct += int((model.eval()(norm(x)).argmax(1) == y).sum())
+    assert 100.0 * correct / len(data.test) == pytest.approx(final["test_top1"], abs=1e-9)
+    assert final["reload_check"]["test_top1"] == final["test_top1"]
+
+    # the same --out again without --resume is refused (it would overwrite the run)
+    with pytest.raises(RecipeError, match="--resume"):
+        run(argv)
+
+
+def test_kd_run_with_teacher_from_checkpoint(tmp_path):
+    teacher_out = tmp_path / "teacher"
+    assert main(["--method", "baseline", "--cycles", "1", "--epochs", "1", "--max-steps-per-epoch", "3",
+                 "--out", str(teacher_out), *SMALL]) == 0
+    result = run(["--method", "kd", "--teacher", "tinyrep_test", "--teacher-checkpoint",
+                  str(teacher_out / "deploy.safetensors"), "--kd-alpha", "0.5", "--kd-T", "4", "--cycles", "1",
+                  "--epochs", "1", "--max-steps-per-epoch", "3", "--out", str(tmp_path / "kd"), *SMALL])
+    assert result.final["recipe"]["teacher"] == "tinyrep_test"
+    assert result.history[0]["train_loss"] > 0
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path):
+    """2 processes × 16 images (gloo, CPU) vs 1 process × 32 images, same global batches.
+
+    BatchNorm normalises with the statistics of the batch a process sees, so plain per-process
+    BN would differ from the one-process run by construction. ``--sync-bn`` makes each BN use
+    the statistics of the global batch (all-reduced sums, also in the backward pass), which is
+    exactly what the one process computes; DDP averages the gradients of the two halves, which is
+    the gradient of the mean loss over the 32 images. Data order is one permutation dealt out
+    by DistributedSampler, flips depend on (seed, epoch, image) only, and the expansion generator
+    is seeded identically on both ranks. Two cycles (Rep, Expand, Restore, Calibrate in between).
+    """
+    common = ["--method", "repan", "--cycles", "2", "--epochs", "1", "--max-steps-per-epoch", "3", "--sync-bn",
+              "--import", "tinyrep_models", *SMALL]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "repan_zoo.train_cli", "--out", str(tmp_path / "ddp"), *common]
+    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert main(["--out", str(tmp_path / "one"), *common]) == 0
+    ddp, one = (json.loads((tmp_path / d / "final.json").read_text()) for d in ("ddp", "one"))
+    assert ddp["world_size"] == 2 and one["world_size"] == 1
+    diff = max_rel_diff(weights(tmp_path / "ddp" / "deploy.safetensors"), weights(tmp_path / "one" / "deploy.safetensors"))
+    assert diff <= 1e-5, diff
+    hist_ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    hist_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert [r["images"] for r in hist_ddp] == [r["images"] for r in hist_one] == [96, 96]
+    for a, b in zip(hist_ddp, hist_one):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+
+
+def _run_and_kill(out: Path, after_epoch: int, args) -> None:
+    """Start a training subprocess and SIGKILL it shortly after epoch ``after_epoch``'s checkpoint."""
+    cmd = [sys.executable, "-m", "repan_zoo.train_cli", "--import", "tinyrep_models", "--out", str(out), *args]
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pointer = out / "checkpoints" / "latest.json"
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if pointer.is_file() and json.loads(pointer.read_text())["progress"].get("global_epoch") == after_epoch:
+                time.sleep(0.1)  # into the next epoch (6 steps × 0.04 s of sleep each)
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "final.json").exists()
+    assert json.loads(pointer.read_text())["progress"]["global_epoch"] == after_epoch
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    """A run killed with SIGKILL during an epoch and resumed ends with the same weights as an
+    uninterrupted run (deterministic CPU, one thread). Killed twice: in the first epoch of cycle 2
+    (resume at a cycle boundary: Rep, Expand with the saved generator state, Calibrate) and in its
+    second epoch (resume mid-cycle: optimiser momentum, λ, LR position). ``step_delay`` only
+    sleeps in each training step so that the kill lands inside an epoch; it changes no number."""
+    recipe = ["--method", "repan", "--cycles", "2", "--epochs", "2", "--max-steps-per-epoch", "6",
+              "--deterministic", *SMALL]
+    killed = tmp_path / "killed"
+    slow = ["--model-kwargs", '{"step_delay": 0.04}']
+    _run_and_kill(killed, 2, [*slow, *recipe])
+    _run_and_kill(killed, 3, ["--resume", *slow, "--threads", "1", "--no-progress"])
+    # last resume in-process; step_delay is a runtime knob, so override it back to none
+    assert main(["--out", str(killed), "--resume", "--model-kwargs", "{}", "--threads", "1", "--no-progress"]) == 0
+    assert main(["--out", str(tmp_path / "straight"), *recipe]) == 0
+    resumed = json.loads((killed / "final.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "final.json").read_text())
+    assert resumed["test_top1"] == straight["test_top1"]
+    assert len(json.loads((killed / "metrics.json").read_text())) == 4
+    diff = max_rel_diff(weights(killed / "deploy.safetensors"), weights(tmp_path / "straight" / "deploy.safetensors"))
+    assert diff <= 1e-5, diff
+
+
+def test_divergence_exit_code_and_message(tmp_path, capsys):
+    rc = main(["--method", "baseline", "--cycles", "1", "--epochs", "3", "--max-steps-per-epoch", "2",
+               "--model-kwargs", '{"nan_after": 3}', "--out", str(tmp_path), *SMALL])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "diverged" in err and "cycle 1, epoch 2/3, step 2" in err and "ep0001" in err
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["dir"] == "ep0001"
+
+
+def test_missing_dataset_exit_code_and_message(tmp_path, capsys):
+    rc = main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), *SMALL])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "apt-get install dataset-fashion-mnist" in err and "train-images-idx3-ubyte.gz" in err
