@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from .blocks import RepBlock, bn_params, check_lambda
 from .errors import NoRepBlocksError, ReparameterizationError, UnfusableBranchError
-from .verify import ExactnessReport, capture, compare, eval_mode, probe_input, rep_blocks
+from .verify import ExactnessReport, capture, compare, eval_mode, exact_fp32, probe_input, rep_blocks
 
 __all__ = [
     "reparameterize",
@@ -288,7 +288,7 @@ def _gather_input_stats(model: nn.Module, bns: List[nn.Module], batches: List[An
             s[2] += x.numel() // x.shape[1]
         handles.append(bn.register_forward_hook(hook))
     try:
-        with eval_mode(model):
+        with eval_mode(model), exact_fp32():
             for batch in batches:
                 model(batch)
     finally:

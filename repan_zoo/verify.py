@@ -24,6 +24,7 @@ __all__ = [
     "capture",
     "compare",
     "eval_mode",
+    "exact_fp32",
     "rep_blocks",
 ]
 
@@ -55,6 +56,25 @@ def flatten_tensors(obj: Any) -> List[torch.Tensor]:
     if isinstance(obj, (list, tuple)):
         return [t for item in obj for t in flatten_tensors(item)]
     return []
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """Full-precision fp32 convolutions and matmuls for the duration (no TF32 on Ampere+ GPUs).
+
+    cuDNN runs fp32 convolutions in TF32 by default, whose 10-bit mantissa alone makes two
+    equal functions differ by ~1e-3 relative: the exactness checks of Rep / Expand+Restore /
+    Calibrate (≤ 1e-5) run without it. Used by every check here (``capture``) and by ``calibrate_bn``;
+    training keeps the user's setting.
+    """
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 @contextlib.contextmanager
@@ -140,7 +160,7 @@ def capture(
                     record_inputs[name] = args[0].detach().clone()
         handles.append(modules[name].register_forward_hook(hook))
     try:
-        with eval_mode(model):
+        with eval_mode(model), exact_fp32():
             out = model(inputs if not isinstance(inputs, list) else [t for t in inputs])
             for name, x in (block_inputs or {}).items():
                 if name in seen:

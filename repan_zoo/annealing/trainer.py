@@ -25,7 +25,6 @@ checkpoint's exactness certificate.
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..data import DataSplits, _mix, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
-from ..verify import eval_mode, relative_error, rep_blocks
+from ..verify import eval_mode, exact_fp32, relative_error, rep_blocks
 from .checkpointing import Checkpointer, restore_rng_state, rng_state
 from .config import CyclePlan, TrainConfig
 from .distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
@@ -48,25 +47,7 @@ from .kd import KDLoss, build_teacher
 from .report import plot_learning_curve, write_json, write_metrics
 from .schedules import cosine_lr
 
-__all__ = ["RepAnTrainer", "TrainResult", "build_model", "exact_fp32"]
-
-
-@contextlib.contextmanager
-def exact_fp32():
-    """Full-precision fp32 convolutions and matmuls for the duration (no TF32 on Ampere+ GPUs).
-
-    cuDNN runs fp32 convolutions in TF32 by default, whose 10-bit mantissa alone makes two
-    equal functions differ by ~1e-3 relative: the exactness checks of Rep / Expand+Restore /
-    Calibrate (≤ 1e-5) run without it. Training keeps the user's setting.
-    """
-    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32 = cudnn
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+__all__ = ["RepAnTrainer", "TrainResult", "build_model"]
 
 
 def build_model(name: str, *, num_classes: int, in_chans: int, model_kwargs: Optional[Dict[str, Any]] = None,
