@@ -1,0 +1,191 @@
+"""Accuracy sweeps: RepAn vs baseline vs KD on Fashion-MNIST, and the paper's ablations at small scale.
+
+Every run is one call of the bundled training script (``python -m repan_zoo.train_cli``) with an
+equal total epoch budget; its ``final.json`` and ``metrics.json`` are copied into
+``benchmarks/accuracy/results/<plan>/<run>/`` (small files, committed), and the run folder
+itself (checkpoints) stays under ``--work`` (not committed). A run whose results exist is skipped,
+so a sweep can be stopped and started again. ``aggregate.py`` turns the results into tables and plots.
+
+Usage::
+
+    python benchmarks/accuracy/sweep.py --plan main --jobs 4 --device cuda   # the comparison (--scale small|full)
+    python benchmarks/accuracy/sweep.py --plan ablations --jobs 4 --device cuda
+    python benchmarks/accuracy/sweep.py --plan main --dry-run                # list the commands
+    python benchmarks/accuracy/aggregate.py                                  # tables + plots
+
+Plans (see :func:`plan_runs`): ``main`` = 3 models × {baseline, kd, repan, repan_kd} × 3 seeds, plus
+one teacher; ``ablations`` = on repan_repvgg_a1_w025, seed 0: k = 1..5 (Table 5), KD α/T (Table 4),
+λ schedules, restore modes, new-branch γ and cycle length at the same budget.
+Model selection is by validation accuracy (a split carved from the training set); the test set is
+only reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: the shared recipe (findings-cpu-scale.md setup, paper's CIFAR optimiser): SGD-Nesterov 0.9,
+#: wd 1e-4, batch 128, peak LR 0.2, cosine per cycle, flips; 5,000 validation images.
+COMMON = ["--dataset", "fashion_mnist", "--val-size", "5000", "--batch-size", "128", "--lr", "0.2",
+          "--wd", "1e-4", "--momentum", "0.9"]
+#: budgets: RepAn R × E epochs; baseline/KD R·E epochs in one schedule. ``small`` is the setup of
+#: findings-cpu-scale.md (20,000 training images, 12 epochs, 2 × 6 cycles, its best RepAn cycle length).
+SCALES = {
+    "small": {"cycles": 2, "epochs": 6, "train_subset": 20000},
+    "full": {"cycles": 3, "epochs": 8, "train_subset": None},
+}
+CYCLES, EPOCHS = SCALES["small"]["cycles"], SCALES["small"]["epochs"]
+REPAN = ["--first-cycle", "plain", "--restore", "inherit", "--branches", "conv_kxk,conv_1x1",
+         "--lam-schedule", "linear", "--lam-warmup", "0.3", "--calib-batches", "5"]
+MODELS = ["repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0"]
+TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}}  # 3.5 M params vs 0.8 M of repvgg_a1_w025
+SEEDS = [0, 1, 2]
+KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
+
+
+def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
+    args = ["--model", model]
+    if kwargs:
+        args += ["--model-kwargs", json.dumps(kwargs)]
+    return args
+
+
+def _run(name: str, args: List[str], needs: Optional[str] = None) -> Dict:
+    return {"name": name, "args": args, "needs": needs}
+
+
+def plan_runs(plan: str, scale: str = "small") -> List[Dict]:
+    """The runs of a plan, in an order that trains teachers first."""
+    global CYCLES, EPOCHS
+    CYCLES, EPOCHS = SCALES[scale]["cycles"], SCALES[scale]["epochs"]
+    subset = SCALES[scale]["train_subset"]
+    common = COMMON + (["--train-subset", str(subset)] if subset else [])
+    teacher_name = "teacher"
+    teacher = _run(teacher_name, _model_args(TEACHER["model"], TEACHER["kwargs"]) + common
+                   + ["--method", "baseline", "--cycles", "1", "--epochs", str(CYCLES * EPOCHS), "--seed", "100"])
+    kd_teacher = ["--teacher", TEACHER["model"], "--teacher-kwargs", json.dumps(TEACHER["kwargs"])]
+    runs: List[Dict] = []
+    if plan == "main":
+        runs.append(teacher)
+        for model in MODELS:
+            for seed in SEEDS:
+                base = _model_args(model) + common + ["--seed", str(seed)]
+                one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
+                cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
+                runs.append(_run(f"{model}__baseline__s{seed}", base + one + ["--method", "baseline"]))
+                runs.append(_run(f"{model}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
+                                 needs=teacher_name))
+                runs.append(_run(f"{model}__repan__s{seed}", base + cyc + ["--method", "repan"] + REPAN))
+                runs.append(_run(f"{model}__repan_kd__s{seed}", base + cyc + ["--method", "repan"] + REPAN + KD
+                                 + kd_teacher, needs=teacher_name))
+    elif plan == "ablations":
+        runs.append(teacher)
+        model = "repan_repvgg_a1_w025"
+        base = _model_args(model) + common + ["--seed", "0", "--method", "repan"]
+        cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
+
+        def with_(option: str, value: str) -> List[str]:
+            args = list(REPAN)
+            i = args.index(option)
+            args[i + 1] = value
+            return args
+
+        for k in range(1, 6):
+            runs.append(_run(f"k{k}", base + cyc + REPAN + ["--k", str(k)]))
+        for alpha, temp in [("0.0", "10"), ("0.5", "4"), ("0.9", "10"), ("1.0", "10")]:
+            runs.append(_run(f"kd_a{alpha}_T{temp}", base + cyc + REPAN + kd_teacher
+                             + ["--kd-alpha", alpha, "--kd-T", temp], needs=teacher_name))
+        for sched in ["constant", "linear", "cosine", "step"]:
+            runs.append(_run(f"lam_{sched}", base + cyc + with_("--lam-schedule", sched)))
+        for restore in ["inherit", "normalized", "identity"]:
+            runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
+        runs.append(_run("branch_gamma0", base + cyc + REPAN + ["--branch-gamma", "0", "--lam-schedule", "constant"]))
+        for cycles, epochs in [(2, 12), (4, 6), (6, 4)]:
+            runs.append(_run(f"cycles{cycles}x{epochs}", base + REPAN + ["--cycles", str(cycles), "--epochs", str(epochs)]))
+        runs.append(_run("first_cycle_expand", base + cyc + with_("--first-cycle", "expand")))
+    else:
+        raise SystemExit(f"unknown plan {plan!r}: choose main or ablations")
+    return runs
+
+
+def _result_dir(plan: str, name: str) -> Path:
+    return RESULTS / plan / name  # plan = "<scale>/<plan>"
+
+
+def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra: List[str], dry: bool) -> str:
+    done = _result_dir(plan, run["name"]) / "final.json"
+    if done.exists():
+        return f"skip {run['name']} (done)"
+    out = work / plan / run["name"]
+    args = list(run["args"])
+    if run["needs"]:
+        teacher_ckpt = work / plan / run["needs"] / "deploy.safetensors"
+        args += ["--teacher-checkpoint", str(teacher_ckpt)]
+    cmd = [sys.executable, "-m", "repan_zoo.train_cli", *args, "--out", str(out), "--device", device,
+           "--threads", str(threads), *extra]
+    if (out / "checkpoints").exists():  # a stopped run continues from its last completed epoch
+        cmd.append("--resume")
+    if dry:
+        return " ".join(cmd)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(out / "log.txt", "a") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        return f"FAIL {run['name']} (rc {proc.returncode}, see {out / 'log.txt'})"
+    dest = _result_dir(plan, run["name"])
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "final.json"):
+        shutil.copy2(out / name, dest / name)
+    (dest / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
+    return f"done {run['name']} in {time.time() - start:.0f}s"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", default="main", choices=["main", "ablations"])
+    p.add_argument("--scale", default="small", choices=sorted(SCALES))
+    p.add_argument("--jobs", type=int, default=1, help="runs at the same time (share one GPU, or CPU cores)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--work", default=str(ROOT / "runs" / "accuracy"), help="run folders (checkpoints; not committed)")
+    p.add_argument("--only", default=None, help="substring filter on run names")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more train_cli arguments for every run")
+    a = p.parse_args(argv)
+    extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
+    runs = [r for r in plan_runs(a.plan, a.scale) if not a.only or a.only in r["name"]]
+    needed = {r["needs"] for r in runs if r["needs"]}
+    runs = [r for r in plan_runs(a.plan, a.scale) if r["name"] in needed] + [r for r in runs if r["name"] not in needed]
+    plan = f"{a.scale}/{a.plan}"
+    work = Path(a.work)
+    start = time.time()
+    def go(r: Dict) -> str:  # runs that need no teacher start at once, beside it; KD runs follow it
+        return _execute(plan, r, work, a.device, a.threads, extra, a.dry_run)
+
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+        futures = {r["name"]: pool.submit(go, r) for r in runs if not r["needs"]}
+        for r in runs:
+            if r["needs"]:
+                futures[r["needs"]].result()  # a KD run starts once its teacher is trained
+                futures[r["name"]] = pool.submit(go, r)
+        for fut in futures.values():
+            print(fut.result(), flush=True)
+    if not a.dry_run:
+        print(f"plan {plan}: {len(runs)} runs, wall {time.time() - start:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
