@@ -23,6 +23,9 @@ from repan_zoo.models import MODELS, RepNet, checkpoint_filter
 from repan_zoo.verify import relative_error
 
 NAMES = timm.list_models("repan_*")
+#: ≥ 50 M train-form parameters: most of this file's time goes to fusing them (marked ``slow``).
+BIG = ("repan_repvgg_b1", "repan_repvgg_b2", "repan_repvgg_b3")
+EVERY_MODEL = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in NAMES]
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -48,7 +51,7 @@ def test_registry_lists_every_family():
         assert required in NAMES, required
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_fuse_unfold_and_deploy_checkpoint(name, tmp_path):
     """Train form → reparameterize ≤1e-5 with no BN left; unfold round trip ≤1e-5;
     ``timm.utils.reparameterize_model`` == our ``reparameterize`` ≤1e-6; deploy safetensors →
@@ -274,3 +277,12 @@ def test_pretrained_loads_full_model_before_features_wrap(monkeypatch):
     assert len(calls) == 2 and calls[1][0] is RepNet and isinstance(features, FeatureListNet)
     assert torch.all(features.stem.conv.trunk.conv.weight == 0.5)
     assert features.pretrained_cfg["architecture"] == "repan_repvgg_a0_w025"
+
+
+def test_pretrained_without_published_weights_is_a_clear_error(monkeypatch, tmp_path):
+    """With the real repan_zoo.hub: no manifest entry → a typed error naming the model and the fix."""
+    from repan_zoo.errors import WeightsNotFoundError
+
+    monkeypatch.setenv("REPAN_ZOO_MANIFEST_DIR", str(tmp_path))  # an empty manifest
+    with pytest.raises(WeightsNotFoundError, match="repan_repvgg_a0_w025.*pretrained=False"):
+        timm.create_model("repan_repvgg_a0_w025", pretrained=True)

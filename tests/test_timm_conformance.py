@@ -27,6 +27,9 @@ if hasattr(torch._C, "_jit_set_profiling_executor"):  # as timm's tests: skip th
     torch._C._jit_set_profiling_mode(False)
 
 NAMES = timm.list_models("repan_*")
+#: ≥ 50 M train-form parameters (marked ``slow``: building and scripting them dominates the time).
+BIG = ("repan_repvgg_b1", "repan_repvgg_b2", "repan_repvgg_b3")
+EVERY_MODEL = [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n for n in NAMES]
 CFG_KEYS = ("url", "num_classes", "input_size", "pool_size", "crop_pct", "interpolation", "mean", "std",
             "first_conv", "classifier", "license", "architecture", "tag")
 
@@ -50,7 +53,7 @@ def _fx_model(model) -> GraphModule:
     return GraphModule(model, tracer.trace(model))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_default_cfg_and_head(name):
     model = timm.create_model(name).eval()
     cfg = model.pretrained_cfg
@@ -99,7 +102,7 @@ def test_default_cfg_and_head(name):
     assert set(matcher) == {"stem", "blocks"}
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_forward_backward_torchscript_fx(name):
     """Forward (batch 1, no NaN; grad checkpointing gives the same output), backward with
     num_classes=42 and a gradient for every parameter, TorchScript, and fx (eval: identical
@@ -141,7 +144,7 @@ def test_forward_backward_torchscript_fx(name):
     assert sum(p.numel() for _, p in params) == sum(p.grad.numel() for _, p in params)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVERY_MODEL)
 def test_features_only(name):
     """features_only (list wrapper, default out_indices) and the forward_intermediates getter give
     ≥ 3 maps with the channels of feature_info and spatial size ≤ ceil(size / reduction) + 1."""

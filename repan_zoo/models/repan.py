@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -53,7 +53,8 @@ _TIMM_KWARGS = (
     "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "out_indices", "feature_cls",
     "feature_cfg", "pretrained_model_args",
 )
-_OUR_KWARGS = ("width_mult", "small_input", "branches", "device", "dtype", "output_stride")
+_ARCH_KWARGS = ("width_mult", "small_input", "branches")
+_PLACEMENT_KWARGS = ("device", "dtype", "output_stride")
 
 
 def model_names() -> Tuple[str, ...]:
@@ -113,11 +114,11 @@ default_cfgs = generate_default_cfgs(_all_cfgs())
 
 # -- the builder -----------------------------------------------------------------------------
 def _check_kwargs(variant: str, kwargs: Dict[str, Any]) -> None:
-    unknown = sorted(set(kwargs) - set(_MODEL_KWARGS + _TIMM_KWARGS + _OUR_KWARGS))
+    unknown = sorted(set(kwargs) - set(_MODEL_KWARGS + _ARCH_KWARGS + _PLACEMENT_KWARGS + _TIMM_KWARGS))
     if unknown:
         raise UnknownModelArgError(
             f"{variant} got unexpected keyword argument(s) {unknown}; repan_* models take "
-            f"{sorted(_MODEL_KWARGS + _OUR_KWARGS[:3])} and timm's {sorted(_TIMM_KWARGS)}"
+            f"{sorted(_MODEL_KWARGS + _ARCH_KWARGS)}, {list(_PLACEMENT_KWARGS)} and timm's {sorted(_TIMM_KWARGS)}"
         )
     if kwargs.get("output_stride", 32) != 32:
         raise ModelConfigError(
@@ -174,6 +175,7 @@ def _construct(
     *,
     load_pretrained: bool,
     pretrained_cfg: Dict[str, Any],
+    cache_dir=None,
     device=None,
     dtype=None,
     **kwargs,
@@ -183,7 +185,11 @@ def _construct(
     model = RepNet(cfg, device=device, dtype=dtype, **kwargs)
     if load_pretrained:
         model.pretrained_cfg = model.default_cfg = pretrained_cfg
-        _hub_load_pretrained()(model)
+        load = _hub_load_pretrained()
+        if cache_dir is None:
+            load(model)
+        else:
+            load(model, cache_dir=cache_dir)
     return model
 
 
@@ -214,7 +220,9 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     )
     feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(cfg.feature_levels()))))
     feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
-    factory = partial(_construct, load_pretrained=bool(pretrained), pretrained_cfg=resolved)
+    factory = partial(
+        _construct, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir")
+    )
     model = build_model_with_cfg(
         factory,
         variant,

@@ -1,0 +1,196 @@
+"""CPU inference throughput: our deploy models vs timm's reparameterized twins vs the plain limit.
+
+For each model, four networks computing the same function (timm's weights, random BN statistics,
+loaded into ours with :func:`repan_zoo.models.checkpoint_filter`) are timed in one run:
+
+``deploy``     our ``repan_*`` model after :func:`repan_zoo.reparameterize`
+``timm``       timm's twin (``repvgg_*`` / ``mobileone_*``) after ``timm.utils.reparameterize_model``
+``plain``      the limit: an ``nn.Sequential`` of the very same fused ``Conv2d`` modules and ``ReLU``s
+               (+ global average pool + linear), no wrapper modules at all
+``train``      our train form (multi-branch, eval mode): what fusion buys
+
+Outputs are checked to agree (≤1e-5 relative) before timing. Fixed thread count, warm-up, then
+``--repeats`` rounds in which every network runs one batch, in a new (seeded) random order each
+round, so that load from other processes and the cache state left by the previous network hit
+all of them alike; the median time per batch is reported, and each ratio is also given as the
+median of the per-round ratios (paired within a round, robust to load that changes between rounds).
+Writes ``benchmarks/results/inference.json`` and prints a markdown table.
+
+    python benchmarks/inference.py                      # batch 8 at 224, 1 thread
+    python benchmarks/inference.py --models repan_repvgg_a0 --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import timm
+import torch
+import torch.nn as nn
+
+import repan_zoo
+from repan_zoo.checkpoint import atomic_write
+from repan_zoo.models import RepConvAct, checkpoint_filter
+from repan_zoo.verify import relative_error
+
+TWINS = {
+    "repan_repvgg_a0": "repvgg_a0",
+    "repan_repvgg_a1": "repvgg_a1",
+    "repan_mobileone_s0": "mobileone_s0",
+    "repan_mobileone_s1": "mobileone_s1",
+}
+RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
+
+
+def plain_twin(deploy: nn.Module) -> nn.Sequential:
+    """Conv+ReLU chain of identical shapes: the fused convs of a deploy VGG-style ``RepNet``
+    (shared, same weights) with bare ReLUs, then global average pooling and the same classifier."""
+    layers: List[nn.Module] = []
+    for module in deploy.modules():
+        if isinstance(module, RepConvAct):
+            if module.attn is not None:
+                raise ValueError("the plain limit is defined for conv+ReLU chains (no SE)")
+            layers += [module.conv.reparam_conv, nn.ReLU(inplace=True)]
+    if not layers:
+        raise ValueError("not a VGG-style RepNet")
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(1), deploy.get_classifier())
+
+
+def build(name: str, seed: int) -> Dict[str, nn.Module]:
+    gen = torch.Generator().manual_seed(seed)
+    theirs = timm.create_model(TWINS[name]).eval()
+    with torch.no_grad():
+        for bn in (m for m in theirs.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+    train = timm.create_model(name).eval()
+    train.load_state_dict(checkpoint_filter(theirs.state_dict(), train))
+    deploy = repan_zoo.reparameterize(train)
+    return {
+        "deploy": deploy,
+        "timm": timm.utils.reparameterize_model(theirs),
+        "plain": plain_twin(deploy).eval(),
+        "train": train,
+    }
+
+
+@torch.inference_mode()
+def measure(nets: Dict[str, nn.Module], x: torch.Tensor, warmup: int, repeats: int) -> Dict[str, List[float]]:
+    for net in nets.values():
+        for _ in range(warmup):
+            net(x)
+    times: Dict[str, List[float]] = {k: [] for k in nets}
+    order = random.Random(0)
+    for _ in range(repeats):
+        keys = list(nets)
+        order.shuffle(keys)  # a new order each round: no network always runs first or after another
+        for key in keys:
+            start = time.perf_counter()
+            nets[key](x)
+            times[key].append(time.perf_counter() - start)
+    return times
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(TWINS), choices=list(TWINS))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
+    rows = []
+    for name in args.models:
+        nets = build(name, args.seed)
+        with torch.inference_mode():
+            ref = nets["timm"](x[:2])
+            agreement = {k: relative_error(ref, net(x[:2])) for k, net in nets.items() if k != "timm"}
+        if max(agreement.values()) > 1e-5:
+            raise SystemExit(f"{name}: the networks do not compute the same function: {agreement}")
+        times = measure(nets, x, args.warmup, args.repeats)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {
+            "model": name,
+            "timm_twin": TWINS[name],
+            "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
+            "images_per_s": {k: round(args.batch / v, 2) for k, v in med.items()},
+            "all_ms": {k: [round(t * 1e3, 2) for t in v] for k, v in times.items()},
+            "deploy_vs_timm": round(med["timm"] / med["deploy"], 4),
+            "deploy_vs_plain": round(med["plain"] / med["deploy"], 4),
+            "deploy_vs_train": round(med["train"] / med["deploy"], 4),
+            "paired": {
+                f"deploy_vs_{k}": round(statistics.median(a / b for a, b in zip(times[k], times["deploy"])), 4)
+                for k in ("timm", "plain", "train")
+            },
+            "max_rel_error_vs_timm": {k: float(f"{v:.3g}") for k, v in agreement.items()},
+            "deploy_modules": sum(1 for _ in nets["deploy"].modules()),
+            "plain_modules": sum(1 for _ in nets["plain"].modules()),
+        }
+        rows.append(row)
+        print(f"{name}: {row['median_ms']}", file=sys.stderr)
+        del nets
+
+    result = {
+        "benchmark": "cpu inference throughput, deploy vs timm twin vs plain conv+relu limit vs train form",
+        "config": {
+            "batch": args.batch, "input": [3, args.size, args.size], "threads": args.threads,
+            "warmup": args.warmup, "repeats": args.repeats, "statistic": "median time per batch; paired: median of per-round ratios (random order per round)",
+            "torch": torch.__version__, "timm": timm.__version__, "repan_zoo": repan_zoo.__version__,
+            "python": platform.python_version(), "machine": platform.machine(), "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
+        "targets": {"deploy_vs_timm": ">= 1.0", "deploy_vs_plain": ">= 0.97"},
+        "results": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+    print(markdown(result))
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def markdown(result: Dict) -> str:
+    c = result["config"]
+    lines = [
+        f"CPU, {c['threads']} thread(s), batch {c['batch']} at {c['input'][1]}×{c['input'][2]}, "
+        f"median of {c['repeats']} interleaved runs (images/s; speed ratios: of median times, and paired per round)",
+        "",
+        "| model | deploy | timm twin | plain conv+ReLU | train form | deploy/timm | deploy/plain | deploy/train "
+        "| paired deploy/timm | paired deploy/plain |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["results"]:
+        ips = r["images_per_s"]
+        lines.append(
+            f"| {r['model']} (vs {r['timm_twin']}) | {ips['deploy']:.1f} | {ips['timm']:.1f} | {ips['plain']:.1f} | "
+            f"{ips['train']:.1f} | {r['deploy_vs_timm']:.3f}× | {r['deploy_vs_plain']:.3f}× | {r['deploy_vs_train']:.2f}× "
+            f"| {r['paired']['deploy_vs_timm']:.3f}× | {r['paired']['deploy_vs_plain']:.3f}× |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
