@@ -37,27 +37,14 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .cli_types import csv_list, json_dict, optional_int
+
 __all__ = ["build_parser", "run", "main"]
 
 _UNSET = object()
 
 
-def _json_dict(text: str) -> Dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width_mult\": 0.25}}', got {text!r}")
-    return value
 
-
-def _csv(text: str) -> List[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _optional_int(text: str) -> Optional[int]:
-    return None if text.lower() in ("", "none", "all") else int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--method", choices=METHODS, default=dflt["method"],
                    help="baseline: plain training of cycles×epochs; kd: the same with a teacher; repan: Algorithm 1")
     g.add_argument("--model", default=dflt["model"], help="timm model name (see timm.list_models('repan_*'))")
-    g.add_argument("--model-kwargs", dest="model_kwargs", type=_json_dict, default={},
+    g.add_argument("--model-kwargs", dest="model_kwargs", type=json_dict, default={},
                    help="JSON kwargs for timm.create_model, e.g. '{\"width_mult\": 0.25}'")
     g.add_argument("--init-checkpoint", default=None, help="Alg. 1 line 1: start from these weights (train or deploy safetensors)")
 
@@ -84,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--first-cycle", choices=FIRST_CYCLE_MODES, default=dflt["first_cycle"],
                    help="expand: the paper (Alg. 1 line 2 fuses before cycle 1, every cycle expands); "
                         "plain: cycle 1 trains the Rep network as built, cycles 2..R anneal (findings setup)")
-    g.add_argument("--branches", type=_csv, default=list(dflt["branches"]),
+    g.add_argument("--branches", type=csv_list, default=list(dflt["branches"]),
                    help="branch kinds attached at each Expand (comma-separated), or 'arch' for each block's own kinds")
     g.add_argument("--k", type=int, default=dflt["k"], help="new parallel branches per kind and block (1..5, Table 5)")
     g.add_argument("--restore", default=dflt["restore"], help="inverse of Eq. 2: inherit | normalized | identity")
@@ -109,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("knowledge distillation")
     g.add_argument("--teacher", default=None, help="timm model name of the teacher")
     g.add_argument("--teacher-checkpoint", default=None, help="local safetensors weights of the teacher")
-    g.add_argument("--teacher-kwargs", type=_json_dict, default={}, help="JSON kwargs for the teacher's create_model")
+    g.add_argument("--teacher-kwargs", type=json_dict, default={}, help="JSON kwargs for the teacher's create_model")
     g.add_argument("--teacher-pretrained", action="store_true", help="use timm's pretrained weights for the teacher")
     g.add_argument("--kd-alpha", type=float, default=dflt["kd_alpha"], help="α: share of the KD term")
     g.add_argument("--kd-T", dest="kd_T", type=float, default=dflt["kd_T"], help="T: softmax temperature")
@@ -118,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=DATASETS, default=dflt["dataset"])
     g.add_argument("--data-dir", default=None, help="dataset folder (default for fashion_mnist: Debian's location)")
     g.add_argument("--val-size", type=int, default=dflt["val_size"], help="validation images carved from the training set")
-    g.add_argument("--train-subset", type=_optional_int, default=None, help="use only this many training images")
-    g.add_argument("--test-subset", type=_optional_int, default=None, help="evaluate on only this many test images")
+    g.add_argument("--train-subset", type=optional_int, default=None, help="use only this many training images")
+    g.add_argument("--test-subset", type=optional_int, default=None, help="evaluate on only this many test images")
     g.add_argument("--split-seed", type=int, default=dflt["split_seed"], help="seed of the train/val permutation")
     g.add_argument("--img-size", type=int, default=dflt["img_size"], help="imagefolder: image side after resize+crop")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=dflt["flip"], help="random horizontal flip")
@@ -141,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=dflt["sync_bn"],
                    help="BatchNorm statistics over the global batch of all processes")
     g.add_argument("--seed", type=int, default=dflt["seed"])
-    g.add_argument("--max-steps-per-epoch", type=_optional_int, default=None, help="cap steps per epoch (tests, smoke runs)")
+    g.add_argument("--max-steps-per-epoch", type=optional_int, default=None, help="cap steps per epoch (tests, smoke runs)")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory (checkpoints, metrics, deploy checkpoint)")

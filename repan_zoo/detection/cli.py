@@ -34,30 +34,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
+
+from ..cli_types import csv_list, int_list, json_dict
 
 __all__ = ["build_parser", "config_from_args", "main"]
-
-
-def _json_dict(text: str) -> Dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {text!r} ({exc})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"width_mult\": 0.25}}', got {text!r}")
-    return value
-
-
-def _csv(text: str) -> List[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,2,3, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-checkpoint", default=None,
                    help="typed safetensors of the backbone classifier, e.g. repan-train's deploy.safetensors")
     g.add_argument("--pretrained", action="store_true", help="the hub's weights for the backbone")
-    g.add_argument("--model-kwargs", type=_json_dict, default={},
+    g.add_argument("--model-kwargs", type=json_dict, default={},
                    help="JSON kwargs for timm.create_model, e.g. '{\"width_mult\": 0.25, \"in_chans\": 1}'")
-    g.add_argument("--out-indices", type=_int_list, default=None,
+    g.add_argument("--out-indices", type=int_list, default=None,
                    help="feature levels for the FPN (default: the last three)")
     g.add_argument("--fpn-channels", type=int, default=d.fpn_channels)
     g.add_argument("--min-size", type=int, default=None, help="resize bound (default: the first image's short side)")
@@ -98,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("RepAn (unfold, cycles on the detection task)")
     g.add_argument("--unfold", action="store_true",
                    help="Expand + Restore the backbone before fine-tuning (repan_zoo.unfold, λ=0: same function)")
-    g.add_argument("--branches", type=_csv, default=list(d.branches), help="new branch kinds per Rep block")
+    g.add_argument("--branches", type=csv_list, default=list(d.branches), help="new branch kinds per Rep block")
     g.add_argument("--k", type=int, default=d.k, help="new branches per kind and block")
     g.add_argument("--restore", default=d.restore, help="inverse of Eq. 2: inherit | normalized | identity")
     g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=d.residual,
@@ -136,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate mAP every N epochs (and at the end)")
-    g.add_argument("--export", type=_csv, default=[], help="export the deploy detector: torchscript,onnx")
+    g.add_argument("--export", type=csv_list, default=[], help="export the deploy detector: torchscript,onnx")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
     return p
 
