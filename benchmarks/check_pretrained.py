@@ -1,0 +1,78 @@
+"""Re-measure every manifest entry's test accuracy through ``timm.create_model(..., pretrained=True)``.
+
+    HF_HUB_OFFLINE=1 python benchmarks/check_pretrained.py [--data-dir DIR] [--tolerance 0.1]
+
+For each entry of ``weights_manifest/`` (bundled ones always; Hub ones when online or cached) the
+script builds ``timm.create_model("<model>.<tag>", pretrained=True)`` — which verifies size and
+sha256 before loading — evaluates it on the Fashion-MNIST test set with the entry's own mean/std,
+and compares with the manifest's ``metrics.fashion_mnist.test_top1``. Results go to
+``benchmarks/results/pretrained_check.json``; exit 1 when any entry is off by more than
+``--tolerance`` points.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import timm
+
+import repan_zoo  # noqa: F401  (registers the models)
+from repan_zoo.data import Normalize, load_splits
+from repan_zoo.errors import WeightsError
+from repan_zoo.manifest import load_manifest
+
+OUT = Path(__file__).resolve().parent / "results" / "pretrained_check.json"
+
+
+@torch.no_grad()
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(images), 500):
+        correct += (model(normalize(images[i:i + 500])).argmax(1) == labels[i:i + 500]).sum().item()
+    return 100.0 * correct / len(images)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: Debian's location)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="allowed difference in top-1 points")
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = load_splits("fashion_mnist", a.data_dir, val_size=1, split_seed=0, seed=0, flip=False)  # only .test is used
+    images, labels = data.test[torch.arange(len(data.test))]
+    rows, failed = [], False
+    for entry in load_manifest().values():
+        listed = entry.metrics.get("fashion_mnist", {})
+        listed = listed.get("test_top1") if isinstance(listed, dict) else listed
+        row = {"model": entry.name, "source": entry.source, "manifest_test_top1": listed}
+        start = time.time()
+        try:
+            model = timm.create_model(entry.name, pretrained=True)
+        except WeightsError as exc:  # a Hub entry while offline with an empty cache
+            row.update(status="unavailable", error=str(exc))
+            rows.append(row)
+            print(f"{entry.name}: unavailable ({type(exc).__name__})")
+            continue
+        measured = top1(model, images, labels, Normalize(entry.mean, entry.std))
+        ok = listed is not None and abs(measured - listed) <= a.tolerance
+        failed |= not ok
+        row.update(status="ok" if ok else "MISMATCH", measured_test_top1=measured,
+                   difference=None if listed is None else measured - listed, seconds=time.time() - start,
+                   test_images=len(images))
+        rows.append(row)
+        print(f"{entry.name} ({entry.source}): measured {measured:.2f}, manifest {listed}, {row['status']}")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"benchmark": "pretrained weights reproduce the manifest's test top-1",
+                               "command": "HF_HUB_OFFLINE=1 python benchmarks/check_pretrained.py",
+                               "tolerance": a.tolerance, "torch": torch.__version__, "timm": timm.__version__,
+                               "rows": rows}, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
