@@ -15,6 +15,7 @@ converted exactly (:func:`load_into`), never loaded with ``strict=False``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -190,10 +191,29 @@ def load_into(
     * train checkpoint → deploy model: the blocks are unfolded into the checkpoint's branch
       structure (metadata ``branches``, else the model's architecture), loaded, λ set from
       the metadata, then fused.
-    Anything that still does not match raises :class:`CheckpointError` naming the keys.
+    Anything that still does not match raises :class:`CheckpointError` naming the keys and
+    forms; the model is then left exactly as it was (a failed load loses nothing).
     """
     metadata = dict(metadata or {})
-    ckpt_form = metadata.get("form") or state_dict_form(state_dict)
+    key_form = state_dict_form(state_dict)
+    meta_form = metadata.get("form")
+    if meta_form in ("train", "deploy") and key_form is not None and meta_form != key_form:
+        raise CheckpointError(
+            f"{what} is labelled form={meta_form!r} in its metadata but its keys are {key_form}-form "
+            f"({'*.reparam_conv.*' if key_form == 'deploy' else '*.trunk.*, *.extras.*'}): the file was mislabelled. "
+            "Re-save it with repan_zoo.checkpoint.save_checkpoint (which records the form), or pass "
+            "metadata=None to load_into to trust the keys"
+        )
+    snapshot = copy.deepcopy(model)
+    try:
+        return _load_into(model, state_dict, metadata, meta_form or key_form, what)
+    except BaseException:
+        model.__dict__.clear()  # give the caller back the model as it was before the call
+        model.__dict__.update(snapshot.__dict__)
+        raise
+
+
+def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form: Optional[str], what: str) -> nn.Module:
     if ckpt_form == "plain":
         ckpt_form = None
     mform = model_form(model)
@@ -211,7 +231,7 @@ def load_into(
         lams = {name: float(b.lam) for name, b in blocks}
         for _, b in blocks:
             b.reparameterize()
-        _strict_load(model, state_dict, f"{what} (deploy form)")
+        _strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)")
         for name, b in blocks:
             b.unfold(b.arch_branches, k=1, lam=lams[name], restore="normalized", branch_gamma=0.0)
             for branch in b.extras:
@@ -222,7 +242,7 @@ def load_into(
     for name, b in blocks:
         kinds = branches.get(name, b.arch_branches)
         b.unfold(kinds, k=1, lam=1.0, restore="normalized")
-    _strict_load(model, state_dict, f"{what} (train form)")
+    _strict_load(model, state_dict, f"{what} (a train-form checkpoint, loaded into a deploy model by unfolding it)")
     _set_lambdas(blocks, metadata)
     for _, b in blocks:
         b.reparameterize()

@@ -226,8 +226,9 @@ def test_expand_only_selected_blocks_and_arch_branches(splits):
         "stem": ["conv_1x1"], "stage.0": ["conv_1x1", "identity"], "stage.1": ["conv_1x1"]}
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, splits):
-    cfg = tiny_cfg(method="baseline", cycles=1, epochs=3, model_kwargs={"nan_after": 3})
+@pytest.mark.parametrize("bad_value", ["nan", "inf"])
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, splits, bad_value):
+    cfg = tiny_cfg(method="baseline", cycles=1, epochs=3, model_kwargs={"nan_after": 3, "bad_value": bad_value})
     trainer = RepAnTrainer(cfg, splits, out=tmp_path, plot=False)
     with pytest.raises(TrainingDivergedError) as info:
         trainer.run()

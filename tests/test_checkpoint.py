@@ -166,3 +166,38 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
 
     atomic_write(target, good)
     assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["w.bin"]
+
+
+# -- a failed load loses nothing; a mislabelled file is named -----------------------------------
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("model_deploy", [False, True])
+def test_failed_cross_form_load_leaves_the_model_untouched(model_deploy):
+    from repan_zoo.checkpoint import load_into, model_form
+    from repan_zoo.errors import CheckpointError
+
+    src = randomize(TinyNet(), seed=3)
+    other = src if model_deploy else rz.reparameterize(src)  # a checkpoint of the other form
+    state = {k: v.clone() for k, v in other.state_dict().items()}
+    bad_key = next(k for k in state if k.endswith("weight") and state[k].dim() == 4)
+    state[bad_key] = state[bad_key][:, :1]  # wrong shape: the load must fail
+    target = TinyNet()
+    if model_deploy:
+        target = rz.reparameterize(target)
+    before_form, before = model_form(target), _snapshot(target)
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_into(target, state)
+    assert model_form(target) == before_form
+    after = _snapshot(target)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_mislabelled_form_is_named():
+    from repan_zoo.checkpoint import load_into
+    from repan_zoo.errors import CheckpointError
+
+    deploy = rz.reparameterize(randomize(TinyNet(), seed=4))
+    with pytest.raises(CheckpointError, match=r"labelled form='train'.*keys are deploy-form"):
+        load_into(TinyNet(), deploy.state_dict(), {"form": "train"})

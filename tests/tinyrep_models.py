@@ -26,7 +26,7 @@ __all__ = ["TinyRep", "tinyrep_test"]
 
 class TinyRep(nn.Module):
     def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 8, deploy: bool = False,
-                 nan_after: Optional[int] = None, step_delay: float = 0.0, **_unused):
+                 nan_after: Optional[int] = None, step_delay: float = 0.0, bad_value: str = "nan", **_unused):
         super().__init__()
         w = width
         self.stem = RepBlock(in_chans, w, 3, stride=2, branches=("conv_1x1",), deploy=deploy)
@@ -39,6 +39,7 @@ class TinyRep(nn.Module):
         self.head = nn.Linear(2 * w, num_classes)
         self.num_classes = num_classes
         self.nan_after = nan_after
+        self.bad_value = float(bad_value)  # "nan" or "inf": what the logits become
         self.step_delay = step_delay
         self._train_forwards = 0
 
@@ -58,7 +59,7 @@ class TinyRep(nn.Module):
             if self.step_delay:
                 time.sleep(self.step_delay)
             if self.nan_after is not None and self._train_forwards > self.nan_after:
-                out = out * float("nan")
+                out = out * self.bad_value
         return out
 
 
