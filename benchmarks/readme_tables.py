@@ -106,9 +106,27 @@ def detection() -> List[str]:
     d = _load("detection.json")
     if not d:
         return []
-    return ["### Detection", "", "`python benchmarks/detection.py` — see `benchmarks/results/detection.json`:", "",
-            "```json", json.dumps({k: v for k, v in d.items() if k in ("map", "mAP", "latency", "summary")}, indent=1)[:3000],
-            "```", ""]
+    out = ["### Detection (torchvision RetinaNet / Faster R-CNN on a Rep backbone)", "",
+           "`python benchmarks/detection.py --parts latency` — one 96×96 image through the whole detector, and the "
+           f"backbone+FPN at batch 8; 1 thread, medians of interleaved rounds, CPU {d['machine']['cpu']}.", "",
+           "| detector | backbone | form | branches | params | detector ms (1 img) | backbone+FPN ms (batch 8) |",
+           "|---|---|---|---|---|---|---|"]
+    for row in d["latency"]["rows"]:
+        for form, f in row["forms"].items():
+            out.append(f"| {row['detector']} | {row['backbone']} | {form} | {f['rep_branches']} | {f['params'] / 1e6:.2f} M | "
+                       f"{f['detector_latency_1img']['median_ms']:.1f} | {f['backbone_fpn_latency_batch8']['median_ms']:.1f} |")
+    m = d.get("map")
+    if m:
+        out += ["", f"mAP, baseline-trained vs RepAn-trained backbone (`{m.get('command', 'benchmarks/detection.py')}`)"
+                + (": **smoke run only** (a few steps on 64 canvases), so these figures say nothing about RepAn yet; "
+                   "the real comparison is still to be run." if m.get("smoke") else ":"), "",
+                "| backbone training | seeds | val mAP (deploy) | val mAP (train form) |", "|---|---|---|---|"]
+        for method, runs in m.get("runs", {}).items():
+            dep = [r["val_deploy"]["mAP"] for r in runs]
+            tr = [r["val_train_form"]["mAP"] for r in runs]
+            out.append(f"| {method} | {len(runs)} | {sum(dep) / len(dep):.4f} | {sum(tr) / len(tr):.4f} |")
+    out.append("")
+    return out
 
 
 def render() -> str:

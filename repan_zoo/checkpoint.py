@@ -35,6 +35,7 @@ __all__ = [
     "read_checkpoint",
     "load_into",
     "atomic_write",
+    "strict_load",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -168,7 +169,9 @@ def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     )
 
 
-def _strict_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+def strict_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` that first names every missing / unexpected / mis-shaped key
+    in a :class:`CheckpointError`."""
     message = _mismatch_message(model, state_dict, what)
     if message:
         raise CheckpointError(message)
@@ -221,7 +224,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
     if ckpt_form is None or mform is None or ckpt_form == mform:
         if ckpt_form == "train" and mform == "train":
             _shape_like_checkpoint(blocks, metadata)
-        _strict_load(model, state_dict, what)
+        strict_load(model, state_dict, what)
         if ckpt_form == "train":
             _set_lambdas(blocks, metadata)
         return model
@@ -231,7 +234,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
         lams = {name: float(b.lam) for name, b in blocks}
         for _, b in blocks:
             b.reparameterize()
-        _strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)")
+        strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)")
         for name, b in blocks:
             b.unfold(b.arch_branches, k=1, lam=lams[name], restore="normalized", branch_gamma=0.0)
             for branch in b.extras:
@@ -242,7 +245,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
     for name, b in blocks:
         kinds = branches.get(name, b.arch_branches)
         b.unfold(kinds, k=1, lam=1.0, restore="normalized")
-    _strict_load(model, state_dict, f"{what} (a train-form checkpoint, loaded into a deploy model by unfolding it)")
+    strict_load(model, state_dict, f"{what} (a train-form checkpoint, loaded into a deploy model by unfolding it)")
     _set_lambdas(blocks, metadata)
     for _, b in blocks:
         b.reparameterize()

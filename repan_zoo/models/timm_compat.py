@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..blocks import RepBlock
-from ..checkpoint import _mismatch_message
+from ..checkpoint import strict_load
 from ..errors import CheckpointError
 from ..verify import rep_blocks
 
@@ -154,19 +154,12 @@ def _block_of(key: str, names: Mapping[str, RepBlock]) -> Optional[str]:
     return None
 
 
-def _load_strict(block: nn.Module, sub: Mapping[str, torch.Tensor], what: str) -> None:
-    message = _mismatch_message(block, sub, what)
-    if message:
-        raise CheckpointError(message)
-    block.load_state_dict(sub, strict=True)
-
-
 @torch.no_grad()
 def _convert_block(name: str, sub: Dict[str, torch.Tensor], kinds: Kinds, target: RepBlock) -> Dict[str, torch.Tensor]:
     """The state of ``target`` computing what ``sub`` (a block of structure ``kinds``) computes."""
     s = target.spec
     source = RepBlock(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.groups, branches=kinds or (), deploy=kinds is None)
-    _load_strict(source, sub, f"state dict block {name!r} (branches {kinds})")
+    strict_load(source, sub, f"state dict block {name!r} (branches {kinds})")
     source.reparameterize()  # fused kernel (Eq. 1, 2); remembers the trunk BN for the inherit restore
     if not target.deploy:
         source.unfold(
