@@ -349,3 +349,20 @@ def test_relative_error_helper_agrees():
     b = torch.tensor([1.0, -4.0, 2.5])
     assert rz.verify.relative_error(a, b) == pytest.approx(0.125) == rel_err(a, b)
     assert rz.verify.relative_error(torch.zeros(3), torch.zeros(3)) == 0.0
+
+
+# -- Eq. 6 on branches attached by unfold -------------------------------------------------------
+def test_gradients_reach_unfolded_branches_only_when_lambda_is_positive():
+    deploy = rz.reparameterize(randomize(TinyNet(), seed=11))
+    x = torch.randn(2, next(deploy.parameters()).shape[1], 9, 9, generator=torch.Generator().manual_seed(0))
+
+    def new_branch_grads(lam: float):
+        model = rz.unfold(deploy, ("conv_kxk", "conv_1x1"), lam=lam, generator=torch.Generator().manual_seed(1)).eval()
+        model.zero_grad()
+        model(x).square().sum().backward()
+        return [b.conv.weight.grad.clone() for _, blk in rz.rep_blocks(model) for b in blk.extras]
+
+    at_half, at_zero = new_branch_grads(0.5), new_branch_grads(0.0)
+    assert at_half and all(g.abs().max() > 0 for g in at_half)  # λ>0: gradients reach every new branch
+    assert len(at_zero) == len(at_half) and all(g.abs().max() == 0 for g in at_zero)  # λ=0: none (Eq. 6)
+    # (exact proportionality to λ with a fixed upstream gradient: tests/test_blocks.py)

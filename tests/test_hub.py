@@ -191,18 +191,19 @@ def test_tampered_cache_is_replaced_online_and_refused_offline(hub, published, m
     assert cached_files(hub.cache_dir) == []
 
 
-@pytest.mark.parametrize("change, error, words", [
-    ({"revision": "f" * 40}, UnknownRevisionError, "no revision"),
-    ({"filename": "missing.safetensors"}, WeightsNotFoundError, "404"),
-    ({"hf_hub_id": "org/no-such-repo"}, WeightsNotFoundError, "no such repo"),
+@pytest.mark.parametrize("change, error, words, fix", [
+    ({"revision": "f" * 40}, UnknownRevisionError, "no revision", "re-publish and update the manifest entry"),
+    ({"filename": "missing.safetensors"}, WeightsNotFoundError, "404", "use another tag or pretrained=False"),
+    ({"hf_hub_id": "org/no-such-repo"}, WeightsNotFoundError, "no such repo", "Check the repo id"),
 ])
-def test_manifest_pointing_nowhere(hub, published, change, error, words):
+def test_manifest_pointing_nowhere(hub, published, change, error, words, fix):
     entry, _ = published
     manifest.write_entry(dataclasses.replace(entry, **change))
     with pytest.raises(error, match=words) as info:
         create()
     assert info.value.model == f"{MODEL}.fmnist" and MODEL in str(info.value)
     assert change.get("filename", FILE) in str(info.value)
+    assert fix in str(info.value)  # the message says what to do
     assert error is not WeightsNotFoundError or not isinstance(info.value, UnknownRevisionError)
     assert cached_files(hub.cache_dir) == []
 
