@@ -120,11 +120,16 @@ def detection() -> List[str]:
         out += ["", f"mAP, baseline-trained vs RepAn-trained backbone (`{m.get('command', 'benchmarks/detection.py')}`)"
                 + (": **smoke run only** (a few steps on 64 canvases), so these figures say nothing about RepAn yet; "
                    "the real comparison is still to be run." if m.get("smoke") else ":"), "",
-                "| backbone training | seeds | val mAP (deploy) | val mAP (train form) |", "|---|---|---|---|"]
+                "| backbone training | seeds | val mAP (deploy) | val mAP50 (deploy) | val mAP (train form) |",
+                "|---|---|---|---|---|"]
         for method, runs in m.get("runs", {}).items():
             dep = [r["val_deploy"]["mAP"] for r in runs]
+            dep50 = [r["val_deploy"]["mAP50"] for r in runs]
             tr = [r["val_train_form"]["mAP"] for r in runs]
-            out.append(f"| {method} | {len(runs)} | {sum(dep) / len(dep):.4f} | {sum(tr) / len(tr):.4f} |")
+            out.append(f"| {method} | {len(runs)} | {sum(dep) / len(dep):.4f} | {sum(dep50) / len(dep50):.4f} | "
+                       f"{sum(tr) / len(tr):.4f} |")
+        if all(len(r) == 1 for r in m.get("runs", {}).values()):
+            out += ["", "One seed per backbone: no spread was measured, so a difference this small is not evidence either way."]
     out.append("")
     return out
 

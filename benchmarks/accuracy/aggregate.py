@@ -5,7 +5,7 @@ Writes, for every ``<scale>/<plan>`` folder found:
 * ``results/<scale>/<plan>/summary.json`` — per (model, method): test and validation top-1 of the
   deploy model, mean ± std over seeds, the seeds, epochs, train time; per run the same figures;
 * ``results/<scale>/<plan>/summary.md`` — the markdown table the README quotes;
-* ``results/<scale>/<plan>/curves.png`` — validation top-1 per epoch (cycle boundaries dotted).
+* ``results/<scale>/<plan>/curves.png`` — validation top-1 per epoch of the seed-0 runs (RepAn cycle starts dotted).
 
 Usage: ``python benchmarks/accuracy/aggregate.py`` (no arguments; reads every plan that has results).
 Nothing here trains or evaluates: every number is copied from a run's ``final.json``, which the
@@ -107,7 +107,10 @@ def plot(plan_dir: Path, out: Path) -> None:
             continue  # one seed per curve keeps the plot readable
         rows = json.loads(path.read_text())
         xs = [r["global_epoch"] for r in rows]
-        ax.plot(xs, [r["val_top1"] for r in rows], label=path.parent.name, linewidth=1)
+        line, = ax.plot(xs, [r["val_top1"] for r in rows], label=path.parent.name, linewidth=1)
+        for r in rows:  # a RepAn cycle that starts with Expand: dotted line before its first epoch
+            if r.get("expand") and r.get("epoch") == 1:
+                ax.axvline(r["global_epoch"] - 0.5, color=line.get_color(), linestyle=":", linewidth=0.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation top-1 (%)")
     ax.set_title(f"{plan_dir.parent.name}/{plan_dir.name}: validation accuracy per epoch")
