@@ -201,3 +201,18 @@ def test_mislabelled_form_is_named():
     deploy = rz.reparameterize(randomize(TinyNet(), seed=4))
     with pytest.raises(CheckpointError, match=r"labelled form='train'.*keys are deploy-form"):
         load_into(TinyNet(), deploy.state_dict(), {"form": "train"})
+
+
+def test_no_load_with_strict_false_anywhere_in_the_package():
+    import ast
+    from pathlib import Path
+
+    root = Path(rz.__file__).resolve().parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    if kw.arg == "strict" and isinstance(kw.value, ast.Constant) and kw.value.value is False:
+                        offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not offenders, f"silent non-strict loads: {offenders}"
