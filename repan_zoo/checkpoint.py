@@ -16,6 +16,7 @@ converted exactly (:func:`load_into`), never loaded with ``strict=False``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +37,7 @@ __all__ = [
     "load_into",
     "atomic_write",
     "strict_load",
+    "sha256_file",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -62,6 +64,15 @@ def model_form(model: nn.Module) -> Optional[str]:
 def _architecture(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return cfg.get("architecture") or getattr(model, "repan_architecture", None) or type(model).__name__
+
+
+def sha256_file(path: PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: PathLike, write) -> Path:
@@ -207,9 +218,17 @@ def load_into(
             "Re-save it with repan_zoo.checkpoint.save_checkpoint (which records the form), or pass "
             "metadata=None to load_into to trust the keys"
         )
+    form = meta_form or key_form
+    mform = model_form(model)
+    # only a load that reshapes Rep blocks before the strict check can leave a half-changed model behind;
+    # a same-form load is checked before anything is written, so it needs no snapshot (no copy of big models)
+    reshapes = form in ("train", "deploy") and mform is not None and (
+        form != mform or (form == "train" and "branches" in metadata))
+    if not reshapes:
+        return _load_into(model, state_dict, metadata, form, what)
     snapshot = copy.deepcopy(model)
     try:
-        return _load_into(model, state_dict, metadata, meta_form or key_form, what)
+        return _load_into(model, state_dict, metadata, form, what)
     except BaseException:
         model.__dict__.clear()  # give the caller back the model as it was before the call
         model.__dict__.update(snapshot.__dict__)

@@ -27,7 +27,6 @@ exporter is available with ``dynamo=False``. TorchScript files are made with ``t
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import warnings
 from collections import Counter
@@ -37,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import Branch, RepBlock
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, sha256_file
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
 from .verify import eval_mode, flatten_tensors, probe_input, relative_error
@@ -220,11 +219,7 @@ def _count_calls(model: nn.Module) -> Iterator[Counter]:
 
 
 def _file_facts(path: str) -> Dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
 def _report(prep: _Prepared, fmt: str, path: os.PathLike, facts: Dict[str, Any], **extra: Any) -> Dict[str, Any]:

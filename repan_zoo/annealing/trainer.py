@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
+from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, sha256_file
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..data import DataSplits, _mix, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
@@ -557,7 +557,7 @@ class RepAnTrainer:
                     "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
             self.model.repan_exactness = {k: v for k, v in certificate.items() if k != "probe"}
             save_checkpoint(self.model, path, architecture=cfg.model, metadata=meta)
-            final["checkpoint"] = {"path": path.name, "sha256": _sha256(path), "size": path.stat().st_size}
+            final["checkpoint"] = {"path": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
             final["reload_check"] = self._reload_check(path, val["top1"], test["top1"])
             write_json(self.out / "exactness.json", certificate)
             write_json(self.out / "final.json", final)
@@ -593,16 +593,6 @@ class RepAnTrainer:
             test = evaluate(fresh, eval_loader(self.data.test, cfg.eval_batch_size), normalize=self.normalize,
                             ctx=local)
         return {"test_top1": test["top1"], "logits_rel_error": err, "deploy_form": model_form(fresh)}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> Dict[str, str]:

@@ -24,7 +24,6 @@ it on probe images and compare with torch, and only then move it to ``path``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -32,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, sha256_file
 from ..convert import reparameterize
 from ..errors import ExportError
 from ..export import _onnx_op_counts, check_fully_fused, export_onnx, export_torchscript
@@ -79,9 +78,7 @@ def _quiet() -> Iterator[None]:
 
 
 def _digest(path: str) -> Dict[str, Any]:
-    with open(path, "rb") as fh:
-        data = fh.read()
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
 def _deploy_copy(detector: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..checkpoint import sha256_file
 from ..errors import ChecksumMismatchError, SizeMismatchError, TruncatedDownloadError
 
 __all__ = ["Expected", "sha256_file", "git_blob_sha1", "verify_file"]
@@ -28,14 +29,6 @@ class Expected:
     sha256: Optional[str] = None
     git_sha1: Optional[str] = None
     origin: str = "the manifest"
-
-
-def sha256_file(path: os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def git_blob_sha1(path: os.PathLike) -> str:
@@ -63,19 +56,13 @@ def verify_file(path: os.PathLike, expected: Expected, *, model: str, filename: 
             f"{expected.size}. It was not loaded. {fix}",
             model=model, filename=filename, expected=expected.size, actual=actual_size,
         )
-    if expected.sha256 is not None:
-        actual = sha256_file(path)
-        if actual != expected.sha256.lower():
+    for label, want, digest in (("sha256", expected.sha256, sha256_file), ("git blob id", expected.git_sha1, git_blob_sha1)):
+        if want is None:
+            continue
+        actual = digest(path)
+        if actual != want.lower():
             raise ChecksumMismatchError(
-                f"weights of {model}: {filename} is corrupted: sha256 {actual} but {expected.origin} says "
-                f"{expected.sha256}. It was not loaded. {fix}",
-                model=model, filename=filename, expected=expected.sha256, actual=actual,
-            )
-    if expected.git_sha1 is not None:
-        actual = git_blob_sha1(path)
-        if actual != expected.git_sha1.lower():
-            raise ChecksumMismatchError(
-                f"weights of {model}: {filename} is corrupted: git blob id {actual} but {expected.origin} says "
-                f"{expected.git_sha1}. It was not loaded. {fix}",
-                model=model, filename=filename, expected=expected.git_sha1, actual=actual,
+                f"weights of {model}: {filename} is corrupted: {label} {actual} but {expected.origin} says "
+                f"{want}. It was not loaded. {fix}",
+                model=model, filename=filename, expected=want, actual=actual,
             )
