@@ -99,8 +99,8 @@ def _find_input_size(model: nn.Module) -> Optional[Sequence[int]]:
 
 def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2, seed: int = 0) -> Any:
     """The input used to check a conversion: ``example_input`` if given, otherwise a seeded
-    random batch shaped by the model's ``pretrained_cfg['input_size']`` (or its first conv's
-    input channels at 64×64), on the model's own device and dtype. A torchvision detector
+    random batch shaped by the model's ``pretrained_cfg['input_size']`` with its first conv's
+    input channels (timm keeps 3 in the cfg for ``in_chans=1``), or 64×64 without a cfg, on the model's own device and dtype. A torchvision detector
     gets a list of images."""
     if example_input is not None:
         return example_input
@@ -108,11 +108,14 @@ def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.float32
     size = _find_input_size(model)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if size is None:
-        first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         if first_conv is None:
             raise ValueError("cannot guess an input for this model: pass example_input=...")
         size = (first_conv.in_channels, 64, 64)
+    elif first_conv is not None and first_conv.in_channels != size[0]:
+        # timm keeps the pretrained cfg's 3 channels for create_model(..., in_chans=1)
+        size = (first_conv.in_channels, *size[1:])
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *size, generator=gen).to(device=device, dtype=dtype)
     if _is_torchvision_detector(model):

@@ -366,3 +366,18 @@ def test_gradients_reach_unfolded_branches_only_when_lambda_is_positive():
     assert at_half and all(g.abs().max() > 0 for g in at_half)  # λ>0: gradients reach every new branch
     assert len(at_zero) == len(at_half) and all(g.abs().max() == 0 for g in at_zero)  # λ=0: none (Eq. 6)
     # (exact proportionality to λ with a fixed upstream gradient: tests/test_blocks.py)
+
+
+def test_default_probe_follows_in_chans_of_a_timm_model():
+    """timm keeps ``input_size=(3, …)`` in the cfg of ``create_model(..., in_chans=1)``; the
+    default probe must feed the channels the first conv takes, or reparameterize() cannot run."""
+    import timm
+
+    from repan_zoo.verify import probe_input
+
+    model = timm.create_model("repan_repvgg_a0", in_chans=1, num_classes=10)
+    assert model.pretrained_cfg["input_size"][0] == 3
+    assert probe_input(model).shape[1] == 1
+    fused = rz.reparameterize(model)
+    assert fused.repan_exactness["input_shape"][1] == 1
+    assert fused.repan_exactness["model_rel_error"] <= NET_TOL
