@@ -146,16 +146,19 @@ def _mix(*values: int) -> int:
 
 
 class Normalize(nn.Module):
-    """uint8 images → float, ``(x/255 - mean) / std`` per channel, on the batch's device."""
+    """uint8 images → float, ``(x/255 - mean) / std`` per channel, on the batch's device, in
+    ``memory_format`` (``torch.channels_last`` for a channels-last model)."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float],
+                 memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.memory_format = memory_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean, std = self.mean.to(x.device), self.std.to(x.device)
-        return (x.float().div_(255.0) - mean) / std
+        return ((x.float().div_(255.0) - mean) / std).contiguous(memory_format=self.memory_format)
 
 
 @dataclass
@@ -174,8 +177,8 @@ class DataSplits:
     classes: Tuple[str, ...] = ()
     info: Dict[str, object] = field(default_factory=dict)
 
-    def normalizer(self) -> Normalize:
-        return Normalize(self.mean, self.std)
+    def normalizer(self, memory_format: torch.memory_format = torch.contiguous_format) -> Normalize:
+        return Normalize(self.mean, self.std, memory_format)
 
     def describe(self) -> Dict[str, object]:
         return {

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="dataset folder (default for fashion_mnist: Debian's location)")
     g.add_argument("--val-size", type=int, default=dflt["val_size"], help="validation images carved from the training set")
     g.add_argument("--train-subset", type=optional_int, default=None, help="use only this many training images")
+    g.add_argument("--test-each-epoch", action=argparse.BooleanOptionalAction, default=dflt["test_each_epoch"],
+                   help="evaluate the test set after every epoch (off: only the final network; validation always)")
     g.add_argument("--test-subset", type=optional_int, default=None, help="evaluate on only this many test images")
     g.add_argument("--split-seed", type=int, default=dflt["split_seed"], help="seed of the train/val permutation")
     g.add_argument("--img-size", type=int, default=dflt["img_size"], help="imagefolder: image side after resize+crop")
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=dflt["amp"],
                    help="mixed precision (float16 + grad scaler on CUDA, bfloat16 on CPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=dflt["channels_last"],
+                   help="NHWC memory format for the model and its inputs (1.3-2x faster training on CPU)")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=dflt["sync_bn"],
                    help="BatchNorm statistics over the global batch of all processes")
     g.add_argument("--seed", type=int, default=dflt["seed"])

@@ -106,6 +106,24 @@ def test_kd_run_with_teacher_from_checkpoint(tmp_path):
     assert result.history[0]["train_loss"] > 0
 
 
+def test_channels_last_run_matches_the_contiguous_run(tmp_path):
+    """--channels-last (here with --no-test-each-epoch) keeps the model (through Rep and Expand, which build new convs) and its
+    inputs in NHWC and trains the same network up to convolution rounding (measured 3e-4 after one
+    step per cycle: batch-32 BN amplifies the rounding; a wrong expansion or layout is O(1))."""
+    common = ["--method", "repan", "--cycles", "2", "--epochs", "1", "--max-steps-per-epoch", "1", *SMALL]
+    plain = run(common + ["--out", str(tmp_path / "nchw")])
+    nhwc = run(common + ["--out", str(tmp_path / "nhwc"), "--channels-last", "--no-test-each-epoch"])
+    # without per-epoch test evaluation the history has no test figures; the final network has one
+    assert [r["test_top1"] for r in nhwc.history] == [None, None] and nhwc.final["test_top1"] > 0
+    assert all(r["test_top1"] is not None for r in plain.history)
+    assert nhwc.final["recipe"]["channels_last"] is True and plain.final["recipe"]["channels_last"] is False
+    convs = [m.weight for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert nhwc.exactness["model_rel_error"] <= 1e-5
+    assert max_rel_diff(weights(tmp_path / "nchw" / "deploy.safetensors"),
+                        weights(tmp_path / "nhwc" / "deploy.safetensors")) < 5e-3
+
+
 def test_two_process_torchrun_matches_one_process(tmp_path):
     """2 processes × 16 images (gloo, CPU) vs 1 process × 32 images, same global batches.
 

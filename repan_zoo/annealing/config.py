@@ -92,6 +92,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip_grad: Optional[float] = None
     amp: bool = False
+    channels_last: bool = False
+    test_each_epoch: bool = True
     sync_bn: bool = False
     seed: int = 0
     max_steps_per_epoch: Optional[int] = None

@@ -120,7 +120,8 @@ class RepAnTrainer:
                               f"{cfg.batch_size}; lower --batch-size or raise --train-subset")
         #: the one generator behind every expansion (Expand's He-normal draws); never re-seeded.
         self.generator = torch.Generator().manual_seed(_mix(cfg.seed, 0xE4A9D))
-        self.normalize = data.normalizer().to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.normalize = data.normalizer(self.memory_format).to(self.device)
         self.schedule = cfg.lambda_schedule()
         self.loss_fn = KDLoss(cfg.kd_alpha if cfg.uses_teacher() else 0.0, cfg.kd_T, cfg.label_smoothing)
         self.checkpointer = Checkpointer(self.out, keep=keep_checkpoints) if self.out is not None else None
@@ -198,7 +199,7 @@ class RepAnTrainer:
         if cfg.init_checkpoint:
             state, meta = read_checkpoint(cfg.init_checkpoint)
             load_into(model, state, meta, what=f"--init-checkpoint {cfg.init_checkpoint}")
-        self.model = model.to(self.device)
+        self.model = self._placed(model)
         if not cfg.init_checkpoint and cfg.plan()[0].expand:
             self._initial_bn_statistics()
         return self.model
@@ -222,6 +223,11 @@ class RepAnTrainer:
         update_bn([self.normalize(b.to(self.device)) for b in batches], self.model)
         self.cycle_log.append({"cycle": 0, "step": "initial_bn_statistics", "images": sum(len(b) for b in batches)})
 
+    def _placed(self, model: nn.Module) -> nn.Module:
+        """``model`` on the run's device and in its memory format (Rep and Expand create new
+        convs, so this follows every conversion too)."""
+        return model.to(device=self.device, memory_format=self.memory_format)
+
     def rep(self, cycle: int, when: str) -> Dict[str, Any]:
         """Lines 2 and 11: fuse every Rep block in place, verified on the held-out batch."""
         assert self.model is not None
@@ -232,6 +238,7 @@ class RepAnTrainer:
             self._precise_bn(cycle)
         with exact_fp32():
             reparameterize(self.model, inplace=True, example_input=self.probe)
+        self._placed(self.model)
         record = {"cycle": cycle, "step": "rep", "when": when, "seconds": time.perf_counter() - t,
                   "exactness": dict(getattr(self.model, "repan_exactness", {}))}
         self.cycle_log.append(record)
@@ -287,6 +294,7 @@ class RepAnTrainer:
                     generator=self.generator, blocks=predicate, inplace=True, example_input=self.probe,
                 )
             reports.append(dict(getattr(self.model, "repan_exactness", {})))
+        self._placed(self.model)
         worst = max(reports, key=lambda r: r.get("model_rel_error") or 0.0) if reports else {}
         record = {"cycle": cycle, "step": "expand_restore", "seconds": time.perf_counter() - t, "exactness": worst,
                   "branches": {n: b.branch_kinds for n, b in rep_blocks(self.model)}}
@@ -335,6 +343,7 @@ class RepAnTrainer:
             self.teacher = build_teacher(cfg.teacher, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
                                          checkpoint=cfg.teacher_checkpoint, pretrained=cfg.teacher_pretrained,
                                          model_kwargs=cfg.teacher_kwargs, device=self.device)
+            self.teacher = self._placed(self.teacher)
         return self.teacher
 
     def _optimizer(self, cycle: int) -> torch.optim.Optimizer:
@@ -394,7 +403,7 @@ class RepAnTrainer:
         model = build_model(cfg.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
                             model_kwargs=cfg.model_kwargs)
         load_into(model, ck.model_state, ck.model_meta, what=f"checkpoint {ck.directory}")
-        self.model = model.to(self.device)
+        self.model = self._placed(model)
         restore_rng_state(ck.state["rng"], self.generator)
         self.history = list(ck.state.get("history", []))
         self.cycle_log = list(ck.state.get("cycle_log", []))
@@ -481,7 +490,8 @@ class RepAnTrainer:
                 raise self._diverged(cp, epoch, exc, lr_at(exc.step)) from None
             self.global_step += stats["steps"]
             val = evaluate(self.model, self.val_loader, normalize=self.normalize, ctx=self.ctx)
-            test = evaluate(self.model, self.test_loader, normalize=self.normalize, ctx=self.ctx)
+            test = (evaluate(self.model, self.test_loader, normalize=self.normalize, ctx=self.ctx)
+                    if cfg.test_each_epoch else {"top1": None})
             row = {
                 "cycle": cp.index, "epoch": epoch, "global_epoch": global_epoch, "expand": cp.expand,
                 "lam": self._current_lambda(), "lr": lr_at(stats["steps"]) if stats["steps"] else None,
@@ -491,9 +501,10 @@ class RepAnTrainer:
                 "epoch_time_s": time.perf_counter() - t_epoch, "time_s": time.time() - self._t0,
             }
             self.history.append(row)
+            test_part = f"test {row['test_top1']:.2f}  " if row["test_top1"] is not None else ""
             self.log(
                 f"cycle {cp.index}/{cfg.cycles if cfg.method == 'repan' else 1} epoch {epoch}/{cp.epochs}: "
-                f"loss {row['train_loss']:.4f}  val {row['val_top1']:.2f}  test {row['test_top1']:.2f}  "
+                f"loss {row['train_loss']:.4f}  val {row['val_top1']:.2f}  {test_part}"
                 f"λ {row['lam'] if row['lam'] is not None else '-'}  lr {row['lr'] or 0:.4g}  "
                 f"({row['epoch_time_s']:.1f} s)"
             )
