@@ -5,7 +5,11 @@ Writes, for every ``<scale>/<plan>`` folder found:
 * ``results/<scale>/<plan>/summary.json`` — per (model, method): test and validation top-1 of the
   deploy model, mean ± std over seeds, the seeds, epochs, train time; per run the same figures;
 * ``results/<scale>/<plan>/summary.md`` — the markdown table the README quotes;
-* ``results/<scale>/<plan>/curves.png`` — validation top-1 per epoch of the seed-0 runs (RepAn cycle starts dotted).
+* ``results/<scale>/<plan>/curves.png`` — validation top-1 per epoch of the seed-0 runs, a panel per model
+  (RepAn cycle starts dotted).
+
+The main table also gives the paired per-seed difference to the baseline; an ablation plan gets
+one table per factor (k, KD α/T, λ schedule) around its reference run.
 
 Usage: ``python benchmarks/accuracy/aggregate.py`` (no arguments; reads every plan that has results).
 Nothing here trains or evaluates: every number is copied from a run's ``final.json``, which the
@@ -58,6 +62,11 @@ def summarize(plan_dir: Path) -> Dict:
             "train_time_s": final.get("train_time_s"),
             "device": final.get("device"),
             "exactness": final.get("exactness", {}).get("model_rel_error"),
+            "k": recipe.get("k"),
+            "lam_schedule": recipe.get("lam_schedule"),
+            "kd_alpha": recipe.get("kd_alpha") if recipe.get("teacher") else 0.0,
+            "kd_T": recipe.get("kd_T") if recipe.get("teacher") else None,
+            "train_subset": recipe.get("train_subset"),
         })
     groups: Dict[tuple, List[Dict]] = defaultdict(list)
     for r in runs:
@@ -75,47 +84,102 @@ def summarize(plan_dir: Path) -> Dict:
             "schedule": f"{rs[0]['cycles']}x{rs[0]['epochs']}",
             "train_time_s": sum(r["train_time_s"] or 0.0 for r in rs),
         })
+    base = {(r["model"], r["seed"]): r["test_top1"] for r in runs if r["method"] == "baseline"}
+    for g in table:
+        pairs = [r["test_top1"] - base[(g["model"], r["seed"])] for r in groups[(g["model"], g["method"])]
+                 if (g["model"], r["seed"]) in base]
+        g["delta_test_vs_baseline"] = _stats(pairs) if pairs and g["method"] != "baseline" else None
     return {"plan": f"{plan_dir.parent.name}/{plan_dir.name}", "groups": table, "runs": runs,
             "total_train_time_s": sum(r["train_time_s"] or 0.0 for r in runs),
             "devices": sorted({str(r["device"]) for r in runs})}
 
 
+def _pm(stats: Dict[str, float], signed: bool = False) -> str:
+    return f"{stats['mean']:{'+' if signed else ''}.2f} ± {stats['std']:.2f}"
+
+
 def markdown(summary: Dict) -> str:
-    lines = [f"Plan `{summary['plan']}` (devices: {', '.join(summary['devices'])}; total training time "
-             f"{summary['total_train_time_s'] / 60:.1f} min). Deploy-model top-1 %, mean ± std over seeds.", "",
-             "| model | method | schedule | epochs | seeds | val top-1 | test top-1 |",
-             "|---|---|---|---|---|---|---|"]
+    """The main comparison (one row per model and method, mean ± std over seeds, and the paired
+    per-seed difference to the baseline), or for an ablation plan one table per factor."""
+    head = (f"Plan `{summary['plan']}` (devices: {', '.join(summary['devices'])}; total training time "
+            f"{summary['total_train_time_s'] / 60:.1f} min, one CPU thread per run on CPU).")
+    if summary["plan"].split("/")[1].startswith("ablations"):
+        return head + " Deploy-model top-1 %, one seed per row.\n\n" + _ablation_tables(summary["runs"])
+    lines = [head + " Deploy-model top-1 %, mean ± std over seeds; Δ = paired per-seed difference to the "
+             "baseline of the same model.", "",
+             "| model | method | schedule | epochs | seeds | val top-1 | test top-1 | Δ test vs baseline |",
+             "|---|---|---|---|---|---|---|---|"]
     for g in summary["groups"]:
-        v, t = g["val_top1"], g["test_top1"]
+        d = g.get("delta_test_vs_baseline")
         lines.append(f"| {g['model']} | {g['method']} | {g['schedule']} | {g['epochs_trained']} | "
-                     f"{len(g['seeds'])} | {v['mean']:.2f} ± {v['std']:.2f} | {t['mean']:.2f} ± {t['std']:.2f} |")
+                     f"{len(g['seeds'])} | {_pm(g['val_top1'])} | {_pm(g['test_top1'])} | "
+                     f"{_pm(d, signed=True) if d else '—'} |")
     return "\n".join(lines) + "\n"
 
 
+#: ablation tables: (title, run-name prefix, the column that varies)
+_ABLATIONS = [
+    ("Expansion branches per kind and block, k (paper Table 5)", "k", lambda r: f"k = {r['k']}"),
+    ("Distillation α / T (paper Table 4)", "kd_",
+     lambda r: f"α = {r['kd_alpha']:g}" + (f", T = {r['kd_T']:g}" if r["kd_T"] is not None else " (no KD)")),
+    ("λ schedule Θ", "lam_", lambda r: r["lam_schedule"]),
+]
+
+
+def _ablation_tables(runs: List[Dict]) -> str:
+    ref = next((r for r in runs if r["run"] == "reference"), None)
+    out, used = [], {"teacher", "reference"}
+    for title, prefix, label in _ABLATIONS:
+        rows = [r for r in runs if r["run"].startswith(prefix) and r["run"] not in used]
+        if not rows:
+            continue
+        used.update(r["run"] for r in rows)
+        rows = ([ref] if ref else []) + rows
+        out += [f"**{title}** (reference run: k = 1, linear λ, no KD)", "", "| setting | run | val top-1 | test top-1 |",
+                "|---|---|---|---|"]
+        out += [f"| {label(r)} | {r['run']} | {r['val_top1']:.2f} | {r['test_top1']:.2f} |" for r in rows]
+        out.append("")
+    rest = [r for r in runs if r["run"] not in used]
+    if rest:
+        out += ["| run | schedule | val top-1 | test top-1 |", "|---|---|---|---|"]
+        out += [f"| {r['run']} | {r['cycles']}x{r['epochs']} | {r['val_top1']:.2f} | {r['test_top1']:.2f} |"
+                for r in ([ref] if ref else []) + rest]
+        out.append("")
+    return "\n".join(out)
+
+
 def plot(plan_dir: Path, out: Path) -> None:
+    """Validation top-1 per epoch of the seed-0 runs, one panel per model (ablations: one panel,
+    every run); a RepAn cycle that starts with Expand is marked by a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = sorted(plan_dir.glob("*/metrics.json"))
-    if not metrics:
-        return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for path in metrics:
-        if "__s0" not in path.parent.name and "__" in path.parent.name:
+    panels: Dict[str, List[Path]] = defaultdict(list)
+    for path in sorted(plan_dir.glob("*/metrics.json")):
+        name = path.parent.name
+        if "__" in name and not name.endswith("__s0"):
             continue  # one seed per curve keeps the plot readable
-        rows = json.loads(path.read_text())
-        xs = [r["global_epoch"] for r in rows]
-        line, = ax.plot(xs, [r["val_top1"] for r in rows], label=path.parent.name, linewidth=1)
-        for r in rows:  # a RepAn cycle that starts with Expand: dotted line before its first epoch
-            if r.get("expand") and r.get("epoch") == 1:
-                ax.axvline(r["global_epoch"] - 0.5, color=line.get_color(), linestyle=":", linewidth=0.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation top-1 (%)")
-    ax.set_title(f"{plan_dir.parent.name}/{plan_dir.name}: validation accuracy per epoch")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
+        panels[name.split("__")[0] if "__" in name else "runs"].append(path)
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (panel, paths) in zip(axes[0], sorted(panels.items())):
+        for path in paths:
+            rows = json.loads(path.read_text())
+            label = path.parent.name.split("__")[1] if "__" in path.parent.name else path.parent.name
+            line, = ax.plot([r["global_epoch"] for r in rows], [r["val_top1"] for r in rows], "-o", ms=2.5,
+                            label=label, linewidth=1)
+            for r in rows:
+                if r.get("expand") and r.get("epoch") == 1:
+                    ax.axvline(r["global_epoch"] - 0.5, color=line.get_color(), linestyle=":", linewidth=0.8)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation top-1 (%)")
+        ax.legend(fontsize=6, ncol=2)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{plan_dir.parent.name}/{plan_dir.name}: validation accuracy per epoch (seed 0)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

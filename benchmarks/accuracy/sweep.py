@@ -15,7 +15,8 @@ Usage::
 
 Plans (see :func:`plan_runs`): ``main`` = 3 models × {baseline, kd, repan, repan_kd} × 3 seeds, plus
 one teacher; ``ablations`` = on repan_repvgg_a1_w025, seed 0: k = 1..5 (Table 5), KD α/T (Table 4),
-λ schedules, restore modes, new-branch γ and cycle length at the same budget.
+λ schedules; ``ablations_extra`` = restore modes, new-branch γ, cycle length at the same budget and
+Expand before cycle 1 (the paper's literal Algorithm 1).
 Model selection is by validation accuracy (a split carved from the training set); the test set is
 only reported.
 """
@@ -28,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -39,18 +40,27 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: wd 1e-4, batch 128, peak LR 0.2, cosine per cycle, flips; 5,000 validation images.
 COMMON = ["--dataset", "fashion_mnist", "--val-size", "5000", "--batch-size", "128", "--lr", "0.2",
           "--wd", "1e-4", "--momentum", "0.9"]
-#: budgets: RepAn R × E epochs; baseline/KD R·E epochs in one schedule. ``small`` is the setup of
-#: findings-cpu-scale.md (20,000 training images, 12 epochs, 2 × 6 cycles, its best RepAn cycle length).
+#: budgets: RepAn R × E epochs; baseline/KD R·E epochs in one schedule. ``cpu`` (the default) is
+#: what the whole main plan + ablations fit into on a 2-core machine in about two hours (8,000
+#: training images, 2 × 4 epochs, NHWC, test set scored only at the end); ``small`` is the setup of
+#: findings-cpu-scale.md (20,000 images, 12 epochs, 2 × 6 cycles); ``full`` uses all 55,000 images.
 SCALES = {
-    "small": {"cycles": 2, "epochs": 6, "train_subset": 20000},
-    "full": {"cycles": 3, "epochs": 8, "train_subset": None},
+    "cpu": {"cycles": 2, "epochs": 4, "train_subset": 8000,
+            "extra": ["--channels-last", "--no-test-each-epoch"]},
+    "small": {"cycles": 2, "epochs": 6, "train_subset": 20000, "extra": []},
+    "full": {"cycles": 3, "epochs": 8, "train_subset": None, "extra": []},
 }
-CYCLES, EPOCHS = SCALES["small"]["cycles"], SCALES["small"]["epochs"]
+DEFAULT_SCALE = "cpu"
+CYCLES, EPOCHS = SCALES[DEFAULT_SCALE]["cycles"], SCALES[DEFAULT_SCALE]["epochs"]
 REPAN = ["--first-cycle", "plain", "--restore", "inherit", "--branches", "conv_kxk,conv_1x1",
          "--lam-schedule", "linear", "--lam-warmup", "0.3", "--calib-batches", "5"]
 MODELS = ["repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0"]
-TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}}  # 3.5 M params vs 0.8 M of repvgg_a1_w025
+#: the KD teacher: a larger model (3.5 M params vs 0.8 M of repvgg_a1_w025) trained by the same script on
+#: the same training images, for ``epoch_factor`` × the students' epoch budget (a teacher trained no
+#: longer than its students is barely better than them at these budgets: 86.5 vs 86.0 test, cpu scale)
+TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}, "epoch_factor": 3}
 SEEDS = [0, 1, 2]
+PLANS = ("main", "ablations", "ablations_extra")
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
 
 
@@ -61,25 +71,30 @@ def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
     return args
 
 
-def _run(name: str, args: List[str], needs: Optional[str] = None) -> Dict:
-    return {"name": name, "args": args, "needs": needs}
+def _run(name: str, args: List[str], needs: Optional[str] = None, home: Optional[str] = None) -> Dict:
+    """One training run; ``home`` = the plan whose folders hold it (the teacher lives in ``main``
+    and serves every plan)."""
+    return {"name": name, "args": args, "needs": needs, "home": home}
 
 
-def plan_runs(plan: str, scale: str = "small") -> List[Dict]:
-    """The runs of a plan, in an order that trains teachers first."""
+def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
+    """The runs of a plan: teacher first, then seed by seed (a sweep stopped early still has whole
+    seeds of every model and arm)."""
     global CYCLES, EPOCHS
     CYCLES, EPOCHS = SCALES[scale]["cycles"], SCALES[scale]["epochs"]
     subset = SCALES[scale]["train_subset"]
-    common = COMMON + (["--train-subset", str(subset)] if subset else [])
+    common = COMMON + (["--train-subset", str(subset)] if subset else []) + SCALES[scale]["extra"]
     teacher_name = "teacher"
     teacher = _run(teacher_name, _model_args(TEACHER["model"], TEACHER["kwargs"]) + common
-                   + ["--method", "baseline", "--cycles", "1", "--epochs", str(CYCLES * EPOCHS), "--seed", "100"])
+                   + ["--method", "baseline", "--cycles", "1", "--epochs", str(TEACHER["epoch_factor"] * CYCLES * EPOCHS),
+                      "--seed", "100"],
+                   home="main")
     kd_teacher = ["--teacher", TEACHER["model"], "--teacher-kwargs", json.dumps(TEACHER["kwargs"])]
     runs: List[Dict] = []
     if plan == "main":
         runs.append(teacher)
-        for model in MODELS:
-            for seed in SEEDS:
+        for seed in SEEDS:
+            for model in MODELS:
                 base = _model_args(model) + common + ["--seed", str(seed)]
                 one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
                 cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
@@ -101,21 +116,34 @@ def plan_runs(plan: str, scale: str = "small") -> List[Dict]:
             args[i + 1] = value
             return args
 
-        for k in range(1, 6):
+        # the reference run (k = 1, linear λ, no KD) is the k = 1 point, the linear-λ point and the α = 0 point
+        runs.append(_run("reference", base + cyc + REPAN))
+        for k in range(2, 6):  # Table 5
             runs.append(_run(f"k{k}", base + cyc + REPAN + ["--k", str(k)]))
-        for alpha, temp in [("0.0", "10"), ("0.5", "4"), ("0.9", "10"), ("1.0", "10")]:
+        for alpha, temp in [("0.5", "4"), ("0.5", "10"), ("0.9", "4"), ("0.9", "10")]:  # Table 4
             runs.append(_run(f"kd_a{alpha}_T{temp}", base + cyc + REPAN + kd_teacher
                              + ["--kd-alpha", alpha, "--kd-T", temp], needs=teacher_name))
-        for sched in ["constant", "linear", "cosine", "step"]:
+        for sched in ["constant", "cosine", "step"]:
             runs.append(_run(f"lam_{sched}", base + cyc + with_("--lam-schedule", sched)))
-        for restore in ["inherit", "normalized", "identity"]:
+    elif plan == "ablations_extra":
+        model = "repan_repvgg_a1_w025"
+        base = _model_args(model) + common + ["--seed", "0", "--method", "repan"]
+        cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
+
+        def with_(option: str, value: str) -> List[str]:
+            args = list(REPAN)
+            i = args.index(option)
+            args[i + 1] = value
+            return args
+
+        for restore in ["normalized", "identity"]:
             runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
         runs.append(_run("branch_gamma0", base + cyc + REPAN + ["--branch-gamma", "0", "--lam-schedule", "constant"]))
-        for cycles, epochs in [(2, 12), (4, 6), (6, 4)]:
+        for cycles, epochs in [(4, CYCLES * EPOCHS // 4), (CYCLES * EPOCHS // 2, 2)]:
             runs.append(_run(f"cycles{cycles}x{epochs}", base + REPAN + ["--cycles", str(cycles), "--epochs", str(epochs)]))
         runs.append(_run("first_cycle_expand", base + cyc + with_("--first-cycle", "expand")))
     else:
-        raise SystemExit(f"unknown plan {plan!r}: choose main or ablations")
+        raise SystemExit(f"unknown plan {plan!r}: choose one of {', '.join(PLANS)}")
     return runs
 
 
@@ -124,13 +152,15 @@ def _result_dir(plan: str, name: str) -> Path:
 
 
 def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra: List[str], dry: bool) -> str:
-    done = _result_dir(plan, run["name"]) / "final.json"
-    if done.exists():
-        return f"skip {run['name']} (done)"
+    if run["home"]:
+        plan = f"{plan.split('/')[0]}/{run['home']}"
     out = work / plan / run["name"]
+    done = _result_dir(plan, run["name"]) / "final.json"
+    if done.exists() and (not run["home"] or (out / "deploy.safetensors").exists()):
+        return f"skip {run['name']} (done)"  # a teacher is done only while its weights are there
     args = list(run["args"])
     if run["needs"]:
-        teacher_ckpt = work / plan / run["needs"] / "deploy.safetensors"
+        teacher_ckpt = work / f"{plan.split('/')[0]}/main" / run["needs"] / "deploy.safetensors"
         args += ["--teacher-checkpoint", str(teacher_ckpt)]
     cmd = [sys.executable, "-m", "repan_zoo.train_cli", *args, "--out", str(out), "--device", device,
            "--threads", str(threads), *extra]
@@ -152,10 +182,19 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
     return f"done {run['name']} in {time.time() - start:.0f}s"
 
 
+def _order(run: Dict) -> tuple:
+    """Teachers first, then seed by seed, and within a seed the runs that need no teacher first
+    (they keep the other workers busy while the teacher trains)."""
+    if run["home"]:
+        return (-1, 0)
+    seed = int(run["name"].rsplit("__s", 1)[1]) if "__s" in run["name"] else 0
+    return (seed, bool(run["needs"]))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--plan", default="main", choices=["main", "ablations"])
-    p.add_argument("--scale", default="small", choices=sorted(SCALES))
+    p.add_argument("--plan", default="main", choices=PLANS)
+    p.add_argument("--scale", default=DEFAULT_SCALE, choices=sorted(SCALES))
     p.add_argument("--jobs", type=int, default=1, help="runs at the same time (share one GPU, or CPU cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -168,18 +207,20 @@ def main(argv=None) -> int:
     runs = [r for r in plan_runs(a.plan, a.scale) if not a.only or a.only in r["name"]]
     needed = {r["needs"] for r in runs if r["needs"]}
     runs = [r for r in plan_runs(a.plan, a.scale) if r["name"] in needed] + [r for r in runs if r["name"] not in needed]
+    runs.sort(key=_order)
     plan = f"{a.scale}/{a.plan}"
     work = Path(a.work)
     start = time.time()
-    def go(r: Dict) -> str:  # runs that need no teacher start at once, beside it; KD runs follow it
+    futures: Dict[str, Future] = {}
+
+    def go(r: Dict) -> str:  # a KD run waits for its teacher (submitted before it)
+        if r["needs"] and r["needs"] in futures:
+            futures[r["needs"]].result()
         return _execute(plan, r, work, a.device, a.threads, extra, a.dry_run)
 
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
-        futures = {r["name"]: pool.submit(go, r) for r in runs if not r["needs"]}
         for r in runs:
-            if r["needs"]:
-                futures[r["needs"]].result()  # a KD run starts once its teacher is trained
-                futures[r["name"]] = pool.submit(go, r)
+            futures[r["name"]] = pool.submit(go, r)
         for fut in futures.values():
             print(fut.result(), flush=True)
     if not a.dry_run:
