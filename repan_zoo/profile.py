@@ -33,7 +33,8 @@ from .convert import reparameterize
 from .errors import NoRepBlocksError
 from .verify import eval_mode, rep_blocks
 
-__all__ = ["count_params", "count_flops", "cpu_latency", "cpu_name", "train_form", "profile_forms", "forms_markdown"]
+__all__ = ["count_params", "count_flops", "cpu_latency", "train_step_time", "cpu_name", "train_form", "profile_forms",
+           "forms_markdown"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -72,6 +73,37 @@ def cpu_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 20, warmup:
             start = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - start) * 1e3)
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    return {"median_ms": median, "p25_ms": q1, "p75_ms": q3, "min_ms": min(times)}
+
+
+def train_step_time(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, warmup: int = 2, threads: int = 1,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> Dict[str, float]:
+    """CPU time of one training step (train-mode forward, cross-entropy on random labels — or the
+    mean square of a feature map —, backward, SGD update) of ``model`` on batch ``x``: median and quartiles over ``repeats`` steps, in ms.
+    ``model`` is trained on a copy, so the caller's weights and BN statistics stay as they were."""
+    if repeats < 1 or warmup < 0 or threads < 1:
+        raise ValueError(f"repeats={repeats}, warmup={warmup}, threads={threads}: need repeats ≥ 1, warmup ≥ 0, threads ≥ 1")
+    work = copy.deepcopy(model).train().to(memory_format=memory_format)
+    x = x.contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        shape = work(x[:2]).shape
+    y = torch.randint(0, shape[-1], (x.shape[0],), generator=torch.Generator().manual_seed(0))
+
+    def loss_of(out: torch.Tensor) -> torch.Tensor:  # a classifier's logits, else a feature map
+        return nn.functional.cross_entropy(out, y) if len(shape) == 2 else out.square().mean()
+
+    opt = torch.optim.SGD(work.parameters(), lr=1e-3, momentum=0.9)
+    times: List[float] = []
+    with _threads(threads):
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            loss = loss_of(work(x))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1e3)
     q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
     return {"median_ms": median, "p25_ms": q1, "p75_ms": q3, "min_ms": min(times)}
 

@@ -12,7 +12,9 @@ import repan_zoo
 import repan_zoo.models  # noqa: F401  (registers the repan_* models with timm)
 from repan_zoo.blocks import RepBlock
 from repan_zoo.checkpoint import model_form
-from repan_zoo.profile import count_flops, count_params, cpu_latency, forms_markdown, profile_forms, train_form
+from repan_zoo.profile import (
+    count_flops, count_params, cpu_latency, forms_markdown, profile_forms, train_form, train_step_time,
+)
 
 from helpers import randomize, same_state, single_thread, snapshot, TinyNet, training_flags  # noqa: F401 (single_thread: fixture)
 
@@ -85,6 +87,18 @@ def test_helpers_and_errors():
         profile_forms(nn.Sequential(conv), (2, 4, 4), **FAST)
     with pytest.raises(ValueError, match="input_size"):
         profile_forms(nn.Sequential(RepBlock(2, 2)), **FAST)  # no pretrained_cfg, no size
+
+
+def test_train_step_time_trains_a_copy():
+    net = randomize(TinyNet(), seed=3)
+    net.eval()
+    before, flags = snapshot(net), training_flags(net)
+    x = torch.randn(4, 3, 9, 9)
+    t = train_step_time(net, x, repeats=2, warmup=1, memory_format=torch.channels_last)
+    assert 0 < t["min_ms"] <= t["p25_ms"] <= t["median_ms"] <= t["p75_ms"]
+    assert same_state(before, snapshot(net)) and training_flags(net) == flags  # the steps ran on a copy
+    with pytest.raises(ValueError, match="repeats"):
+        train_step_time(net, x, repeats=0)
 
 
 def test_markdown_table():
