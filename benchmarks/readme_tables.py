@@ -92,13 +92,67 @@ def cycle_overhead() -> List[str]:
     return out
 
 
+#: plan folders in reading order: the default sweep (cpu scale) first
+_PLAN_ORDER = ("cpu/main", "cpu/ablations", "cpu/ablations_extra", "small/main", "full/main", "full/ablations")
+
+
+def _plan_key(plan: str):
+    return (_PLAN_ORDER.index(plan) if plan in _PLAN_ORDER else len(_PLAN_ORDER), plan)
+
+
 def accuracy() -> List[str]:
+    base = ROOT / "benchmarks" / "accuracy" / "results"
+    summaries = {f"{s.parent.parent.name}/{s.parent.name}": s for s in base.glob("*/*/summary.md")}
     out: List[str] = []
-    for summary in sorted((ROOT / "benchmarks" / "accuracy" / "results").glob("*/*/summary.md")):
-        plan = f"{summary.parent.parent.name}/{summary.parent.name}"
+    default = [json.loads((base / plan / "summary.json").read_text()) for plan in ("cpu/main", "cpu/ablations")
+               if (base / plan / "summary.json").exists()]
+    if default:
+        total = sum(d["total_train_time_s"] for d in default)
+        runs = sum(len(d["runs"]) for d in default)
+        out += ["### Cost of the default sweep", "",
+                f"`cpu/main` + `cpu/ablations`: {runs} training runs, {total / 3600:.2f} CPU-hours in total (one "
+                "thread per run, the sum of the runs' training times as recorded in their `final.json`; two runs "
+                "at a time on the 2-core machine).", ""]
+    for plan in sorted(summaries, key=_plan_key):
+        scale, name = plan.split("/")
+        curves = summaries[plan].parent / "curves.png"
         out += [f"### Accuracy: `{plan}`", "",
-                f"`python benchmarks/accuracy/sweep.py --scale {summary.parent.parent.name} --plan {summary.parent.name}` "
-                "then `python benchmarks/accuracy/aggregate.py`.", "", summary.read_text().strip(), ""]
+                f"`python benchmarks/accuracy/sweep.py --scale {scale} --plan {name}` then "
+                "`python benchmarks/accuracy/aggregate.py`"
+                + (f" (curves: `{curves.relative_to(ROOT)}`)" if curves.exists() else "") + ".", "",
+                summaries[plan].read_text().strip(), ""]
+    return out
+
+
+def step_time() -> List[str]:
+    d = _load("step_time.json")
+    if not d:
+        return []
+    m = d["machine"]
+    out = ["### Training-step cost of each form (what RepAn pays while training)", "",
+           f"`python benchmarks/step_time.py` — {d['what']}; {m['threads']} thread, {m['cpu']}.", "",
+           "| model | form | trainable params | step ms (median) | p25–p75 | images/s | × train form |",
+           "|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        t = r["step"]
+        out.append(f"| {r['model']} | {r['form']} | {r['params'] / 1e6:.2f} M | {t['median_ms']:.0f} | "
+                   f"{t['p25_ms']:.0f}–{t['p75_ms']:.0f} | {r['images_per_s']:.0f} | {r['vs_train']:.2f} |")
+    out.append("")
+    return out
+
+
+def shipped() -> List[str]:
+    d = _load("pretrained_check.json")
+    if not d:
+        return []
+    out = ["### Shipped weights, re-measured through timm", "",
+           f"`{d['command']}` — `timm.create_model(name, pretrained=True)` with no network, top-1 on the "
+           f"Fashion-MNIST test set vs the manifest (tolerance {d['tolerance']} pt).", "",
+           "| model.tag | source | manifest test top-1 | measured | difference | status |", "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        out.append(f"| {r['model']} | {r['source']} | {r['manifest_test_top1']:.2f} | {r['measured_test_top1']:.2f} | "
+                   f"{r['difference']:+.2f} | {r['status']} |")
+    out.append("")
     return out
 
 
@@ -136,7 +190,7 @@ def detection() -> List[str]:
 
 def render() -> str:
     lines = [START, ""]
-    for part in (accuracy, exactness, inference, forms, cycle_overhead, detection):
+    for part in (accuracy, shipped, exactness, inference, forms, step_time, cycle_overhead, detection):
         lines += part()
     lines.append(END)
     return "\n".join(lines)
