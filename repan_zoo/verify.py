@@ -187,10 +187,23 @@ class ExactnessReport:
     dtype: str
     input_shape: List[int] = field(default_factory=list)
     block_errors: Dict[str, float] = field(default_factory=dict)
+    #: set by :func:`float64_check` when the whole-model error exceeds ``tolerance``: the output's
+    #: relative error against a float64 run of the original, for the original and the converted
+    #: model ({"original": .., "converted": ..})
+    float64: Optional[Dict[str, float]] = None
+
+    @property
+    def within_fp32_rounding(self) -> bool:
+        """The converted model is as close to exact (float64) arithmetic as the original itself is
+        in its own precision, up to a factor 2: the whole-model error is that precision's
+        rounding, amplified by the network, not the conversion's."""
+        f = self.float64
+        return f is not None and f["converted"] <= FLOAT64_FACTOR * max(f["original"], self.tolerance / 10)
 
     @property
     def ok(self) -> bool:
-        model_ok = self.model_rel_error is None or self.model_rel_error <= self.tolerance
+        model_ok = (self.model_rel_error is None or self.model_rel_error <= self.tolerance
+                    or self.within_fp32_rounding)
         return model_ok and self.worst_block_rel_error <= self.tolerance
 
     def as_dict(self, with_blocks: bool = False) -> Dict[str, Any]:
@@ -198,6 +211,27 @@ class ExactnessReport:
         if not with_blocks:
             d.pop("block_errors")
         return d
+
+
+#: see :attr:`ExactnessReport.within_fp32_rounding`
+FLOAT64_FACTOR = 2.0
+
+
+@torch.no_grad()
+def float64_check(original: nn.Module, inputs: Any, converted_out: Sequence[torch.Tensor],
+                  original_out: Sequence[torch.Tensor]) -> Dict[str, float]:
+    """Relative output errors of the original and of the converted model against a float64 run of
+    the original (a deep copy; ``original`` is not changed). A deep network amplifies rounding:
+    a fresh MobileOne-S0 on 1×28×28 is 1.0e-5 away from float64 in float32 *before* any
+    conversion, so a fixed whole-model bound of 1e-5 would reject exact fusions of it."""
+    import copy
+
+    m64 = copy.deepcopy(original).double()
+    x64 = inputs.double() if isinstance(inputs, torch.Tensor) else [t.double() for t in inputs]
+    ref64, _ = capture(m64, x64, [])
+    ref64 = [t.double() for t in ref64]
+    worst = lambda outs: max((relative_error(a, b) for a, b in zip(ref64, outs)), default=0.0)  # noqa: E731
+    return {"original": worst(original_out), "converted": worst(converted_out)}
 
 
 def compare(
