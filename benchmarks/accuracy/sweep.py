@@ -59,6 +59,7 @@ MODELS = ["repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0
 #: lr 0.2 without warm-up trains erratically here (cpu scale, seed 0: loss 3.55 after epoch 1, validation
 #: 18 % → 9.6 % → 46 % → 44 % over epochs 1–4, 9.6 % again at epoch 6); the paper trains MobileOne at lr 0.1
 #: with warm-up (ImageNet), and one epoch of it gives 27 % → 69 % over the same first two epochs.
+ABLATION_MODEL = "repan_repvgg_a1_w025"
 MODEL_RECIPE = {"repan_mobileone_s0": ["--lr", "0.1", "--warmup-epochs", "1"]}
 #: the KD teacher: a larger model (3.5 M params vs 0.8 M of repvgg_a1_w025) trained by the same script on
 #: the same training images, for ``epoch_factor`` × the students' epoch budget (a teacher trained no
@@ -96,13 +97,21 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
                    home="main")
     kd_teacher = ["--teacher", TEACHER["model"], "--teacher-kwargs", json.dumps(TEACHER["kwargs"])]
     runs: List[Dict] = []
+    # ablations: repan_repvgg_a1_w025, seed 0, one RepAn option changed at a time
+    base = _model_args(ABLATION_MODEL) + common + ["--seed", "0", "--method", "repan"]
+    cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
+
+    def with_(option: str, value: str) -> List[str]:
+        args = list(REPAN)
+        args[args.index(option) + 1] = value
+        return args
+
     if plan == "main":
         runs.append(teacher)
         for seed in SEEDS:
             for model in MODELS:
                 base = _model_args(model) + common + MODEL_RECIPE.get(model, []) + ["--seed", str(seed)]
                 one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
-                cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
                 runs.append(_run(f"{model}__baseline__s{seed}", base + one + ["--method", "baseline"]))
                 runs.append(_run(f"{model}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
                                  needs=teacher_name))
@@ -111,16 +120,6 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
                                  + kd_teacher, needs=teacher_name))
     elif plan == "ablations":
         runs.append(teacher)
-        model = "repan_repvgg_a1_w025"
-        base = _model_args(model) + common + ["--seed", "0", "--method", "repan"]
-        cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
-
-        def with_(option: str, value: str) -> List[str]:
-            args = list(REPAN)
-            i = args.index(option)
-            args[i + 1] = value
-            return args
-
         # the reference run (k = 1, linear λ, no KD) is the k = 1 point, the linear-λ point and the α = 0 point
         runs.append(_run("reference", base + cyc + REPAN))
         for k in range(2, 6):  # Table 5
@@ -131,16 +130,6 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         for sched in ["constant", "cosine", "step"]:
             runs.append(_run(f"lam_{sched}", base + cyc + with_("--lam-schedule", sched)))
     elif plan == "ablations_extra":
-        model = "repan_repvgg_a1_w025"
-        base = _model_args(model) + common + ["--seed", "0", "--method", "repan"]
-        cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
-
-        def with_(option: str, value: str) -> List[str]:
-            args = list(REPAN)
-            i = args.index(option)
-            args[i + 1] = value
-            return args
-
         for restore in ["normalized", "identity"]:
             runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
         runs.append(_run("branch_gamma0", base + cyc + REPAN + ["--branch-gamma", "0", "--lam-schedule", "constant"]))
