@@ -18,6 +18,7 @@ training script wrote after re-loading the deploy checkpoint.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -117,20 +118,20 @@ def markdown(summary: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: ablation tables: (title, run-name prefix, the column that varies)
+#: ablation tables: (title, pattern of the run names, the column that varies)
 _ABLATIONS = [
-    ("Expansion branches per kind and block, k (paper Table 5)", "k", lambda r: f"k = {r['k']}"),
-    ("Distillation α / T (paper Table 4)", "kd_",
+    ("Expansion branches per kind and block, k (paper Table 5)", r"k\d+", lambda r: f"k = {r['k']}"),
+    ("Distillation α / T (paper Table 4)", r"kd_.*",
      lambda r: f"α = {r['kd_alpha']:g}" + (f", T = {r['kd_T']:g}" if r["kd_T"] is not None else " (no KD)")),
-    ("λ schedule Θ", "lam_", lambda r: r["lam_schedule"]),
+    ("λ schedule Θ", r"lam_.*", lambda r: r["lam_schedule"]),
 ]
 
 
 def _ablation_tables(runs: List[Dict]) -> str:
     ref = next((r for r in runs if r["run"] == "reference"), None)
     out, used = [], {"teacher", "reference"}
-    for title, prefix, label in _ABLATIONS:
-        rows = [r for r in runs if r["run"].startswith(prefix) and r["run"] not in used]
+    for title, pattern, label in _ABLATIONS:
+        rows = [r for r in runs if re.fullmatch(pattern, r["run"]) and r["run"] not in used]
         if not rows:
             continue
         used.update(r["run"] for r in rows)

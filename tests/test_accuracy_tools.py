@@ -1,0 +1,92 @@
+"""benchmarks/accuracy: the aggregation (paired deltas, ablation tables), the choice of shipped runs
+and the sweep plans, on synthetic results (no training)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ACC = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"acc_{name}", ACC / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(plan_dir: Path, name: str, model: str, method: str, seed: int, val: float, test: float, **recipe):
+    d = plan_dir / name
+    d.mkdir(parents=True)
+    rec = {"seed": seed, "cycles": 2 if method.startswith("repan") else 1, "epochs": 4, "k": 1,
+           "lam_schedule": "linear", "teacher": "t" if method.endswith("kd") else None, "kd_alpha": 0.9, "kd_T": 10.0}
+    rec.update(recipe)
+    final = {"model": model, "method": "repan" if method.startswith("repan") else method, "recipe": rec,
+             "val_top1": val, "test_top1": test, "epochs_trained": 8, "train_time_s": 60.0, "device": "cpu",
+             "checkpoint": {"sha256": "0" * 64}}
+    (d / "final.json").write_text(json.dumps(final))
+    (d / "metrics.json").write_text(json.dumps([{"global_epoch": 1, "epoch": 1, "val_top1": val, "expand": False}]))
+
+
+def test_main_table_pairs_seeds_with_their_baseline(tmp_path):
+    agg = load("aggregate")
+    plan = tmp_path / "cpu" / "main"
+    for seed, (b, r) in enumerate([(80.0, 81.0), (82.0, 82.5)]):
+        write_run(plan, f"m__baseline__s{seed}", "m", "baseline", seed, b, b)
+        write_run(plan, f"m__repan__s{seed}", "m", "repan", seed, r, r)
+    s = agg.summarize(plan)
+    repan = next(g for g in s["groups"] if g["method"] == "repan")
+    assert repan["delta_test_vs_baseline"]["mean"] == pytest.approx(0.75)
+    assert repan["delta_test_vs_baseline"]["std"] == pytest.approx(0.3535534, rel=1e-6)
+    md = agg.markdown(s)
+    assert "| m | repan | 2x4 | 8 | 2 | 81.75 ± 1.06 | 81.75 ± 1.06 | +0.75 ± 0.35 |" in md
+    assert s["total_train_time_s"] == 240.0
+
+
+def test_ablation_tables_put_the_reference_in_each_factor(tmp_path):
+    agg = load("aggregate")
+    plan = tmp_path / "cpu" / "ablations"
+    write_run(plan, "reference", "m", "repan", 0, 85.0, 84.0)
+    write_run(plan, "k3", "m", "repan", 0, 86.0, 85.0, k=3)
+    write_run(plan, "kd_a0.5_T4", "m", "repan_kd", 0, 87.0, 86.0, kd_alpha=0.5, kd_T=4.0)
+    write_run(plan, "lam_cosine", "m", "repan", 0, 84.5, 83.5, lam_schedule="cosine")
+    md = agg.markdown(agg.summarize(plan))
+    assert md.count("| reference |") == 3  # k = 1, α = 0 and linear-λ rows
+    assert "| k = 3 | k3 | 86.00 | 85.00 |" in md and "| α = 0.5, T = 4 | kd_a0.5_T4 |" in md
+    assert "| α = 0 (no KD) | reference |" in md and "| cosine | lam_cosine |" in md
+
+
+def test_ship_picks_the_best_validation_repan_run(tmp_path, monkeypatch):
+    ship = load("ship")
+    plan = tmp_path / "cpu" / "main"
+    write_run(plan, "m__baseline__s0", "m", "baseline", 0, 99.0, 99.0)  # not RepAn: never shipped
+    write_run(plan, "m__repan__s0", "m", "repan", 0, 85.0, 90.0)        # best test, not best validation
+    write_run(plan, "m__repan_kd__s1", "m", "repan_kd", 1, 86.0, 84.0)
+    write_run(plan, "m__repan__s2", "m", "repan", 2, 86.0, 85.0)        # ties on validation: lower seed wins
+    monkeypatch.setattr(ship, "RESULTS", tmp_path)
+    best = ship.best_runs("cpu/main")
+    assert best["m"]["run"] == "m__repan_kd__s1"
+    with pytest.raises(SystemExit, match="missing"):
+        ship.publish_command(best["m"], tmp_path / "work", "cpu/main")
+
+
+def test_sweep_plans_keep_equal_budgets_and_order(monkeypatch):
+    sweep = load("sweep")
+    runs = sweep.plan_runs("main", "cpu")
+    assert len(runs) == 1 + 3 * 4 * 3
+    for r in runs:
+        args = r["args"]
+        cycles, epochs = int(args[args.index("--cycles") + 1]), int(args[args.index("--epochs") + 1])
+        if r["name"] != "teacher":
+            assert cycles * epochs == 8, r["name"]
+    ordered = sorted(runs, key=sweep._order)
+    assert ordered[0]["name"] == "teacher"
+    seeds = [int(r["name"].rsplit("__s", 1)[1]) for r in ordered[1:]]
+    assert seeds == sorted(seeds)  # seed by seed
+    mobile = [r for r in runs if r["name"].startswith("repan_mobileone_s0__")]
+    assert all(r["args"][r["args"].index("--lr", r["args"].index("--lr") + 1) + 1] == "0.1" for r in mobile)
+    names = [r["name"] for r in sweep.plan_runs("ablations", "cpu")]
+    assert {"reference", "k2", "k5", "kd_a0.9_T10", "lam_cosine"} <= set(names)
