@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,11 @@ def main(argv=None) -> int:
         train_args += ["--data-dir", a.data_dir]
     if a.quick:
         train_args += ["--max-steps-per-epoch", "10"]
+    run_dir = out / "run"
+    if (run_dir / "final.json").exists():  # a finished earlier demo: train again from scratch
+        shutil.rmtree(run_dir)
+    elif (run_dir / "checkpoints").exists():  # a demo that was stopped: continue it
+        train_args.append("--resume")
     print("== 1. RepAn training:", "repan-train", " ".join(train_args), flush=True)
     result = train_cli.run(train_args)
     final = json.loads((out / "run" / "final.json").read_text())
