@@ -130,7 +130,8 @@ def step_time() -> List[str]:
         return []
     m = d["machine"]
     out = ["### Training-step cost of each form (what RepAn pays while training)", "",
-           f"`python benchmarks/step_time.py` — {d['what']}; {m['threads']} thread, {m['cpu']}.", "",
+           f"`python benchmarks/step_time.py` — {d['what']}; {m['threads']} thread, {m['cpu']}"
+           + (f"; {m['note']}" if m.get("note") else "") + ".", "",
            "| model | form | trainable params | step ms (median) | p25–p75 | images/s | × train form |",
            "|---|---|---|---|---|---|---|"]
     for r in d["rows"]:

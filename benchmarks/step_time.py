@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--contiguous", action="store_true", help="NCHW instead of NHWC (the sweep trains NHWC)")
+    p.add_argument("--note", default="", help="how loaded the machine was, for the record")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_time.json"))
     args = p.parse_args(argv)
     registered = set(timm.list_models("repan_*"))
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
         "what": "one SGD training step (forward, cross-entropy, backward, update), CPU, float32, "
                 f"batch {args.batch_size} of 1x28x28, {'NCHW' if args.contiguous else 'NHWC'}",
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "timm": timm.__version__, "threads": args.threads},
+                    "timm": timm.__version__, "threads": args.threads, "note": args.note},
         "seconds": round(time.time() - start, 1),
         "rows": rows,
     }
