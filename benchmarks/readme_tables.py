@@ -110,9 +110,9 @@ def accuracy() -> List[str]:
         total = sum(d["total_train_time_s"] for d in default)
         runs = sum(len(d["runs"]) for d in default)
         out += ["### Cost of the default sweep", "",
-                f"`cpu/main` + `cpu/ablations`: {runs} training runs, {total / 3600:.2f} CPU-hours in total (one "
-                "thread per run, the sum of the runs' training times as recorded in their `final.json`; two runs "
-                "at a time on the 2-core machine).", ""]
+                f"`cpu/main` + `cpu/ablations`: {runs} training runs, {total / 3600:.2f} hours of training in total: "
+                "the sum of the runs' wall-clock training times as recorded in their `final.json`, each run on one "
+                "CPU thread, two to four runs sharing the 2-core machine (so this bounds the CPU time from above).", ""]
     for plan in sorted(summaries, key=_plan_key):
         scale, name = plan.split("/")
         curves = summaries[plan].parent / "curves.png"
