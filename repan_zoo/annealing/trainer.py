@@ -592,7 +592,7 @@ class RepAnTrainer:
                                 model_kwargs=cfg.model_kwargs)
         state, meta = read_checkpoint(path)
         load_into(fresh, state, meta, what=str(path))
-        fresh.to(self.device)
+        fresh = self._placed(fresh)  # same device and memory format: the same computation as the trained model
         err = self.output_error(self._eval_output(), self._eval_output(fresh))
         if err > default_tolerance(fresh):
             from ..errors import CheckpointError
