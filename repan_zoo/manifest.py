@@ -312,13 +312,23 @@ def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: 
 # -- timm ------------------------------------------------------------------------------------
 def timm_cfgs(model: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """timm ``default_cfgs`` for ``model``: one ``model.tag`` cfg per manifest entry (listed order,
-    the first is the default), or the bare ``base`` cfg when the manifest has none.
+    the first is the default), or the bare ``base`` cfg when the manifest has none. Entries for
+    another input or class count than ``base`` (Fashion-MNIST weights of an ImageNet
+    architecture) come after the others and, when no entry fits ``base``, after ``base`` itself:
+    ``timm.create_model("repan_mobileone_s0")`` stays the ImageNet network.
 
     Hub entries set ``hf_hub_id='org/name@<revision>'`` (timm's own pinning syntax); bundled
     entries set ``file`` to the bundled file. Loading itself goes through
     :func:`repan_zoo.hub.load_pretrained`, which verifies size and sha256 first."""
     cfgs: Dict[str, Dict[str, Any]] = {}
-    for entry in entries_for(model):
+    entries = list(entries_for(model))
+
+    def fits(entry) -> bool:  # trained for the architecture's own input and classes
+        return entry.num_classes == base.get("num_classes") and tuple(entry.input_size) == tuple(base.get("input_size", ()))
+
+    if entries and not any(fits(e) for e in entries):
+        cfgs[model] = dict(base)  # e.g. Fashion-MNIST weights of an ImageNet model: a tag, not the default
+    for entry in sorted(entries, key=lambda e: not fits(e)):
         cfg = dict(base)
         cfg.update(
             num_classes=entry.num_classes,

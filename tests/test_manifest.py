@@ -143,7 +143,12 @@ def test_timm_cfgs_follow_the_manifest(folder, tmp_path):
     base = {"num_classes": 1000, "input_size": (3, 224, 224), "first_conv": "stem", "classifier": "head.fc"}
     assert manifest.timm_cfgs("repan_repvgg_a0_w025", base) == {"repan_repvgg_a0_w025": base}
     write_family(folder, "repvgg", [hub_entry(), bundled_entry(tag="small")])
+    # entries for another input / class count than the architecture's: tags after the bare cfg, which
+    # stays timm's default (models/repan.py keeps it in front)
     cfgs = manifest.timm_cfgs("repan_repvgg_a0_w025", base)
+    assert list(cfgs) == ["repan_repvgg_a0_w025", "repan_repvgg_a0_w025.fmnist", "repan_repvgg_a0_w025.small"]
+    fitting = dict(base, num_classes=10, input_size=(1, 28, 28))
+    cfgs = manifest.timm_cfgs("repan_repvgg_a0_w025", fitting)
     assert list(cfgs) == ["repan_repvgg_a0_w025.fmnist", "repan_repvgg_a0_w025.small"]
     hub_cfg, bundled_cfg = cfgs.values()
     assert hub_cfg["hf_hub_id"] == "org/repvgg@" + "a" * 40 and hub_cfg["hf_hub_filename"] == "model.safetensors"

@@ -110,6 +110,12 @@ def _all_cfgs() -> Dict[str, Dict[str, Any]]:
 
 
 default_cfgs = generate_default_cfgs(_all_cfgs())
+for _dc in default_cfgs.values():
+    # an untagged cfg is listed only when no manifest entry fits the architecture (manifest.timm_cfgs);
+    # timm would promote the first tag with weights over it, so put it back in front
+    if "" in _dc.tags and _dc.tags[0] != "":
+        _dc.tags.remove("")
+        _dc.tags.appendleft("")
 
 
 # -- the builder -----------------------------------------------------------------------------
