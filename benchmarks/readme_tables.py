@@ -132,13 +132,18 @@ def step_time() -> List[str]:
     out = ["### Training-step cost of each form (what RepAn pays while training)", "",
            f"`python benchmarks/step_time.py` — {d['what']}; {m['threads']} thread, {m['cpu']}"
            + (f"; {m['note']}" if m.get("note") else "") + ".", "",
-           "| model | form | trainable params | step ms (median) | p25–p75 | images/s | × train form |",
+           *step_time_table(d["rows"]), ""]
+    return out
+
+
+def step_time_table(rows) -> List[str]:
+    """The markdown table of ``benchmarks/step_time.py`` rows (that script prints it too)."""
+    out = ["| model | form | trainable params | step ms (median) | p25–p75 | images/s | × train form |",
            "|---|---|---|---|---|---|---|"]
-    for r in d["rows"]:
+    for r in rows:
         t = r["step"]
         out.append(f"| {r['model']} | {r['form']} | {r['params'] / 1e6:.2f} M | {t['median_ms']:.0f} | "
                    f"{t['p25_ms']:.0f}–{t['p75_ms']:.0f} | {r['images_per_s']:.0f} | {r['vs_train']:.2f} |")
-    out.append("")
     return out
 
 

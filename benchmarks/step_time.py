@@ -35,6 +35,7 @@ import repan_zoo.models  # noqa: E402,F401  (registers the repan_* models with t
 from repan_zoo.checkpoint import atomic_write  # noqa: E402
 from repan_zoo.convert import reparameterize, unfold  # noqa: E402
 from repan_zoo.profile import count_params, cpu_name, train_step_time  # noqa: E402
+from readme_tables import step_time_table  # noqa: E402  (same folder; the README renders the same table)
 
 DEFAULT_MODELS = ("repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0")
 
@@ -50,16 +51,6 @@ def forms(name: str, ks, seed: int = 0):
         out.append((f"expanded k={k}", unfold(fused, ("conv_kxk", "conv_1x1"), k=k, lam=0.5, generator=gen,
                                               example_input=torch.randn(2, 1, 28, 28))))
     return out
-
-
-def markdown(rows) -> str:
-    lines = ["| model | form | trainable params | step (ms, median) | p25–p75 | images/s | × train form |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        t = r["step"]
-        lines.append(f"| {r['model']} | {r['form']} | {r['params'] / 1e6:.2f} M | {t['median_ms']:.0f} | "
-                     f"{t['p25_ms']:.0f}–{t['p75_ms']:.0f} | {r['images_per_s']:.0f} | {r['vs_train']:.2f} |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -103,7 +94,7 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
-    print(markdown(rows))
+    print("\n".join(step_time_table(rows)))
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 

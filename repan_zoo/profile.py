@@ -61,10 +61,20 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def cpu_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3, threads: int = 1) -> Dict[str, float]:
-    """CPU latency of one eval-mode forward: median and quartiles over ``repeats`` timed runs, in ms."""
+def _check_timing(repeats: int, warmup: int, threads: int) -> None:
     if repeats < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"repeats={repeats}, warmup={warmup}, threads={threads}: need repeats ≥ 1, warmup ≥ 0, threads ≥ 1")
+
+
+def _summary(times: List[float]) -> Dict[str, float]:
+    """Median, quartiles and minimum of timings in ms."""
+    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
+    return {"median_ms": median, "p25_ms": q1, "p75_ms": q3, "min_ms": min(times)}
+
+
+def cpu_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 20, warmup: int = 3, threads: int = 1) -> Dict[str, float]:
+    """CPU latency of one eval-mode forward: median and quartiles over ``repeats`` timed runs, in ms."""
+    _check_timing(repeats, warmup, threads)
     times: List[float] = []
     with _threads(threads), eval_mode(model), torch.inference_mode():
         for _ in range(warmup):
@@ -73,8 +83,7 @@ def cpu_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 20, warmup:
             start = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - start) * 1e3)
-    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
-    return {"median_ms": median, "p25_ms": q1, "p75_ms": q3, "min_ms": min(times)}
+    return _summary(times)
 
 
 def train_step_time(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, warmup: int = 2, threads: int = 1,
@@ -82,8 +91,7 @@ def train_step_time(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
     """CPU time of one training step (train-mode forward, cross-entropy on random labels — or the
     mean square of a feature map —, backward, SGD update) of ``model`` on batch ``x``: median and quartiles over ``repeats`` steps, in ms.
     ``model`` is trained on a copy, so the caller's weights and BN statistics stay as they were."""
-    if repeats < 1 or warmup < 0 or threads < 1:
-        raise ValueError(f"repeats={repeats}, warmup={warmup}, threads={threads}: need repeats ≥ 1, warmup ≥ 0, threads ≥ 1")
+    _check_timing(repeats, warmup, threads)
     work = copy.deepcopy(model).train().to(memory_format=memory_format)
     x = x.contiguous(memory_format=memory_format)
     with torch.no_grad():
@@ -104,8 +112,7 @@ def train_step_time(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
             opt.step()
             if i >= warmup:
                 times.append((time.perf_counter() - start) * 1e3)
-    q1, median, q3 = statistics.quantiles(times, n=4, method="inclusive") if len(times) > 1 else (times[0],) * 3
-    return {"median_ms": median, "p25_ms": q1, "p75_ms": q3, "min_ms": min(times)}
+    return _summary(times)
 
 
 def train_form(model: nn.Module) -> nn.Module:
