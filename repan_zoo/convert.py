@@ -32,10 +32,18 @@ __all__ = [
     "default_tolerance",
     "revert_sync_batchnorm",
     "DEFAULT_BRANCHES",
+    "ARCH_BRANCHES",
+    "GENERIC_BRANCHES",
 ]
 
-#: Expansion default: one new k×k and one new 1×1 conv+BN per block (findings-cpu-scale.md).
-DEFAULT_BRANCHES = ("conv_kxk", "conv_1x1")
+#: ``branches=("arch",)``: each block re-gets the branch kinds of its own architecture
+#: (``RepBlock.arch_branches``: RepVGG's 1×1 + identity, ACNet's k×1 + 1×k, DBB's, MobileOne's k
+#: parallel k×k + scale + identity) — the paper's Sec. 3 (iii), Rep and Expand repeated with the
+#: network's own multi-branch structure. The default expansion.
+ARCH_BRANCHES = ("arch",)
+#: The generic pair: one new k×k and one new 1×1 conv+BN per block (findings-cpu-scale.md).
+GENERIC_BRANCHES = ("conv_kxk", "conv_1x1")
+DEFAULT_BRANCHES = ARCH_BRANCHES
 
 _TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
@@ -163,7 +171,7 @@ def unfold(
     lam: float = 0.0,
     restore: str = "inherit",
     residual: bool = False,
-    branch_gamma: float = 1.0,
+    branch_gamma: float = 0.0,
     generator: Optional[torch.Generator] = None,
     blocks: Optional[Callable[[str, RepBlock], bool]] = None,
     inplace: bool = False,
@@ -177,9 +185,17 @@ def unfold(
     its conv restored into conv + BN (``restore``: ``"inherit"`` | ``"normalized"`` |
     ``"identity"``, see :func:`repan_zoo.algebra.restore_conv_bn`), and given ``k`` new
     branches of each kind in ``branches`` (kinds that do not fit a block, e.g. ``avg`` where
-    in≠out, are skipped there). ``residual=True`` adds the residual BN branch of Eq. 3 where
+    in≠out, are skipped there). ``branches=("arch",)`` (the default, :data:`ARCH_BRANCHES`)
+    gives each block ``k`` new branches of each of its architecture's own kinds; blocks that have
+    none are restored only. ``residual=True`` adds the residual BN branch of Eq. 3 where
     shapes allow. New convs are He-normal from ``generator`` (one generator for the run:
-    no global re-seeding), their output BN has γ = ``branch_gamma``. λ is set to ``lam``.
+    no global re-seeding), their output BN has γ = ``branch_gamma`` (default 0: each new branch
+    starts as an exact no-op and grows by gradient, which removes the accuracy collapse at a
+    cycle start measured with γ = 1 in ``findings-cpu-scale.md``). λ is set to ``lam``.
+
+    Raises:
+        UnfusableBranchError: a named kind fits none of the selected blocks, or ``("arch",)``
+            on a model none of whose selected blocks has branch kinds of its own.
 
     ``verify`` checks at λ=0 that the eval function is unchanged, whatever ``lam`` is asked
     (λ>0 changes the function by design, Eq. 3).
@@ -187,9 +203,16 @@ def unfold(
     check_lambda(lam)
     if k < 0:
         raise ValueError(f"k={k}: the number of new parallel branches per kind must be ≥ 0")
-    kinds = list(branches) + (["identity"] if residual else [])
-    # k new branches of each asked kind, plus ONE residual BN: Eq. (3) has a single BN_res(X)
-    per_block = [kind for kind in branches for _ in range(k)] + (["identity"] if residual else [])
+    arch = tuple(branches) == ARCH_BRANCHES
+    if "arch" in branches and not arch:
+        raise ValueError("branches=('arch',) (each block's own kinds) cannot be mixed with named kinds")
+    kinds = [] if arch else list(branches) + (["identity"] if residual else [])
+
+    def per_block(block: RepBlock) -> List[str]:
+        # k new branches of each asked kind, plus ONE residual BN: Eq. (3) has a single BN_res(X)
+        own = block.arch_branches if arch else branches
+        return [kind for kind in own for _ in range(k)] + (["identity"] if residual else [])
+
     unfolded: List[str] = []
 
     def convert(m: nn.Module) -> None:
@@ -200,11 +223,17 @@ def unfold(
                 continue
             unfolded.append(name)
             new = block.unfold(
-                per_block, k=1, lam=0.0, restore=restore, generator=generator,
+                per_block(block), k=1, lam=0.0, restore=restore, generator=generator,
                 branch_gamma=branch_gamma, skip_unfit=True,
             )
             for b in new:
                 attached[b.kind] += 1
+        if arch and k > 0 and not attached and unfolded:
+            raise UnfusableBranchError(
+                "unfold: branches=('arch',) but none of the selected blocks has branch kinds of its own "
+                "(a plain network such as repan_mobilenet or repan_resnet18); name the kinds to attach, "
+                f"e.g. branches={GENERIC_BRANCHES}"
+            )
         missing = [kind for kind in kinds if k > 0 and not attached[kind] and not (kind == "identity" and residual)]
         if missing:
             raise UnfusableBranchError(

@@ -3,8 +3,10 @@ and ImageFolder trees through torchvision — never downloaded here.
 
 Every dataset is served as **uint8 images** ``[N, C, H, W]`` plus int64 labels; the float
 conversion and normalisation with the dataset's mean/std happen on the training device
-(:class:`Normalize`). Training augmentation is a random horizontal flip (the setup of
-``findings-cpu-scale.md``), drawn per image from ``(seed, epoch)`` only, so the data a step
+(:class:`Normalize`). Training augmentation is a registered policy
+(:mod:`repan_zoo.augment`: ``none``, ``flip`` — the setup of ``findings-cpu-scale.md`` —,
+``crop_flip``, ``crop_flip_erase``) applied to each fetched batch as tensor ops on the images'
+device, every random choice drawn per image from ``(seed, epoch)`` only, so the data a step
 sees does not depend on the number of processes or on a restart (:class:`ImageSet.set_epoch`).
 
 Splits (:func:`load_splits`): ``train`` and ``val`` are carved from the *training* files by a
@@ -28,6 +30,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from .augment import AugmentPolicy, get_augment_policy, mix_seed
 from .errors import DatasetNotFoundError
 
 __all__ = [
@@ -67,9 +70,11 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 class ImageSet(Dataset):
     """Images (uint8 ``[N, C, H, W]``, in memory or loaded by ``fetch``) with labels.
 
-    ``dataset[list_of_indices]`` returns a whole batch ``(uint8 images, int64 labels)``.
-    With ``flip=True`` each image is mirrored horizontally with probability ½, decided by
-    ``(seed, epoch, index)`` alone (:meth:`set_epoch`).
+    ``dataset[list_of_indices]`` returns a whole batch ``(uint8 images, int64 labels)``,
+    augmented by ``augment`` (a policy or its registered name, :mod:`repan_zoo.augment`; the
+    older ``flip=True`` means the ``flip`` policy) with the draws of the epoch chosen by
+    :meth:`set_epoch`: functions of ``(seed, epoch, index)`` alone. In-memory images may live on
+    any device (:meth:`to`); the batch ops then run there.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class ImageSet(Dataset):
         fetch: Optional[Callable[[int], torch.Tensor]] = None,
         indices: Optional[torch.Tensor] = None,
         flip: bool = False,
+        augment: Union[None, str, AugmentPolicy] = None,
         seed: int = 0,
     ):
         if (images is None) == (fetch is None):
@@ -88,61 +94,72 @@ class ImageSet(Dataset):
         self.fetch = fetch
         self.labels = labels
         self.indices = torch.arange(len(labels)) if indices is None else indices.long()
-        self.flip = flip
+        if augment is None:
+            augment = "flip" if flip else "none"
+        self.augment = augment if isinstance(augment, AugmentPolicy) else get_augment_policy(augment)
         self.seed = int(seed)
         self.epoch = 0
-        self._flip_mask: Optional[torch.Tensor] = None
+        self._draws: Optional[Dict[str, torch.Tensor]] = None
+
+    @property
+    def flip(self) -> bool:
+        return self.augment.flip
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose flips are served (a function of ``(seed, epoch)`` only)."""
+        """Choose the epoch whose augmentation is served (a function of ``(seed, epoch)`` only)."""
         self.epoch = int(epoch)
-        self._flip_mask = None
+        self._draws = None
+
+    def draws(self) -> Dict[str, torch.Tensor]:
+        """This epoch's augmentation draws for every position (:meth:`AugmentPolicy.draw`)."""
+        if self._draws is None:
+            shape = tuple(self._raw(torch.tensor([0]))[0].shape)
+            self._draws = self.augment.draw(len(self), shape, seed=self.seed, epoch=self.epoch)  # type: ignore[arg-type]
+        return self._draws
 
     def flip_mask(self) -> torch.Tensor:
-        if self._flip_mask is None:
-            gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch, 0x5F1B))
-            self._flip_mask = torch.rand(len(self), generator=gen) < 0.5
-        return self._flip_mask
+        return self.draws()["flip"] if self.flip else torch.zeros(len(self), dtype=torch.bool)
 
-    def subset(self, positions: torch.Tensor, *, flip: Optional[bool] = None) -> "ImageSet":
-        """The images at ``positions`` of this set (a view sharing the storage)."""
-        return ImageSet(
-            self.labels, self.images, fetch=self.fetch, indices=self.indices[positions],
-            flip=self.flip if flip is None else flip, seed=self.seed,
-        )
+    def subset(self, positions: torch.Tensor, *, flip: Optional[bool] = None,
+               augment: Union[None, str, AugmentPolicy] = None) -> "ImageSet":
+        """The images at ``positions`` of this set (a view sharing the storage), with this set's
+        augmentation unless ``augment`` (or ``flip=False``: none) is given."""
+        policy = augment if augment is not None else ("none" if flip is False else self.augment)
+        return ImageSet(self.labels, self.images, fetch=self.fetch, indices=self.indices[positions],
+                        augment=policy, seed=self.seed)
+
+    def to(self, device: Union[str, torch.device]) -> "ImageSet":
+        """Move in-memory images and labels to ``device`` (a GPU: no per-batch host work)."""
+        if self.images is not None:
+            self.images = self.images.to(device)
+            self.labels = self.labels.to(device)
+            self.indices = self.indices.to(device)
+        return self
+
+    def _raw(self, pos: torch.Tensor) -> torch.Tensor:
+        idx = self.indices[pos.to(self.indices.device)]
+        if self.images is not None:
+            return self.images[idx]
+        assert self.fetch is not None
+        return torch.stack([self.fetch(int(i)) for i in idx])
 
     def __getitem__(self, item: Union[int, Sequence[int], torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         single = isinstance(item, int)
         pos = torch.as_tensor([item] if single else list(item) if not isinstance(item, torch.Tensor) else item).long()
-        idx = self.indices[pos]
-        if self.images is not None:
-            x = self.images[idx]
-        else:
-            assert self.fetch is not None
-            x = torch.stack([self.fetch(int(i)) for i in idx])
-        if self.flip:
-            mask = self.flip_mask()[pos]
-            if bool(mask.any()):
-                x = x.clone()
-                x[mask] = x[mask].flip(-1)
-        y = self.labels[idx]
+        x = self._raw(pos)
+        if self.augment.active:
+            draws = self.draws()
+            cpu_pos = pos.cpu()
+            x = self.augment.apply(x, {k: (v if k == "noise" else v[cpu_pos]) for k, v in draws.items()})
+        y = self.labels[self.indices[pos.to(self.indices.device)]]
         return (x[0], y[0]) if single else (x, y)
 
     @property
     def image_shape(self) -> Tuple[int, ...]:
         return tuple(self[0][0].shape)
-
-
-def _mix(*values: int) -> int:
-    """A 63-bit seed from several integers (splitmix64 steps), for independent generator streams."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 class Normalize(nn.Module):
@@ -163,7 +180,7 @@ class Normalize(nn.Module):
 
 @dataclass
 class DataSplits:
-    """``train`` (flipped), ``val`` and ``test`` image sets with what a model needs to know."""
+    """``train`` (augmented), ``val`` and ``test`` image sets with what a model needs to know."""
 
     name: str
     train: ImageSet
@@ -190,6 +207,7 @@ class DataSplits:
             "input_size": list(self.input_size),
             "mean": list(self.mean),
             "std": list(self.std),
+            "augment": self.train.augment.describe(),
             **self.info,
         }
 
@@ -388,6 +406,7 @@ def load_splits(
     split_seed: int = 0,
     seed: int = 0,
     flip: bool = True,
+    augment: Union[None, str, AugmentPolicy] = None,
     img_size: int = 224,
 ) -> DataSplits:
     """Train / validation / test splits of a dataset.
@@ -396,14 +415,15 @@ def load_splits(
     ``split_seed`` (fixed across runs, so every seed tunes on the same validation images);
     ``train_subset`` keeps only the first that many of the remaining ones (same permutation),
     ``test_subset`` the first that many test images. The mean/std are those of all training
-    files' images (ImageNet's for ``imagefolder``). ``seed`` drives the training flips.
+    files' images (ImageNet's for ``imagefolder``). ``augment`` names the training set's policy
+    (:mod:`repan_zoo.augment`; default ``flip`` if ``flip`` else ``none``); ``seed`` drives its draws.
     """
     name = name.lower().replace("-", "_")
     info: Dict[str, object] = {"split_seed": split_seed}
     if name == "fashion_mnist":
         arrays = load_fashion_mnist(data_dir)
         classes: Tuple[str, ...] = FASHION_MNIST_CLASSES
-        info["source"] = str(data_dir or FASHION_MNIST_DIR)
+        info["source"] = str(data_dir) if data_dir else "debian:dataset-fashion-mnist"
     elif name in ("cifar10", "cifar100"):
         arrays = _load_cifar(name, data_dir)
         classes = arrays.pop("classes")  # type: ignore[assignment]
@@ -418,12 +438,12 @@ def load_splits(
     train_labels: torch.Tensor = arrays["train_labels"]  # type: ignore[assignment]
     test_labels: torch.Tensor = arrays["test_labels"]  # type: ignore[assignment]
     if "train_images" in arrays:
-        full_train = ImageSet(train_labels, arrays["train_images"], flip=flip, seed=seed)  # type: ignore[arg-type]
+        full_train = ImageSet(train_labels, arrays["train_images"], flip=flip, augment=augment, seed=seed)  # type: ignore[arg-type]
         full_test = ImageSet(test_labels, arrays["test_images"])  # type: ignore[arg-type]
         mean, std = _mean_std(arrays["train_images"])  # type: ignore[arg-type]
         input_size = tuple(arrays["train_images"].shape[1:])  # type: ignore[union-attr]
     else:
-        full_train = ImageSet(train_labels, fetch=arrays["train_fetch"], flip=flip, seed=seed)  # type: ignore[arg-type]
+        full_train = ImageSet(train_labels, fetch=arrays["train_fetch"], flip=flip, augment=augment, seed=seed)  # type: ignore[arg-type]
         full_test = ImageSet(test_labels, fetch=arrays["test_fetch"])  # type: ignore[arg-type]
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -475,7 +495,7 @@ def train_loader(
 ) -> DataLoader:
     """Shuffled batches of one epoch for one process: ``batch_size`` is this process's share.
 
-    Order and flips are functions of ``(seed, epoch)``: ``DistributedSampler`` (also with one
+    Order and augmentation are functions of ``(seed, epoch)``: ``DistributedSampler`` (also with one
     process) deals out one permutation, so the union of the ``world_size`` processes' k-th
     batches is the k-th batch of a one-process run with ``world_size × batch_size``. The
     last incomplete batch is dropped (BN needs more than one image).
@@ -503,7 +523,7 @@ def calibration_batches(dataset: ImageSet, num_batches: int, batch_size: int, *,
     ``(seed, cycle)``: the same on every process."""
     if num_batches <= 0:
         return []
-    gen = torch.Generator().manual_seed(_mix(seed, cycle, 0xCA1B))
+    gen = torch.Generator().manual_seed(mix_seed(seed, cycle, 0xCA1B))
     perm = torch.randperm(len(dataset), generator=gen)
     plain = dataset.subset(torch.arange(len(dataset)), flip=False)
     out = []

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-seed", type=int, default=dflt["split_seed"], help="seed of the train/val permutation")
     g.add_argument("--img-size", type=int, default=dflt["img_size"], help="imagefolder: image side after resize+crop")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=dflt["flip"], help="random horizontal flip")
+    g.add_argument("--augment", default=None,
+                   help="training augmentation policy: none | flip | crop_flip | crop_flip_erase | a registered name "
+                        "(repan_zoo.augment; default: flip, or none with --no-flip)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=dflt["batch_size"], help="global batch (split over processes)")
@@ -248,6 +251,7 @@ def run(argv: Optional[Sequence[str]] = None):
             write_json(out / "recipe.json", cfg.as_dict())
         data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset,
                            test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed, flip=cfg.flip,
+                           augment=cfg.augment_policy(),
                            img_size=cfg.img_size)
         progress = args.progress if args.progress is not None else sys.stderr.isatty()
         log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "

@@ -87,6 +87,28 @@ def test_sweep_plans_keep_equal_budgets_and_order(monkeypatch):
     seeds = [int(r["name"].rsplit("__s", 1)[1]) for r in ordered[1:]]
     assert seeds == sorted(seeds)  # seed by seed
     mobile = [r for r in runs if r["name"].startswith("repan_mobileone_s0__")]
-    assert all(r["args"][r["args"].index("--lr", r["args"].index("--lr") + 1) + 1] == "0.1" for r in mobile)
+    assert all(r["args"].count("--lr") == 1 and r["args"][r["args"].index("--lr") + 1] == "0.1" for r in mobile)
     names = [r["name"] for r in sweep.plan_runs("ablations", "cpu")]
     assert {"reference", "k2", "k5", "kd_a0.9_T10", "lam_cosine"} <= set(names)
+
+
+def test_long_plan_is_the_issue_14_comparison():
+    sweep = load("sweep")
+    runs = {r["name"]: r for r in sweep.plan_runs("main", "long")}
+    teacher = runs.pop("teacher")["args"]
+    assert teacher[teacher.index("--epochs") + 1] == "150" and "--train-subset" not in teacher
+    a1 = [n for n in runs if n.startswith("repan_repvgg_a1_w025__")]
+    assert len(a1) == 4 * 3 and len(runs) == 4 * 3 + 2 * 4  # 3 seeds for RepVGG-A1, 1 for the others
+    for name, r in runs.items():
+        args = r["args"]
+        opt = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
+        assert int(opt["--cycles"]) * int(opt["--epochs"]) == 100, name
+        assert opt["--augment"] == "crop_flip_erase" and "--amp" in args and "--train-subset" not in args
+        assert len([a for a in args if a.startswith("--")]) == len(set(a for a in args if a.startswith("--")))
+        if "__repan" in name:
+            assert (opt["--cycles"], opt["--branches"], opt["--branch-gamma"]) == ("4", "arch", "0"), name
+        if "kd" in name:
+            assert (opt["--kd-alpha"], opt["--kd-T"], r["needs"]) == ("0.9", "10", "teacher")
+    names = {r["name"]: r["args"] for r in sweep.plan_runs("ablations", "long")}
+    assert names["cycles5x20"][names["cycles5x20"].index("--cycles") + 1] == "5"
+    assert names["generic_pair"][names["generic_pair"].index("--branches") + 1] == "conv_kxk,conv_1x1"

@@ -188,7 +188,8 @@ def test_algorithm1_first_cycle_plain_and_baseline(monkeypatch, splits):
 
 
 def test_expand_restore_calibrate_keeps_the_fused_function(splits):
-    trainer = RepAnTrainer(tiny_cfg(k=2, branches=("conv_kxk", "conv_1x1"), residual=True, calib_batches=3), splits)
+    trainer = RepAnTrainer(tiny_cfg(k=2, branches=("conv_kxk", "conv_1x1"), residual=True, calib_batches=3,
+                                    branch_gamma=1.0), splits)
     model = trainer.initialise()
     randomize_bn(model, torch.Generator().manual_seed(5))
     trainer.rep(cycle=0, when="test")
@@ -211,7 +212,7 @@ def test_expand_restore_calibrate_keeps_the_fused_function(splits):
 
 
 def test_expand_only_selected_blocks_and_arch_branches(splits):
-    trainer = RepAnTrainer(tiny_cfg(expand_blocks=r"^stage\.0$", k=1), splits)
+    trainer = RepAnTrainer(tiny_cfg(expand_blocks=r"^stage\.0$", k=1, branches=("conv_kxk", "conv_1x1")), splits)
     model = trainer.initialise()
     trainer.rep(0, "test")
     trainer.expand_restore(1)

@@ -172,7 +172,7 @@ def test_unfold_at_lambda_zero_preserves_function(tiny_net, deploy_net, tiny_inp
     assert same_state(_plain_state(deploy_net), _plain_state(un))
     for name, block in rz.rep_blocks(un):
         assert not block.deploy and float(block.lam) == 0.0
-        assert block.branch_kinds == ["conv_kxk", "conv_1x1"]
+        assert block.branch_kinds == list(tiny_net.get_submodule(name).arch_branches)  # default: its own kinds
         assert not block.training  # the model was in eval mode, and so are the new modules
     assert rel_err(_out(deploy_net, tiny_input), _out(un, tiny_input)) <= NET_TOL
     assert un.repan_exactness["model_rel_error"] <= NET_TOL
@@ -182,6 +182,30 @@ def test_unfold_at_lambda_zero_preserves_function(tiny_net, deploy_net, tiny_inp
             assert torch.equal(block.trunk.bn.running_var, old.running_var)
             assert torch.equal(block.trunk.bn.running_mean, old.running_mean)
             assert torch.equal(block.trunk.bn.weight, old.weight)
+
+
+def test_unfold_default_re_adds_each_blocks_own_kinds_as_no_ops(deploy_net, tiny_input):
+    """Sec. 3 (iii): Expand repeats the network's own multi-branch structure; the new branches'
+    BN γ starts at 0, so even at λ = 1 the expanded network computes the fused one."""
+    un = rz.unfold(deploy_net, lam=1.0)
+    for name, block in rz.rep_blocks(un):
+        assert block.branch_kinds == list(block.arch_branches)
+        for branch in block.extras:
+            assert all(float(bn.weight.detach().abs().max()) == 0.0 for bn in branch.bns()[-1:])
+    assert rel_err(_out(deploy_net, tiny_input), _out(un, tiny_input)) <= NET_TOL
+    generic = rz.unfold(deploy_net, branches=rz.convert.GENERIC_BRANCHES, branch_gamma=1.0)
+    assert all(b.branch_kinds == ["conv_kxk", "conv_1x1"] for _, b in rz.rep_blocks(generic))
+    with pytest.raises(ValueError, match="cannot be mixed"):
+        rz.unfold(deploy_net, branches=("arch", "conv_1x1"))
+
+
+def test_unfold_arch_on_a_plain_network_names_the_fix():
+    from repan_zoo.blocks import RepBlock
+    from repan_zoo.errors import UnfusableBranchError
+
+    plain = rz.reparameterize(torch.nn.Sequential(RepBlock(4, 4, 3), RepBlock(4, 8, 3, 2)).eval())
+    with pytest.raises(UnfusableBranchError, match="has branch kinds of its own.*conv_kxk"):
+        rz.unfold(plain)
 
 
 def test_reparameterize_of_unfold_is_the_original(deploy_net, tiny_input):
@@ -195,7 +219,7 @@ def test_reparameterize_of_unfold_is_the_original(deploy_net, tiny_input):
 
 def test_unfold_with_positive_lambda(deploy_net, tiny_input):
     gen = torch.Generator().manual_seed(5)
-    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), lam=0.4, generator=gen)
+    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), lam=0.4, generator=gen, branch_gamma=1.0)
     assert all(float(b.lam) == pytest.approx(0.4) for _, b in rz.rep_blocks(un))
     train_out = _out(un, tiny_input)
     assert rel_err(_out(deploy_net, tiny_input), train_out) > 1e-2  # λ>0 changes the function (Eq. 3)
@@ -214,7 +238,7 @@ def test_unfold_residual_k_and_generator(deploy_net, tiny_input):
         assert kinds[name] == ["conv_kxk"] * 3 + ["conv_1x1"] * 3 + ["avg"] * 3 + ["identity"]
     assert rel_err(_out(deploy_net, tiny_input), _out(un, tiny_input)) <= NET_TOL
     un2 = rz.unfold(deploy_net, k=2, generator=torch.Generator().manual_seed(1))
-    assert all(b.branch_kinds == ["conv_kxk"] * 2 + ["conv_1x1"] * 2 for _, b in rz.rep_blocks(un2))
+    assert all(b.branch_kinds == [kind for kind in b.arch_branches for _ in range(2)] for _, b in rz.rep_blocks(un2))
 
 
 def test_unfold_generator_reproducible(deploy_net):
@@ -271,7 +295,8 @@ def _input_stats(model, bns, batches):
 
 def test_calibrate_bn_keeps_function_and_sets_batch_stats(deploy_net, tiny_input):
     gen = torch.Generator().manual_seed(3)
-    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), residual=True, generator=gen)
+    un = rz.unfold(deploy_net, branches=("conv_kxk", "conv_1x1", "1x1_kxk"), residual=True, generator=gen,
+                   branch_gamma=1.0)
     fresh = [br for _, b in rz.rep_blocks(un) for br in b.extras]
     assert fresh and all(br.fresh for br in fresh)
     inherited = [b.trunk.bn for _, b in rz.rep_blocks(un)]
@@ -357,7 +382,8 @@ def test_gradients_reach_unfolded_branches_only_when_lambda_is_positive():
     x = torch.randn(2, next(deploy.parameters()).shape[1], 9, 9, generator=torch.Generator().manual_seed(0))
 
     def new_branch_grads(lam: float):
-        model = rz.unfold(deploy, ("conv_kxk", "conv_1x1"), lam=lam, generator=torch.Generator().manual_seed(1)).eval()
+        model = rz.unfold(deploy, ("conv_kxk", "conv_1x1"), lam=lam, generator=torch.Generator().manual_seed(1),
+                          branch_gamma=1.0).eval()
         model.zero_grad()
         model(x).square().sum().backward()
         return [b.conv.weight.grad.clone() for _, blk in rz.rep_blocks(model) for b in blk.extras]

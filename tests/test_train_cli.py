@@ -101,9 +101,16 @@ def test_kd_run_with_teacher_from_checkpoint(tmp_path):
                  "--out", str(teacher_out), *SMALL]) == 0
     result = run(["--method", "kd", "--teacher", "tinyrep_test", "--teacher-checkpoint",
                   str(teacher_out / "deploy.safetensors"), "--kd-alpha", "0.5", "--kd-T", "4", "--cycles", "1",
-                  "--epochs", "1", "--max-steps-per-epoch", "3", "--out", str(tmp_path / "kd"), *SMALL])
+                  "--epochs", "1", "--max-steps-per-epoch", "3", "--out", str(tmp_path / "kd"), *SMALL,
+                  "--augment", "crop_flip_erase"])
     assert result.final["recipe"]["teacher"] == "tinyrep_test"
     assert result.history[0]["train_loss"] > 0
+    # the teacher is named by content (a path is one machine's), the augmentation by policy and parameters
+    from repan_zoo.checkpoint import sha256_file
+
+    assert result.final["teacher"]["checkpoint_sha256"] == sha256_file(teacher_out / "deploy.safetensors")
+    assert result.final["data"]["augment"]["name"] == "crop_flip_erase"
+    assert result.final["data"]["augment"]["crop_pad"] == 4 and result.final["recipe"]["augment"] == "crop_flip_erase"
 
 
 def test_channels_last_run_matches_the_contiguous_run(tmp_path):

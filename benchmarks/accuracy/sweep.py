@@ -34,7 +34,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from repan_zoo.annealing.report import portable, write_json  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
+#: where run folders (checkpoints, deploy weights) live: outside the work tree, so runs outlive a checkout
+RUNS_ROOT = Path(os.environ.get("REPAN_RUNS", Path.home() / ".cache" / "repan" / "runs" / "accuracy"))
 
 #: the shared recipe (findings-cpu-scale.md setup, paper's CIFAR optimiser): SGD-Nesterov 0.9,
 #: wd 1e-4, batch 128, peak LR 0.2, cosine per cycle, flips; 5,000 validation images.
@@ -44,16 +49,29 @@ COMMON = ["--dataset", "fashion_mnist", "--val-size", "5000", "--batch-size", "1
 #: what the whole main plan + ablations fit into on a 2-core machine in about two hours (8,000
 #: training images, 2 × 4 epochs, NHWC, test set scored only at the end); ``small`` is the setup of
 #: findings-cpu-scale.md (20,000 images, 12 epochs, 2 × 6 cycles); ``full`` uses all 55,000 images.
+#: ``long`` is issue #14's comparison: all 55,000 training images, a 100-epoch budget (baseline 1 × 100,
+#: RepAn 4 × 25), crop + flip + random erasing, label smoothing 0.1, lr 0.1, wd 5e-4 (the recipe of
+#: findings-cpu-scale.md's second measurements), bf16 autocast on CPU (see benchmarks/results/bf16_check),
+#: RepAn expanding each block's own branch kinds with zero-initialised γ (no collapse at a cycle start),
+#: KD from a teacher trained 150 epochs on the same split; 3 seeds for the first model, 1 for the others.
+LONG_RECIPE = ["--channels-last", "--no-test-each-epoch", "--amp", "--augment", "crop_flip_erase",
+               "--label-smoothing", "0.1", "--lr", "0.1", "--wd", "5e-4"]
 SCALES = {
     "cpu": {"cycles": 2, "epochs": 4, "train_subset": 8000,
             "extra": ["--channels-last", "--no-test-each-epoch"]},
     "small": {"cycles": 2, "epochs": 6, "train_subset": 20000, "extra": []},
     "full": {"cycles": 3, "epochs": 8, "train_subset": None, "extra": []},
+    "long": {"cycles": 4, "epochs": 25, "train_subset": None, "extra": LONG_RECIPE,
+             "repan": "arch", "teacher": "long", "seeds_others": [0]},
 }
 DEFAULT_SCALE = "cpu"
 CYCLES, EPOCHS = SCALES[DEFAULT_SCALE]["cycles"], SCALES[DEFAULT_SCALE]["epochs"]
 REPAN = ["--first-cycle", "plain", "--restore", "inherit", "--branches", "conv_kxk,conv_1x1",
          "--lam-schedule", "linear", "--lam-warmup", "0.3", "--calib-batches", "5"]
+#: the paper's Sec. 3 (iii): every Expand re-adds the architecture's own branch kinds; their BN γ starts
+#: at 0 (each new branch an exact no-op that grows by gradient), so λ = 1 from the start
+REPAN_ARCH = ["--first-cycle", "plain", "--restore", "inherit", "--branches", "arch", "--branch-gamma", "0",
+              "--lam-schedule", "constant", "--calib-batches", "5"]
 MODELS = ["repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0"]
 #: per-model changes to the shared recipe, the same for all four arms of that model. MobileOne-S0 at
 #: lr 0.2 without warm-up trains erratically here (cpu scale, seed 0: loss 3.55 after epoch 1, validation
@@ -65,9 +83,29 @@ MODEL_RECIPE = {"repan_mobileone_s0": ["--lr", "0.1", "--warmup-epochs", "1"]}
 #: the same training images, for ``epoch_factor`` × the students' epoch budget (a teacher trained no
 #: longer than its students is barely better than them at these budgets: 86.5 vs 86.0 test, cpu scale)
 TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}, "epoch_factor": 3}
+#: the long scale's teacher: the CIFAR-layout ResNet-18 0.25× (full 28×28 resolution in its first stage),
+#: 150 epochs on the same 55,000 images
+TEACHERS = {"long": {"model": "repan_resnet18_w025", "kwargs": {}, "epochs": 150}}
 SEEDS = [0, 1, 2]
-PLANS = ("main", "ablations", "ablations_extra")
+PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion")
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
+
+
+def _merge(args: List[str], changes: List[str]) -> List[str]:
+    """``args`` with the options of ``changes`` set: an option already in ``args`` gets the new value
+    in place (flags are kept once), new options are appended."""
+    out = list(args)
+    i = 0
+    while i < len(changes):
+        opt = changes[i]
+        has_value = i + 1 < len(changes) and not changes[i + 1].startswith("--")
+        if opt in out:
+            if has_value:
+                out[out.index(opt) + 1] = changes[i + 1]
+        else:
+            out += changes[i:i + 1 + has_value]
+        i += 1 + has_value
+    return out
 
 
 def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
@@ -87,22 +125,24 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
     """The runs of a plan: teacher first, then seed by seed (a sweep stopped early still has whole
     seeds of every model and arm)."""
     global CYCLES, EPOCHS
-    CYCLES, EPOCHS = SCALES[scale]["cycles"], SCALES[scale]["epochs"]
-    subset = SCALES[scale]["train_subset"]
-    common = COMMON + (["--train-subset", str(subset)] if subset else []) + SCALES[scale]["extra"]
+    sc = SCALES[scale]
+    CYCLES, EPOCHS = sc["cycles"], sc["epochs"]
+    subset = sc["train_subset"]
+    common = _merge(COMMON + (["--train-subset", str(subset)] if subset else []), sc["extra"])
+    repan = REPAN_ARCH if sc.get("repan") == "arch" else REPAN
+    tdef = TEACHERS.get(sc.get("teacher", ""), dict(TEACHER, epochs=TEACHER["epoch_factor"] * CYCLES * EPOCHS))
     teacher_name = "teacher"
-    teacher = _run(teacher_name, _model_args(TEACHER["model"], TEACHER["kwargs"]) + common
-                   + ["--method", "baseline", "--cycles", "1", "--epochs", str(TEACHER["epoch_factor"] * CYCLES * EPOCHS),
-                      "--seed", "100"],
+    teacher = _run(teacher_name, _model_args(tdef["model"], tdef["kwargs"]) + common
+                   + ["--method", "baseline", "--cycles", "1", "--epochs", str(tdef["epochs"]), "--seed", "100"],
                    home="main")
-    kd_teacher = ["--teacher", TEACHER["model"], "--teacher-kwargs", json.dumps(TEACHER["kwargs"])]
+    kd_teacher = ["--teacher", tdef["model"], "--teacher-kwargs", json.dumps(tdef["kwargs"])]
     runs: List[Dict] = []
     # ablations: repan_repvgg_a1_w025, seed 0, one RepAn option changed at a time
     base = _model_args(ABLATION_MODEL) + common + ["--seed", "0", "--method", "repan"]
     cyc = ["--cycles", str(CYCLES), "--epochs", str(EPOCHS)]
 
     def with_(option: str, value: str) -> List[str]:
-        args = list(REPAN)
+        args = list(repan)
         args[args.index(option) + 1] = value
         return args
 
@@ -110,14 +150,22 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         runs.append(teacher)
         for seed in SEEDS:
             for model in MODELS:
-                base = _model_args(model) + common + MODEL_RECIPE.get(model, []) + ["--seed", str(seed)]
+                if model != MODELS[0] and seed not in sc.get("seeds_others", SEEDS):
+                    continue
+                base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", str(seed)]
                 one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
                 runs.append(_run(f"{model}__baseline__s{seed}", base + one + ["--method", "baseline"]))
                 runs.append(_run(f"{model}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
                                  needs=teacher_name))
-                runs.append(_run(f"{model}__repan__s{seed}", base + cyc + ["--method", "repan"] + REPAN))
-                runs.append(_run(f"{model}__repan_kd__s{seed}", base + cyc + ["--method", "repan"] + REPAN + KD
+                runs.append(_run(f"{model}__repan__s{seed}", base + cyc + ["--method", "repan"] + repan))
+                runs.append(_run(f"{model}__repan_kd__s{seed}", base + cyc + ["--method", "repan"] + repan + KD
                                  + kd_teacher, needs=teacher_name))
+    elif plan == "ablations" and scale == "long":
+        # around the long plan's RepAn arm (seed 0): the expansion of cycles 2..R — the architecture's own
+        # branch kinds (reference) vs the generic conv_kxk + conv_1x1 pair — and the paper's 5 × 20 cycles
+        runs.append(_run("reference", base + cyc + repan))
+        runs.append(_run("generic_pair", base + cyc + with_("--branches", "conv_kxk,conv_1x1")))
+        runs.append(_run("cycles5x20", base + repan + ["--cycles", "5", "--epochs", "20"]))
     elif plan == "ablations":
         runs.append(teacher)
         # the reference run (k = 1, linear λ, no KD) is the k = 1 point, the linear-λ point and the α = 0 point
@@ -129,6 +177,20 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
                              + ["--kd-alpha", alpha, "--kd-T", temp], needs=teacher_name))
         for sched in ["constant", "cosine", "step"]:
             runs.append(_run(f"lam_{sched}", base + cyc + with_("--lam-schedule", sched)))
+    elif plan == "bf16":
+        # the main plan's baseline arm again with bf16 autocast (--amp on CPU): paired to main's fp32 runs
+        for seed in SEEDS:
+            for model in MODELS[:2]:
+                base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", str(seed)]
+                runs.append(_run(f"{model}__baseline_bf16__s{seed}", base + ["--cycles", "1", "--epochs",
+                                                                             str(CYCLES * EPOCHS), "--method",
+                                                                             "baseline", "--amp"]))
+    elif plan == "expansion":
+        # the main plan's RepAn arm (seed 0) expanding each block's own branch kinds with zero-initialised γ,
+        # against main's generic conv_kxk + conv_1x1 pair at γ = 1: the accuracy after each cycle start
+        for model in MODELS:
+            base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", "0"]
+            runs.append(_run(f"{model}__repan_arch__s0", base + cyc + ["--method", "repan"] + REPAN_ARCH))
     elif plan == "ablations_extra":
         for restore in ["normalized", "identity"]:
             runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
@@ -170,10 +232,19 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
         return f"FAIL {run['name']} (rc {proc.returncode}, see {out / 'log.txt'})"
     dest = _result_dir(plan, run["name"])
     dest.mkdir(parents=True, exist_ok=True)
+    roots = _roots(work)
     for name in ("metrics.json", "final.json"):
-        shutil.copy2(out / name, dest / name)
-    (dest / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
+        write_json(dest / name, portable(json.loads((out / name).read_text()), roots))
+    for name in ("metrics.csv", "learning_curve.png"):
+        if (out / name).is_file():
+            shutil.copy2(out / name, dest / name)
+    (dest / "command.txt").write_text(portable(" ".join(["python", *cmd[1:]]), roots) + "\n")
     return f"done {run['name']} in {time.time() - start:.0f}s"
+
+
+def _roots(work: Path) -> Dict[str, str]:
+    """This machine's absolute paths in a run's files → portable names (no machine path is committed)."""
+    return {str(work): "$REPAN_RUNS", str(ROOT) + "/": "", str(ROOT): ".", sys.executable: "python"}
 
 
 def _order(run: Dict) -> tuple:
@@ -192,7 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="runs at the same time (share one GPU, or CPU cores)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--work", default=str(ROOT / "runs" / "accuracy"), help="run folders (checkpoints; not committed)")
+    p.add_argument("--work", default=str(RUNS_ROOT), help="run folders (checkpoints; outside the work tree, not committed)")
     p.add_argument("--only", default=None, help="substring filter on run names")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more train_cli arguments for every run")

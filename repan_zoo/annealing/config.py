@@ -49,11 +49,11 @@ class TrainConfig:
     cycles: int = 5
     epochs: int = 30
     first_cycle: str = "expand"
-    branches: Tuple[str, ...] = ("conv_kxk", "conv_1x1")
+    branches: Tuple[str, ...] = ("arch",)
     k: int = 1
     restore: str = "inherit"
     residual: bool = False
-    branch_gamma: float = 1.0
+    branch_gamma: float = 0.0
     expand_blocks: Optional[str] = None
     calib_batches: int = 5
     calib_batch_size: Optional[int] = None
@@ -79,6 +79,7 @@ class TrainConfig:
     split_seed: int = 0
     img_size: int = 224
     flip: bool = True
+    augment: Optional[str] = None
     # optimisation
     batch_size: int = 128
     eval_batch_size: int = 512
@@ -147,11 +148,21 @@ class TrainConfig:
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             bad("--max-steps-per-epoch must be ≥ 1")
         self.lambda_schedule()  # validates name and values
+        policy = self.augment_policy()
+        if self.augment is not None and policy.flip and not self.flip:
+            bad(f"--augment {self.augment} flips images but --no-flip was given; choose a policy without flips")
 
     # -- derived --------------------------------------------------------------------------
     def lambda_schedule(self) -> LambdaSchedule:
         return LambdaSchedule(self.lam_schedule, start=self.lam_start, end=self.lam_end,
                               warmup=self.lam_warmup, per_iter=self.lam_per_iter)
+
+    def augment_policy(self):
+        """The training augmentation (:mod:`repan_zoo.augment`): ``augment`` by name, or, when it
+        is None (recipes written before the option), ``flip`` / ``none`` from ``flip``."""
+        from ..augment import get_augment_policy
+
+        return get_augment_policy(self.augment if self.augment is not None else ("flip" if self.flip else "none"))
 
     def plan(self) -> List[CyclePlan]:
         """The cycles this recipe runs, in order."""

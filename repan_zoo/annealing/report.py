@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence
 
 from ..checkpoint import atomic_write
 
-__all__ = ["METRIC_COLUMNS", "write_metrics", "write_json", "plot_learning_curve"]
+__all__ = ["METRIC_COLUMNS", "write_metrics", "write_json", "plot_learning_curve", "portable"]
 
 METRIC_COLUMNS = (
     "cycle", "epoch", "global_epoch", "expand", "lam", "lr", "train_loss", "train_top1",
@@ -21,6 +21,22 @@ METRIC_COLUMNS = (
 def write_json(path: Path, obj: Any) -> Path:
     text = json.dumps(obj, indent=1, sort_keys=False, default=str)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def portable(value: Any, roots: Dict[str, str]) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with every occurrence of each ``roots`` key
+    (a machine's absolute path prefix: a runs root, the checkout, the interpreter) replaced by its
+    value (``$REPAN_RUNS``, ``.``, ``python``), longest prefix first — for result files that are
+    committed and read on other machines. Other values are returned unchanged."""
+    if isinstance(value, str):
+        for prefix in sorted(roots, key=len, reverse=True):
+            value = value.replace(prefix, roots[prefix])
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v, roots) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, roots) for v in value]
+    return value
 
 
 def write_metrics(out: Path, history: Sequence[Dict[str, Any]]) -> None:

@@ -36,7 +36,8 @@ import torch.nn as nn
 
 from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, sha256_file
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
-from ..data import DataSplits, _mix, calibration_batches, eval_loader, train_loader
+from ..augment import mix_seed
+from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
 from ..verify import eval_mode, exact_fp32, relative_error, rep_blocks
 from .checkpointing import Checkpointer, restore_rng_state, rng_state
@@ -119,7 +120,7 @@ class RepAnTrainer:
             raise RecipeError(f"the training split has {len(data.train)} images, fewer than one batch of "
                               f"{cfg.batch_size}; lower --batch-size or raise --train-subset")
         #: the one generator behind every expansion (Expand's He-normal draws); never re-seeded.
-        self.generator = torch.Generator().manual_seed(_mix(cfg.seed, 0xE4A9D))
+        self.generator = torch.Generator().manual_seed(mix_seed(cfg.seed, 0xE4A9D))
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.normalize = data.normalizer(self.memory_format).to(self.device)
         self.schedule = cfg.lambda_schedule()
@@ -196,6 +197,10 @@ class RepAnTrainer:
             if cfg.method == "repan":
                 raise RecipeError(f"--model {cfg.model} has no Rep blocks, so RepAn has nothing to anneal; "
                                   "choose a repan_* model (timm.list_models('repan_*'))")
+        elif cfg.method == "repan" and cfg.branches == ("arch",) and cfg.k > 0 \
+                and not any(b.arch_branches for _, b in rep_blocks(model)):
+            raise RecipeError(f"--branches arch: the blocks of {cfg.model} have no branch kinds of their own, so "
+                              "Expand would add nothing; name the kinds, e.g. --branches conv_kxk,conv_1x1")
         if cfg.init_checkpoint:
             state, meta = read_checkpoint(cfg.init_checkpoint)
             load_into(model, state, meta, what=f"--init-checkpoint {cfg.init_checkpoint}")
@@ -260,24 +265,15 @@ class RepAnTrainer:
         self.cycle_log.append({"cycle": cycle, "step": "precise_bn", "images": sum(len(b) for b in batches)})
 
     def _expansion_groups(self):
-        """(branch kinds, block predicate) pairs for this recipe's Expand."""
+        """(branch kinds, block predicate) pairs for this recipe's Expand: the selected blocks get
+        ``branches`` (``("arch",)``: each its own kinds, resolved by :func:`repan_zoo.unfold`), the
+        others are restored only."""
         cfg = self.cfg
-        pattern = re.compile(cfg.expand_blocks) if cfg.expand_blocks else None
-
-        def selected(name: str) -> bool:
-            return pattern is None or bool(pattern.search(name))
-
-        if cfg.branches == ("arch",):
-            kinds_of: Dict[tuple, List[str]] = {}
-            for name, block in rep_blocks(self.model):
-                if selected(name):
-                    kinds_of.setdefault(tuple(block.arch_branches), []).append(name)
-            groups = [(kinds, (lambda names: lambda n, _b: n in names)(set(names))) for kinds, names in kinds_of.items()]
-        else:
-            groups = [(cfg.branches, lambda n, _b: selected(n))]
-        if pattern is not None:  # the other blocks: Restore only (conv + BN, no new branch)
-            groups.append(((), lambda n, _b: not selected(n)))
-        return groups
+        if not cfg.expand_blocks:
+            return [(cfg.branches, None)]
+        pattern = re.compile(cfg.expand_blocks)
+        return [(cfg.branches, lambda n, _b: bool(pattern.search(n))),
+                ((), lambda n, _b: not pattern.search(n))]
 
     def expand_restore(self, cycle: int) -> Dict[str, Any]:
         """Lines 4–5: attach ``k`` new λ-gated branches per kind (Eq. 3) and restore every fused
@@ -557,6 +553,7 @@ class RepAnTrainer:
             "val_loss": val["loss"],
             "test_loss": test["loss"],
             "exactness": certificate,
+            "teacher": self._teacher_record(),
             "cycles": self.cycle_log,
             "train_time_s": sum(r["epoch_time_s"] for r in self.history),
             "versions": _versions(),
@@ -578,6 +575,15 @@ class RepAnTrainer:
                      f"exactness {certificate.get('model_rel_error')}  → {path}")
         self.ctx.barrier()
         return TrainResult(self.model, val["top1"], test["top1"], certificate, self.history, final)
+
+    def _teacher_record(self) -> Optional[Dict[str, Any]]:
+        """The teacher by name and content (a path is one machine's; its sha256 is portable)."""
+        cfg = self.cfg
+        if not cfg.uses_teacher():
+            return None
+        ckpt = Path(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
+        return {"model": cfg.teacher, "kwargs": cfg.teacher_kwargs, "pretrained": cfg.teacher_pretrained,
+                "checkpoint_sha256": sha256_file(ckpt) if ckpt is not None and ckpt.is_file() else None}
 
     def _reload_check(self, path: Path, val_top1: float, test_top1: float) -> Dict[str, Any]:
         """Load the written file into a fresh deploy-form timm model: its logits on the held-out

@@ -167,7 +167,7 @@ class RepBlock(nn.Module):
         lam: float = 0.0,
         restore: str = "inherit",
         generator: Optional[torch.Generator] = None,
-        branch_gamma: float = 1.0,
+        branch_gamma: float = 0.0,
         skip_unfit: bool = False,
     ) -> List[Branch]:
         """Deploy → train form in place (Expand + Restore of Algorithm 1, lines 4–5).

@@ -75,7 +75,7 @@ class FinetuneConfig:
     k: int = 1
     restore: str = "inherit"
     residual: bool = False
-    branch_gamma: float = 1.0
+    branch_gamma: float = 0.0
     cycles: int = 1
     lam_schedule: str = "linear"
     lam_start: float = 0.0

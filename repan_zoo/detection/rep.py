@@ -35,7 +35,7 @@ def unfold_backbone(
     k: int = 1,
     restore: str = "inherit",
     residual: bool = False,
-    branch_gamma: float = 1.0,
+    branch_gamma: float = 0.0,
     lam: float = 0.0,
     generator: Optional[torch.Generator] = None,
     inplace: bool = False,
@@ -73,7 +73,7 @@ def repan_restart(
     k: int = 1,
     restore: str = "inherit",
     residual: bool = False,
-    branch_gamma: float = 1.0,
+    branch_gamma: float = 0.0,
     calib_batch_size: int = 16,
 ) -> Dict[str, Any]:
     """Start a RepAn cycle on ``detector`` in place: Rep → Expand + Restore → Calibrate.

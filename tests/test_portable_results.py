@@ -1,0 +1,49 @@
+"""Committed result files and the weights manifest name no path of one machine (issue #14, point 8):
+a recipe that says ``/work/main/runs/...`` or ``/root/...`` cannot be followed anywhere else."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from repan_zoo.annealing.report import portable
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = [ROOT / "weights_manifest", ROOT / "benchmarks" / "results", ROOT / "benchmarks" / "accuracy" / "results"]
+#: an absolute path into a machine's own folders (a user's home, a checkout, temp, an interpreter, a dataset copy)
+MACHINE_PATH = re.compile(r"(?<![\w.$~-])/(?:work|root|home|Users|tmp|usr|opt|var|mnt|srv|data|scratch)/")
+
+
+def _text_files():
+    for base in COMMITTED:
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and path.suffix in (".json", ".txt", ".md", ".csv"):
+                yield path
+
+
+def test_there_are_result_files_to_check():
+    assert len(list(_text_files())) > 20
+
+
+def test_no_committed_result_file_names_a_machine_path():
+    offenders = {}
+    for path in _text_files():
+        hits = MACHINE_PATH.findall(path.read_text(errors="replace"))
+        if hits:
+            offenders[str(path.relative_to(ROOT))] = hits[:3]
+    assert not offenders, f"absolute machine paths in committed files: {offenders}"
+
+
+def test_the_guard_catches_what_it_is_for():
+    for bad in ['"/work/main/runs/teacher/deploy.safetensors"', "python /root/.pyenv/bin/python", '"/tmp/x"']:
+        assert MACHINE_PATH.search(bad)
+    for fine in ['"$REPAN_RUNS/long/main/teacher/deploy.safetensors"', "debian:dataset-fashion-mnist", "a/b/c"]:
+        assert not MACHINE_PATH.search(fine)
+
+
+def test_portable_rewrites_nested_values_longest_prefix_first():
+    roots = {"/w/runs": "$REPAN_RUNS", "/w/": "", "/usr/bin/python3": "python"}
+    value = {"cmd": "/usr/bin/python3 -m x --out /w/runs/a", "list": ["/w/runs/b", 3, None], "file": "/w/setup.cfg"}
+    assert portable(value, roots) == {"cmd": "python -m x --out $REPAN_RUNS/a", "list": ["$REPAN_RUNS/b", 3, None],
+                                      "file": "setup.cfg"}
+    assert json.dumps(portable(value, roots))
