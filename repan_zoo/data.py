@@ -117,7 +117,8 @@ class ImageSet(Dataset):
         """This epoch's augmentation draws for every position (:meth:`AugmentPolicy.draw`)."""
         if self._draws is None:
             shape = tuple(self._raw(torch.tensor([0]))[0].shape)
-            self._draws = self.augment.draw(len(self), shape, seed=self.seed, epoch=self.epoch)  # type: ignore[arg-type]
+            draws = self.augment.draw(len(self), shape, seed=self.seed, epoch=self.epoch)  # type: ignore[arg-type]
+            self._draws = {k: v.to(self.indices.device) for k, v in draws.items()}  # beside the images
         return self._draws
 
     def flip_mask(self) -> torch.Tensor:
@@ -132,12 +133,19 @@ class ImageSet(Dataset):
                         augment=policy, seed=self.seed)
 
     def to(self, device: Union[str, torch.device]) -> "ImageSet":
-        """Move in-memory images and labels to ``device`` (a GPU: no per-batch host work)."""
+        """Move in-memory images, labels and the epoch's augmentation draws to ``device`` (a GPU:
+        batches are then gathered and augmented there, with no per-batch host work). Sets built
+        on a ``fetch`` function stay where they are."""
         if self.images is not None:
             self.images = self.images.to(device)
             self.labels = self.labels.to(device)
             self.indices = self.indices.to(device)
+            self._draws = None
         return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.indices.device
 
     def _raw(self, pos: torch.Tensor) -> torch.Tensor:
         idx = self.indices[pos.to(self.indices.device)]
@@ -150,11 +158,10 @@ class ImageSet(Dataset):
         single = isinstance(item, int)
         pos = torch.as_tensor([item] if single else list(item) if not isinstance(item, torch.Tensor) else item).long()
         x = self._raw(pos)
+        pos = pos.to(self.indices.device)
         if self.augment.active:
-            draws = self.draws()
-            cpu_pos = pos.cpu()
-            x = self.augment.apply(x, {k: (v if k == "noise" else v[cpu_pos]) for k, v in draws.items()})
-        y = self.labels[self.indices[pos.to(self.indices.device)]]
+            x = self.augment.apply(x, {k: (v if k == "noise" else v[pos]) for k, v in self.draws().items()})
+        y = self.labels[self.indices[pos]]
         return (x[0], y[0]) if single else (x, y)
 
     @property

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from repan_zoo.annealing.report import portable, write_json  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("REPAN_RESULTS", Path(__file__).resolve().parent / "results"))
 #: where run folders (checkpoints, deploy weights) live: outside the work tree, so runs outlive a checkout
 RUNS_ROOT = Path(os.environ.get("REPAN_RUNS", Path.home() / ".cache" / "repan" / "runs" / "accuracy"))
 
@@ -207,7 +207,8 @@ def _result_dir(plan: str, name: str) -> Path:
     return RESULTS / plan / name  # plan = "<scale>/<plan>"
 
 
-def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra: List[str], dry: bool) -> str:
+def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra: List[str], dry: bool,
+             deadline: Optional[float] = None) -> str:
     if run["home"]:
         plan = f"{plan.split('/')[0]}/{run['home']}"
     out = work / plan / run["name"]
@@ -224,10 +225,18 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
         cmd.append("--resume")
     if dry:
         return " ".join(cmd)
+    if deadline is not None and time.time() >= deadline:
+        return f"not started {run['name']} (deadline)"
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(out / "log.txt", "a") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:  # the run keeps its last completed epoch: --resume continues it
+            proc.terminate()
+            proc.wait()
+            return f"stopped {run['name']} at the deadline (resumable)"
     if proc.returncode != 0:
         return f"FAIL {run['name']} (rc {proc.returncode}, see {out / 'log.txt'})"
     dest = _result_dir(plan, run["name"])
@@ -256,6 +265,56 @@ def _order(run: Dict) -> tuple:
     return (seed, bool(run["needs"]))
 
 
+def _epochs_of(args: List[str]) -> int:
+    return int(args[args.index("--cycles") + 1]) * int(args[args.index("--epochs") + 1])
+
+
+def _run_dir(plan: str, run: Dict, work: Path) -> Path:
+    home = f"{plan.split('/')[0]}/{run['home']}" if run["home"] else plan
+    return work / home / run["name"]
+
+
+def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
+    """What is done, what remains and the estimated time left: epochs left of each run times the
+    median epoch time of that run (or, before its first epoch, of the finished or running runs of
+    the same model and method in this plan's folders), divided over ``jobs`` parallel runs."""
+    rows, seconds, unknown = [], 0.0, 0
+    epoch_times: Dict[tuple, List[float]] = {}
+    state = []
+    for run in runs:
+        total = _epochs_of(run["args"])
+        done = (RESULTS / (f"{plan.split('/')[0]}/{run['home']}" if run["home"] else plan) / run["name"]
+                / "final.json").exists()
+        metrics = _run_dir(plan, run, work) / "metrics.json"
+        history = json.loads(metrics.read_text()) if metrics.is_file() else []
+        times = sorted(r["epoch_time_s"] for r in history if r.get("epoch_time_s"))
+        key = (run["args"][run["args"].index("--model") + 1], run["args"][run["args"].index("--method") + 1]
+               if "--method" in run["args"] else "repan", "--teacher" in run["args"])
+        if times:
+            epoch_times.setdefault(key, []).append(times[len(times) // 2])
+        state.append((run, total, done, len(history), times, key))
+    for run, total, done, trained, times, key in state:
+        left = 0 if done else total - trained
+        per = times[len(times) // 2] if times else (sorted(epoch_times[key])[len(epoch_times[key]) // 2]
+                                                     if epoch_times.get(key) else None)
+        if left and per is None:
+            unknown += 1
+        seconds += left * (per or 0.0)
+        rows.append({"run": run["name"], "state": "done" if done else ("partial" if trained else "pending"),
+                     "epochs": f"{total - left}/{total}", "epoch_s": per})
+    return {"rows": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows),
+            "hours_left": seconds / 3600 / max(1, jobs), "unknown_eta": unknown}
+
+
+def _print_status(plan: str, st: Dict, jobs: int) -> None:
+    for r in st["rows"]:
+        per = f"{r['epoch_s']:.0f} s/epoch" if r["epoch_s"] else "no timing yet"
+        print(f"  {r['state']:8s} {r['epochs']:>8s}  {r['run']}  ({per})", flush=True)
+    extra = f" + {st['unknown_eta']} run(s) not yet timed" if st["unknown_eta"] else ""
+    print(f"plan {plan}: {st['done']}/{st['total']} runs done; about {st['hours_left']:.1f} h left with "
+          f"{jobs} job(s){extra}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="main", choices=PLANS)
@@ -266,28 +325,45 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(RUNS_ROOT), help="run folders (checkpoints; outside the work tree, not committed)")
     p.add_argument("--only", default=None, help="substring filter on run names")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="seconds from now: start no run after it and stop running ones there (they resume later)")
+    p.add_argument("--kd-runs", choices=("all", "skip", "only"), default="all",
+                   help="skip: the runs that need no teacher (and the teacher); only: the distillation runs")
+    p.add_argument("--status", action="store_true", help="print what is done, what remains and the time left, then exit")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more train_cli arguments for every run")
     a = p.parse_args(argv)
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
     runs = [r for r in plan_runs(a.plan, a.scale) if not a.only or a.only in r["name"]]
+    if a.kd_runs != "all":
+        runs = [r for r in runs if bool(r["needs"]) == (a.kd_runs == "only")]
     needed = {r["needs"] for r in runs if r["needs"]}
     runs = [r for r in plan_runs(a.plan, a.scale) if r["name"] in needed] + [r for r in runs if r["name"] not in needed]
+    if a.kd_runs == "skip" and a.plan == "main":
+        runs = [r for r in plan_runs(a.plan, a.scale) if r["name"] == "teacher"] + [r for r in runs
+                                                                                    if r["name"] != "teacher"]
     runs.sort(key=_order)
     plan = f"{a.scale}/{a.plan}"
     work = Path(a.work)
+    _print_status(plan, status(plan, runs, work, a.jobs), a.jobs)
+    if a.status:
+        return 0
     start = time.time()
+    deadline = None if a.deadline is None else start + a.deadline
     futures: Dict[str, Future] = {}
 
     def go(r: Dict) -> str:  # a KD run waits for its teacher (submitted before it)
         if r["needs"] and r["needs"] in futures:
             futures[r["needs"]].result()
-        return _execute(plan, r, work, a.device, a.threads, extra, a.dry_run)
+        return _execute(plan, r, work, a.device, a.threads, extra, a.dry_run, deadline)
 
     with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         for r in runs:
             futures[r["name"]] = pool.submit(go, r)
-        for fut in futures.values():
+        for name, fut in futures.items():
             print(fut.result(), flush=True)
+            if not a.dry_run:
+                st = status(plan, runs, work, a.jobs)
+                print(f"  {st['done']}/{st['total']} done, about {st['hours_left']:.1f} h left", flush=True)
     if not a.dry_run:
         print(f"plan {plan}: {len(runs)} runs, wall {time.time() - start:.0f}s", flush=True)
     return 0

@@ -134,7 +134,11 @@ class RepAnTrainer:
         self.global_step = 0
         self._probe: Optional[torch.Tensor] = None
         self._t0 = time.time()
-        pin = self.device.type == "cuda"
+        if self.device.type == "cuda" and workers == 0:  # the dataset on the GPU: batches gathered and augmented there
+            for split in (data.train, data.val, data.test):
+                split.to(self.device)
+        pin = self.device.type == "cuda" and data.train.device.type == "cpu"
+        self._pin = pin
         self.val_loader = eval_loader(data.val, cfg.eval_batch_size, rank=self.ctx.rank,
                                       world_size=self.ctx.world_size, workers=workers, pin_memory=pin)
         self.test_loader = eval_loader(data.test, cfg.eval_batch_size, rank=self.ctx.rank,
@@ -474,7 +478,7 @@ class RepAnTrainer:
                         return self.schedule.value(cp.index, epoch, cp.epochs, step, spe)
             loader = train_loader(self.data.train, self.local_batch, seed=cfg.seed, epoch=global_epoch,
                                   rank=self.ctx.rank, world_size=self.ctx.world_size, workers=self.workers,
-                                  pin_memory=self.device.type == "cuda")
+                                  pin_memory=self._pin)
             try:
                 stats = train_one_epoch(  # line 9
                     net, loader, normalize=self.normalize, optimizer=optimizer, loss_fn=self.loss_fn, ctx=self.ctx,
