@@ -112,3 +112,23 @@ def test_long_plan_is_the_issue_14_comparison():
     names = {r["name"]: r["args"] for r in sweep.plan_runs("ablations", "long")}
     assert names["cycles5x20"][names["cycles5x20"].index("--cycles") + 1] == "5"
     assert names["generic_pair"][names["generic_pair"].index("--branches") + 1] == "conv_kxk,conv_1x1"
+
+
+def test_ship_plan_trains_each_models_best_arm_by_validation_longer(tmp_path, monkeypatch):
+    sweep, ship = load("sweep"), load("ship")
+    main = tmp_path / "long" / "main"
+    for seed, (b, k) in enumerate([(90.0, 91.0), (90.4, 90.8), (90.2, 91.2)]):
+        write_run(main, f"repan_repvgg_a1_w025__baseline__s{seed}", "repan_repvgg_a1_w025", "baseline", seed, b, b)
+        write_run(main, f"repan_repvgg_a1_w025__repan_kd__s{seed}", "repan_repvgg_a1_w025", "repan_kd", seed, k, k - 1)
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path)
+    monkeypatch.setattr(ship, "RESULTS", tmp_path)
+    assert sweep.best_arms("long")["repan_repvgg_a1_w025"]["arm"] == "repan_kd"  # validation, not test
+    runs = {r["name"]: r for r in sweep.plan_runs("ship", "long")}
+    run = runs["repan_repvgg_a1_w025__repan_kd__ship"]
+    args = run["args"]
+    assert args[args.index("--epochs") + 1] == "50" and args[args.index("--cycles") + 1] == "4"
+    assert run["needs"] == "teacher" and "teacher" in runs
+    final = json.loads((main / "repan_repvgg_a1_w025__repan_kd__s1" / "final.json").read_text())
+    m = ship.with_arm_metrics(final, "long", "repan_kd")["metrics"]["fashion_mnist"]
+    assert m["val_top1"] == 90.8 and m["arm_seeds"] == 3
+    assert m["arm_test_mean"] == pytest.approx(90.0) and m["arm_test_std"] == pytest.approx(0.2)

@@ -170,3 +170,21 @@ def test_train_scripts_wrapper(monkeypatch, capsys):
         runpy.run_path(str(ROOT / "train_scripts" / "publish.py"), run_name="__main__")
     assert info.value.code == 0 and "--bundle" in capsys.readouterr().out
     assert os.access(ROOT / "train_scripts" / "publish.py", os.X_OK)
+
+
+def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(tmp_path):
+    from repan_zoo import manifest
+    from repan_zoo.hub.publish import _published_recipe
+
+    shipped = next(iter(manifest.load_manifest().values()))
+    recipe = {"model": "m", "teacher": shipped.model, "teacher_checkpoint": "/work/main/runs/teacher/deploy.safetensors"}
+    out = _published_recipe(recipe, {"checkpoint_sha256": shipped.sha256})
+    assert "teacher_checkpoint" not in out
+    assert out["teacher_weights"] == {"model": shipped.model, "sha256": shipped.sha256,
+                                      "manifest": f"{shipped.model}.{shipped.tag}"}
+    # an unpublished teacher: named by sha256 (computed from the file when the run did not record it)
+    f = tmp_path / "t.safetensors"
+    f.write_bytes(b"not published")
+    out = _published_recipe({"teacher": "x", "teacher_checkpoint": str(f)}, None)
+    assert out["teacher_weights"]["manifest"] is None and len(out["teacher_weights"]["sha256"]) == 64
+    assert _published_recipe({"teacher": None, "teacher_checkpoint": None}, None) == {"teacher": None}

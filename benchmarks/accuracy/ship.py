@@ -1,5 +1,8 @@
-"""Pick the checkpoints the zoo ships: per model, the RepAn run (with or without KD) with the best
-*validation* accuracy in a sweep plan, and bundle it with ``repan-publish --bundle``.
+"""Pick the checkpoints the zoo ships: per model, the run with the best *validation* accuracy in a
+sweep plan — in a comparison plan (``cpu/main``) its RepAn runs (with or without KD), in a ship plan
+(``long/ship``) any run — and bundle it with ``repan-publish --bundle``. The manifest entry gets the
+run's validation and test top-1, the mean ± std of its arm over the seeds of ``<scale>/main`` where
+they exist, and the recipe with the teacher named by sha256 and manifest tag.
 
 The test set plays no part in the choice (it is only reported), so the shipped test accuracy is
 an honest estimate. Ties on validation go to the lower seed.
@@ -7,6 +10,7 @@ an honest estimate. Ties on validation go to the lower seed.
     python benchmarks/accuracy/ship.py --plan cpu/main                  # print the choice and the commands
     python benchmarks/accuracy/ship.py --plan cpu/main --publish        # run them (writes the manifest)
     python benchmarks/accuracy/ship.py --plan cpu/main --models repan_mobileone_s0 --publish
+    python benchmarks/accuracy/ship.py --plan long/ship --work ~/.cache/repan/runs/accuracy --publish
 
 The run folders (``--work``, default ``runs/accuracy``) must still hold the deploy checkpoints;
 their results under ``benchmarks/accuracy/results/`` carry the figures and the sha256 that the
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +34,14 @@ from repan_zoo.checkpoint import sha256_file  # noqa: E402
 
 
 def best_runs(plan: str, models: Optional[List[str]] = None) -> Dict[str, Dict]:
-    """``{model: final.json + "run"}`` of the best-by-validation RepAn run of each model."""
+    """``{model: final.json + "run"}`` of the best-by-validation run of each model (RepAn runs
+    only, unless ``plan`` is a ship plan)."""
+    any_method = plan.endswith("/ship")
     best: Dict[str, Dict] = {}
     for path in sorted((RESULTS / plan).glob("*/final.json")):
         final = json.loads(path.read_text())
-        if final.get("method") != "repan" or (models and final["model"] not in models):
+        if path.parent.name == "teacher" or (not any_method and final.get("method") != "repan") \
+                or (models and final["model"] not in models):
             continue
         final["run"] = path.parent.name
         key = (final["val_top1"], -final["recipe"]["seed"])
@@ -51,15 +59,32 @@ def publish_command(final: Dict, work: Path, plan: str) -> List[str]:
     if sha256_file(ckpt) != final["checkpoint"]["sha256"]:
         raise SystemExit(f"{ckpt} does not match the sha256 in its final.json: the run folder was overwritten; "
                          "re-run that sweep run before shipping it")
-    tag = "fmnist_repan_kd" if final["recipe"].get("teacher") else "fmnist_repan"
-    return [sys.executable, "-m", "repan_zoo.publish_cli", str(ckpt), "--metrics", str(run_dir / "final.json"),
-            "--tag", tag, "--bundle"]
+    arm = ("repan" if final.get("method") == "repan" else final.get("method", "run")) \
+        + ("_kd" if final["recipe"].get("teacher") and final.get("method") == "repan" else "")
+    metrics_file = run_dir / "publish_metrics.json"
+    metrics_file.write_text(json.dumps(with_arm_metrics(final, plan.split("/")[0], arm), indent=1) + "\n")
+    return [sys.executable, "-m", "repan_zoo.publish_cli", str(ckpt), "--metrics", str(metrics_file),
+            "--tag", f"fmnist_{arm}", "--bundle"]
+
+
+def with_arm_metrics(final: Dict, scale: str, arm: str) -> Dict:
+    """``final`` with ``metrics.fashion_mnist`` = this run's val/test top-1 plus the mean ± std of its
+    arm over the seeds of ``<scale>/main`` (``arm_test_mean``, ``arm_test_std``, ``arm_val_mean``,
+    ``arm_seeds``) where that plan has them."""
+    runs = [json.loads(p.read_text()) for p in sorted((RESULTS / scale / "main").glob(f"{final['model']}__{arm}__s*/final.json"))]
+    figures = {"top1": final["test_top1"], "test_top1": final["test_top1"], "val_top1": final["val_top1"]}
+    if runs:
+        tests, vals = [r["test_top1"] for r in runs], [r["val_top1"] for r in runs]
+        figures.update(arm_test_mean=statistics.fmean(tests), arm_val_mean=statistics.fmean(vals), arm_seeds=len(runs),
+                       arm_test_std=statistics.stdev(tests) if len(tests) > 1 else 0.0)
+    return {**final, "metrics": {"fashion_mnist": figures}}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="cpu/main", help="<scale>/<plan> folder under benchmarks/accuracy/results")
-    p.add_argument("--work", default=str(ROOT / "runs" / "accuracy"), help="the sweep's run folders")
+    p.add_argument("--work", default=str(Path.home() / ".cache" / "repan" / "runs" / "accuracy"),
+                   help="the sweep's run folders")
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--publish", action="store_true", help="run repan-publish --bundle for each choice")
     a = p.parse_args(argv)

@@ -87,7 +87,10 @@ TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}, "epoch_factor": 3}
 #: 150 epochs on the same 55,000 images
 TEACHERS = {"long": {"model": "repan_resnet18_w025", "kwargs": {}, "epochs": 150}}
 SEEDS = [0, 1, 2]
-PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion")
+PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion", "ship")
+#: the ship plan trains each model's best arm of ``<scale>/main`` (by mean validation top-1) once more
+#: with this many times the comparison budget (same cycle count, longer cycles), seed 0
+SHIP_BUDGET_FACTOR = 2
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
 
 
@@ -191,6 +194,9 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         for model in MODELS:
             base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", "0"]
             runs.append(_run(f"{model}__repan_arch__s0", base + cyc + ["--method", "repan"] + REPAN_ARCH))
+    elif plan == "ship":
+        runs.append(teacher)
+        runs += ship_runs(scale, plan_runs("main", scale))
     elif plan == "ablations_extra":
         for restore in ["normalized", "identity"]:
             runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
@@ -201,6 +207,34 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
     else:
         raise SystemExit(f"unknown plan {plan!r}: choose one of {', '.join(PLANS)}")
     return runs
+
+
+def best_arms(scale: str) -> Dict[str, Dict]:
+    """Per model, the arm of ``<scale>/main`` with the best mean *validation* top-1 over its finished
+    seeds (``{"arm", "val_mean", "seeds"}``); models without results are absent."""
+    vals: Dict[tuple, List[float]] = {}
+    for path in sorted((RESULTS / scale / "main").glob("*__*__s*/final.json")):
+        model, arm, _seed = path.parent.name.split("__")
+        vals.setdefault((model, arm), []).append(json.loads(path.read_text())["val_top1"])
+    best: Dict[str, Dict] = {}
+    for (model, arm), v in sorted(vals.items()):
+        mean = sum(v) / len(v)
+        if model not in best or mean > best[model]["val_mean"]:
+            best[model] = {"arm": arm, "val_mean": mean, "seeds": len(v)}
+    return best
+
+
+def ship_runs(scale: str, main_runs: List[Dict]) -> List[Dict]:
+    """The ship plan: for each model, its best arm (:func:`best_arms`) at seed 0 with
+    ``SHIP_BUDGET_FACTOR`` × the epochs per cycle, named ``<model>__<arm>__ship``."""
+    out = []
+    for model, choice in best_arms(scale).items():
+        src = next(r for r in main_runs if r["name"] == f"{model}__{choice['arm']}__s0")
+        args = list(src["args"])
+        i = args.index("--epochs") + 1
+        args[i] = str(int(args[i]) * SHIP_BUDGET_FACTOR)
+        out.append(_run(f"{model}__{choice['arm']}__ship", args, needs=src["needs"]))
+    return out
 
 
 def _result_dir(plan: str, name: str) -> Path:
@@ -261,7 +295,8 @@ def _order(run: Dict) -> tuple:
     (they keep the other workers busy while the teacher trains)."""
     if run["home"]:
         return (-1, 0)
-    seed = int(run["name"].rsplit("__s", 1)[1]) if "__s" in run["name"] else 0
+    tail = run["name"].rsplit("__s", 1)[-1]
+    seed = int(tail) if "__s" in run["name"] and tail.isdigit() else 0
     return (seed, bool(run["needs"]))
 
 

@@ -147,7 +147,25 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
         )
     cert = doc.get("exactness") or checkpoint_meta.get("exactness")
     exactness = check_exactness(cert, str(path))
-    return RunRecord(str(model), dict(kwargs), metrics, exactness, dict(recipe), data)
+    return RunRecord(str(model), dict(kwargs), metrics, exactness, _published_recipe(recipe, doc.get("teacher")), data)
+
+
+def _published_recipe(recipe: Dict[str, Any], teacher: Any) -> Dict[str, Any]:
+    """The recipe as published: the teacher named by content and, where the zoo ships it, by
+    manifest name (``teacher_weights``: model, sha256, ``model.tag``) instead of
+    ``teacher_checkpoint``, a path on the training machine that no reader can follow."""
+    recipe = dict(recipe)
+    path = recipe.pop("teacher_checkpoint", None)
+    if not recipe.get("teacher"):
+        return recipe
+    sha = teacher.get("checkpoint_sha256") if isinstance(teacher, dict) else None
+    if path and not sha and Path(path).is_file():
+        sha = sha256_file(path)
+    shipped = None
+    if sha:
+        shipped = next((f"{e.model}.{e.tag}" for e in manifest.load_manifest().values() if e.sha256 == sha), None)
+    recipe["teacher_weights"] = {"model": recipe["teacher"], "sha256": sha, "manifest": shipped}
+    return recipe
 
 
 @dataclass
