@@ -87,9 +87,12 @@ def cpu_latency(model: nn.Module, x: torch.Tensor, *, repeats: int = 20, warmup:
 
 
 def train_step_time(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, warmup: int = 2, threads: int = 1,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> Dict[str, float]:
+                    memory_format: torch.memory_format = torch.contiguous_format,
+                    autocast_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
     """CPU time of one training step (train-mode forward, cross-entropy on random labels — or the
     mean square of a feature map —, backward, SGD update) of ``model`` on batch ``x``: median and quartiles over ``repeats`` steps, in ms.
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward under ``torch.autocast`` on
+    ``x``'s device, as ``repan-train --amp`` does (weights, BN statistics and the loss stay fp32).
     ``model`` is trained on a copy, so the caller's weights and BN statistics stay as they were."""
     _check_timing(repeats, warmup, threads)
     work = copy.deepcopy(model).train().to(memory_format=memory_format)
@@ -106,7 +109,9 @@ def train_step_time(model: nn.Module, x: torch.Tensor, *, repeats: int = 10, war
     with _threads(threads):
         for i in range(warmup + repeats):
             start = time.perf_counter()
-            loss = loss_of(work(x))
+            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = work(x)
+            loss = loss_of(out.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -23,7 +23,7 @@ import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,7 +36,22 @@ def _stats(values: List[float]) -> Dict[str, float]:
     }
 
 
-def _label(final: Dict) -> str:
+#: plans whose runs are paired, seed by seed, with one arm of the same scale's main plan
+PAIRED_WITH = {"bf16": "baseline", "expansion": "repan"}
+
+
+def cycle_start_drop(history: List[Dict]) -> Optional[float]:
+    """The largest fall of validation top-1 from the last epoch of a cycle to the first epoch of
+    the next one that starts with Expand (the collapse at a cycle start); None without such a start."""
+    drops = [prev["val_top1"] - row["val_top1"] for prev, row in zip(history, history[1:])
+             if row.get("expand") and row.get("epoch") == 1 and row.get("cycle") != prev.get("cycle")]
+    return max(drops) if drops else None
+
+
+def _label(final: Dict, run: str = "") -> str:
+    parts = run.split("__")
+    if len(parts) == 3:  # <model>__<arm>__s<seed>
+        return parts[1]
     recipe = final.get("recipe", {})
     method = final.get("method", recipe.get("method"))
     teacher = recipe.get("teacher")
@@ -50,10 +65,13 @@ def summarize(plan_dir: Path) -> Dict:
     for final_path in sorted(plan_dir.glob("*/final.json")):
         final = json.loads(final_path.read_text())
         recipe = final.get("recipe", {})
+        metrics = final_path.parent / "metrics.json"
+        history = json.loads(metrics.read_text()) if metrics.is_file() else []
         runs.append({
             "run": final_path.parent.name,
             "model": final["model"],
-            "method": _label(final),
+            "method": _label(final, final_path.parent.name),
+            "cycle_start_drop": cycle_start_drop(history),
             "seed": recipe.get("seed"),
             "cycles": recipe.get("cycles"),
             "epochs": recipe.get("epochs"),
@@ -85,12 +103,25 @@ def summarize(plan_dir: Path) -> Dict:
             "schedule": f"{rs[0]['cycles']}x{rs[0]['epochs']}",
             "train_time_s": sum(r["train_time_s"] or 0.0 for r in rs),
         })
-    base = {(r["model"], r["seed"]): r["test_top1"] for r in runs if r["method"] == "baseline"}
+    paired_arm = PAIRED_WITH.get(plan_dir.name)
+    if paired_arm:  # the reference runs live in the main plan of the same scale
+        ref_dir = plan_dir.parent / "main"
+        base = {}
+        for p in ref_dir.glob(f"*__{paired_arm}__s*/final.json"):
+            f = json.loads(p.read_text())
+            base[(f["model"], f["recipe"]["seed"])] = f["test_top1"]
+    else:
+        base = {(r["model"], r["seed"]): r["test_top1"] for r in runs if r["method"] == "baseline"}
     for g in table:
-        pairs = [r["test_top1"] - base[(g["model"], r["seed"])] for r in groups[(g["model"], g["method"])]
-                 if (g["model"], r["seed"]) in base]
-        g["delta_test_vs_baseline"] = _stats(pairs) if pairs and g["method"] != "baseline" else None
-    return {"plan": f"{plan_dir.parent.name}/{plan_dir.name}", "groups": table, "runs": runs,
+        rs = groups[(g["model"], g["method"])]
+        pairs = [r["test_top1"] - base[(g["model"], r["seed"])] for r in rs if (g["model"], r["seed"]) in base]
+        g["delta_test_vs_baseline"] = _stats(pairs) if pairs and (paired_arm or g["method"] != "baseline") else None
+        drops = [r["cycle_start_drop"] for r in rs if r["cycle_start_drop"] is not None]
+        g["cycle_start_drop"] = _stats(drops) if drops else None
+    if paired_arm:
+        for r in runs:
+            r["paired_with"] = f"{plan_dir.parent.name}/main {paired_arm}"
+    return {"plan": f"{plan_dir.parent.name}/{plan_dir.name}", "groups": table, "runs": runs, "paired_with": paired_arm,
             "total_train_time_s": sum(r["train_time_s"] or 0.0 for r in runs),
             "devices": sorted({str(r["device"]) for r in runs})}
 
@@ -106,15 +137,19 @@ def markdown(summary: Dict) -> str:
             f"{summary['total_train_time_s'] / 60:.1f} min, one CPU thread per run on CPU).")
     if summary["plan"].split("/")[1].startswith("ablations"):
         return head + " Deploy-model top-1 %, one seed per row.\n\n" + _ablation_tables(summary["runs"])
-    lines = [head + " Deploy-model top-1 %, mean ± std over seeds; Δ = paired per-seed difference to the "
-             "baseline of the same model.", "",
-             "| model | method | schedule | epochs | seeds | val top-1 | test top-1 | Δ test vs baseline |",
-             "|---|---|---|---|---|---|---|---|"]
+    ref = summary.get("paired_with")
+    scale = summary["plan"].split("/")[0]
+    ref_text = f"the `{scale}/main` {ref} run of the same model and seed" if ref else "the baseline of the same model"
+    ref_col = f"Δ test vs main's {ref}" if ref else "Δ test vs baseline"
+    lines = [head + f" Deploy-model top-1 %, mean ± std over seeds; Δ = paired per-seed difference to {ref_text}; "
+             "drop = the largest fall of validation top-1 in the first epoch after an Expand (cycle start).", "",
+             f"| model | method | schedule | epochs | seeds | val top-1 | test top-1 | {ref_col} | drop at cycle start |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for g in summary["groups"]:
-        d = g.get("delta_test_vs_baseline")
+        d, drop = g.get("delta_test_vs_baseline"), g.get("cycle_start_drop")
         lines.append(f"| {g['model']} | {g['method']} | {g['schedule']} | {g['epochs_trained']} | "
                      f"{len(g['seeds'])} | {_pm(g['val_top1'])} | {_pm(g['test_top1'])} | "
-                     f"{_pm(d, signed=True) if d else '—'} |")
+                     f"{_pm(d, signed=True) if d else '—'} | {_pm(drop) if drop else '—'} |")
     return "\n".join(lines) + "\n"
 
 
