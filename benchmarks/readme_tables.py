@@ -93,17 +93,54 @@ def cycle_overhead() -> List[str]:
 
 
 #: plan folders in reading order: the default sweep (cpu scale) first
-_PLAN_ORDER = ("cpu/main", "cpu/ablations", "cpu/ablations_extra", "small/main", "full/main", "full/ablations")
+_PLAN_ORDER = ("long/ship", "long/main", "long/ablations", "cpu/main", "cpu/ablations", "cpu/expansion", "cpu/bf16",
+               "cpu/ablations_extra", "small/main", "full/main", "full/ablations")
 
 
 def _plan_key(plan: str):
     return (_PLAN_ORDER.index(plan) if plan in _PLAN_ORDER else len(_PLAN_ORDER), plan)
 
 
+def long_plan() -> List[str]:
+    """Where the ``long`` comparison (issue #14) stands: its runs, and which have finished."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
+    import sweep  # noqa: E402  (same repository; the plan is defined there)
+
+    base = ROOT / "benchmarks" / "accuracy" / "results" / "long" / "main"
+    runs = sweep.plan_runs("main", "long")
+    done = [r["name"] for r in runs if (base / r["name"] / "final.json").exists()]
+    out = ["### The `long` comparison: plan and progress", "",
+           "`python benchmarks/accuracy/sweep.py --scale long --plan main --jobs 2` (resumable; `--status` prints what is "
+           "done, what remains and the time left; `train_scripts/gpu_long.py` runs it on a GPU machine). All 55,000 "
+           "training images (5,000 held out for validation), crop + flip + random erasing, label smoothing 0.1, "
+           "lr 0.1, wd 5e-4, bf16 autocast; a 100-epoch budget per run: baseline and KD 1 × 100, RepAn 4 × 25 "
+           "re-adding each block's own branch kinds at γ = 0; KD α = 0.9, T = 10 from a ResNet-18 0.25× teacher trained "
+           f"150 epochs on the same split. {len(runs)} runs (3 seeds of RepVGG-A1 0.25×, one of the others); "
+           f"**{len(done)} finished so far**" + (": " + ", ".join(f"`{n}`" for n in done) if done else "") + ".", ""]
+    return out
+
+
+def train_throughput() -> List[str]:
+    d = _load("train_throughput.json")
+    if not d:
+        return []
+    m = d["machine"]
+    out = ["### Training throughput of the sweep's options", "",
+           f"`python benchmarks/train_throughput.py` — {d['what']}; {m['threads']} thread, {m['cpu']}"
+           + (f", {m['gpu']}" if m.get("gpu") else "") + (f"; {m['note']}" if m.get("note") else "")
+           + f". The sweep uses {d['sweep_uses']}.", "",
+           "| model | form | option | step ms (median) | images/s | × fp32 |", "|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        out.append(f"| {r['model']} | {r['form']} | {r['option']} | {r['step']['median_ms']:.0f} | "
+                   f"{r['images_per_s']:.0f} | {r['speedup_vs_fp32']:.2f} |")
+    out.append("")
+    return out
+
+
 def accuracy() -> List[str]:
     base = ROOT / "benchmarks" / "accuracy" / "results"
     summaries = {f"{s.parent.parent.name}/{s.parent.name}": s for s in base.glob("*/*/summary.md")}
-    out: List[str] = []
+    out: List[str] = long_plan()
     default = [json.loads((base / plan / "summary.json").read_text()) for plan in ("cpu/main", "cpu/ablations")
                if (base / plan / "summary.json").exists()]
     if default:
@@ -196,7 +233,7 @@ def detection() -> List[str]:
 
 def render() -> str:
     lines = [START, ""]
-    for part in (accuracy, shipped, exactness, inference, forms, step_time, cycle_overhead, detection):
+    for part in (accuracy, shipped, train_throughput, exactness, inference, forms, step_time, cycle_overhead, detection):
         lines += part()
     lines.append(END)
     return "\n".join(lines)
