@@ -169,6 +169,8 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         runs.append(_run("reference", base + cyc + repan))
         runs.append(_run("generic_pair", base + cyc + with_("--branches", "conv_kxk,conv_1x1")))
         runs.append(_run("cycles5x20", base + repan + ["--cycles", "5", "--epochs", "20"]))
+        # the other knob of the drop at a cycle start: the warm restart's peak LR (half in cycles 2..R)
+        runs.append(_run("later_lr_half", base + cyc + repan + ["--later-lr", "0.05"]))
     elif plan == "ablations":
         runs.append(teacher)
         # the reference run (k = 1, linear λ, no KD) is the k = 1 point, the linear-λ point and the α = 0 point
@@ -194,6 +196,9 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         for model in MODELS:
             base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", "0"]
             runs.append(_run(f"{model}__repan_arch__s0", base + cyc + ["--method", "repan"] + REPAN_ARCH))
+        # the same with half the peak LR in cycle 2 (the warm restart is the other cause of a drop)
+        runs.append(_run(f"{MODELS[0]}__repan_arch_halflr__s0", _model_args(MODELS[0]) + common + ["--seed", "0"]
+                         + cyc + ["--method", "repan"] + REPAN_ARCH + ["--later-lr", "0.1"]))
     elif plan == "ship":
         runs.append(teacher)
         runs += ship_runs(scale, plan_runs("main", scale))
