@@ -132,3 +132,21 @@ def test_ship_plan_trains_each_models_best_arm_by_validation_longer(tmp_path, mo
     m = ship.with_arm_metrics(final, "long", "repan_kd")["metrics"]["fashion_mnist"]
     assert m["val_top1"] == 90.8 and m["arm_seeds"] == 3
     assert m["arm_test_mean"] == pytest.approx(90.0) and m["arm_test_std"] == pytest.approx(0.2)
+
+
+def test_status_counts_done_and_estimates_time_left(tmp_path, monkeypatch):
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    runs = [r for r in sweep.plan_runs("main", "cpu") if r["name"].startswith("repan_repvgg_a1_w025__baseline")]
+    work = tmp_path / "work"
+    done, partial = runs[0], runs[1]
+    write_run(tmp_path / "results" / "cpu" / "main", done["name"], "repan_repvgg_a1_w025", "baseline", 0, 80.0, 80.0)
+    d = work / "cpu" / "main" / partial["name"]
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps([{"epoch_time_s": t} for t in (30.0, 40.0, 35.0)]))
+    st = sweep.status("cpu/main", runs, work, jobs=1)
+    states = {r["run"]: r["state"] for r in st["rows"]}
+    assert states == {done["name"]: "done", partial["name"]: "partial", runs[2]["name"]: "pending"}
+    # 5 epochs left of the partial run at its median 35 s, 8 of the pending one at the same model's 35 s
+    assert st["hours_left"] == pytest.approx((5 + 8) * 35.0 / 3600)
+    assert sweep.status("cpu/main", runs, work, jobs=2)["hours_left"] == pytest.approx((5 + 8) * 35.0 / 7200)

@@ -8,15 +8,24 @@ so a sweep can be stopped and started again. ``aggregate.py`` turns the results 
 
 Usage::
 
-    python benchmarks/accuracy/sweep.py --plan main --jobs 4 --device cuda   # the comparison (--scale small|full)
-    python benchmarks/accuracy/sweep.py --plan ablations --jobs 4 --device cuda
-    python benchmarks/accuracy/sweep.py --plan main --dry-run                # list the commands
-    python benchmarks/accuracy/aggregate.py                                  # tables + plots
+    python benchmarks/accuracy/sweep.py --scale long --plan main --jobs 2        # issue #14's comparison (resumable)
+    python benchmarks/accuracy/sweep.py --scale long --plan main --status        # done / remaining / time left
+    python benchmarks/accuracy/sweep.py --plan main --jobs 4 --device cuda       # the cpu-scale comparison
+    python benchmarks/accuracy/sweep.py --plan main --dry-run                    # list the commands
+    python benchmarks/accuracy/aggregate.py                                      # tables + plots
 
-Plans (see :func:`plan_runs`): ``main`` = 3 models × {baseline, kd, repan, repan_kd} × 3 seeds, plus
-one teacher; ``ablations`` = on repan_repvgg_a1_w025, seed 0: k = 1..5 (Table 5), KD α/T (Table 4),
-λ schedules; ``ablations_extra`` = restore modes, new-branch γ, cycle length at the same budget and
-Expand before cycle 1 (the paper's literal Algorithm 1).
+Run folders (checkpoints, deploy weights) live under ``--work`` (default ``$REPAN_RUNS`` or
+``~/.cache/repan/runs/accuracy``, outside the work tree); a stopped run resumes from its last
+completed epoch, and a finished run's small files are written into ``results/`` with machine paths
+replaced (``$REPAN_RUNS``, ``python``), ready to commit.
+
+Plans (see :func:`plan_runs`): ``main`` = 3 models × {baseline, kd, repan, repan_kd} × 3 seeds (at the
+``long`` scale: 3 seeds of the first model, 1 of the others), plus one teacher; ``ablations`` = on
+repan_repvgg_a1_w025, seed 0: k = 1..5 (Table 5), KD α/T (Table 4), λ schedules (``long``: generic vs
+own branch kinds, 5 × 20 cycles, half the later peak LR); ``ablations_extra`` = restore modes, new-branch
+γ, cycle length at the same budget and Expand before cycle 1 (the paper's literal Algorithm 1);
+``bf16`` = main's baseline arm in bf16 autocast; ``expansion`` = main's RepAn arm expanding each block's
+own kinds at γ = 0; ``ship`` = each model's best arm of main (by validation), 2× the budget.
 Model selection is by validation accuracy (a split carved from the training set); the test set is
 only reported.
 """
