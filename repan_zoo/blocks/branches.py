@@ -46,17 +46,24 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """The shape of the single conv a Rep block fuses into."""
+    """The shape of the single conv a Rep block fuses into.
+
+    ``dilation`` spaces the k×k taps (timm's ``output_stride`` < 32); every branch is built with
+    the same tap spacing (a 1×1 kernel and the identity sit on the centre tap, a k×1/1×k kernel
+    on the centre column/row, average pooling averages the dilated taps), so each still fuses
+    exactly into the dilated k×k conv."""
 
     in_channels: int
     out_channels: int
     kernel_size: int = 3
     stride: int = 1
     groups: int = 1
+    dilation: int = 1
 
     @property
     def padding(self) -> int:
-        return self.kernel_size // 2
+        """Zero padding that keeps the output centred: ``dilation · (k // 2)`` pixels per side."""
+        return self.dilation * (self.kernel_size // 2)
 
     def __post_init__(self):
         if self.kernel_size % 2 == 0:
@@ -69,6 +76,8 @@ class BlockSpec:
                 f"in_channels={self.in_channels} and out_channels={self.out_channels} must both be divisible "
                 f"by groups={self.groups}"
             )
+        if not isinstance(self.dilation, int) or self.dilation < 1:
+            raise UnfusableBranchError(f"dilation={self.dilation!r} must be an integer ≥ 1")
 
 
 def bn_params(bn: nn.modules.batchnorm._BatchNorm) -> BNParams:
@@ -177,9 +186,10 @@ class _ConvBN(Branch):
     def __init__(self, spec: BlockSpec):
         super().__init__(spec)
         kh, kw = self._size(spec)
+        d = spec.dilation
         self.conv = nn.Conv2d(
-            spec.in_channels, spec.out_channels, (kh, kw), spec.stride, (kh // 2, kw // 2),
-            groups=spec.groups, bias=False,
+            spec.in_channels, spec.out_channels, (kh, kw), spec.stride, (d * (kh // 2), d * (kw // 2)),
+            dilation=(d if kh > 1 else 1, d if kw > 1 else 1), groups=spec.groups, bias=False,
         )
         self.bn = nn.BatchNorm2d(spec.out_channels)
 
@@ -245,7 +255,9 @@ class IdentityBN(Branch):
 
 @register_branch("avg")
 class AvgPoolBN(Branch):
-    """k×k average pooling (zero padding counted, like a conv) + BN (DBB)."""
+    """k×k average pooling (zero padding counted, like a conv) + BN (DBB). In a dilated block
+    (``spec.dilation`` > 1) the pool averages the k×k dilated taps of the trunk's window — a
+    fixed depthwise conv, since ``nn.AvgPool2d`` has no dilation."""
 
     @classmethod
     def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
@@ -254,7 +266,10 @@ class AvgPoolBN(Branch):
     def __init__(self, spec: BlockSpec):
         super().__init__(spec)
         k = spec.kernel_size
-        self.pool = nn.AvgPool2d(k, spec.stride, k // 2, count_include_pad=True)
+        if spec.dilation == 1:
+            self.pool: nn.Module = nn.AvgPool2d(k, spec.stride, k // 2, count_include_pad=True)
+        else:
+            self.pool = DilatedAvgPool2d(k, spec.stride, spec.dilation)
         self.bn = nn.BatchNorm2d(spec.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +279,23 @@ class AvgPoolBN(Branch):
         bn = bn_params(self.bn)
         kernel = algebra.avg_pool_kernel(self.spec.out_channels, self.spec.groups, self.spec.kernel_size, bn.weight)
         return algebra.fuse_conv_bn(kernel, None, bn)
+
+
+class DilatedAvgPool2d(nn.Module):
+    """Mean of the k×k taps spaced ``dilation`` apart, zero padding counted: what ``nn.AvgPool2d(k,
+    stride, k // 2, count_include_pad=True)`` is for dilation 1. Computed as a fixed depthwise conv
+    of ``1/k²`` (built in the input's dtype and device); [N, C, H, W] → [N, C, ⌈H/stride⌉, ⌈W/stride⌉]."""
+
+    def __init__(self, kernel_size: int, stride: int, dilation: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        kernel = torch.full((x.shape[1], 1, k, k), 1.0 / (k * k), dtype=x.dtype, device=x.device)
+        return F.conv2d(x, kernel, None, self.stride, self.dilation * (k // 2), self.dilation, x.shape[1])
 
 
 class BNAndPad(nn.Module):
@@ -300,8 +332,10 @@ class Seq1x1KxK(Branch):
         mid = spec.in_channels
         k = spec.kernel_size
         self.conv1 = nn.Conv2d(spec.in_channels, mid, 1, 1, 0, groups=spec.groups, bias=False)
-        self.bn_pad = BNAndPad(mid, k // 2)
-        self.conv2 = nn.Conv2d(mid, spec.out_channels, k, spec.stride, 0, groups=spec.groups, bias=False)
+        self.bn_pad = BNAndPad(mid, spec.padding)
+        self.conv2 = nn.Conv2d(
+            mid, spec.out_channels, k, spec.stride, 0, dilation=spec.dilation, groups=spec.groups, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(spec.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

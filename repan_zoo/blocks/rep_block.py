@@ -43,6 +43,9 @@ class RepBlock(nn.Module):
     ordinary Rep block (RepVGG, DBB, ACNet, MobileOne), 0.0 a block whose extras are
     silent. Deploy form: one k×k conv with bias, ``reparam_conv``.
 
+    ``dilation`` spaces the trunk's taps (timm's ``output_stride``); every branch is built with the
+    same spacing, so a dilated block fuses exactly into one dilated k×k conv (see :class:`BlockSpec`).
+
     :meth:`reparameterize` fuses in place (Eq. 1, 2, 5; λ included); it is the method
     ``timm.utils.reparameterize_model`` calls. :meth:`unfold` goes the other way.
     """
@@ -63,12 +66,7 @@ class RepBlock(nn.Module):
         deploy: bool = False,
     ):
         super().__init__()
-        if dilation != 1:
-            raise UnfusableBranchError(
-                f"dilation={dilation}: branches of different kernel sizes only line up without dilation; "
-                "build the block with dilation=1 (or use a plain nn.Conv2d for dilated convs)"
-            )
-        self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups)
+        self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups, dilation)
         self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=False)
         #: the branch kinds this block was built with (kept in deploy form, so a train-form
         #: checkpoint can be loaded into a deploy model and vice versa).
@@ -105,7 +103,8 @@ class RepBlock(nn.Module):
     def extra_repr(self) -> str:
         s = self.spec
         form = "deploy" if self.deploy else f"train, λ={float(self.lam):g}"
-        return f"{s.in_channels}, {s.out_channels}, k={s.kernel_size}, stride={s.stride}, groups={s.groups}, {form}"
+        dil = f", dilation={s.dilation}" if s.dilation != 1 else ""
+        return f"{s.in_channels}, {s.out_channels}, k={s.kernel_size}, stride={s.stride}{dil}, groups={s.groups}, {form}"
 
     def set_lambda(self, value) -> None:
         """Set λ of Eq. (3); raises :class:`LambdaRangeError` outside [0, 1]."""
@@ -113,7 +112,9 @@ class RepBlock(nn.Module):
 
     def _new_conv(self) -> nn.Conv2d:
         s = self.spec
-        return nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, groups=s.groups, bias=True)
+        return nn.Conv2d(
+            s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.dilation, groups=s.groups, bias=True
+        )
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
