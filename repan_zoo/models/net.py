@@ -80,8 +80,8 @@ class RepNet(nn.Module):
         index = 0
         stages = []
         prev = cfg.stem_out
-        for stage in cfg.stages:
-            blocks, prev, index = self._make_stage(stage, prev, deploy, drop_path_rate, index, total)
+        for stage, geometry in zip(cfg.stages, cfg.stage_geometry()):
+            blocks, prev, index = self._make_stage(stage, geometry, prev, deploy, drop_path_rate, index, total)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
 
@@ -94,19 +94,28 @@ class RepNet(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     def _make_stage(
-        self, stage: StageCfg, in_chs: int, deploy: bool, drop_path_rate: float, index: int, total: int
+        self, stage: StageCfg, geometry: Tuple[int, int, int], in_chs: int, deploy: bool, drop_path_rate: float,
+        index: int, total: int,
     ) -> Tuple[List[nn.Module], int, int]:
+        """The blocks of one stage; ``geometry`` = ``(stride, first_dilation, dilation)`` from
+        :meth:`NetCfg.stage_geometry` (the first block's strided conv keeps ``first_dilation``)."""
         cfg, rule = self.cfg, self.cfg.branches
         out = cfg.channels(stage.chs)
         blocks: List[nn.Module] = []
+        stage_stride, first_dilation, dilation = geometry
         for i in range(stage.depth):
-            stride = stage.stride if i == 0 else 1
+            stride, layout = (stage_stride, stage.stride) if i == 0 else (1, 1)
+            dil = first_dilation if i == 0 else dilation
             se = i >= stage.depth - stage.se
             if stage.block == "conv":
-                blocks.append(RepConvAct(in_chs, out, 3, stride, branches=rule.kxk, se=se, deploy=deploy))
+                blocks.append(RepConvAct(
+                    in_chs, out, 3, stride, branches=rule.kxk, se=se, dilation=dil, layout_stride=layout, deploy=deploy
+                ))
                 in_chs = out
             elif stage.block == "dws":
-                blocks.append(RepConvAct(in_chs, in_chs, 3, stride, in_chs, rule.kxk, se=se, deploy=deploy))
+                blocks.append(RepConvAct(
+                    in_chs, in_chs, 3, stride, in_chs, rule.kxk, se=se, dilation=dil, layout_stride=layout, deploy=deploy
+                ))
                 blocks.append(RepConvAct(in_chs, out, 1, 1, branches=rule.pointwise, se=se, deploy=deploy))
                 in_chs = out
             else:
@@ -115,7 +124,7 @@ class RepNet(nn.Module):
                 blocks.append(
                     block_cls(
                         in_chs, out, stride, kxk_branches=rule.kxk, pointwise_branches=rule.pointwise,
-                        drop_path_rate=dpr, deploy=deploy,
+                        drop_path_rate=dpr, first_dilation=dil, dilation=dilation, layout_stride=layout, deploy=deploy,
                     )
                 )
                 in_chs = out * block_cls.expansion

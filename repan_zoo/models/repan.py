@@ -17,6 +17,8 @@ Ours:
 ``branches``      extra branch kinds of every k×k Rep block (stem included), each kept where it
                   fits; train form only.
 ``zero_init_last`` zero the last BN γ of each residual branch (ResNet default True).
+``output_stride`` timm's: 8, 16 (or any reduction the network reaches) dilate the later stages
+                  instead of striding them (:meth:`NetCfg.stage_geometry`); the Rep blocks still fuse exactly.
 
 ``pretrained=True`` builds the model, then ``repan_zoo.hub.load_pretrained(model)`` downloads and
 verifies the manifest's weights for ``pretrained_cfg['architecture'/'tag']`` and loads them
@@ -126,11 +128,6 @@ def _check_kwargs(variant: str, kwargs: Dict[str, Any]) -> None:
             f"{variant} got unexpected keyword argument(s) {unknown}; repan_* models take "
             f"{sorted(_MODEL_KWARGS + _ARCH_KWARGS)}, {list(_PLACEMENT_KWARGS)} and timm's {sorted(_TIMM_KWARGS)}"
         )
-    if kwargs.get("output_stride", 32) != 32:
-        raise ModelConfigError(
-            f"{variant}: output_stride={kwargs['output_stride']} is not supported (a dilated Rep block cannot fuse "
-            "branches of different kernel sizes); use output_stride=32 and upsample the features instead"
-        )
 
 
 def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
@@ -168,6 +165,12 @@ def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
         if isinstance(branches, str):
             branches = (branches,)
         cfg = cfg.with_kxk_branches(tuple(branches))
+    output_stride = kwargs.pop("output_stride", None)
+    if output_stride is not None:
+        try:
+            cfg = cfg.with_output_stride(output_stride)
+        except ModelConfigError as exc:
+            raise ModelConfigError(f"{variant}: {exc}") from None
     if kwargs.get("drop_path_rate", 0.0) and cfg.family != "resnet":
         raise ModelConfigError(
             f"{variant}: drop_path_rate={kwargs['drop_path_rate']} needs residual branches to drop, and "
@@ -219,7 +222,6 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     """Build a registered ``repan_*`` model (what every entrypoint calls); see the module docstring."""
     mdef = MODELS[variant]
     _check_kwargs(variant, kwargs)
-    kwargs.pop("output_stride", None)
     cfg = _resolve_cfg(variant, mdef, kwargs)
     resolved = _with_tag(
         resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
