@@ -224,11 +224,15 @@ def test_gradients_of_new_branches_scale_with_lambda():
         assert torch.equal(g1[n], g_half[n]) and torch.equal(g1[n], g0[n])
 
 
-def test_lambda_is_a_non_persistent_buffer():
+def test_lambda_is_saved_with_the_train_form_only():
     block = RepBlock(8, 8, branches=("conv_1x1",), lam=0.3)
-    assert "lam" not in block.state_dict()
+    assert float(block.state_dict()["lam"]) == pytest.approx(0.3)
     assert all(p is not block.lam for p in block.parameters())
-    assert "lam" in dict(block.named_buffers())
+    block.reparameterize()
+    assert "lam" not in block.state_dict()  # folded into the deploy conv
+    block.unfold(["conv_1x1"], lam=0.4)
+    assert float(block.state_dict()["lam"]) == pytest.approx(0.4)
+    assert "lam" not in RepBlock(8, 8, deploy=True).state_dict()
 
 
 # -- forms -----------------------------------------------------------------------------------------------

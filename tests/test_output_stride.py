@@ -7,19 +7,8 @@ import timm
 import torch
 
 import repan_zoo
-from helpers import randomize, rel_err
+from helpers import FAMILY_IDS, FAMILY_MODELS as FAMILIES, randomize, rel_err
 from repan_zoo.errors import ModelConfigError
-
-#: one small model per family and block type (conv / dws / basic / bottleneck; plain, acb, dbb branches)
-FAMILIES = [
-    ("repan_repvgg_a0_w025", {}),
-    ("repan_mobileone_s0", dict(width_mult=0.25)),
-    ("repan_mobilenet", dict(width_mult=0.25)),
-    ("repan_resnet18_w025", {}),
-    ("repan_resnet18_acb_w025", {}),
-    ("repan_resnet18_dbb_w025", {}),
-    ("repan_resnet50_dbb", dict(width_mult=0.125)),
-]
 
 
 def test_every_family_is_represented():
@@ -28,7 +17,7 @@ def test_every_family_is_represented():
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])
-@pytest.mark.parametrize("name,kwargs", FAMILIES, ids=[n for n, _ in FAMILIES])
+@pytest.mark.parametrize("name,kwargs", FAMILIES, ids=FAMILY_IDS)
 def test_output_stride_dilates_and_fuses_exactly(name, kwargs, output_stride):
     torch.manual_seed(0)
     model = randomize(timm.create_model(name, output_stride=output_stride, num_classes=7, **kwargs), seed=1)

@@ -39,9 +39,12 @@ class RepBlock(nn.Module):
     where ``trunk`` is a k×k conv + BN (the paper's inverted branch, un-gated) and
     ``extras`` are branches of registered kinds (``conv_1x1``, ``identity``, ``avg``,
     ``1x1_kxk``, ``conv_kx1``, ``conv_1xk``, more ``conv_kxk`` ...), including the
-    residual BN. λ is a non-persistent buffer set by :meth:`set_lambda`; 1.0 gives an
-    ordinary Rep block (RepVGG, DBB, ACNet, MobileOne), 0.0 a block whose extras are
-    silent. Deploy form: one k×k conv with bias, ``reparam_conv``.
+    residual BN. λ is a buffer set by :meth:`set_lambda`; 1.0 gives an ordinary Rep block
+    (RepVGG, DBB, ACNet, MobileOne), 0.0 a block whose extras are silent. In train form λ is
+    part of the state dict (``<block>.lam``), so that EMA / weight-averaged / copied /
+    checkpointed models compute the same function; a train-form state dict written before
+    λ was saved (no ``lam`` key) still loads strictly and keeps the block's λ. Deploy form:
+    one k×k conv with bias, ``reparam_conv`` (λ is already in it, and not saved).
 
     ``dilation`` spaces the trunk's taps (timm's ``output_stride``); every branch is built with the
     same spacing, so a dilated block fuses exactly into one dilated k×k conv (see :class:`BlockSpec`).
@@ -67,7 +70,7 @@ class RepBlock(nn.Module):
     ):
         super().__init__()
         self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups, dilation)
-        self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=False)
+        self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=not deploy)
         #: the branch kinds this block was built with (kept in deploy form, so a train-form
         #: checkpoint can be loaded into a deploy model and vice versa).
         self.arch_branches = tuple(branches)
@@ -158,6 +161,7 @@ class RepBlock(nn.Module):
         self.trunk = None
         self.extras = nn.ModuleList()
         self._adopt_training_flag()
+        self._persist_lambda()
 
     @torch.no_grad()
     def unfold(
@@ -215,8 +219,21 @@ class RepBlock(nn.Module):
         self.extras = nn.ModuleList(new)
         self.reparam_conv = None
         self._adopt_training_flag()
+        self._persist_lambda()
         self.set_lambda(lam)
         return new
+
+    def _persist_lambda(self) -> None:
+        """λ is saved with the train form only: it changes the train form's output (Eq. 3) and is
+        folded into the deploy conv."""
+        self.register_buffer("lam", self.lam, persistent=not self.deploy)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # a train-form state dict from before λ was saved has no ``lam``: keep the block's λ (like
+        # BatchNorm's num_batches_tracked for old state dicts); checkpoints carry it in metadata
+        if not self.deploy and prefix + "lam" not in state_dict:
+            state_dict[prefix + "lam"] = self.lam.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _adopt_training_flag(self) -> None:
         """New submodules take the block's train/eval flag (a block in eval mode must not get
