@@ -7,11 +7,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead
-from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 
 from .config import NetCfg, StageCfg
 from ..blocks import RepBlock
+from ..recompute import checkpoint_seq
 from .layers import RepBasicBlock, RepBottleneck, RepConvAct
 
 __all__ = ["RepNet"]
@@ -176,6 +176,8 @@ class RepNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the stages' activations in backward (:mod:`repan_zoo.recompute`: BN running
+        statistics are updated once per step, as without checkpointing)."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
