@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
+from timm.layers import ClassifierHead, get_device_dtype
 from timm.models._features import feature_take_indices
 
 from .config import NetCfg, StageCfg
@@ -185,8 +185,10 @@ class RepNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier of ``num_classes`` outputs (0: none) and pooling ``global_pool`` (None: kept),
+        on the model's device and in its dtype, in its train/eval mode (timm's contract)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
         self.head_hidden_size = self._pooled_width()
         if global_pool is not None:
             self.global_pool = global_pool
@@ -249,7 +251,9 @@ class RepNet(nn.Module):
             self.num_features = self.feature_info[max_index]["num_chs"]
             prune_head = True
         if prune_head:
-            self.head = ClassifierHead(self.num_features, 0, pool_type="", drop_rate=self.drop_rate)
+            self.head = ClassifierHead(
+                self.num_features, 0, pool_type="", drop_rate=self.drop_rate, **get_device_dtype(self)
+            ).train(self.training)
             self.head_hidden_size = self.num_features
             self.num_classes = 0
             self.global_pool = ""
