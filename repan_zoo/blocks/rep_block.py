@@ -154,7 +154,7 @@ class RepBlock(nn.Module):
         ref = self.trunk.conv.weight
         kernel, bias = self.fused_kernel_bias()
         self._inherit_bn = BNParams(*(t.clone() for t in bn_params(self.trunk.bn)[:4]), self.trunk.bn.eps)
-        conv = self._new_conv().to(device=ref.device, dtype=ref.dtype)
+        conv = _placed_like(self._new_conv(), ref)
         conv.weight.copy_(kernel.to(ref.dtype))
         conv.bias.copy_(bias.to(ref.dtype))
         self.reparam_conv = conv
@@ -201,7 +201,7 @@ class RepBlock(nn.Module):
         if previous is not None:
             previous = BNParams(*(t.to(kernel) for t in previous[:4]), previous.eps)
         new_kernel, bn = algebra.restore_conv_bn(kernel, bias, mode, previous=previous)
-        trunk = create_branch("conv_kxk", self.spec).to(device=ref.device, dtype=ref.dtype)
+        trunk = _placed_like(create_branch("conv_kxk", self.spec), ref)
         trunk.conv.weight.copy_(new_kernel.to(ref.dtype))
         _load_bn(trunk.bn, bn)
         new: List[Branch] = []
@@ -214,7 +214,7 @@ class RepBlock(nn.Module):
                         break
                     raise
                 init_branch_(branch, generator=generator, gamma=branch_gamma)
-                new.append(branch.to(device=ref.device, dtype=ref.dtype))
+                new.append(_placed_like(branch, ref))
         self.trunk = trunk
         self.extras = nn.ModuleList(new)
         self.reparam_conv = None
@@ -240,6 +240,19 @@ class RepBlock(nn.Module):
         train-mode BNs from a conversion)."""
         for child in self.children():
             child.train(self.training)
+
+
+def _memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D weight stored that way (``model.to(memory_format=torch.channels_last)``)."""
+    if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _placed_like(module: nn.Module, ref: torch.Tensor) -> nn.Module:
+    """``module`` on ``ref``'s device, in its dtype and memory layout (new convs of a conversion keep
+    the model's channels_last layout)."""
+    return module.to(device=ref.device, dtype=ref.dtype, memory_format=_memory_format(ref))
 
 
 def _load_bn(bn: nn.modules.batchnorm._BatchNorm, params: BNParams) -> None:
