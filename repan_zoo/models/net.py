@@ -7,11 +7,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.layers import ClassifierHead, get_device_dtype
-from timm.models._features import feature_take_indices
 
 from .config import NetCfg, StageCfg
 from ..blocks import RepBlock
 from ..recompute import checkpoint_seq
+from ..timm_private import feature_take_indices
 from .layers import RepBasicBlock, RepBottleneck, RepConvAct
 
 __all__ = ["RepNet"]

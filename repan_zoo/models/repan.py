@@ -32,8 +32,7 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from ..errors import ModelConfigError, UnknownModelArgError
 from ..manifest import timm_cfgs
