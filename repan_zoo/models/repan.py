@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -40,6 +40,7 @@ from .families import MODELS, ModelDef
 from .layers import rep_conv
 from .net import RepNet
 from .timm_compat import checkpoint_filter
+from ..timm_private import pretrained_cfg_for_features
 
 __all__ = ["create_repnet", "default_cfgs", "model_names", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD"]
 
@@ -183,33 +184,40 @@ def _construct(
     *,
     load_pretrained: bool,
     pretrained_cfg: Dict[str, Any],
+    user_cfgs: Tuple[Any, ...] = (),
+    loaded_cfgs: Optional[List[Dict[str, Any]]] = None,
     cache_dir=None,
     device=None,
     dtype=None,
     **kwargs,
 ) -> RepNet:
     """Model factory handed to timm's ``build_model_with_cfg``: build the full classifier, load
-    published weights into it, and return it for timm to wrap (``features_only``)."""
+    published weights into it (or the user's own: ``user_cfgs`` = the caller's ``pretrained_cfg`` and
+    ``pretrained_cfg_overlay``, whose ``file`` / ``url`` / ``hf_hub_id`` win), append the cfg of the
+    loaded weights to ``loaded_cfgs``, and return the model for timm to wrap (``features_only``)."""
     model = RepNet(cfg, device=device, dtype=dtype, **kwargs)
     if load_pretrained:
         model.pretrained_cfg = model.default_cfg = pretrained_cfg
-        load = _hub_load_pretrained()
-        if cache_dir is None:
-            load(model)
-        else:
-            load(model, cache_dir=cache_dir)
+        hub = _hub()
+        load_kwargs: Dict[str, Any] = dict(user=hub.user_source(*user_cfgs))
+        if cache_dir is not None:
+            load_kwargs["cache_dir"] = cache_dir
+        hub.load_pretrained(model, **load_kwargs)
+        if loaded_cfgs is not None:
+            loaded_cfgs.append(model.pretrained_cfg)
     return model
 
 
-def _hub_load_pretrained() -> Callable[[nn.Module], Any]:
+def _hub():
+    """``repan_zoo.hub.load`` (imported on first use: the hub depends on the models, not back)."""
     try:
-        from ..hub import load_pretrained
+        from ..hub import load as hub_load
     except ImportError as exc:
         raise ModelConfigError(
             f"pretrained=True needs repan_zoo.hub, which failed to import ({exc}); reinstall repan-zoo, or build "
             "with pretrained=False and load a checkpoint with repan_zoo.checkpoint.load_into"
         ) from exc
-    return load_pretrained
+    return hub_load
 
 
 def _with_tag(cfg: Dict[str, Any]) -> Dict[str, Any]:
@@ -227,8 +235,10 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     )
     feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(cfg.feature_levels()))))
     feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
+    loaded_cfgs: List[Dict[str, Any]] = []
     factory = partial(
-        _construct, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir")
+        _construct, loaded_cfgs=loaded_cfgs, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir"),
+        user_cfgs=(kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")),
     )
     model = build_model_with_cfg(
         factory,
@@ -239,6 +249,10 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
         pretrained_filter_fn=checkpoint_filter,
         **kwargs,
     )
+    if loaded_cfgs:  # timm set the requested cfg again after our factory: describe the loaded weights
+        loaded = loaded_cfgs[-1]
+        features = kwargs.get("features_only", False)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(loaded) if features else dict(loaded)
     _with_tag(model.pretrained_cfg)
     return model
 
