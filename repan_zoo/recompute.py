@@ -16,15 +16,17 @@ is preserved as usual, so dropout / drop-path masks are the same in the recomput
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Iterator, List, Tuple
+from collections import OrderedDict
+from typing import Any, Dict, Iterable, Iterator, List
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
+from timm.models import FeatureListNet as _TimmFeatureListNet
 
 from .blocks import is_bn_like
 
-__all__ = ["checkpoint", "checkpoint_seq"]
+__all__ = ["checkpoint", "checkpoint_seq", "FeatureListNet"]
 
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -85,3 +87,22 @@ def checkpoint_seq(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tenso
     for module in modules:
         x = checkpoint(module, x)
     return x
+
+
+class FeatureListNet(_TimmFeatureListNet):
+    """timm's ``FeatureListNet`` (the ``features_only`` wrapper) whose gradient checkpointing goes
+    through :func:`checkpoint`, so a checkpointed backbone updates BN statistics once per step.
+    Without checkpointing it is timm's class unchanged. As in timm, the first and the last module
+    and in-place modules are not checkpointed."""
+
+    def _collect(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        if not self.grad_checkpointing or torch.jit.is_scripting():
+            return super()._collect(x)
+        out: Dict[str, torch.Tensor] = OrderedDict()
+        last = len(self) - 1
+        for i, (name, module) in enumerate(self.items()):
+            skip = i == 0 or i == last or getattr(module, "inplace", False) is True
+            x = module(x) if skip else checkpoint(module, x)
+            if name in self.return_layers:
+                out[self.return_layers[name]] = x
+        return out

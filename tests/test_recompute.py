@@ -63,3 +63,20 @@ def test_checkpoint_helper_matches_a_plain_step(kinds):
         assert torch.allclose(a.double(), b.double(), atol=1e-6), k
     for (k, p), (_, q) in zip(block.named_parameters(), twin.named_parameters()):
         assert rel_err(q.grad, p.grad) <= 1e-5, k
+
+
+@pytest.mark.parametrize("name,kwargs", [FAMILY_MODELS[0], FAMILY_MODELS[5]], ids=[FAMILY_IDS[0], FAMILY_IDS[5]])
+def test_features_only_checkpointing_updates_bn_statistics_once(name, kwargs):
+    """timm's features_only wrapper recomputes too: the repan_* wrapper keeps the statistics."""
+    torch.manual_seed(0)
+    plain = randomize(timm.create_model(name, features_only=True, **kwargs), seed=2)
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    for model in (plain, ckpt):
+        model.train()
+        sum(f.square().mean() for f in model(x)).backward()
+    ref, new = _bn_state(plain), _bn_state(ckpt)
+    assert ref.keys() == new.keys() and ref
+    for k in ref:
+        assert torch.allclose(ref[k].double(), new[k].double(), rtol=1e-5, atol=1e-6), k

@@ -40,6 +40,7 @@ from .families import MODELS, ModelDef
 from .layers import rep_conv
 from .net import RepNet
 from .timm_compat import checkpoint_filter
+from ..recompute import FeatureListNet
 from ..timm_private import pretrained_cfg_for_features
 
 __all__ = ["create_repnet", "default_cfgs", "model_names", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD"]
@@ -235,6 +236,9 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     )
     feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(cfg.feature_levels()))))
     feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
+    if kwargs.get("feature_cls", "list") in ("list", None):  # timm's default wrapper, BN-safe checkpointing
+        kwargs.pop("feature_cls", None)
+        feature_cfg.setdefault("feature_cls", FeatureListNet)
     loaded_cfgs: List[Dict[str, Any]] = []
     factory = partial(
         _construct, loaded_cfgs=loaded_cfgs, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir"),
