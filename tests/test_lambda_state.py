@@ -80,3 +80,14 @@ def test_deploy_state_dict_is_unchanged_and_filter_keeps_lambda():
     x = _x(model)
     with torch.no_grad():
         assert rel_err(model(x), target(x)) <= 1e-5
+
+
+def test_filter_renames_an_old_train_form_state_dict_without_converting_it():
+    """A same-structure train-form state dict from before λ was saved passes the checkpoint filter
+    renamed only (its trained branches are kept, not folded into the trunk)."""
+    model = _model("repan_resnet18_acb_w025", {})
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith(".lam")}
+    target = timm.create_model("repan_resnet18_acb_w025", num_classes=5)
+    filtered = rz.models.checkpoint_filter(old, target)
+    assert all(torch.equal(filtered[k], v) for k, v in old.items())
+    target.load_state_dict(filtered)

@@ -176,6 +176,8 @@ def _convert_block(name: str, sub: Dict[str, torch.Tensor], kinds: Kinds, target
 
 def _same_structure(sub: Mapping[str, torch.Tensor], target: RepBlock) -> bool:
     expected = target.state_dict()
+    if "lam" not in sub:  # a train-form state dict from before λ was saved: the block keeps its λ on load
+        expected.pop("lam", None)
     return sub.keys() == expected.keys() and all(sub[k].shape == expected[k].shape for k in sub)
 
 
