@@ -95,9 +95,13 @@ class FeatureListNet(_TimmFeatureListNet):
     Without checkpointing it is timm's class unchanged. As in timm, the first and the last module
     and in-place modules are not checkpointed."""
 
-    def _collect(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        if not self.grad_checkpointing or torch.jit.is_scripting():
-            return super()._collect(x)
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return list(self._collect_checkpointed(x).values())
+        return list(self._collect(x).values())
+
+    @torch.jit.unused
+    def _collect_checkpointed(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         out: Dict[str, torch.Tensor] = OrderedDict()
         last = len(self) - 1
         for i, (name, module) in enumerate(self.items()):

@@ -29,8 +29,8 @@ def load_pretrained(
 ) -> nn.Module:
     """Load the verified pretrained weights named by ``model.pretrained_cfg`` into ``model`` (in place).
 
-    ``user``: the ``file`` / ``url`` / ``hf_hub_id`` the caller named (``pretrained_cfg_overlay``);
-    those weights are loaded, never a manifest entry instead. Any state dict the checkpoint
+    ``user``: the caller's ``pretrained_cfg_overlay`` (and ``pretrained_cfg`` dict) entries; a
+    ``file`` / ``url`` / ``hf_hub_id`` in it is loaded, never a manifest entry instead. Any state dict the checkpoint
     filter knows goes in: ours in either form, timm's ``repvgg_*`` / ``mobileone_*`` / ``resnet*``.
     Afterwards ``model.pretrained_cfg`` describes the loaded weights (:func:`describe_loaded`).
 

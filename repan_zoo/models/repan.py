@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -199,26 +199,28 @@ def _construct(
     model = RepNet(cfg, device=device, dtype=dtype, **kwargs)
     if load_pretrained:
         model.pretrained_cfg = model.default_cfg = pretrained_cfg
-        hub = _hub()
-        load_kwargs: Dict[str, Any] = dict(user=hub.user_source(*user_cfgs))
+        load_kwargs: Dict[str, Any] = {}
+        user = {k: v for c in user_cfgs if isinstance(c, Mapping) for k, v in c.items()}
+        if user:  # the hub picks the file / url / hf_hub_id out of it
+            load_kwargs["user"] = user
         if cache_dir is not None:
             load_kwargs["cache_dir"] = cache_dir
-        hub.load_pretrained(model, **load_kwargs)
+        _hub_load_pretrained()(model, **load_kwargs)
         if loaded_cfgs is not None:
             loaded_cfgs.append(model.pretrained_cfg)
     return model
 
 
-def _hub():
-    """``repan_zoo.hub.load`` (imported on first use: the hub depends on the models, not back)."""
+def _hub_load_pretrained() -> Callable[..., Any]:
+    """``repan_zoo.hub.load_pretrained`` (imported on first use: the hub depends on the models, not back)."""
     try:
-        from ..hub import load as hub_load
+        from ..hub import load_pretrained
     except ImportError as exc:
         raise ModelConfigError(
             f"pretrained=True needs repan_zoo.hub, which failed to import ({exc}); reinstall repan-zoo, or build "
             "with pretrained=False and load a checkpoint with repan_zoo.checkpoint.load_into"
         ) from exc
-    return hub_load
+    return load_pretrained
 
 
 def _with_tag(cfg: Dict[str, Any]) -> Dict[str, Any]:
