@@ -8,7 +8,8 @@ Metadata written into every file (safetensors string metadata):
 ``repan_zoo``     package version
 ``exactness``     JSON of the last conversion check (``model.repan_exactness``), when known
 ``branches``      train form only: JSON ``{block: [branch kinds]}`` so the structure can be rebuilt
-``lambdas``       train form only: JSON ``{block: λ}`` (λ is a non-persistent buffer)
+``lambdas``       train form only: JSON ``{block: λ}`` (λ is also in the state dict, ``<block>.lam``;
+                  files written before that have only this)
 
 A state dict of the other form is recognised (from metadata, else from its keys) and
 converted exactly (:func:`load_into`), never loaded with ``strict=False``.
@@ -151,9 +152,16 @@ def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, 
     return tensors, meta
 
 
+def _legacy_lambda(key: str, train_blocks) -> bool:
+    block, _, leaf = key.rpartition(".")
+    return leaf == "lam" and block in train_blocks
+
+
 def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> Optional[str]:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
+    train_blocks = {name for name, b in rep_blocks(model) if not b.deploy}
+    # a train-form block fills a missing λ itself (state dicts written before λ was saved)
+    missing = [k for k in expected if k not in state_dict and not _legacy_lambda(k, train_blocks)]
     unexpected = [k for k in state_dict if k not in expected]
     shapes = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"

@@ -57,11 +57,25 @@ def default_tolerance(model: nn.Module) -> float:
 def _require_blocks(model: nn.Module, call: str) -> List[str]:
     names = [name for name, _ in rep_blocks(model)]
     if not names:
-        raise NoRepBlocksError(
-            f"{call}: {type(model).__name__} holds no RepBlock, so there is nothing to convert. "
-            "Build it from repan_zoo models (timm.create_model('repan_...')) or repan_zoo.blocks.RepBlock"
-        )
+        raise NoRepBlocksError(f"{call}: {_no_blocks_reason(model)}")
     return names
+
+
+def _no_blocks_reason(model: nn.Module) -> str:
+    """Why ``model`` holds no RepBlock, and what to do: a model prepared for quantization (QAT / PTQ
+    observers, e.g. ``prepare_qat_fx`` traced the blocks away) must be fused *before* quantizing."""
+    from torch.ao.quantization import FakeQuantizeBase, ObserverBase
+
+    if any(isinstance(m, (FakeQuantizeBase, ObserverBase)) for m in model.modules()):
+        return (
+            f"{type(model).__name__} is prepared for quantization (it holds observers / fake-quantize modules) and "
+            "no RepBlock is left to fuse. Fuse before quantizing: repan_zoo.reparameterize(float_model), then "
+            "prepare_qat / prepare_qat_fx the deploy model"
+        )
+    return (
+        f"{type(model).__name__} holds no RepBlock, so there is nothing to convert. "
+        "Build it from repan_zoo models (timm.create_model('repan_...')) or repan_zoo.blocks.RepBlock"
+    )
 
 
 def _checked_conversion(

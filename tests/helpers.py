@@ -133,3 +133,17 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(old)
+
+
+#: one small model (and the kwargs that keep it small) per family and block type: conv / dws / basic /
+#: bottleneck; RepVGG, MobileOne, MobileNet, ResNet plain / ACB / DBB branches (tests over "every family")
+FAMILY_MODELS = [
+    ("repan_repvgg_a0_w025", {}),
+    ("repan_mobileone_s0", dict(width_mult=0.25)),
+    ("repan_mobilenet", dict(width_mult=0.25)),
+    ("repan_resnet18_w025", {}),
+    ("repan_resnet18_acb_w025", {}),
+    ("repan_resnet18_dbb_w025", {}),
+    ("repan_resnet50_dbb", dict(width_mult=0.125)),
+]
+FAMILY_IDS = [name for name, _ in FAMILY_MODELS]

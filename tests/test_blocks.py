@@ -59,6 +59,35 @@ def test_every_kind_is_covered_with_every_stride_and_groups():
     assert {kind for kind, shape, *_ in SINGLE if shape[2] == shape[0]} == set(KINDS)  # depthwise
 
 
+DILATED = [
+    (shape, k, stride, dilation)
+    for shape, k, stride, dilation in product(SHAPES[:3] + SHAPES[4:], (1, 3, 5), (1, 2), (2, 3))
+]
+
+
+@pytest.mark.parametrize("shape,k,stride,dilation", DILATED, ids=lambda v: str(v).replace(" ", ""))
+def test_dilated_block_fuses_exactly_with_every_fitting_kind(shape, k, stride, dilation):
+    """Issue 15.5: a dilated k×k block keeps every branch kind that fits (1×1 and identity on the
+    centre tap, k×1/1×k on the centre column/row, DBB's 1×1→k×k and average pooling on the dilated
+    taps) and fuses into one dilated conv of the same output size, borders included."""
+    in_ch, out_ch, groups = shape
+    kinds = _all_fitting(in_ch, out_ch, k, stride, groups) + ("conv_kxk", "conv_1x1")
+    seed = DILATED.index((shape, k, stride, dilation))
+    block = randomize(RepBlock(in_ch, out_ch, k, stride, groups, branches=kinds, dilation=dilation, lam=0.7), seed=seed)
+    x = make_input(in_ch, size=13)
+    plain = RepBlock(in_ch, out_ch, k, stride, groups)  # same output size as without dilation
+    assert block(x).shape == plain(x).shape
+    assert _fused_error(block, x) <= TOL
+    fused = copy.deepcopy(block)
+    fused.reparameterize()
+    assert fused.reparam_conv.dilation == (dilation, dilation)
+
+
+def test_dilated_block_from_the_issue_fuses():
+    block = randomize(RepBlock(16, 16, 3, 1, 1, branches=("conv_1x1", "identity"), dilation=2), seed=3)
+    assert _fused_error(block, make_input(16, size=11)) <= TOL
+
+
 def _all_fitting(in_ch, out_ch, k, stride, groups):
     return tuple(kind for kind in KINDS if _fits(kind, in_ch, out_ch, k, stride, groups))
 
@@ -147,7 +176,7 @@ def test_lambda_bounds_are_allowed(lam):
         (dict(in_channels=8, out_channels=8, stride=2, branches=("identity",)), "identity branch needs stride 1"),
         (dict(in_channels=8, out_channels=12, branches=("identity",)), r"in_channels == out_channels \(got 8 -> 12\)"),
         (dict(in_channels=8, out_channels=12, branches=("avg",)), r"average-pooling branch needs in_channels == out_channels"),
-        (dict(in_channels=8, out_channels=8, dilation=2), "dilation=2"),
+        (dict(in_channels=8, out_channels=8, dilation=0), "dilation=0"),
         (dict(in_channels=8, out_channels=8, kernel_size=4), "kernel_size=4.*odd kernel"),
         (dict(in_channels=8, out_channels=8, branches=("conv_9x9",)), r"unknown branch kind 'conv_9x9'.*registered kinds"),
         (dict(in_channels=8, out_channels=12, groups=3), "divisible by groups=3"),
@@ -195,11 +224,15 @@ def test_gradients_of_new_branches_scale_with_lambda():
         assert torch.equal(g1[n], g_half[n]) and torch.equal(g1[n], g0[n])
 
 
-def test_lambda_is_a_non_persistent_buffer():
+def test_lambda_is_saved_with_the_train_form_only():
     block = RepBlock(8, 8, branches=("conv_1x1",), lam=0.3)
-    assert "lam" not in block.state_dict()
+    assert float(block.state_dict()["lam"]) == pytest.approx(0.3)
     assert all(p is not block.lam for p in block.parameters())
-    assert "lam" in dict(block.named_buffers())
+    block.reparameterize()
+    assert "lam" not in block.state_dict()  # folded into the deploy conv
+    block.unfold(["conv_1x1"], lam=0.4)
+    assert float(block.state_dict()["lam"]) == pytest.approx(0.4)
+    assert "lam" not in RepBlock(8, 8, deploy=True).state_dict()
 
 
 # -- forms -----------------------------------------------------------------------------------------------

@@ -233,7 +233,7 @@ def test_branch_override_and_widths():
         (dict(width_mult=float("nan")), ModelConfigError, "width_mult"),
         (dict(widht_mult=0.5), UnknownModelArgError, "widht_mult"),
         (dict(drop_path_rate=0.1), ModelConfigError, "drop_path_rate"),
-        (dict(output_stride=16), ModelConfigError, "output_stride"),
+        (dict(output_stride=12), ModelConfigError, "output_stride"),
         (dict(branches=("conv_9x9",)), Exception, "unknown branch kind"),
     ],
 )

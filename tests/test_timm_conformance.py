@@ -186,3 +186,48 @@ def test_forward_intermediates_and_deploy_form(name):
         out = deploy(x)
         assert torch.allclose(torch.jit.script(deploy)(x), out, rtol=1e-4, atol=1e-5)
         assert torch.equal(_fx_model(deploy)(x), out)
+
+
+# -- timm's model API contract (issue 15.6) ----------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("start_classes", [1000, 0], ids=["with_head", "headless"])
+def test_reset_classifier_follows_device_dtype_and_mode(name, start_classes):
+    """timm's own models build the new head like the model (``get_device_dtype``) and in its
+    train/eval mode; so does every repan_* model, whether or not it had a classifier (built on the
+    meta device: nothing is computed)."""
+    model = timm.create_model(name, num_classes=start_classes, device="meta").to(dtype=torch.float64).eval()
+    model.reset_classifier(5)
+    fc = model.get_classifier()
+    assert (fc.weight.device.type, fc.weight.dtype) == ("meta", torch.float64)
+    assert not any(m.training for m in model.head.modules())
+    model.reset_classifier(3, global_pool="catavgmax")
+    assert model.get_classifier().weight.dtype == torch.float64 and model.head_hidden_size == 2 * model.num_features
+    pruned = model.prune_intermediate_layers(indices=1, prune_head=True)
+    assert pruned and all(p.device.type == "meta" and p.dtype == torch.float64 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["repan_repvgg_a0_w025", "repan_mobileone_s0", "repan_resnet18_dbb_w025", "repan_resnet50"])
+def test_head_contract_as_timm_checks_its_own_models(name):
+    """As timm's tests/test_models.py: reset_classifier(0) makes forward return the pooled
+    features; forward_head(pre_logits=True) has head_hidden_size features; group_matcher covers
+    every non-head parameter; unknown kwargs raise TypeError."""
+    from timm.models import group_parameters
+
+    model = timm.create_model(name, width_mult=0.25, num_classes=7) if not name.endswith("_w025") else \
+        timm.create_model(name, num_classes=7)
+    model.eval()
+    x = _randn(2, *_small_size(model.pretrained_cfg))
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+        assert model.forward_head(feats).shape == (2, 7)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+    groups = group_parameters(model, model.group_matcher())
+    grouped = {n for names in groups.values() for n in names}
+    assert grouped == {n for n, _ in model.named_parameters()}
+    assert {n for n, _ in model.named_parameters()} - {
+        n for n in grouped if n.startswith(("stem", "stages"))
+    } <= {n for n, _ in model.named_parameters() if n.startswith("head")}
+    with pytest.raises(TypeError, match="not_a_timm_kwarg"):
+        timm.create_model(name, not_a_timm_kwarg=1)

@@ -1,5 +1,5 @@
 """Rep blocks (Eq. 3) and their branch kinds."""
-from .branches import BRANCH_KINDS, BlockSpec, Branch, bn_params, branch_class, create_branch, register_branch
+from .branches import BRANCH_KINDS, BlockSpec, Branch, bn_params, branch_class, create_branch, is_bn_like, register_branch
 from .rep_block import RepBlock, check_lambda, init_branch_
 
 __all__ = [
@@ -12,5 +12,6 @@ __all__ = [
     "check_lambda",
     "create_branch",
     "init_branch_",
+    "is_bn_like",
     "register_branch",
 ]

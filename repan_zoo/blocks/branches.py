@@ -41,22 +41,30 @@ __all__ = [
     "branch_class",
     "create_branch",
     "bn_params",
+    "is_bn_like",
 ]
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """The shape of the single conv a Rep block fuses into."""
+    """The shape of the single conv a Rep block fuses into.
+
+    ``dilation`` spaces the k×k taps (timm's ``output_stride`` < 32); every branch is built with
+    the same tap spacing (a 1×1 kernel and the identity sit on the centre tap, a k×1/1×k kernel
+    on the centre column/row, average pooling averages the dilated taps), so each still fuses
+    exactly into the dilated k×k conv."""
 
     in_channels: int
     out_channels: int
     kernel_size: int = 3
     stride: int = 1
     groups: int = 1
+    dilation: int = 1
 
     @property
     def padding(self) -> int:
-        return self.kernel_size // 2
+        """Zero padding that keeps the output centred: ``dilation · (k // 2)`` pixels per side."""
+        return self.dilation * (self.kernel_size // 2)
 
     def __post_init__(self):
         if self.kernel_size % 2 == 0:
@@ -69,19 +77,49 @@ class BlockSpec:
                 f"in_channels={self.in_channels} and out_channels={self.out_channels} must both be divisible "
                 f"by groups={self.groups}"
             )
+        if not isinstance(self.dilation, int) or self.dilation < 1:
+            raise UnfusableBranchError(f"dilation={self.dilation!r} must be an integer ≥ 1")
 
 
-def bn_params(bn: nn.modules.batchnorm._BatchNorm) -> BNParams:
-    """Eval-mode parameters of any BatchNorm (BatchNorm2d, SyncBatchNorm, ...), as float64."""
-    num = bn.num_features
-    ref = bn.running_mean if bn.running_mean is not None else bn.weight
+def is_bn_like(module: nn.Module) -> bool:
+    """Whether ``module`` normalises with per-channel running statistics in eval mode: PyTorch's
+    BatchNorm family (``BatchNorm2d``, ``SyncBatchNorm``, timm's ``BatchNormAct2d``, ...) and the
+    frozen BNs that hold the same tensors as buffers (torchvision's / timm's ``FrozenBatchNorm2d``,
+    timm's ``FrozenBatchNormAct2d``)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return True
+    buffers = dict(module.named_buffers(recurse=False))
+    return "running_mean" in buffers and "running_var" in buffers and hasattr(module, "eps")
+
+
+def bn_params(bn: nn.Module) -> BNParams:
+    """Eval-mode parameters ``(γ, β, μ, σ², eps)`` of a BN-like layer (:func:`is_bn_like`), as float64.
+
+    A BN followed by an activation inside the same layer (timm's ``BatchNormAct2d`` /
+    ``FrozenBatchNormAct2d`` with ``apply_act=True``) is not linear and cannot be fused: it raises
+    :class:`UnfusableBranchError` naming the class, as does a layer without running statistics or one
+    that is not BN-like at all (GroupNorm, LayerNorm, ...)."""
+    name = type(bn).__name__
+    if not is_bn_like(bn):
+        raise UnfusableBranchError(
+            f"{name} is not a BatchNorm with running statistics, so it cannot be fused into a conv (Eq. 2); "
+            "Rep blocks fuse BatchNorm2d, SyncBatchNorm, FrozenBatchNorm2d and BatchNormAct2d without activation"
+        )
+    act = getattr(bn, "act", None)
+    if act is not None and not isinstance(act, nn.Identity):
+        raise UnfusableBranchError(
+            f"{name} applies {type(act).__name__} after normalising: the branch is no longer linear and cannot be "
+            f"fused into one conv; build it with apply_act=False (the block's activation stays outside it) or use "
+            "BatchNorm2d / FrozenBatchNorm2d"
+        )
     if bn.running_mean is None or bn.running_var is None:
         raise UnfusableBranchError(
-            f"{type(bn).__name__} without running statistics (track_running_stats=False) cannot be fused; "
+            f"{name} without running statistics (track_running_stats=False) cannot be fused; "
             "build the model with track_running_stats=True"
         )
-    weight = bn.weight if bn.affine else torch.ones(num, device=ref.device, dtype=ref.dtype)
-    bias = bn.bias if bn.affine else torch.zeros(num, device=ref.device, dtype=ref.dtype)
+    ref = bn.running_mean
+    weight = bn.weight if getattr(bn, "weight", None) is not None else torch.ones_like(ref)
+    bias = bn.bias if getattr(bn, "bias", None) is not None else torch.zeros_like(ref)
     weight, bias, mean, var = algebra.as_fusion_dtype(weight.detach(), bias.detach(), bn.running_mean, bn.running_var)
     return BNParams(weight, bias, mean, var, bn.eps)
 
@@ -121,8 +159,9 @@ class Branch(nn.Module):
     def convs(self) -> List[nn.Conv2d]:
         return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
 
-    def bns(self) -> List[nn.modules.batchnorm._BatchNorm]:
-        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    def bns(self) -> List[nn.Module]:
+        """The BN-like layers of this branch (:func:`is_bn_like`), in forward order."""
+        return [m for m in self.modules() if is_bn_like(m)]
 
 
 BRANCH_KINDS: Dict[str, Type[Branch]] = {}
@@ -177,9 +216,10 @@ class _ConvBN(Branch):
     def __init__(self, spec: BlockSpec):
         super().__init__(spec)
         kh, kw = self._size(spec)
+        d = spec.dilation
         self.conv = nn.Conv2d(
-            spec.in_channels, spec.out_channels, (kh, kw), spec.stride, (kh // 2, kw // 2),
-            groups=spec.groups, bias=False,
+            spec.in_channels, spec.out_channels, (kh, kw), spec.stride, (d * (kh // 2), d * (kw // 2)),
+            dilation=(d if kh > 1 else 1, d if kw > 1 else 1), groups=spec.groups, bias=False,
         )
         self.bn = nn.BatchNorm2d(spec.out_channels)
 
@@ -245,7 +285,9 @@ class IdentityBN(Branch):
 
 @register_branch("avg")
 class AvgPoolBN(Branch):
-    """k×k average pooling (zero padding counted, like a conv) + BN (DBB)."""
+    """k×k average pooling (zero padding counted, like a conv) + BN (DBB). In a dilated block
+    (``spec.dilation`` > 1) the pool averages the k×k dilated taps of the trunk's window — a
+    fixed depthwise conv, since ``nn.AvgPool2d`` has no dilation."""
 
     @classmethod
     def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
@@ -254,7 +296,10 @@ class AvgPoolBN(Branch):
     def __init__(self, spec: BlockSpec):
         super().__init__(spec)
         k = spec.kernel_size
-        self.pool = nn.AvgPool2d(k, spec.stride, k // 2, count_include_pad=True)
+        if spec.dilation == 1:
+            self.pool: nn.Module = nn.AvgPool2d(k, spec.stride, k // 2, count_include_pad=True)
+        else:
+            self.pool = DilatedAvgPool2d(k, spec.stride, spec.dilation)
         self.bn = nn.BatchNorm2d(spec.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +309,23 @@ class AvgPoolBN(Branch):
         bn = bn_params(self.bn)
         kernel = algebra.avg_pool_kernel(self.spec.out_channels, self.spec.groups, self.spec.kernel_size, bn.weight)
         return algebra.fuse_conv_bn(kernel, None, bn)
+
+
+class DilatedAvgPool2d(nn.Module):
+    """Mean of the k×k taps spaced ``dilation`` apart, zero padding counted: what ``nn.AvgPool2d(k,
+    stride, k // 2, count_include_pad=True)`` is for dilation 1. Computed as a fixed depthwise conv
+    of ``1/k²`` (built in the input's dtype and device); [N, C, H, W] → [N, C, ⌈H/stride⌉, ⌈W/stride⌉]."""
+
+    def __init__(self, kernel_size: int, stride: int, dilation: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.dilation = dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size
+        kernel = torch.full((x.shape[1], 1, k, k), 1.0 / (k * k), dtype=x.dtype, device=x.device)
+        return F.conv2d(x, kernel, None, self.stride, self.dilation * (k // 2), self.dilation, x.shape[1])
 
 
 class BNAndPad(nn.Module):
@@ -300,8 +362,10 @@ class Seq1x1KxK(Branch):
         mid = spec.in_channels
         k = spec.kernel_size
         self.conv1 = nn.Conv2d(spec.in_channels, mid, 1, 1, 0, groups=spec.groups, bias=False)
-        self.bn_pad = BNAndPad(mid, k // 2)
-        self.conv2 = nn.Conv2d(mid, spec.out_channels, k, spec.stride, 0, groups=spec.groups, bias=False)
+        self.bn_pad = BNAndPad(mid, spec.padding)
+        self.conv2 = nn.Conv2d(
+            mid, spec.out_channels, k, spec.stride, 0, dilation=spec.dilation, groups=spec.groups, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(spec.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,15 @@ class RepBlock(nn.Module):
     where ``trunk`` is a k×k conv + BN (the paper's inverted branch, un-gated) and
     ``extras`` are branches of registered kinds (``conv_1x1``, ``identity``, ``avg``,
     ``1x1_kxk``, ``conv_kx1``, ``conv_1xk``, more ``conv_kxk`` ...), including the
-    residual BN. λ is a non-persistent buffer set by :meth:`set_lambda`; 1.0 gives an
-    ordinary Rep block (RepVGG, DBB, ACNet, MobileOne), 0.0 a block whose extras are
-    silent. Deploy form: one k×k conv with bias, ``reparam_conv``.
+    residual BN. λ is a buffer set by :meth:`set_lambda`; 1.0 gives an ordinary Rep block
+    (RepVGG, DBB, ACNet, MobileOne), 0.0 a block whose extras are silent. In train form λ is
+    part of the state dict (``<block>.lam``), so that EMA / weight-averaged / copied /
+    checkpointed models compute the same function; a train-form state dict written before
+    λ was saved (no ``lam`` key) still loads strictly and keeps the block's λ. Deploy form:
+    one k×k conv with bias, ``reparam_conv`` (λ is already in it, and not saved).
+
+    ``dilation`` spaces the trunk's taps (timm's ``output_stride``); every branch is built with the
+    same spacing, so a dilated block fuses exactly into one dilated k×k conv (see :class:`BlockSpec`).
 
     :meth:`reparameterize` fuses in place (Eq. 1, 2, 5; λ included); it is the method
     ``timm.utils.reparameterize_model`` calls. :meth:`unfold` goes the other way.
@@ -63,13 +69,8 @@ class RepBlock(nn.Module):
         deploy: bool = False,
     ):
         super().__init__()
-        if dilation != 1:
-            raise UnfusableBranchError(
-                f"dilation={dilation}: branches of different kernel sizes only line up without dilation; "
-                "build the block with dilation=1 (or use a plain nn.Conv2d for dilated convs)"
-            )
-        self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups)
-        self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=False)
+        self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups, dilation)
+        self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=not deploy)
         #: the branch kinds this block was built with (kept in deploy form, so a train-form
         #: checkpoint can be loaded into a deploy model and vice versa).
         self.arch_branches = tuple(branches)
@@ -105,7 +106,8 @@ class RepBlock(nn.Module):
     def extra_repr(self) -> str:
         s = self.spec
         form = "deploy" if self.deploy else f"train, λ={float(self.lam):g}"
-        return f"{s.in_channels}, {s.out_channels}, k={s.kernel_size}, stride={s.stride}, groups={s.groups}, {form}"
+        dil = f", dilation={s.dilation}" if s.dilation != 1 else ""
+        return f"{s.in_channels}, {s.out_channels}, k={s.kernel_size}, stride={s.stride}{dil}, groups={s.groups}, {form}"
 
     def set_lambda(self, value) -> None:
         """Set λ of Eq. (3); raises :class:`LambdaRangeError` outside [0, 1]."""
@@ -113,7 +115,9 @@ class RepBlock(nn.Module):
 
     def _new_conv(self) -> nn.Conv2d:
         s = self.spec
-        return nn.Conv2d(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, groups=s.groups, bias=True)
+        return nn.Conv2d(
+            s.in_channels, s.out_channels, s.kernel_size, s.stride, s.padding, s.dilation, groups=s.groups, bias=True
+        )
 
     # -- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,13 +154,14 @@ class RepBlock(nn.Module):
         ref = self.trunk.conv.weight
         kernel, bias = self.fused_kernel_bias()
         self._inherit_bn = BNParams(*(t.clone() for t in bn_params(self.trunk.bn)[:4]), self.trunk.bn.eps)
-        conv = self._new_conv().to(device=ref.device, dtype=ref.dtype)
+        conv = _placed_like(self._new_conv(), ref)
         conv.weight.copy_(kernel.to(ref.dtype))
         conv.bias.copy_(bias.to(ref.dtype))
         self.reparam_conv = conv
         self.trunk = None
         self.extras = nn.ModuleList()
         self._adopt_training_flag()
+        self._persist_lambda()
 
     @torch.no_grad()
     def unfold(
@@ -196,7 +201,7 @@ class RepBlock(nn.Module):
         if previous is not None:
             previous = BNParams(*(t.to(kernel) for t in previous[:4]), previous.eps)
         new_kernel, bn = algebra.restore_conv_bn(kernel, bias, mode, previous=previous)
-        trunk = create_branch("conv_kxk", self.spec).to(device=ref.device, dtype=ref.dtype)
+        trunk = _placed_like(create_branch("conv_kxk", self.spec), ref)
         trunk.conv.weight.copy_(new_kernel.to(ref.dtype))
         _load_bn(trunk.bn, bn)
         new: List[Branch] = []
@@ -209,19 +214,45 @@ class RepBlock(nn.Module):
                         break
                     raise
                 init_branch_(branch, generator=generator, gamma=branch_gamma)
-                new.append(branch.to(device=ref.device, dtype=ref.dtype))
+                new.append(_placed_like(branch, ref))
         self.trunk = trunk
         self.extras = nn.ModuleList(new)
         self.reparam_conv = None
         self._adopt_training_flag()
+        self._persist_lambda()
         self.set_lambda(lam)
         return new
+
+    def _persist_lambda(self) -> None:
+        """λ is saved with the train form only: it changes the train form's output (Eq. 3) and is
+        folded into the deploy conv."""
+        self.register_buffer("lam", self.lam, persistent=not self.deploy)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # a train-form state dict from before λ was saved has no ``lam``: keep the block's λ (like
+        # BatchNorm's num_batches_tracked for old state dicts); checkpoints carry it in metadata
+        if not self.deploy and prefix + "lam" not in state_dict:
+            state_dict[prefix + "lam"] = self.lam.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _adopt_training_flag(self) -> None:
         """New submodules take the block's train/eval flag (a block in eval mode must not get
         train-mode BNs from a conversion)."""
         for child in self.children():
             child.train(self.training)
+
+
+def _memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """``channels_last`` for a 4-D weight stored that way (``model.to(memory_format=torch.channels_last)``)."""
+    if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _placed_like(module: nn.Module, ref: torch.Tensor) -> nn.Module:
+    """``module`` on ``ref``'s device, in its dtype and memory layout (new convs of a conversion keep
+    the model's channels_last layout)."""
+    return module.to(device=ref.device, dtype=ref.dtype, memory_format=_memory_format(ref))
 
 
 def _load_bn(bn: nn.modules.batchnorm._BatchNorm, params: BNParams) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import timm
 import torch
 import torch.nn as nn
-from timm.models import FeatureListNet
+from ..recompute import FeatureListNet
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -244,7 +244,7 @@ def _shape_kwargs(state: Dict[str, torch.Tensor], given: Dict[str, Any]) -> Dict
 
 def _features(model: nn.Module, out_indices: Sequence[int]) -> nn.Module:
     """Wrap a built (and loaded) classifier like timm's ``features_only=True`` does."""
-    from timm.models._builder import pretrained_cfg_for_features
+    from ..timm_private import pretrained_cfg_for_features
 
     n = len(model.feature_info)
     bad = [i for i in out_indices if not isinstance(i, int) or not -n <= i < n]

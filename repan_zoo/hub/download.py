@@ -76,11 +76,34 @@ def fetch(source: WeightSource, *, cache_dir: Optional[str] = None) -> Fetched:
                 "model.safetensors beside config.json", model=source.label, filename=str(source.path),
             )
         return Fetched(source.path)
+    if source.kind == "url":
+        return _from_url(source, cache_dir)
     if source.entry is not None:
         entry = source.entry
         expected = Expected(size=entry.size, sha256=entry.sha256, origin=f"the manifest entry {entry.name}")
         return _verified_download(source, source.revision, lambda path: expected, cache_dir)
     return _fetch_by_hub_metadata(source, cache_dir)
+
+
+def _from_url(source: WeightSource, cache_dir: Optional[str]) -> Fetched:
+    """A user's ``url=`` weights: downloaded once with ``torch.hub.download_url_to_file`` into
+    ``cache_dir`` (default: torch hub's ``checkpoints`` folder). Nothing was published to verify
+    them against; only safetensors files are read afterwards (no pickles)."""
+    import torch.hub
+
+    folder = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / source.filename
+    if not path.is_file():
+        try:
+            torch.hub.download_url_to_file(str(source.url), str(path), progress=False)
+        except Exception as exc:  # urllib raises URLError / HTTPError / OSError
+            raise WeightsNotFoundError(
+                f"weights of {source.label}: cannot download {source.url} ({exc}); check the URL, or download the "
+                "file yourself and pass pretrained_cfg_overlay=dict(file=...)",
+                model=source.label, filename=source.filename,
+            ) from exc
+    return Fetched(path)
 
 
 # -- bundled ----------------------------------------------------------------------------------

@@ -9,22 +9,30 @@ train-form model.
 from __future__ import annotations
 
 import inspect
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..blocks import RepBlock
 from ..checkpoint import load_into, read_checkpoint
+from ..models.timm_compat import checkpoint_filter, detect_source
 from ..errors import CheckpointError, WeightsNotFoundError
 from .download import Fetched, fetch
-from .resolve import WeightSource, resolve_source
+from .resolve import WeightSource, resolve_source, user_source
 
-__all__ = ["load_pretrained", "adapt_classifier", "adapt_input_channels"]
+__all__ = ["load_pretrained", "adapt_classifier", "adapt_input_channels", "describe_loaded", "user_source"]
 
 
-def load_pretrained(model: nn.Module, *, cache_dir: Optional[str] = None) -> nn.Module:
+def load_pretrained(
+    model: nn.Module, *, cache_dir: Optional[str] = None, user: Optional[Mapping[str, str]] = None
+) -> nn.Module:
     """Load the verified pretrained weights named by ``model.pretrained_cfg`` into ``model`` (in place).
+
+    ``user``: the caller's ``pretrained_cfg_overlay`` (and ``pretrained_cfg`` dict) entries; a
+    ``file`` / ``url`` / ``hf_hub_id`` in it is loaded, never a manifest entry instead. Any state dict the checkpoint
+    filter knows goes in: ours in either form, timm's ``repvgg_*`` / ``mobileone_*`` / ``resnet*``.
+    Afterwards ``model.pretrained_cfg`` describes the loaded weights (:func:`describe_loaded`).
 
     Raises the typed errors of :mod:`repan_zoo.errors` (``UnknownTagError``, ``WeightsNotFoundError``,
     ``UnknownRevisionError``, ``OfflineError``, ``ChecksumMismatchError``, ``SizeMismatchError``,
@@ -37,14 +45,53 @@ def load_pretrained(model: nn.Module, *, cache_dir: Optional[str] = None) -> nn.
             "timm.create_model('repan_...') (after `import repan_zoo`)"
         )
     cfg = dict(cfg)
-    source = resolve_source(cfg)
+    user = user_source(user or {})
+    source = resolve_source(cfg, user)
     fetched = fetch(source, cache_dir=cache_dir)
     state_dict, metadata = read_checkpoint(fetched.path)
+    if user and detect_source(state_dict) != "repan":  # a user's file in timm's key layout: renamed to ours
+        state_dict, metadata = checkpoint_filter(state_dict, model), {}
+    loaded = describe_loaded(cfg, source, state_dict)
     state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
     state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"))
     load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})")
     model.repan_weights = _provenance(source, fetched)
+    model.pretrained_cfg = loaded
+    if hasattr(model, "default_cfg"):
+        model.default_cfg = loaded
     return model
+
+
+def describe_loaded(cfg: Mapping[str, object], source: WeightSource, state_dict: Mapping[str, torch.Tensor]) -> Dict[str, object]:
+    """The ``pretrained_cfg`` of the weights actually loaded: a manifest entry's tag, classes, input
+    size, mean / std and location; for a user's file / URL / repo its location, its classes and
+    input channels as read from the tensors (classifier, first conv), tag None."""
+    out = dict(cfg)
+    entry = source.entry
+    if entry is not None:
+        out.update(
+            tag=entry.tag, num_classes=entry.num_classes, input_size=tuple(entry.input_size),
+            mean=tuple(entry.mean), std=tuple(entry.std), license=entry.license,
+        )
+        return out
+    if source.kind == "hub" and cfg.get("source") == "hf-hub":
+        return out  # timm read the repo's own config.json into the cfg
+    out.update(tag=None, hf_hub_id=None, file=None, url=None)
+    if source.kind == "local":
+        out["file"] = str(source.path)
+    elif source.kind == "url":
+        out["url"] = source.url
+    else:
+        out["hf_hub_id"] = f"{source.hf_hub_id}@{source.revision}" if source.revision else source.hf_hub_id
+    for name in _names(cfg.get("classifier")):
+        weight = state_dict.get(f"{name}.weight")
+        if weight is not None:
+            out["num_classes"] = int(weight.shape[0])
+    first = next((state_dict[k] for n in _names(cfg.get("first_conv")) for k in _input_conv_keys(n) if k in state_dict), None)
+    size = tuple(cfg.get("input_size") or ())
+    if first is not None and first.ndim == 4 and len(size) == 3 and first.shape[1] != size[0]:
+        out["input_size"] = (int(first.shape[1]), *size[1:])  # channels as stored (grouped stems are not adapted)
+    return {k: v for k, v in out.items() if v is not None or k in ("tag",)}
 
 
 def _provenance(source: WeightSource, fetched: Fetched) -> Dict[str, object]:

@@ -228,12 +228,21 @@ def _data_config(run: RunRecord, model) -> Dict[str, Any]:
     return {"input_size": [int(v) for v in size], "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
+def _write_timm_config(model: Any, path: Path, *, data_config: Dict[str, Any]) -> None:
+    """timm's ``config.json`` for ``model`` (deploy form) at ``path``, through timm's public
+    ``timm.models.save_for_hf``. That also writes the weights; they go to a scratch folder and are
+    dropped, because the published file is the certified checkpoint's exact bytes."""
+    from timm.models import save_for_hf
+
+    with tempfile.TemporaryDirectory(prefix="repan-config-") as scratch:
+        save_for_hf(model, scratch, model_args={"deploy": True}, safe_serialization=True, data_config=data_config)
+        shutil.copyfile(Path(scratch) / "config.json", path)
+
+
 def prepare(
     checkpoint: Path, metrics_json: Optional[Path], *, tag: str, license: str, repo_id: str, folder: Path
 ) -> Prepared:
     """Check everything and stage ``model.safetensors``, ``config.json`` and ``README.md`` in ``folder``."""
-    from timm.models._hub import save_config_for_hf
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise PublishError(f"checkpoint {checkpoint} does not exist")
@@ -255,9 +264,8 @@ def prepare(
     sha, size = sha256_file(weights), weights.stat().st_size
     model.pretrained_cfg = {**dict(getattr(model, "pretrained_cfg", None) or {}), "architecture": run.model, "tag": tag,
                             "license": license, "input_size": tuple(data["input_size"])}
-    save_config_for_hf(
+    _write_timm_config(
         model, folder / "config.json",
-        model_args={"deploy": True},
         data_config={"input_size": tuple(data["input_size"]), "mean": tuple(data["mean"]), "std": tuple(data["std"])},
     )
     card = model_card(

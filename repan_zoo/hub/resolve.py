@@ -2,7 +2,10 @@
 
 Order of resolution (:func:`resolve_source`):
 
-1. ``source == 'hf-hub'`` (``timm.create_model('hf-hub:org/name[@rev]')``): that repo and revision.
+0. What the user named (``pretrained_cfg_overlay=dict(file=...)`` / ``url=`` / ``hf_hub_id=``, or the
+   same keys in a ``pretrained_cfg`` dict, timm's documented way to load other weights): that file,
+   URL or Hub repo, never a manifest entry instead (a ``hf_hub_id`` pinned like a manifest entry is
+   verified by that entry). Local files and URLs are the user's: nothing to verify them against. ``source == 'hf-hub'`` (``timm.create_model('hf-hub:org/name[@rev]')``): that repo and revision.
    The file's size and hash then come from the Hub's own metadata (LFS sha256, or the git blob
    id of a non-LFS file); when a manifest entry pins the same repo, file and commit, its sha256
    and size must match as well.
@@ -10,8 +13,11 @@ Order of resolution (:func:`resolve_source`):
    (``model.safetensors`` in it), loaded as given: nothing is downloaded, so there is nothing
    published to compare with. (A cfg ``file`` is otherwise ignored: bundled files are found
    through the manifest, which carries their hashes.)
-3. The manifest entry of ``(architecture, tag)`` (``tag`` None: the first listed): pinned
-   commit, sha256 and size — unless the cfg's ``hf_hub_id`` names another repo or revision.
+3. The manifest entry of ``(architecture, tag)``: pinned commit, sha256 and size — unless the
+   cfg's ``hf_hub_id`` names another repo or revision. An untagged name (``tag`` None) takes the
+   first entry trained for the cfg's own input size and classes; when the architecture has
+   weights only under other tags (e.g. Fashion-MNIST weights of an ImageNet model) it raises
+   :class:`WeightsNotFoundError` naming them, rather than loading other weights than the cfg describes.
 4. A cfg ``hf_hub_id`` without (or overriding) a manifest entry, e.g.
    ``pretrained_cfg_overlay=dict(hf_hub_id='org/name@rev')``: as in 1.
 5. Otherwise :class:`UnknownTagError` (the model has weights, but not of that tag) or
@@ -21,20 +27,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .. import manifest
 from ..errors import UnknownTagError, WeightsNotFoundError
 from ..manifest import WeightEntry
 
-__all__ = ["WeightSource", "resolve_source", "split_hf_hub_id", "DEFAULT_FILENAME"]
+__all__ = ["WeightSource", "resolve_source", "split_hf_hub_id", "user_source", "DEFAULT_FILENAME", "USER_SOURCE_KEYS"]
 
 DEFAULT_FILENAME = "model.safetensors"
+#: pretrained_cfg keys by which a user names their own weights (timm's ``file`` / ``url`` / ``hf_hub_id``)
+USER_SOURCE_KEYS = ("file", "url", "hf_hub_id")
 
 
 @dataclass(frozen=True)
 class WeightSource:
-    """Where one model's weights come from. ``kind``: ``hub`` | ``bundled`` | ``local``.
+    """Where one model's weights come from. ``kind``: ``hub`` | ``bundled`` | ``local`` | ``url``.
 
     ``entry`` is the manifest entry when the bytes are pinned by it (hub or bundled);
     ``revision`` is a 40-char commit for pinned hub weights, a branch/tag/commit or None (main)
@@ -48,6 +56,7 @@ class WeightSource:
     revision: Optional[str] = None
     path: Optional[Path] = None
     entry: Optional[WeightEntry] = None
+    url: Optional[str] = None
 
     @property
     def label(self) -> str:
@@ -57,6 +66,8 @@ class WeightSource:
     def where(self) -> str:
         if self.kind == "hub":
             return f"{self.hf_hub_id}@{self.revision or 'main'}/{self.filename}"
+        if self.kind == "url":
+            return str(self.url)
         return str(self.path)
 
 
@@ -95,8 +106,35 @@ def _available(model: str) -> str:
     return ", ".join(tags) if tags else "none"
 
 
-def resolve_source(cfg: Mapping[str, Any]) -> WeightSource:
-    """The weights a ``pretrained_cfg`` asks for (see the module docstring for the order)."""
+def user_source(*cfgs: Any) -> Dict[str, str]:
+    """The ``file`` / ``url`` / ``hf_hub_id`` a user set in ``pretrained_cfg_overlay`` or in a
+    ``pretrained_cfg`` dict (later arguments win, as timm merges them); ``{}`` when none."""
+    out: Dict[str, str] = {}
+    for cfg in cfgs:
+        if isinstance(cfg, Mapping):
+            out.update({k: str(cfg[k]) for k in USER_SOURCE_KEYS if cfg.get(k)})
+    return out
+
+
+def _local_source(model: str, tag: Optional[str], file: str, filename: Optional[str]) -> WeightSource:
+    path = Path(file).expanduser()
+    if path.is_dir():
+        path = path / (filename or DEFAULT_FILENAME)
+    return WeightSource(model, tag, "local", path.name, path=path)
+
+
+def _fits(entry: WeightEntry, cfg: Mapping[str, Any]) -> bool:
+    """Whether ``entry`` was trained for the cfg's input size and classes."""
+    return entry.num_classes == cfg.get("num_classes") and tuple(entry.input_size) == tuple(cfg.get("input_size") or ())
+
+
+def _describe(entry: WeightEntry) -> str:
+    return f"{entry.tag} ({'×'.join(map(str, entry.input_size))}, {entry.num_classes} classes)"
+
+
+def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = None) -> WeightSource:
+    """The weights a ``pretrained_cfg`` asks for (see the module docstring for the order); ``user``:
+    the caller's own ``file`` / ``url`` / ``hf_hub_id`` (:func:`user_source`), loaded as given."""
     model = cfg.get("architecture")
     if not model:
         raise WeightsNotFoundError(
@@ -105,14 +143,35 @@ def resolve_source(cfg: Mapping[str, Any]) -> WeightSource:
         )
     tag = cfg.get("tag") or None
     filename = cfg.get("hf_hub_filename") or None
+    user = dict(user or {})
+    if user.get("file"):
+        return _local_source(model, tag, user["file"], filename)
+    if user.get("url"):
+        url = user["url"]
+        return WeightSource(model, tag, "url", url.rstrip("/").rsplit("/", 1)[-1] or DEFAULT_FILENAME, url=url)
+    if user.get("hf_hub_id"):
+        pinned = manifest.find_entry(model, tag) if tag else None
+        if pinned is not None and pinned.source == "hub" and not _overridden(pinned, user["hf_hub_id"]):
+            return from_entry(pinned)
+        return _hub_source(model, tag, user["hf_hub_id"], filename)
     if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
         return _hub_source(model, tag, cfg["hf_hub_id"], filename)
     if cfg.get("source") == "local-dir" and cfg.get("file"):
-        path = Path(cfg["file"])
-        if path.is_dir():
-            path = path / (filename or DEFAULT_FILENAME)
-        return WeightSource(model, tag, "local", path.name, path=path)
-    entry = manifest.find_entry(model, tag)
+        return _local_source(model, tag, cfg["file"], filename)
+    if tag is None:
+        entries = manifest.entries_for(model)
+        entry = next((e for e in entries if _fits(e, cfg)), None)
+        if entry is None and entries and not cfg.get("hf_hub_id"):
+            shape = "×".join(map(str, cfg.get("input_size") or ())) or "?"
+            raise WeightsNotFoundError(
+                f"{model} has no untagged weights for its default config ({shape}, {cfg.get('num_classes')} classes); "
+                f"its weights are tagged: {', '.join(_describe(e) for e in entries)}. Ask for one by tag, e.g. "
+                f"timm.create_model('{model}.{entries[0].tag}', pretrained=True), or load your own file with "
+                "pretrained_cfg_overlay=dict(file='....safetensors')",
+                model=model,
+            )
+    else:
+        entry = manifest.find_entry(model, tag)
     if entry is not None and not _overridden(entry, cfg.get("hf_hub_id")):
         return from_entry(entry)
     if cfg.get("hf_hub_id"):

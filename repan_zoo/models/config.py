@@ -86,6 +86,8 @@ class NetCfg:
     stem_pool: bool = False
     width_mult: float = 1.0
     zero_init_last: bool = False
+    #: timm's ``output_stride``: the stages past this reduction keep stride 1 and dilate instead
+    output_stride: int = 32
 
     # -- derived shapes ---------------------------------------------------------------------
     def channels(self, base: float) -> int:
@@ -100,20 +102,50 @@ class NetCfg:
         expansion = 4 if stage.block == "bottleneck" else 1
         return self.channels(stage.chs) * expansion
 
+    @property
+    def stem_reduction(self) -> int:
+        """Reduction after the stem (and its max-pool): the smallest possible ``output_stride``."""
+        return self.stem_stride * (2 if self.stem_pool else 1)
+
+    def stage_geometry(self) -> List[Tuple[int, int, int]]:
+        """``(stride, first_dilation, dilation)`` of every stage under :attr:`output_stride`, by timm's
+        rule (``timm.models.resnet.make_blocks``): a stage whose stride would take the reduction past
+        ``output_stride`` gets stride 1 and multiplies the dilation by its stride instead. The first
+        block of a stage keeps the previous dilation (``first_dilation``), the others use the new one."""
+        reduction, dilation, out = self.stem_reduction, 1, []
+        for stage in self.stages:
+            first, stride = dilation, stage.stride
+            if reduction * stride > self.output_stride:
+                dilation, stride = dilation * stride, 1
+            reduction *= stride
+            out.append((stride, first, dilation))
+        return out
+
+    def reductions(self) -> List[int]:
+        """Nominal reductions (input pixels per feature pixel, ``output_stride`` 32) of the stem and of
+        every stage output."""
+        out = [self.stem_stride]
+        reduction = self.stem_reduction
+        for stage in self.stages:
+            reduction *= stage.stride
+            out.append(reduction)
+        return out
+
     def feature_levels(self) -> List[FeatureLevel]:
         """timm ``feature_info``: the stem and every stage output, keeping the last module of each
-        reduction (the stem is dropped when the first stage does not downsample)."""
+        nominal reduction (the stem is dropped when the first stage does not downsample). The levels
+        do not depend on ``output_stride`` (as in timm); their ``reduction`` is the actual one, capped
+        at ``output_stride``."""
+        nominal = self.reductions()
         levels = [FeatureLevel("stem", self.stem_out, self.stem_stride, 0)]
-        reduction = self.stem_stride * (2 if self.stem_pool else 1)
         for i, stage in enumerate(self.stages):
-            reduction *= stage.stride
-            levels.append(FeatureLevel(f"stages.{i}", self.stage_out(stage), reduction, i + 1))
-        return [lv for j, lv in enumerate(levels) if j + 1 == len(levels) or levels[j + 1].reduction != lv.reduction]
+            levels.append(FeatureLevel(f"stages.{i}", self.stage_out(stage), min(nominal[i + 1], self.output_stride), i + 1))
+        return [lv for j, lv in enumerate(levels) if j + 1 == len(levels) or nominal[j + 1] != nominal[j]]
 
     def output_size(self, size: int) -> int:
         """Spatial size of the last feature map for a ``size``×``size`` input (every stride-s conv
         and the max-pool pad k//2, so each divides the size rounding up)."""
-        strides = [self.stem_stride] + ([2] if self.stem_pool else []) + [s.stride for s in self.stages]
+        strides = [self.stem_stride] + ([2] if self.stem_pool else []) + [g[0] for g in self.stage_geometry()]
         for s in strides:
             size = math.ceil(size / s)
         return size
@@ -121,6 +153,24 @@ class NetCfg:
     # -- variants ---------------------------------------------------------------------------
     def with_width(self, width_mult: float) -> "NetCfg":
         return replace(self, width_mult=width_mult)
+
+    def with_output_stride(self, output_stride: int) -> "NetCfg":
+        """timm's ``output_stride`` (8, 16 for segmentation / detection): the stages past it are
+        dilated instead of strided (:meth:`stage_geometry`). Allowed: any reduction the network
+        reaches (from :attr:`stem_reduction` up), or anything at or above its total reduction
+        (nothing dilated). Raises ``ModelConfigError`` otherwise, listing the allowed values."""
+        from ..errors import ModelConfigError
+
+        nominal = self.reductions()[1:]
+        allowed = sorted({r for r in [self.stem_reduction, *nominal] if r >= self.stem_reduction})
+        if not isinstance(output_stride, int) or isinstance(output_stride, bool) or not (
+            output_stride in allowed or output_stride >= nominal[-1]
+        ):
+            raise ModelConfigError(
+                f"output_stride={output_stride!r} is not a reduction this network reaches; use one of "
+                f"{allowed} (the stages past it are dilated instead of strided)"
+            )
+        return replace(self, output_stride=output_stride)
 
     def with_kxk_branches(self, kinds: Sequence[str]) -> "NetCfg":
         """Override the extras of every k×k Rep block (stem included); 1×1 rules stay."""

@@ -22,7 +22,8 @@ __all__ = ["fitting_branches", "rep_conv", "RepConvAct", "RepBasicBlock", "RepBo
 
 
 def fitting_branches(
-    kinds: Sequence[str], in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1
+    kinds: Sequence[str], in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1,
+    dilation: int = 1,
 ) -> Tuple[str, ...]:
     """The branch kinds of ``kinds`` that fuse into a ``kernel_size`` conv of this shape, in order.
 
@@ -30,7 +31,7 @@ def fitting_branches(
     in == out, DBB's average-pooling branch only where in == out (each kind's own
     ``unfit_reason`` decides, so the table never repeats the rules).
     """
-    spec = BlockSpec(in_chs, out_chs, kernel_size, stride, groups)
+    spec = BlockSpec(in_chs, out_chs, kernel_size, stride, groups, dilation)
     return tuple(k for k in kinds if branch_class(k).unfit_reason(spec) is None)
 
 
@@ -42,10 +43,18 @@ def rep_conv(
     groups: int = 1,
     branches: Sequence[str] = (),
     deploy: bool = False,
+    dilation: int = 1,
+    layout_stride: Optional[int] = None,
 ) -> RepBlock:
-    """A Rep block with the kinds of ``branches`` that fit it (trunk only when none do)."""
-    kinds = fitting_branches(branches, in_chs, out_chs, kernel_size, stride, groups)
-    return RepBlock(in_chs, out_chs, kernel_size, stride, groups, branches=kinds, deploy=deploy)
+    """A Rep block with the kinds of ``branches`` that fit it (trunk only when none do);
+    ``dilation`` spaces the taps of a k×k block (1×1 blocks ignore it). ``layout_stride`` (default
+    ``stride``) is the stride the branch kinds are chosen for: a stage dilated for ``output_stride``
+    keeps the branches of its nominal stride, so that it has the undilated model's state dict."""
+    dilation = dilation if kernel_size > 1 else 1
+    layout = stride if layout_stride is None else layout_stride
+    kinds = fitting_branches(branches, in_chs, out_chs, kernel_size, layout, groups, dilation)
+    kinds = fitting_branches(kinds, in_chs, out_chs, kernel_size, stride, groups, dilation)
+    return RepBlock(in_chs, out_chs, kernel_size, stride, groups, branches=kinds, dilation=dilation, deploy=deploy)
 
 
 @torch.no_grad()
@@ -75,10 +84,12 @@ class RepConvAct(nn.Module):
         branches: Sequence[str] = (),
         *,
         se: bool = False,
+        dilation: int = 1,
+        layout_stride: Optional[int] = None,
         deploy: bool = False,
     ):
         super().__init__()
-        self.conv = rep_conv(in_chs, out_chs, kernel_size, stride, groups, branches, deploy)
+        self.conv = rep_conv(in_chs, out_chs, kernel_size, stride, groups, branches, deploy, dilation, layout_stride)
         self.attn = create_attn("se", out_chs) if se else None
         self.act = nn.ReLU(inplace=True)
 
@@ -98,7 +109,9 @@ def _shortcut(in_chs: int, out_chs: int, stride: int, deploy: bool) -> Optional[
 
 class RepBasicBlock(nn.Module):
     """ResNet basic block: ``act(conv2(act(conv1(x))) + shortcut(x))`` with 3×3 Rep convs
-    (``kxk_branches`` where they fit) and a trunk-only 1×1 Rep projection shortcut."""
+    (``kxk_branches`` where they fit) and a trunk-only 1×1 Rep projection shortcut. As in timm,
+    ``conv1`` is dilated by ``first_dilation`` and ``conv2`` by ``dilation`` (``output_stride``);
+    ``layout_stride``: see :func:`rep_conv`."""
 
     expansion = 1
 
@@ -111,13 +124,18 @@ class RepBasicBlock(nn.Module):
         kxk_branches: Sequence[str] = (),
         pointwise_branches: Sequence[str] = (),
         drop_path_rate: float = 0.0,
+        first_dilation: int = 1,
+        dilation: int = 1,
+        layout_stride: Optional[int] = None,
         deploy: bool = False,
     ):
         super().__init__()
         out_chs = planes * self.expansion
-        self.conv1 = rep_conv(in_chs, planes, 3, stride, branches=kxk_branches, deploy=deploy)
+        self.conv1 = rep_conv(in_chs, planes, 3, stride, branches=kxk_branches, deploy=deploy, dilation=first_dilation,
+            layout_stride=layout_stride,
+        )
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = rep_conv(planes, out_chs, 3, 1, branches=kxk_branches, deploy=deploy)
+        self.conv2 = rep_conv(planes, out_chs, 3, 1, branches=kxk_branches, deploy=deploy, dilation=dilation)
         self.downsample = _shortcut(in_chs, out_chs, stride, deploy)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.act2 = nn.ReLU(inplace=True)
@@ -136,7 +154,8 @@ class RepBasicBlock(nn.Module):
 
 class RepBottleneck(nn.Module):
     """ResNet bottleneck (torchvision / timm "v1.5": stride on the 3×3): 1×1 → 3×3 → 1×1 Rep convs,
-    ×4 expansion, trunk-only 1×1 Rep projection shortcut."""
+    ×4 expansion, trunk-only 1×1 Rep projection shortcut; the 3×3 is dilated by ``first_dilation``
+    (timm's rule; ``dilation`` is accepted for the same signature as the basic block)."""
 
     expansion = 4
 
@@ -149,13 +168,18 @@ class RepBottleneck(nn.Module):
         kxk_branches: Sequence[str] = (),
         pointwise_branches: Sequence[str] = (),
         drop_path_rate: float = 0.0,
+        first_dilation: int = 1,
+        dilation: int = 1,
+        layout_stride: Optional[int] = None,
         deploy: bool = False,
     ):
         super().__init__()
         out_chs = planes * self.expansion
         self.conv1 = rep_conv(in_chs, planes, 1, 1, branches=pointwise_branches, deploy=deploy)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = rep_conv(planes, planes, 3, stride, branches=kxk_branches, deploy=deploy)
+        self.conv2 = rep_conv(planes, planes, 3, stride, branches=kxk_branches, deploy=deploy, dilation=first_dilation,
+            layout_stride=layout_stride,
+        )
         self.act2 = nn.ReLU(inplace=True)
         self.conv3 = rep_conv(planes, out_chs, 1, 1, branches=pointwise_branches, deploy=deploy)
         self.downsample = _shortcut(in_chs, out_chs, stride, deploy)

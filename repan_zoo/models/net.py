@@ -6,12 +6,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead
-from timm.models import checkpoint_seq
-from timm.models._features import feature_take_indices
+from timm.layers import ClassifierHead, get_device_dtype
 
 from .config import NetCfg, StageCfg
 from ..blocks import RepBlock
+from ..recompute import checkpoint_seq
+from ..timm_private import feature_take_indices
 from .layers import RepBasicBlock, RepBottleneck, RepConvAct
 
 __all__ = ["RepNet"]
@@ -80,8 +80,8 @@ class RepNet(nn.Module):
         index = 0
         stages = []
         prev = cfg.stem_out
-        for stage in cfg.stages:
-            blocks, prev, index = self._make_stage(stage, prev, deploy, drop_path_rate, index, total)
+        for stage, geometry in zip(cfg.stages, cfg.stage_geometry()):
+            blocks, prev, index = self._make_stage(stage, geometry, prev, deploy, drop_path_rate, index, total)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
 
@@ -94,19 +94,28 @@ class RepNet(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     def _make_stage(
-        self, stage: StageCfg, in_chs: int, deploy: bool, drop_path_rate: float, index: int, total: int
+        self, stage: StageCfg, geometry: Tuple[int, int, int], in_chs: int, deploy: bool, drop_path_rate: float,
+        index: int, total: int,
     ) -> Tuple[List[nn.Module], int, int]:
+        """The blocks of one stage; ``geometry`` = ``(stride, first_dilation, dilation)`` from
+        :meth:`NetCfg.stage_geometry` (the first block's strided conv keeps ``first_dilation``)."""
         cfg, rule = self.cfg, self.cfg.branches
         out = cfg.channels(stage.chs)
         blocks: List[nn.Module] = []
+        stage_stride, first_dilation, dilation = geometry
         for i in range(stage.depth):
-            stride = stage.stride if i == 0 else 1
+            stride, layout = (stage_stride, stage.stride) if i == 0 else (1, 1)
+            dil = first_dilation if i == 0 else dilation
             se = i >= stage.depth - stage.se
             if stage.block == "conv":
-                blocks.append(RepConvAct(in_chs, out, 3, stride, branches=rule.kxk, se=se, deploy=deploy))
+                blocks.append(RepConvAct(
+                    in_chs, out, 3, stride, branches=rule.kxk, se=se, dilation=dil, layout_stride=layout, deploy=deploy
+                ))
                 in_chs = out
             elif stage.block == "dws":
-                blocks.append(RepConvAct(in_chs, in_chs, 3, stride, in_chs, rule.kxk, se=se, deploy=deploy))
+                blocks.append(RepConvAct(
+                    in_chs, in_chs, 3, stride, in_chs, rule.kxk, se=se, dilation=dil, layout_stride=layout, deploy=deploy
+                ))
                 blocks.append(RepConvAct(in_chs, out, 1, 1, branches=rule.pointwise, se=se, deploy=deploy))
                 in_chs = out
             else:
@@ -115,7 +124,7 @@ class RepNet(nn.Module):
                 blocks.append(
                     block_cls(
                         in_chs, out, stride, kxk_branches=rule.kxk, pointwise_branches=rule.pointwise,
-                        drop_path_rate=dpr, deploy=deploy,
+                        drop_path_rate=dpr, first_dilation=dil, dilation=dilation, layout_stride=layout, deploy=deploy,
                     )
                 )
                 in_chs = out * block_cls.expansion
@@ -167,6 +176,8 @@ class RepNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the stages' activations in backward (:mod:`repan_zoo.recompute`: BN running
+        statistics are updated once per step, as without checkpointing)."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -174,8 +185,10 @@ class RepNet(nn.Module):
         return self.head.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new classifier of ``num_classes`` outputs (0: none) and pooling ``global_pool`` (None: kept),
+        on the model's device and in its dtype, in its train/eval mode (timm's contract)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
         self.head_hidden_size = self._pooled_width()
         if global_pool is not None:
             self.global_pool = global_pool
@@ -238,7 +251,9 @@ class RepNet(nn.Module):
             self.num_features = self.feature_info[max_index]["num_chs"]
             prune_head = True
         if prune_head:
-            self.head = ClassifierHead(self.num_features, 0, pool_type="", drop_rate=self.drop_rate)
+            self.head = ClassifierHead(
+                self.num_features, 0, pool_type="", drop_rate=self.drop_rate, **get_device_dtype(self)
+            ).train(self.training)
             self.head_hidden_size = self.num_features
             self.num_classes = 0
             self.global_pool = ""

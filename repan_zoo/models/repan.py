@@ -17,6 +17,8 @@ Ours:
 ``branches``      extra branch kinds of every k×k Rep block (stem included), each kept where it
                   fits; train form only.
 ``zero_init_last`` zero the last BN γ of each residual branch (ResNet default True).
+``output_stride`` timm's: 8, 16 (or any reduction the network reaches) dilate the later stages
+                  instead of striding them (:meth:`NetCfg.stage_geometry`); the Rep blocks still fuse exactly.
 
 ``pretrained=True`` builds the model, then ``repan_zoo.hub.load_pretrained(model)`` downloads and
 verifies the manifest's weights for ``pretrained_cfg['architecture'/'tag']`` and loads them
@@ -26,12 +28,11 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from ..errors import ModelConfigError, UnknownModelArgError
 from ..manifest import timm_cfgs
@@ -39,6 +40,8 @@ from .families import MODELS, ModelDef
 from .layers import rep_conv
 from .net import RepNet
 from .timm_compat import checkpoint_filter
+from ..recompute import FeatureListNet
+from ..timm_private import pretrained_cfg_for_features
 
 __all__ = ["create_repnet", "default_cfgs", "model_names", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD"]
 
@@ -126,11 +129,6 @@ def _check_kwargs(variant: str, kwargs: Dict[str, Any]) -> None:
             f"{variant} got unexpected keyword argument(s) {unknown}; repan_* models take "
             f"{sorted(_MODEL_KWARGS + _ARCH_KWARGS)}, {list(_PLACEMENT_KWARGS)} and timm's {sorted(_TIMM_KWARGS)}"
         )
-    if kwargs.get("output_stride", 32) != 32:
-        raise ModelConfigError(
-            f"{variant}: output_stride={kwargs['output_stride']} is not supported (a dilated Rep block cannot fuse "
-            "branches of different kernel sizes); use output_stride=32 and upsample the features instead"
-        )
 
 
 def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
@@ -168,6 +166,12 @@ def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
         if isinstance(branches, str):
             branches = (branches,)
         cfg = cfg.with_kxk_branches(tuple(branches))
+    output_stride = kwargs.pop("output_stride", None)
+    if output_stride is not None:
+        try:
+            cfg = cfg.with_output_stride(output_stride)
+        except ModelConfigError as exc:
+            raise ModelConfigError(f"{variant}: {exc}") from None
     if kwargs.get("drop_path_rate", 0.0) and cfg.family != "resnet":
         raise ModelConfigError(
             f"{variant}: drop_path_rate={kwargs['drop_path_rate']} needs residual branches to drop, and "
@@ -181,25 +185,34 @@ def _construct(
     *,
     load_pretrained: bool,
     pretrained_cfg: Dict[str, Any],
+    user_cfgs: Tuple[Any, ...] = (),
+    loaded_cfgs: Optional[List[Dict[str, Any]]] = None,
     cache_dir=None,
     device=None,
     dtype=None,
     **kwargs,
 ) -> RepNet:
     """Model factory handed to timm's ``build_model_with_cfg``: build the full classifier, load
-    published weights into it, and return it for timm to wrap (``features_only``)."""
+    published weights into it (or the user's own: ``user_cfgs`` = the caller's ``pretrained_cfg`` and
+    ``pretrained_cfg_overlay``, whose ``file`` / ``url`` / ``hf_hub_id`` win), append the cfg of the
+    loaded weights to ``loaded_cfgs``, and return the model for timm to wrap (``features_only``)."""
     model = RepNet(cfg, device=device, dtype=dtype, **kwargs)
     if load_pretrained:
         model.pretrained_cfg = model.default_cfg = pretrained_cfg
-        load = _hub_load_pretrained()
-        if cache_dir is None:
-            load(model)
-        else:
-            load(model, cache_dir=cache_dir)
+        load_kwargs: Dict[str, Any] = {}
+        user = {k: v for c in user_cfgs if isinstance(c, Mapping) for k, v in c.items()}
+        if user:  # the hub picks the file / url / hf_hub_id out of it
+            load_kwargs["user"] = user
+        if cache_dir is not None:
+            load_kwargs["cache_dir"] = cache_dir
+        _hub_load_pretrained()(model, **load_kwargs)
+        if loaded_cfgs is not None:
+            loaded_cfgs.append(model.pretrained_cfg)
     return model
 
 
-def _hub_load_pretrained() -> Callable[[nn.Module], Any]:
+def _hub_load_pretrained() -> Callable[..., Any]:
+    """``repan_zoo.hub.load_pretrained`` (imported on first use: the hub depends on the models, not back)."""
     try:
         from ..hub import load_pretrained
     except ImportError as exc:
@@ -219,15 +232,19 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     """Build a registered ``repan_*`` model (what every entrypoint calls); see the module docstring."""
     mdef = MODELS[variant]
     _check_kwargs(variant, kwargs)
-    kwargs.pop("output_stride", None)
     cfg = _resolve_cfg(variant, mdef, kwargs)
     resolved = _with_tag(
         resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
     )
     feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(cfg.feature_levels()))))
     feature_cfg.update(kwargs.pop("feature_cfg", None) or {})
+    if kwargs.get("feature_cls", "list") in ("list", None):  # timm's default wrapper, BN-safe checkpointing
+        kwargs.pop("feature_cls", None)
+        feature_cfg.setdefault("feature_cls", FeatureListNet)
+    loaded_cfgs: List[Dict[str, Any]] = []
     factory = partial(
-        _construct, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir")
+        _construct, loaded_cfgs=loaded_cfgs, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir"),
+        user_cfgs=(kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")),
     )
     model = build_model_with_cfg(
         factory,
@@ -238,6 +255,10 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
         pretrained_filter_fn=checkpoint_filter,
         **kwargs,
     )
+    if loaded_cfgs:  # timm set the requested cfg again after our factory: describe the loaded weights
+        loaded = loaded_cfgs[-1]
+        features = kwargs.get("features_only", False)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(loaded) if features else dict(loaded)
     _with_tag(model.pretrained_cfg)
     return model
 

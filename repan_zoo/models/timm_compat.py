@@ -158,7 +158,10 @@ def _block_of(key: str, names: Mapping[str, RepBlock]) -> Optional[str]:
 def _convert_block(name: str, sub: Dict[str, torch.Tensor], kinds: Kinds, target: RepBlock) -> Dict[str, torch.Tensor]:
     """The state of ``target`` computing what ``sub`` (a block of structure ``kinds``) computes."""
     s = target.spec
-    source = RepBlock(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.groups, branches=kinds or (), deploy=kinds is None)
+    source = RepBlock(
+        s.in_channels, s.out_channels, s.kernel_size, s.stride, s.groups, branches=kinds or (), dilation=s.dilation,
+        deploy=kinds is None,
+    )
     strict_load(source, sub, f"state dict block {name!r} (branches {kinds})")
     source.reparameterize()  # fused kernel (Eq. 1, 2); remembers the trunk BN for the inherit restore
     if not target.deploy:
@@ -173,6 +176,8 @@ def _convert_block(name: str, sub: Dict[str, torch.Tensor], kinds: Kinds, target
 
 def _same_structure(sub: Mapping[str, torch.Tensor], target: RepBlock) -> bool:
     expected = target.state_dict()
+    if "lam" not in sub:  # a train-form state dict from before λ was saved: the block keeps its λ on load
+        expected.pop("lam", None)
     return sub.keys() == expected.keys() and all(sub[k].shape == expected[k].shape for k in sub)
 
 

@@ -1,0 +1,117 @@
+"""``pretrained=True`` never hands back other weights than asked for (issue 15.4): an untagged name
+whose weights exist only under other tags raises naming them; a user's ``file=`` / ``url=`` overlay
+is what gets loaded (ours in either form, or timm's own state dict); afterwards ``pretrained_cfg``
+describes the loaded weights."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import repan_zoo as rz
+from helpers import randomize, rel_err
+from repan_zoo import manifest
+from repan_zoo.checkpoint import save_checkpoint
+from repan_zoo.errors import WeightsNotFoundError
+from repan_zoo.models.repan import base_cfg
+
+NAMES = timm.list_models("repan_*")
+
+
+def _fits(entry, cfg):
+    return entry.num_classes == cfg["num_classes"] and tuple(entry.input_size) == tuple(cfg["input_size"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_untagged_name_never_loads_weights_of_another_config(name):
+    """Either the untagged name loads weights trained for its own config, or it raises naming the
+    tags (built on the meta device: the lookup fails before any tensor is made or read)."""
+    entries = manifest.entries_for(name)
+    fitting = [e for e in entries if _fits(e, base_cfg(name))]
+    if fitting:
+        model = timm.create_model(name, pretrained=True)
+        assert model.pretrained_cfg["tag"] == fitting[0].tag
+        assert model.pretrained_cfg["num_classes"] == base_cfg(name)["num_classes"]
+        return
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model(name, pretrained=True, device="meta")
+    for entry in entries:
+        assert f"{name}.{entry.tag}" in str(info.value) or entry.tag in str(info.value)
+
+
+def test_the_issue_models_raise_alike():
+    for name in ("repan_mobileone_s0", "repan_repvgg_a0"):
+        with pytest.raises(WeightsNotFoundError, match=name):
+            timm.create_model(name, pretrained=True, device="meta")
+    with pytest.raises(WeightsNotFoundError, match="fmnist_repan_kd"):
+        timm.create_model("repan_mobileone_s0", pretrained=True, device="meta")
+
+
+def _source(name, **kwargs):
+    return randomize(timm.create_model(name, num_classes=10, **kwargs), seed=5)
+
+
+#: (our model, timm's own model of the same architecture) per family that timm has
+TIMM_TWINS = [("repan_mobileone_s0", "mobileone_s0"), ("repan_repvgg_a0", "repvgg_a0"), ("repan_resnet18", "resnet18")]
+
+
+@pytest.mark.parametrize("form", ["train", "deploy", "timm"])
+@pytest.mark.parametrize("name,timm_name", TIMM_TWINS, ids=[n for n, _ in TIMM_TWINS])
+def test_user_file_overlay_is_what_gets_loaded(name, timm_name, form, tmp_path):
+    path = tmp_path / "my.safetensors"
+    if form == "timm":
+        src = randomize(timm.create_model(timm_name, num_classes=10), seed=5)
+        save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    else:
+        src = _source(name)
+        rz.set_lambda(src, 0.8)
+        if form == "deploy":
+            src = rz.reparameterize(src)
+        save_checkpoint(src, path)
+    model = timm.create_model(name, num_classes=10, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert rel_err(src(x), model(x)) <= 1e-5
+    cfg = model.pretrained_cfg
+    assert cfg["file"] == str(path) and cfg["tag"] is None and cfg["num_classes"] == 10
+    assert model.repan_weights["file"] == str(path)
+
+
+def test_user_url_overlay_is_what_gets_loaded(tmp_path):
+    src = _source("repan_repvgg_a0_w025")
+    path = tmp_path / "served.safetensors"
+    save_checkpoint(src, path)
+    model = timm.create_model("repan_repvgg_a0_w025", pretrained=True, cache_dir=str(tmp_path / "cache"),
+                              pretrained_cfg_overlay=dict(url=path.as_uri())).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert rel_err(src(x), model(x)) <= 1e-5
+    assert model.pretrained_cfg["url"] == path.as_uri() and model.pretrained_cfg["tag"] is None
+    with pytest.raises(WeightsNotFoundError, match="cannot download"):
+        timm.create_model("repan_repvgg_a0_w025", pretrained=True, cache_dir=str(tmp_path / "cache"),
+                          pretrained_cfg_overlay=dict(url=(tmp_path / "missing.safetensors").as_uri()))
+
+
+def test_user_file_with_another_input_and_class_count_is_described(tmp_path):
+    """The issue's case: Fashion-MNIST-shaped weights named by file= into the ImageNet-config model."""
+    src = _source("repan_mobileone_s0", in_chans=1)
+    path = tmp_path / "fm.safetensors"
+    save_checkpoint(src, path)
+    model = timm.create_model("repan_mobileone_s0", in_chans=1, num_classes=10, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    assert model.pretrained_cfg["num_classes"] == 10 and model.pretrained_cfg["input_size"][0] == 1
+    features = timm.create_model("repan_mobileone_s0", in_chans=1, features_only=True, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path)))
+    assert features.pretrained_cfg["file"] == str(path) and "num_classes" not in features.pretrained_cfg
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if manifest.entries_for(n)])
+def test_pretrained_cfg_describes_the_loaded_manifest_weights(name):
+    entry = manifest.entries_for(name)[0]
+    model = timm.create_model(f"{name}.{entry.tag}", pretrained=True, num_classes=3)
+    cfg = model.pretrained_cfg
+    assert (cfg["tag"], cfg["num_classes"], tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])) == (
+        entry.tag, entry.num_classes, tuple(entry.input_size), tuple(entry.mean), tuple(entry.std))
+    assert model.num_classes == 3
