@@ -161,3 +161,14 @@ class CocoFormatError(RepanError, ValueError):
         super().__init__(message)
         self.path = path
         self.field = field
+
+
+# -- run directories (repan-train, repan-detect) ---------------------------------------------------
+class RunLockedError(RepanError, RuntimeError):
+    """Another live process is writing the same run directory. ``path`` is the lock file and
+    ``pid`` the holder's process id (None when it could not be read)."""
+
+    def __init__(self, message: str, *, path=None, pid=None):
+        super().__init__(message)
+        self.path = path
+        self.pid = pid

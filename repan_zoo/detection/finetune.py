@@ -36,7 +36,7 @@ from ..annealing.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..annealing.distributed import DistContext, convert_sync_bn, init_distributed, wrap_ddp
 from ..annealing.report import write_json
 from ..annealing.schedules import LambdaSchedule, cosine_lr
-from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
+from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, save_checkpoint
 from ..convert import DEFAULT_BRANCHES, reparameterize, set_lambda
 from ..errors import CheckpointError, RecipeError, TrainingDivergedError
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json
@@ -151,7 +151,7 @@ def load_detector(path: str, *, device: Optional[str] = None) -> Tuple[nn.Module
     state, meta = read_checkpoint(path)
     if "detector_config" not in meta:
         raise CheckpointError(f"{path} has no detector_config metadata: it was not written by repan_zoo.detection")
-    dcfg = DetectorConfig.from_dict(json.loads(meta["detector_config"]))
+    dcfg = DetectorConfig.from_dict(metadata_json(meta, "detector_config"))
     if meta.get("form") == "deploy":
         dcfg.model_kwargs = {**dcfg.model_kwargs, "deploy": True}
     model = build_detector(dcfg, check_strides=False)
@@ -456,10 +456,16 @@ def _jsonable(obj: Any) -> Any:
 
 def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Run (or resume) a fine-tuning run; returns the content of ``final.json``."""
+    from ..runlock import RunLock
+
     cfg.check()
     ctx = init_distributed(cfg.device)
+    lock = RunLock(cfg.out, command="repan-detect")
+    run = None
     try:
         torch.manual_seed(cfg.seed + ctx.rank)
+        if ctx.is_main:
+            lock.acquire()  # one writer per run directory
         if not cfg.resume and Checkpointer(Path(cfg.out)).exists():
             raise RecipeError(f"{cfg.out} already holds a run (checkpoints/latest.json); pass --resume to continue "
                               "it or choose a new --out")
@@ -472,4 +478,5 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         run.train()
         return run.finish()
     finally:
+        lock.release(discard_dir=run is None)
         ctx.close()

@@ -300,17 +300,26 @@ def publish(
         entry = _entry(p, source="hub", hf_hub_id=repo_id, revision="0" * 40, filename=DEFAULT_FILENAME)
         return PublishResult(entry, None, folder)
     api = HfApi(endpoint=endpoint, token=token, library_name="repan_zoo")
-    api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
         for name in (DEFAULT_FILENAME, "config.json", "README.md")
     ]
-    info = api.create_commit(
-        repo_id, operations, repo_type="model",
-        commit_message=commit_message or f"{p.run.model}.{tag}: deploy weights, config and model card (repan_zoo)",
-    )
-    commit = info.oid
-    meta = get_hf_file_metadata(hf_hub_url(repo_id, DEFAULT_FILENAME, revision=commit, endpoint=api.endpoint), token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+        info = api.create_commit(
+            repo_id, operations, repo_type="model",
+            commit_message=commit_message or f"{p.run.model}.{tag}: deploy weights, config and model card (repan_zoo)",
+        )
+        commit = info.oid
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, DEFAULT_FILENAME, revision=commit, endpoint=api.endpoint),
+                                    token=token)
+    except Exception as exc:  # noqa: BLE001 - transport failures become one typed error; others re-raised
+        if not _unreachable(exc):
+            raise
+        raise PublishError(
+            f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); nothing was published and the manifest "
+            "is unchanged. Check the network and HF_ENDPOINT, then publish again (or use --dry-run / --bundle)"
+        ) from exc
     etag = (meta.etag or "").strip('"').lower()
     if meta.commit_hash != commit or meta.size != p.size or etag not in (p.sha256, p.git_sha1):
         raise PublishError(
@@ -321,6 +330,19 @@ def publish(
     entry = _entry(p, source="hub", hf_hub_id=repo_id, revision=commit, filename=DEFAULT_FILENAME)
     file = manifest.write_entry(entry, family=family, directory=manifest_dir)
     return PublishResult(entry, file, folder, commit)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection-level failure (no route, refused, DNS, timeout, offline mode), as raised by
+    huggingface_hub and its HTTP client (requests or httpx), rather than an answer of the Hub."""
+    from huggingface_hub import utils as hf
+
+    if isinstance(exc, (ConnectionError, TimeoutError, hf.OfflineModeIsEnabled)):
+        return True
+    name = type(exc).__name__
+    module = type(exc).__module__
+    return module.startswith(("httpx", "requests", "urllib3")) and any(
+        word in name for word in ("Connect", "Timeout", "Network", "Proxy"))
 
 
 def bundle(
