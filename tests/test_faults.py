@@ -1,0 +1,190 @@
+"""Faults that must be explained and lose nothing (issue 16, points 3, 4, 7, 9, 11, 12): a full
+disk while checkpointing, a garbled pointer, stale temp files, offline hf-hub:, dtype-checked
+loads, file modes, a refused --resume that changes nothing, the real problem named on a foreign
+checkpoint, and byte-identical files from identical saves."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
+from fake_hub import hub  # noqa: F401  (fixture)
+from repan_zoo import checkpoint as ckpt_mod
+from repan_zoo.annealing import checkpointing
+from repan_zoo.annealing.checkpointing import Checkpointer
+from repan_zoo.checkpoint import load_into, read_checkpoint, remove_stale_temps, save_checkpoint, sha256_file
+from repan_zoo.data import FASHION_MNIST_DIR
+from repan_zoo.errors import CheckpointError, OfflineError
+
+HAVE_FMNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+SMALL = ["--model", "tinyrep_test", "--train-subset", "128", "--val-size", "64", "--test-subset", "64",
+         "--batch-size", "32", "--eval-batch-size", "64", "--calib-batches", "1", "--threads", "1",
+         "--no-progress", "--no-plot", "--method", "baseline", "--cycles", "1", "--epochs", "1", "--seed", "3"]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return timm.create_model("tinyrep_test", **kw).eval()
+
+
+def progress_state(epoch: int) -> dict:
+    return {"progress": {"cycle_index": 0, "cycle": 1, "epoch": epoch, "epochs": 3}, "x": torch.ones(2)}
+
+
+# -- point 3: faults handled and explained ---------------------------------------------------------
+def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cp = Checkpointer(tmp_path / "run")
+    model = tiny()
+    cp.save(model, progress_state(1), tag="ep0001", architecture="tinyrep_test")
+
+    def full_disk(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        cp.save(model, progress_state(2), tag="ep0002", architecture="tinyrep_test")
+    msg = str(info.value)
+    assert "ep0001" in msg and "--resume" in msg and "ep0002" in msg
+    assert cp.latest_dir().name == "ep0001" and not (cp.root / "ep0002").exists()
+    assert not list(cp.root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("garbage", ["", "{not json", '{"dir": "../../etc"}', '{"dir": "ep0009"}', "[]"])
+def test_garbled_pointer_falls_back_to_the_newest_complete_epoch(tmp_path, garbage):
+    cp = Checkpointer(tmp_path / "run", keep=3)
+    model = tiny()
+    for epoch in (1, 2):
+        cp.save(model, progress_state(epoch), tag=f"ep000{epoch}", architecture="tinyrep_test")
+    (cp.root / "ep0003").mkdir()  # a folder a killed save left without its files
+    (cp.root / "ep0003" / "model.safetensors").write_bytes(b"partial")
+    cp.pointer.write_text(garbage)
+    with pytest.warns(UserWarning, match="ep0002"):
+        loaded = cp.load()
+    assert loaded.directory.name == "ep0002" and loaded.state["progress"]["epoch"] == 2
+
+
+def test_garbled_pointer_without_any_complete_epoch_says_what_to_do(tmp_path):
+    cp = Checkpointer(tmp_path / "run")
+    cp.root.mkdir(parents=True)
+    cp.pointer.write_text("{")
+    with pytest.raises(CheckpointError, match="new --out"):
+        cp.load()
+
+
+def test_remove_stale_temps_removes_only_atomic_write_leftovers(tmp_path):
+    (tmp_path / "checkpoints" / "ep0001").mkdir(parents=True)
+    stale = [tmp_path / ".final.json.abc123.tmp", tmp_path / "checkpoints" / "ep0001" / ".state.pt.x9.tmp"]
+    keep = [tmp_path / "final.json", tmp_path / "notes.tmp"]
+    for p in stale + keep:
+        p.write_text("x")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_resume_removes_stale_temp_files_and_refuses_another_model_without_writing(tmp_path):
+    from repan_zoo.train_cli import main
+
+    out = tmp_path / "run"
+    assert main([*SMALL, "--out", str(out)]) == 0
+    stale = out / "checkpoints" / ".latest.json.k1ll3d.tmp"
+    stale.write_text("{")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # point 9: a refused --resume changes nothing
+    assert main([*SMALL, "--out", str(out), "--resume", "--model", "repan_repvgg_a0_w025"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main([*SMALL, "--out", str(out), "--resume"]) == 0  # the intact run still resumes
+    assert not stale.exists()
+
+
+def test_offline_hf_hub_name_raises_the_typed_offline_error(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from repan_zoo.cli import create_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OfflineError, match="not in the local cache"):
+        create_model("hf-hub:org/not-cached")
+
+
+# -- point 4: loads check dtypes -----------------------------------------------------------------
+def test_load_refuses_a_tensor_of_another_dtype_by_key(tmp_path):
+    model = tiny(deploy=True)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    key = "head.weight"
+    sd[key] = (sd[key] * 100).to(torch.int32)
+    save_file(sd, str(tmp_path / "int.safetensors"), metadata={"form": "deploy", "architecture": "tinyrep_test"})
+    state, meta = read_checkpoint(tmp_path / "int.safetensors")
+    fresh = tiny(deploy=True)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"head\.weight: checkpoint torch\.int32 vs model torch\.float32"):
+        load_into(fresh, state, meta)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_float_to_float_cast_only_when_asked():
+    model = tiny(deploy=True)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="dtype mismatch"):
+        load_into(tiny(deploy=True), half, {"form": "deploy"})
+    fresh = load_into(tiny(deploy=True), half, {"form": "deploy"}, cast_floats=True)
+    assert fresh.head.weight.dtype == torch.float32
+
+
+# -- point 7: files follow the umask -------------------------------------------------------------
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_safetensors_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tiny(), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+# -- point 11: the real problem named --------------------------------------------------------------
+def test_checkpoint_of_another_architecture_is_named(tmp_path):
+    path = save_checkpoint(tiny(), tmp_path / "tiny.safetensors", architecture="tinyrep_test")
+    other = timm.create_model("repan_repvgg_a0_w025", num_classes=10, in_chans=1)
+    with pytest.raises(CheckpointError, match="is a checkpoint of tinyrep_test, and the model is repan_repvgg_a0_w025"):
+        load_into(other, *read_checkpoint(path), what=str(path))
+
+
+@pytest.mark.parametrize("field", ["branches", "lambdas"])
+def test_metadata_that_is_not_json_is_a_checkpoint_error(tmp_path, field):
+    path = save_checkpoint(tiny(), tmp_path / "t.safetensors", architecture="tinyrep_test")
+    state, meta = read_checkpoint(path)
+    meta[field] = "{not json"
+    with pytest.raises(CheckpointError, match=f"metadata field '{field}' is not JSON"):
+        load_into(tiny(), state, meta)
+
+
+# -- point 12: deterministic files -------------------------------------------------------------------
+def test_identical_saves_give_identical_bytes(tmp_path):
+    model = tiny()
+    meta = {f"k{i}": str(i) for i in range(12)}
+    paths = [save_checkpoint(model, tmp_path / f"{i}.safetensors", architecture="tinyrep_test", metadata=meta)
+             for i in range(4)]
+    assert len({sha256_file(p) for p in paths}) == 1
+    state, read_meta = read_checkpoint(paths[0])
+    assert read_meta["k7"] == "7" and torch.equal(state["head.weight"], model.head.weight)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_final_json_is_valid_json_and_its_sha256_reproducible(tmp_path):
+    from repan_zoo.train_cli import main
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        assert main([*SMALL, "--out", str(out), "--deterministic"]) == 0
+    finals = [json.loads((out / "final.json").read_text(), parse_constant=pytest.fail) for out in runs]
+    assert finals[0]["checkpoint"]["sha256"] == finals[1]["checkpoint"]["sha256"]
+    assert sha256_file(runs[0] / "deploy.safetensors") == finals[0]["checkpoint"]["sha256"]
