@@ -33,6 +33,11 @@ class ReparameterizationError(RepanError, RuntimeError):
         self.tolerance = tolerance
 
 
+class CalibrationError(RepanError, ValueError):
+    """BN calibration refused: a batch that is empty, not finite, or that the model cannot run. The
+    model is left exactly as it was."""
+
+
 class CheckpointError(RepanError, ValueError):
     """A checkpoint that cannot be loaded into the model as asked (wrong form, architecture, truncated)."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,149 @@ def test_final_json_is_valid_json_and_its_sha256_reproducible(tmp_path):
     finals = [json.loads((out / "final.json").read_text(), parse_constant=pytest.fail) for out in runs]
     assert finals[0]["checkpoint"]["sha256"] == finals[1]["checkpoint"]["sha256"]
     assert sha256_file(runs[0] / "deploy.safetensors") == finals[0]["checkpoint"]["sha256"]
+
+
+# -- point 5: conversions reached through timm are checked -----------------------------------------
+def trained_tiny():
+    from helpers import randomize
+
+    return randomize(timm.create_model("tinyrep_test"), seed=4).eval()
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda m: setattr(m.stage[0].trunk.conv, "padding_mode", "reflect"), "padding_mode='reflect'"),
+    (lambda m: m.stage[0].trunk.conv.__dict__.update(dilation=(2, 2), padding=(2, 2)), "dilation=(2, 2)"),
+    (lambda m: setattr(m.stage[0].trunk, "bn", torch.nn.GroupNorm(2, 8)), "GroupNorm"),
+], ids=["reflect-padding", "dilation", "groupnorm"])
+def test_block_fusion_refuses_what_it_cannot_fuse_through_timm(mutate, words):
+    from timm.utils import reparameterize_model
+
+    from repan_zoo import reparameterize
+    from repan_zoo.errors import UnfusableBranchError
+
+    model = trained_tiny()
+    mutate(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for convert in (reparameterize_model, reparameterize):
+        with pytest.raises(UnfusableBranchError, match=re.escape(words)):
+            convert(model)
+    assert model.state_dict().keys() == before.keys()  # nothing fused, nothing lost
+
+
+@pytest.mark.parametrize("batch", [
+    torch.full((4, 1, 28, 28), float("nan")), torch.randn(4, 3, 28, 28),
+], ids=["nan-batch", "wrong-channels"])
+def test_calibrate_bn_refuses_and_leaves_the_model_as_it_was(batch):
+    from repan_zoo import calibrate_bn, unfold
+    from repan_zoo.errors import CalibrationError
+
+    model = unfold(trained_tiny(), ["conv_1x1"], generator=torch.Generator().manual_seed(0))
+    good = torch.randn(4, 1, 28, 28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = [b.fresh for _, blk in __import__("repan_zoo").rep_blocks(model) for b in blk.extras]
+    with pytest.raises(CalibrationError):
+        calibrate_bn(model, [good, batch])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a failed calibration changed the model"
+    assert fresh == [b.fresh for _, blk in __import__("repan_zoo").rep_blocks(model) for b in blk.extras]
+    calibrate_bn(model, [good])  # and it still calibrates
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+# -- points 6 and 10: manifest files ----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def manifest_copy(tmp_path, monkeypatch, edit=None, raw=None) -> Path:
+    from repan_zoo import manifest
+
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    for f in (ROOT / "weights_manifest").glob("*.json"):
+        (folder / f.name).write_text(f.read_text())
+    doc = json.loads((folder / "repvgg.json").read_text())
+    if edit is not None:
+        edit(doc["entries"])
+    (folder / "repvgg.json").write_text(raw if raw is not None else json.dumps(doc))
+    monkeypatch.setenv("REPAN_ZOO_MANIFEST_DIR", str(folder))
+    manifest.reload_manifest()
+    return folder
+
+
+def _set(field, value):
+    return lambda entries: entries[0].__setitem__(field, value)
+
+
+BROKEN = {
+    "branch-as-revision": (_set("revision", "main"), None),
+    "upper-case-sha256": (lambda e: e[0].__setitem__("sha256", e[0]["sha256"].upper()), None),
+    "path-traversal": (_set("filename", "../../etc/passwd.safetensors"), None),
+    "pt-file": (_set("filename", "weights.pt"), None),
+    "duplicate": (lambda e: e.append(dict(e[0])), None),
+    "invalid-json": (None, "{not json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_a_broken_manifest_file_warns_and_only_its_weights_fail(kind, tmp_path, monkeypatch):
+    from repan_zoo import manifest
+    from repan_zoo.errors import ManifestError
+
+    edit, raw = BROKEN[kind]
+    manifest_copy(tmp_path, monkeypatch, edit, raw)
+    with pytest.warns(UserWarning, match="repvgg.json"):
+        entries = manifest.load_manifest()
+    assert entries and all(m.startswith(("repan_mobileone", "repan_resnet")) for m, _ in entries)
+    with pytest.raises(ManifestError) as info:
+        manifest.find_entry("repan_repvgg_a1_w025", "fmnist_repan")
+    with pytest.raises(ManifestError, match=str(info.value)[:40].replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace(".", r"\.")):
+        manifest.load_manifest(strict=True)
+    manifest.reload_manifest()
+
+
+def test_import_survives_a_broken_manifest(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    folder = manifest_copy(tmp_path, monkeypatch, raw="{not json")
+    code = ("import timm, repan_zoo; m = timm.create_model('repan_repvgg_a0_w025'); "
+            "from repan_zoo.errors import ManifestError\n"
+            "try:\n    timm.create_model('repan_repvgg_a1_w025', pretrained=True)\n"
+            "except ManifestError as e:\n    print('refused:', e)\n")
+    env = dict(os.environ, REPAN_ZOO_MANIFEST_DIR=str(folder), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "repvgg.json" in proc.stderr and "refused:" in proc.stdout and "not valid JSON" in proc.stdout
+
+
+def _rgb(entries):
+    entries[0].update(input_size=[3, 28, 28], mean=[0.5] * 3, std=[0.25] * 3)
+
+
+@pytest.mark.parametrize("field,edit", [("num_classes", _set("num_classes", 7)), ("input_size", _rgb)])
+def test_manifest_facts_are_checked_against_the_file(field, edit, tmp_path, monkeypatch):
+    from repan_zoo.errors import ManifestError
+
+    manifest_copy(tmp_path, monkeypatch, edit)
+    with pytest.raises(ManifestError, match=f"manifest entry repan_repvgg_a1_w025.fmnist_repan: {field}"):
+        timm.create_model("repan_repvgg_a1_w025.fmnist_repan", pretrained=True)
+    from repan_zoo import manifest
+
+    manifest.reload_manifest()
+
+
+# -- point 8: every published entry certifies its own bytes --------------------------------------------
+def test_publish_measures_a_certificate_for_a_checkpoint_without_one(hub, tmp_path):
+    from fake_hub import make_deploy_run, register_test_model
+    from repan_zoo.hub.publish import bundle
+
+    model = register_test_model()
+    _, metrics, deploy = make_deploy_run(tmp_path / "run", model=model, seed=2)
+    del deploy.repan_exactness
+    bare = save_checkpoint(deploy, tmp_path / "bare.safetensors", architecture=model)  # no certificate inside
+    assert "exactness" not in read_checkpoint(bare)[1]
+    result = bundle(bare, metrics, tag="measured")
+    cert = result.entry.exactness
+    assert cert["probe"].startswith("measured by repan-publish") and cert["model_rel_error"] <= cert["tolerance"]

@@ -25,6 +25,7 @@ against the local sha256 and size before the manifest entry is written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -193,6 +194,17 @@ def _check_loads(checkpoint: Path, run: RunRecord):
     return model, meta
 
 
+def _measured_certificate(model, checkpoint: Path) -> Dict[str, Any]:
+    """A checkpoint that carries no certificate of its own gets one measured here, so that every
+    manifest entry certifies the very bytes it names: the deploy model against its train form
+    (:func:`repan_zoo.unfold`, what ``pretrained=True`` builds for training) on a probe input."""
+    from ..convert import unfold
+
+    train = unfold(model, verify=True)
+    return check_exactness(dict(train.repan_exactness, probe="measured by repan-publish: fused vs unfolded"),
+                           f"{checkpoint} (certificate measured at publish time)")
+
+
 def _data_config(run: RunRecord, model) -> Dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     in_chans = getattr(model, "in_chans", None) or run.model_kwargs.get("in_chans") or (cfg.get("input_size") or [3])[0]
@@ -226,6 +238,8 @@ def prepare(
     if not manifest.is_valid_tag(tag):
         raise PublishError(f"tag {tag!r}: use letters, digits, '_', '-', '.' (e.g. 'fmnist_repan')")
     model, _ = _check_loads(checkpoint, run)
+    if not meta.get("exactness"):
+        run = dataclasses.replace(run, exactness=_measured_certificate(model, checkpoint))
     data = _data_config(run, model)
     num_classes = int(getattr(model, "num_classes", 0) or run.data.get("num_classes") or 0)
     if num_classes <= 0:
