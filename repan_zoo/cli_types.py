@@ -143,7 +143,7 @@ def check_model_name(name: str, option: str = "model") -> None:
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         known = [n for n in timm.list_models("repan_*")]
-        raise ValueError(f"{option} {name!r}: unknown model; registered repan models: {', '.join(known)} "
+        raise ValueError(f"unknown model {name!r} ({option}); registered repan models: {', '.join(known)} "
                          "(`repan list` shows them)")
     if tag:
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]

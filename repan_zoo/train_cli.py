@@ -201,9 +201,10 @@ def check_recipe(cfg) -> None:
         if peak is not None and cfg.min_lr > peak:
             raise RecipeError(f"--min-lr {cfg.min_lr:g} is above {name} {peak:g}: the cosine schedule would rise; "
                               f"use --min-lr ≤ {peak:g}")
-    if cfg.warmup_epochs > cfg.epochs:
-        raise RecipeError(f"--warmup-epochs {cfg.warmup_epochs:g} is longer than a cycle (--epochs {cfg.epochs}); "
-                          f"use --warmup-epochs ≤ {cfg.epochs}")
+    shortest = min(cp.epochs for cp in cfg.plan())  # the LR schedule restarts with each planned cycle
+    if cfg.warmup_epochs > shortest:
+        raise RecipeError(f"--warmup-epochs {cfg.warmup_epochs:g} is longer than a cycle ({shortest} epochs); "
+                          f"use --warmup-epochs ≤ {shortest}")
 
 
 def _check_resumable(cfg, data, out: Path) -> None:

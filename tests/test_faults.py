@@ -16,10 +16,9 @@ from safetensors.torch import save_file
 
 import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
 from fake_hub import hub  # noqa: F401  (fixture)
-from repan_zoo import checkpoint as ckpt_mod
 from repan_zoo.annealing import checkpointing
 from repan_zoo.annealing.checkpointing import Checkpointer
-from repan_zoo.checkpoint import load_into, read_checkpoint, remove_stale_temps, save_checkpoint, sha256_file
+from repan_zoo.checkpoint import load_into, read_checkpoint, save_checkpoint, sha256_file
 from repan_zoo.data import FASHION_MNIST_DIR
 from repan_zoo.errors import CheckpointError, OfflineError
 
@@ -80,6 +79,8 @@ def test_garbled_pointer_without_any_complete_epoch_says_what_to_do(tmp_path):
 
 
 def test_remove_stale_temps_removes_only_atomic_write_leftovers(tmp_path):
+    from repan_zoo.checkpoint import remove_stale_temps
+
     (tmp_path / "checkpoints" / "ep0001").mkdir(parents=True)
     stale = [tmp_path / ".final.json.abc123.tmp", tmp_path / "checkpoints" / "ep0001" / ".state.pt.x9.tmp"]
     keep = [tmp_path / "final.json", tmp_path / "notes.tmp"]
@@ -222,18 +223,18 @@ def test_block_fusion_refuses_what_it_cannot_fuse_through_timm(mutate, words):
     torch.full((4, 1, 28, 28), float("nan")), torch.randn(4, 3, 28, 28),
 ], ids=["nan-batch", "wrong-channels"])
 def test_calibrate_bn_refuses_and_leaves_the_model_as_it_was(batch):
-    from repan_zoo import calibrate_bn, unfold
+    from repan_zoo import calibrate_bn, rep_blocks, unfold
     from repan_zoo.errors import CalibrationError
 
     model = unfold(trained_tiny(), ["conv_1x1"], generator=torch.Generator().manual_seed(0))
     good = torch.randn(4, 1, 28, 28)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fresh = [b.fresh for _, blk in __import__("repan_zoo").rep_blocks(model) for b in blk.extras]
+    fresh = [b.fresh for _, blk in rep_blocks(model) for b in blk.extras]
     with pytest.raises(CalibrationError):
         calibrate_bn(model, [good, batch])
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a failed calibration changed the model"
-    assert fresh == [b.fresh for _, blk in __import__("repan_zoo").rep_blocks(model) for b in blk.extras]
+    assert fresh == [b.fresh for _, blk in rep_blocks(model) for b in blk.extras]
     calibrate_bn(model, [good])  # and it still calibrates
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from repan_zoo.data import FASHION_MNIST_DIR
-from repan_zoo.errors import RunLockedError
-from repan_zoo.runlock import LOCK_NAME, RunLock
+
+LOCK_NAME = ".repan.lock"  # repan_zoo.runlock.LOCK_NAME
 
 TESTS = Path(__file__).resolve().parent
 SMALL = ["--model", "tinyrep_test", "--train-subset", "256", "--val-size", "64", "--test-subset", "64",
@@ -70,6 +70,9 @@ def test_second_writer_and_resume_beside_a_live_run_are_refused(tmp_path):
 
 
 def test_lock_is_released_when_its_process_is_killed(tmp_path):
+    from repan_zoo.errors import RunLockedError
+    from repan_zoo.runlock import RunLock
+
     out = tmp_path / "run"
     code = f"from repan_zoo.runlock import RunLock; RunLock({str(out)!r}).acquire(); print('held', flush=True); " \
            "import time; time.sleep(600)"
@@ -86,6 +89,8 @@ def test_lock_is_released_when_its_process_is_killed(tmp_path):
 
 
 def test_refused_run_leaves_no_directory_behind(tmp_path):
+    from repan_zoo.runlock import RunLock
+
     lock = RunLock(tmp_path / "new").acquire()
     lock.release(discard_dir=True)
     assert not (tmp_path / "new").exists()
