@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, RepanError
+from .jsonio import dumps
 from .verify import rep_blocks
 
 __all__ = [
@@ -170,13 +171,13 @@ def save_checkpoint(
     }
     exactness = getattr(model, "repan_exactness", None)
     if exactness is not None:
-        meta["exactness"] = json.dumps(exactness)
+        meta["exactness"] = dumps(exactness)
     if form == "train":
         blocks = rep_blocks(model)
         meta["branches"] = json.dumps({name: b.branch_kinds for name, b in blocks})
         meta["lambdas"] = json.dumps({name: float(b.lam) for name, b in blocks})
     for key, value in (metadata or {}).items():
-        meta[key] = value if isinstance(value, str) else json.dumps(value)
+        meta[key] = value if isinstance(value, str) else dumps(value)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
     def write(tmp):

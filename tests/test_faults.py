@@ -336,3 +336,19 @@ def test_publish_measures_a_certificate_for_a_checkpoint_without_one(hub, tmp_pa
     result = bundle(bare, metrics, tag="measured")
     cert = result.entry.exactness
     assert cert["probe"].startswith("measured by repan-publish") and cert["model_rel_error"] <= cert["tolerance"]
+
+
+# -- point 2: only valid JSON is written ---------------------------------------------------------------
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    from repan_zoo.annealing.report import write_json
+
+    doc = {"val_loss": float("nan"), "rows": [{"lr": float("inf")}, 1.5], "top1": (float("-inf"), 2)}
+    path = write_json(tmp_path / "final.json", doc)
+    back = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert back == {"val_loss": None, "rows": [{"lr": None}, 1.5], "top1": [None, 2]}
+    model = tiny()
+    model.repan_exactness = {"model_rel_error": float("nan"), "tolerance": 1e-5}
+    meta = read_checkpoint(save_checkpoint(model, tmp_path / "m.safetensors", metadata={"m": {"x": float("inf")}}))[1]
+    strict = dict(parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert json.loads(meta["exactness"], **strict)["model_rel_error"] is None
+    assert json.loads(meta["m"], **strict) == {"x": None}
