@@ -240,7 +240,7 @@ class _Run:
         ckpt = self.checkpointer.load()
         if ckpt is None:
             raise CheckpointError(f"--resume: {self.checkpointer.pointer} does not exist; start the run without --resume")
-        saved = json.loads(ckpt.model_meta.get("detector_config", "{}"))
+        saved = metadata_json(ckpt.model_meta, "detector_config") if "detector_config" in ckpt.model_meta else {}
         if saved and saved != self.dcfg.as_dict():
             diff = sorted(k for k in set(saved) | set(self.dcfg.as_dict()) if saved.get(k) != self.dcfg.as_dict().get(k))
             raise RecipeError(f"--resume: the detector in {ckpt.directory} differs in {diff}; resume with the options "
@@ -470,11 +470,11 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
             raise RecipeError(f"{cfg.out} already holds a run (checkpoints/latest.json); pass --resume to continue "
                               "it or choose a new --out")
         run = _Run(cfg, ctx)
+        if cfg.resume:
+            run.resume()  # reads only: a resume refused for other options leaves config.json as it was
         if ctx.is_main:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
             write_json(Path(cfg.out) / "config.json", cfg.as_dict())
-        if cfg.resume:
-            run.resume()
         run.train()
         return run.finish()
     finally:
