@@ -156,17 +156,27 @@ def _recipe_fields() -> List[str]:
 
 
 def _import_plugins(names: Sequence[str]) -> None:
+    """Import each ``--import`` module or ``.py`` file; one that cannot be found raises
+    :class:`~repan_zoo.errors.RecipeError` (errors raised by the plugin's own code propagate)."""
+    from .errors import RecipeError
+
     for name in names:
         if name.endswith(".py"):
             path = Path(name)
-            spec = importlib.util.spec_from_file_location(path.stem, path)
+            spec = importlib.util.spec_from_file_location(path.stem, path) if path.is_file() else None
             if spec is None or spec.loader is None:
-                raise ImportError(f"--import {name}: cannot load this file")
+                raise RecipeError(f"--import {name}: no such Python file; give an existing .py file or a module name")
             module = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = module
             spec.loader.exec_module(module)
         else:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not name.startswith(exc.name):
+                    raise  # the plugin exists but itself imports something missing: its own traceback helps
+                raise RecipeError(f"--import {name}: no module named {exc.name!r}; check the name, or put its folder "
+                                  "on PYTHONPATH") from None
 
 
 def _parse(argv: Optional[Sequence[str]]):
@@ -201,6 +211,9 @@ def check_recipe(cfg) -> None:
         if peak is not None and cfg.min_lr > peak:
             raise RecipeError(f"--min-lr {cfg.min_lr:g} is above {name} {peak:g}: the cosine schedule would rise; "
                               f"use --min-lr ≤ {peak:g}")
+    for option, path in (("--init-checkpoint", cfg.init_checkpoint), ("--teacher-checkpoint", cfg.teacher_checkpoint)):
+        if path and not Path(path).is_file():
+            raise RecipeError(f"{option} {path}: no such file; give the path of a safetensors checkpoint")
     shortest = min(cp.epochs for cp in cfg.plan())  # the LR schedule restarts with each planned cycle
     if cfg.warmup_epochs > shortest:
         raise RecipeError(f"--warmup-epochs {cfg.warmup_epochs:g} is longer than a cycle ({shortest} epochs); "

@@ -71,6 +71,12 @@ TRAIN_CASES = [
     ("out-is-a-file", ["--out", "{tmp}/afile"], "--out"),
     ("out-under-a-file", ["--out", "{tmp}/afile/run"], "--out"),
     ("unknown-pretrained-tag", ["--model", "repan_repvgg_a1_w025.nosuchtag"], "nosuchtag"),
+    ("unknown-model", ["--model", "no_such_model"], "no_such_model"),
+    ("init-checkpoint-missing", ["--init-checkpoint", "{tmp}/none.safetensors"], "--init-checkpoint"),
+    ("teacher-checkpoint-missing", ["--method", "kd", "--teacher", "tinyrep_test", "--teacher-checkpoint",
+                                    "{tmp}/none.safetensors"], "--teacher-checkpoint"),
+    ("import-missing-module", ["--import", "no_such_plugin_module"], "--import"),
+    ("import-missing-file", ["--import", "{tmp}/none.py"], "--import"),
 ]
 EXPORT = ["export", "repan_repvgg_a0_w025", "--input-size", "1", "28", "28", "--num-classes", "10"]
 REPAN_CASES = [
