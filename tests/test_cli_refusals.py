@@ -104,6 +104,10 @@ DETECT_CASES = [(f"detect-{opt[2:]}-{value}", [*DETECT, opt, value], opt) for op
 ]] + [
     ("detect-min-lr-above-lr", [*DETECT, "--lr", "0.01", "--min-lr", "0.1"], "--min-lr"),
     ("detect-out-is-a-file", ["--data-root", "{tmp}/nodata", "--out", "{tmp}/afile"], "--out"),
+    ("detect-unknown-backbone", [*DETECT, "--backbone", "no_such_model"], "no_such_model"),
+    ("detect-unknown-backbone-tag", [*DETECT, "--backbone", "repan_repvgg_a0_w025.nosuchtag"], "nosuchtag"),
+    ("detect-backbone-checkpoint-missing", [*DETECT, "--backbone-checkpoint", "{tmp}/none.safetensors"],
+     "--backbone-checkpoint"),
 ]
 PUBLISH_CASES = [
     ("publish-max-bundle-mb-0", ["{ckpt}", "--metrics", "{metrics}", "--tag", "t", "--bundle", "--max-bundle-mb", "0"],

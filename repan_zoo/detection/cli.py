@@ -36,7 +36,9 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from ..cli_types import OneLineParser, csv_list, device, int_list, json_dict, number, writable_dir_problem
+from ..cli_types import (
+    OneLineParser, check_model_name, csv_list, device, int_list, json_dict, number, writable_dir_problem,
+)
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -171,6 +173,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"argument --out: {problem}")
     if args.min_lr > args.lr:
         parser.error(f"argument --min-lr: {args.min_lr:g} is above --lr {args.lr:g}; use --min-lr ≤ --lr")
+    if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
+        parser.error(f"argument --backbone-checkpoint: {args.backbone_checkpoint}: no such file")
+    try:
+        check_model_name(args.backbone, "--backbone")
+    except (ValueError, RepanError) as exc:
+        parser.error(str(exc))
     cfg = config_from_args(args, parser)
     threads = torch.get_num_threads()
     if args.threads:
