@@ -342,7 +342,15 @@ def run(argv: Optional[Sequence[str]] = None):
             f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")
         trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
                                keep_checkpoints=args.keep_checkpoints, plot=args.plot)
-        result = trainer.run(resume=args.resume)
+        try:
+            result = trainer.run(resume=args.resume)
+        except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file
+            from .errors import CheckpointError
+
+            raise CheckpointError(
+                f"writing the run's files failed ({exc}); every completed epoch in {out / 'checkpoints'} is intact. "
+                f"Fix the cause (disk space, permissions), then continue with `repan-train --out {out} --resume`"
+            ) from exc
         if ctx.is_main:
             write_json(out / "recipe.json", cfg.as_dict())
         return result

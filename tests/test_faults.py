@@ -352,3 +352,25 @@ def test_non_finite_numbers_are_written_as_null(tmp_path):
     strict = dict(parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert json.loads(meta["exactness"], **strict)["model_rel_error"] is None
     assert json.loads(meta["m"], **strict) == {"x": None}
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_disk_full_while_writing_the_deploy_file_is_explained_and_resumable(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from repan_zoo.annealing import trainer
+    from repan_zoo.train_cli import main
+
+    out = tmp_path / "run"
+
+    def full(model, path, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    real = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", full)
+    assert main([*SMALL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0] and "Traceback" not in err[0]
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    assert main([*SMALL, "--out", str(out), "--resume"]) == 0
+    assert (out / "deploy.safetensors").is_file() and json.loads((out / "final.json").read_text())["epochs_trained"] == 1
