@@ -36,7 +36,7 @@ from ..annealing.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..annealing.distributed import DistContext, convert_sync_bn, init_distributed, wrap_ddp
 from ..annealing.report import write_json
 from ..annealing.schedules import LambdaSchedule, cosine_lr
-from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, save_checkpoint
+from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, remove_stale_temps, save_checkpoint
 from ..convert import DEFAULT_BRANCHES, reparameterize, set_lambda
 from ..errors import CheckpointError, RecipeError, TrainingDivergedError
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json
@@ -466,6 +466,8 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
         torch.manual_seed(cfg.seed + ctx.rank)
         if ctx.is_main:
             lock.acquire()  # one writer per run directory
+            if cfg.resume:
+                remove_stale_temps(cfg.out)  # left by a killed write; this process is the only writer
         if not cfg.resume and Checkpointer(Path(cfg.out)).exists():
             raise RecipeError(f"{cfg.out} already holds a run (checkpoints/latest.json); pass --resume to continue "
                               "it or choose a new --out")
