@@ -45,11 +45,15 @@ def int_list(text: str) -> List[int]:
 # refused by argparse itself, so a bad command line stops before anything is read or written.
 
 def _bound_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
+    """``≥ 1``, ``> 0 and < 1`` ...: the allowed range in words."""
+    def show(v) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
     parts = []
     if lo is not None:
-        parts.append(f"{'>' if lo_open else '≥'} {lo:g}" if isinstance(lo, float) else f"{'>' if lo_open else '≥'} {lo}")
+        parts.append(f"{'>' if lo_open else '≥'} {show(lo)}")
     if hi is not None:
-        parts.append(f"{'<' if hi_open else '≤'} {hi:g}" if isinstance(hi, float) else f"{'<' if hi_open else '≤'} {hi}")
+        parts.append(f"{'<' if hi_open else '≤'} {show(hi)}")
     return " and ".join(parts)
 
 
