@@ -27,7 +27,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, RepanError
+from .jsonio import dumps
 from .verify import rep_blocks
 
 __all__ = [
@@ -39,7 +40,13 @@ __all__ = [
     "atomic_write",
     "strict_load",
     "sha256_file",
+    "remove_stale_temps",
+    "metadata_json",
+    "TEMP_SUFFIX",
 ]
+
+#: suffix of :func:`atomic_write`'s temp files (``.<name>.<random>.tmp`` beside the target)
+TEMP_SUFFIX = ".tmp"
 
 PathLike = Union[str, os.PathLike]
 
@@ -76,18 +83,25 @@ def sha256_file(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def atomic_write(path: PathLike, write) -> Path:
-    """Write through ``write(tmp_path)`` to a temp file in the target folder, then rename:
-    a killed process never leaves a half-written file under ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
+    return umask
+
+
+def atomic_write(path: PathLike, write) -> Path:
+    """Write through ``write(tmp_path)`` to a temp file in the target folder, then rename:
+    a killed process never leaves a half-written file under ``path``. The file gets the mode a
+    plain ``open()`` would give it (0666 minus the umask), whatever ``write`` did to the temp file
+    (``safetensors.save_file`` replaces it with a 0600 file). Temp files are named
+    ``.<name>.<random>.tmp`` (:func:`remove_stale_temps` removes those a killed writer left)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # after write: the writer may have replaced the file
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -96,6 +110,42 @@ def atomic_write(path: PathLike, write) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def remove_stale_temps(folder: PathLike) -> list:
+    """Delete the temp files of :func:`atomic_write` under ``folder`` (recursively): what a writer
+    killed mid-write left behind. Call it only as the folder's single writer (a live writer's temp
+    file would go too). Returns the removed paths."""
+    removed = []
+    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _canonical_header(path: PathLike) -> None:
+    """Rewrite a safetensors header with sorted ``__metadata__`` keys: safetensors writes its
+    metadata map in a random (hash) order, so two saves of the same tensors differed in bytes
+    and sha256. The data section is untouched (its offsets are relative to it)."""
+    import struct
+
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n).decode("utf-8"))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        text += b" " * (-(8 + len(text)) % 8)  # keep the data 8-byte aligned, as safetensors does
+        if len(text) == n:
+            fh.seek(8)
+            fh.write(text)
+            return
+        fh.seek(8 + n)
+        data = fh.read()
+        fh.seek(0)
+        fh.write(struct.pack("<Q", len(text)) + text + data)
+        fh.truncate()
 
 
 def save_checkpoint(
@@ -122,15 +172,20 @@ def save_checkpoint(
     }
     exactness = getattr(model, "repan_exactness", None)
     if exactness is not None:
-        meta["exactness"] = json.dumps(exactness)
+        meta["exactness"] = dumps(exactness)
     if form == "train":
         blocks = rep_blocks(model)
         meta["branches"] = json.dumps({name: b.branch_kinds for name, b in blocks})
         meta["lambdas"] = json.dumps({name: float(b.lam) for name, b in blocks})
     for key, value in (metadata or {}).items():
-        meta[key] = value if isinstance(value, str) else json.dumps(value)
+        meta[key] = value if isinstance(value, str) else dumps(value)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+    def write(tmp):
+        save_file(tensors, tmp, metadata=meta)
+        _canonical_header(tmp)
+
+    return atomic_write(path, write)
 
 
 def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
@@ -157,7 +212,8 @@ def _legacy_lambda(key: str, train_blocks) -> bool:
     return leaf == "lam" and block in train_blocks
 
 
-def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> Optional[str]:
+def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str,
+                      cast_floats: bool = False) -> Optional[str]:
     expected = model.state_dict()
     train_blocks = {name for name, b in rep_blocks(model) if not b.deploy}
     # a train-form block fills a missing λ itself (state dicts written before λ was saved)
@@ -168,7 +224,13 @@ def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
         for k in expected
         if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
     ]
-    if not (missing or unexpected or shapes):
+    dtypes = [
+        f"{k}: checkpoint {state_dict[k].dtype} vs model {expected[k].dtype}"
+        for k in expected
+        if k in state_dict and state_dict[k].dtype != expected[k].dtype
+        and not (cast_floats and state_dict[k].is_floating_point() and expected[k].is_floating_point())
+    ]
+    if not (missing or unexpected or shapes or dtypes):
         return None
 
     def head(items):
@@ -181,6 +243,9 @@ def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
         parts.append(f"{len(unexpected)} unexpected key(s): {head(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {head(shapes)}")
+    if dtypes:
+        parts.append(f"{len(dtypes)} dtype mismatch(es): {head(dtypes)} (a load never casts silently; "
+                     "pass cast_floats=True to cast between float types)")
     return (
         f"{what} does not match {_architecture(model)}: " + "; ".join(parts) + ". "
         "Check the model name and its num_classes / in_chans / width kwargs; a timm-native state dict "
@@ -188,10 +253,13 @@ def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     )
 
 
-def strict_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` that first names every missing / unexpected / mis-shaped key
-    in a :class:`CheckpointError`."""
-    message = _mismatch_message(model, state_dict, what)
+def strict_load(model: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, *,
+                cast_floats: bool = False) -> None:
+    """``load_state_dict(strict=True)`` that first names every missing / unexpected / mis-shaped key,
+    and every tensor whose dtype differs from the model's, in a :class:`CheckpointError`.
+    ``cast_floats=True`` allows a float-to-float cast (e.g. a float16 file into a float32 model);
+    any other dtype change (int → float, float → int, bool ...) is always refused."""
+    message = _mismatch_message(model, state_dict, what, cast_floats)
     if message:
         raise CheckpointError(message)
     model.load_state_dict(state_dict, strict=True)
@@ -204,6 +272,7 @@ def load_into(
     metadata: Optional[Mapping[str, str]] = None,
     *,
     what: str = "state dict",
+    cast_floats: bool = False,
 ) -> nn.Module:
     """Load strictly into ``model`` (in place), converting between forms exactly when needed.
 
@@ -213,8 +282,10 @@ def load_into(
     * train checkpoint → deploy model: the blocks are unfolded into the checkpoint's branch
       structure (metadata ``branches``, else the model's architecture), loaded, λ set from
       the metadata, then fused.
-    Anything that still does not match raises :class:`CheckpointError` naming the keys and
-    forms; the model is then left exactly as it was (a failed load loses nothing).
+    Anything that still does not match raises :class:`CheckpointError` naming the keys, shapes,
+    dtypes (``cast_floats=True``: float-to-float casts allowed) and forms — or, when the metadata
+    names another architecture than the model's, that architecture; the model is then left
+    exactly as it was (a failed load loses nothing).
     """
     metadata = dict(metadata or {})
     key_form = state_dict_form(state_dict)
@@ -232,18 +303,35 @@ def load_into(
     # a same-form load is checked before anything is written, so it needs no snapshot (no copy of big models)
     reshapes = form in ("train", "deploy") and mform is not None and (
         form != mform or (form == "train" and "branches" in metadata))
-    if not reshapes:
-        return _load_into(model, state_dict, metadata, form, what)
-    snapshot = copy.deepcopy(model)
+    snapshot = copy.deepcopy(model) if reshapes else None
     try:
-        return _load_into(model, state_dict, metadata, form, what)
-    except BaseException:
-        model.__dict__.clear()  # give the caller back the model as it was before the call
-        model.__dict__.update(snapshot.__dict__)
+        return _load_into(model, state_dict, metadata, form, what, cast_floats)
+    except BaseException as exc:
+        if snapshot is not None:
+            model.__dict__.clear()  # give the caller back the model as it was before the call
+            model.__dict__.update(snapshot.__dict__)
+        trained_for, arch = metadata.get("architecture"), _architecture(model)
+        if isinstance(exc, RepanError) and trained_for and trained_for != arch:
+            raise CheckpointError(
+                f"{what} is a checkpoint of {trained_for}, and the model is {arch}: build the model with "
+                f"timm.create_model({trained_for!r}, ...) to load it ({type(exc).__name__}: {exc})"
+            ) from exc
         raise
 
 
-def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form: Optional[str], what: str) -> nn.Module:
+def metadata_json(metadata: Mapping[str, str], key: str) -> Any:
+    """``json.loads`` of one metadata field; a field that is not JSON raises :class:`CheckpointError`."""
+    try:
+        return json.loads(metadata[key])
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"the checkpoint's metadata field {key!r} is not JSON ({exc}): the file was not written by "
+            "repan_zoo.checkpoint.save_checkpoint or was edited; re-save it with save_checkpoint"
+        ) from None
+
+
+def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form: Optional[str], what: str,
+               cast_floats: bool = False) -> nn.Module:
     if ckpt_form == "plain":
         ckpt_form = None
     mform = model_form(model)
@@ -251,7 +339,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
     if ckpt_form is None or mform is None or ckpt_form == mform:
         if ckpt_form == "train" and mform == "train":
             _shape_like_checkpoint(blocks, metadata)
-        strict_load(model, state_dict, what)
+        strict_load(model, state_dict, what, cast_floats=cast_floats)
         if ckpt_form == "train":
             _set_lambdas(blocks, metadata)
         return model
@@ -261,18 +349,20 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
         lams = {name: float(b.lam) for name, b in blocks}
         for _, b in blocks:
             b.reparameterize()
-        strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)")
+        strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)",
+                    cast_floats=cast_floats)
         for name, b in blocks:
             b.unfold(b.arch_branches, k=1, lam=lams[name], restore="normalized", branch_gamma=0.0)
             for branch in b.extras:
                 branch.fresh = False
         return model
     # train checkpoint into a deploy model
-    branches = json.loads(metadata["branches"]) if "branches" in metadata else {}
+    branches = metadata_json(metadata, "branches") if "branches" in metadata else {}
     for name, b in blocks:
         kinds = branches.get(name, b.arch_branches)
         b.unfold(kinds, k=1, lam=1.0, restore="normalized")
-    strict_load(model, state_dict, f"{what} (a train-form checkpoint, loaded into a deploy model by unfolding it)")
+    strict_load(model, state_dict, f"{what} (a train-form checkpoint, loaded into a deploy model by unfolding it)",
+                cast_floats=cast_floats)
     _set_lambdas(blocks, metadata)
     for _, b in blocks:
         b.reparameterize()
@@ -284,7 +374,7 @@ def _shape_like_checkpoint(blocks, metadata: Mapping[str, str]) -> None:
     from the architecture's)."""
     if "branches" not in metadata:
         return
-    branches = json.loads(metadata["branches"])
+    branches = metadata_json(metadata, "branches")
     for name, b in blocks:
         kinds = branches.get(name)
         if kinds is not None and list(kinds) != b.branch_kinds:
@@ -294,7 +384,7 @@ def _shape_like_checkpoint(blocks, metadata: Mapping[str, str]) -> None:
 def _set_lambdas(blocks, metadata: Mapping[str, str]) -> None:
     if "lambdas" not in metadata:
         return
-    lambdas = json.loads(metadata["lambdas"])
+    lambdas = metadata_json(metadata, "lambdas")
     for name, b in blocks:
         if name in lambdas and not b.deploy:
             b.set_lambda(lambdas[name])

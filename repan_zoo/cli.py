@@ -19,6 +19,8 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from .cli_types import OneLineParser, number, writable_file_problem
+
 __all__ = ["main", "build_parser", "create_model", "list_models"]
 
 MODEL_PREFIX = "repan_"
@@ -55,6 +57,7 @@ def create_model(
 
     from . import models  # noqa: F401  (registers the repan_* families with timm)
     from .checkpoint import load_into, read_checkpoint
+    from .cli_types import check_model_name
 
     kwargs: Dict[str, Any] = {}
     for item in model_args:
@@ -66,11 +69,16 @@ def create_model(
         kwargs.setdefault("in_chans", int(input_size[0]))
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if not timm.is_model(name):
-        known = list_models()
-        hint = f"registered repan models: {', '.join(known)}" if known else "no repan_* model is registered yet"
-        raise ValueError(f"unknown model {name!r} ({hint}); `repan list` shows them")
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    check_model_name(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Hub errors of timm's own hf-hub: fetch become ours
+        from .hub.download import translate_hub_error
+
+        mapped = translate_hub_error(exc, name) if name.startswith("hf-hub:") else exc
+        if mapped is exc:
+            raise
+        raise mapped from exc
     if checkpoint:
         state_dict, metadata = read_checkpoint(checkpoint)
         load_into(model, state_dict, metadata, what=checkpoint)
@@ -81,15 +89,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model name, e.g. repan_repvgg_a0 (see `repan list`)")
     p.add_argument("--checkpoint", metavar="FILE", help="typed safetensors checkpoint (train or deploy form)")
     p.add_argument("--pretrained", action="store_true", help="load the published weights (hub, sha256-checked)")
-    p.add_argument("--input-size", nargs=3, type=int, metavar=("C", "H", "W"),
+    p.add_argument("--input-size", nargs=3, type=number(int, 1), metavar=("C", "H", "W"),
                    help="input channels, height, width (default: the model's pretrained_cfg)")
-    p.add_argument("--num-classes", type=int, help="classifier size (must match --checkpoint)")
+    p.add_argument("--num-classes", type=number(int, 0), help="classifier size (must match --checkpoint)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="extra timm.create_model keyword (VALUE parsed as JSON when it can be); repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="repan", description="RepAn Zoo: list, export and profile repan_* models")
+    parser = OneLineParser(prog="repan", description="RepAn Zoo: list, export and profile repan_* models")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list the registered repan_* models")
@@ -100,18 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--out", required=True, metavar="PATH", help="file to write (written only once it checked out)")
-    p.add_argument("--batch-size", type=int, default=2, help="probe batch size (the batch axis stays dynamic)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--batch-size", type=number(int, 1), default=2, help="probe batch size (the batch axis stays dynamic)")
+    p.add_argument("--opset", type=number(int, 7), help="ONNX opset (default: the exporter's)")
     p.add_argument("--legacy-onnx", action="store_true",
                    help="use torch's deprecated TorchScript-based ONNX exporter instead of torch.export")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
     p = sub.add_parser("profile", help="params, FLOPs and CPU latency of the train and the deploy form")
     _add_model_options(p)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="intra-op CPU threads while timing")
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch-size", type=number(int, 1), default=1)
+    p.add_argument("--threads", type=number(int, 1), default=1, help="intra-op CPU threads while timing")
+    p.add_argument("--repeats", type=number(int, 1), default=20)
+    p.add_argument("--warmup", type=number(int, 0), default=3)
     p.add_argument("--json", action="store_true", help="print the measurements as JSON instead of a table")
     return parser
 
@@ -172,15 +180,21 @@ _COMMANDS = {"list": _cmd_list, "export": _cmd_export, "profile": _cmd_profile}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``repan`` console script; returns the exit status."""
+    """Entry point of the ``repan`` console script; returns the exit status: 0 done, 1 ``list``
+    matched nothing, 2 a refused command (bad option, model, checkpoint or weights: one line on
+    stderr, nothing written)."""
     from .errors import RepanError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = writable_file_problem(args.out) if getattr(args, "out", None) else None
+    if problem:
+        parser.error(f"argument --out: {problem}")
     try:
         return _COMMANDS[args.command](args)
     except (RepanError, ValueError) as exc:
         print(f"repan {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import RepBlock, bn_params, check_lambda
-from .errors import NoRepBlocksError, ReparameterizationError, UnfusableBranchError
+from .errors import CalibrationError, NoRepBlocksError, RepanError, ReparameterizationError, UnfusableBranchError
 from .verify import (
     ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, probe_input, rep_blocks,
 )
@@ -300,7 +300,11 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
     either way). Nested fresh BNs (DBB's 1×1→k×k) are calibrated stage by stage so that each
     sees its calibrated predecessor. Statistics are gathered in eval mode (forward hooks,
     float64 sums, unbiased variance like BN's running_var). Modifies ``model`` in place and
-    returns it.
+    returns it. ``batches``: tensors ``(N, C, H, W)`` (or tuples whose first item is one).
+
+    Raises :class:`~repan_zoo.errors.NoRepBlocksError` (no train-form block) and
+    :class:`~repan_zoo.errors.CalibrationError` (no batch, a batch with NaN/inf, a batch the model
+    cannot run); after any failure the model is exactly as it was before the call.
     """
     blocks = [b for _, b in rep_blocks(model) if not b.deploy]
     if not blocks:
@@ -309,9 +313,32 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
         )
     batches = [_batch_tensor(b) for b in batches]
     if not batches:
-        raise ValueError("calibrate_bn needs at least one batch of inputs")
+        raise CalibrationError("calibrate_bn needs at least one batch of inputs")
     if device is not None:
         batches = [b.to(device) for b in batches]
+    for i, b in enumerate(batches):
+        if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+            raise CalibrationError(
+                f"calibrate_bn: batch {i} holds NaN or inf values; the statistics would be NaN. "
+                "Calibrate on finite inputs (check the data and its normalisation)")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh_before = [(branch, branch.fresh) for block in blocks for branch in [block.trunk, *block.extras]]
+    try:
+        _calibrate(model, blocks, batches)
+    except BaseException as exc:
+        with torch.no_grad():  # a failure halfway leaves the model exactly as it was
+            for k, v in model.state_dict().items():
+                v.copy_(saved[k])
+        for branch, fresh in fresh_before:
+            branch.fresh = fresh
+        if isinstance(exc, RuntimeError) and not isinstance(exc, RepanError):
+            raise CalibrationError(f"calibrate_bn: the model cannot run on the batches ({exc}); the model was left "
+                                   "unchanged. Pass batches of the model's input shape") from exc
+        raise
+    return model
+
+
+def _calibrate(model: nn.Module, blocks, batches: List[torch.Tensor]) -> None:
     stages: List[List[nn.modules.batchnorm._BatchNorm]] = [[]]
     fresh_ids = set()
     for block in blocks:
@@ -331,7 +358,6 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
         for bn in stage:
             mean, var = stats[id(bn)]
             _set_bn_stats(bn, mean, var, keep_function=id(bn) not in fresh_ids)
-    return model
 
 
 def _gather_input_stats(model: nn.Module, bns: List[nn.Module], batches: List[Any]) -> Dict[int, Any]:

@@ -33,6 +33,11 @@ class ReparameterizationError(RepanError, RuntimeError):
         self.tolerance = tolerance
 
 
+class CalibrationError(RepanError, ValueError):
+    """BN calibration refused: a batch that is empty, not finite, or that the model cannot run. The
+    model is left exactly as it was."""
+
+
 class CheckpointError(RepanError, ValueError):
     """A checkpoint that cannot be loaded into the model as asked (wrong form, architecture, truncated)."""
 
@@ -161,3 +166,14 @@ class CocoFormatError(RepanError, ValueError):
         super().__init__(message)
         self.path = path
         self.field = field
+
+
+# -- run directories (repan-train, repan-detect) ---------------------------------------------------
+class RunLockedError(RepanError, RuntimeError):
+    """Another live process is writing the same run directory. ``path`` is the lock file and
+    ``pid`` the holder's process id (None when it could not be read)."""
+
+    def __init__(self, message: str, *, path=None, pid=None):
+        super().__init__(message)
+        self.path = path
+        self.pid = pid

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "reload_manifest",
     "entries_for",
     "find_entry",
+    "check_weights_available",
     "family_for",
     "write_entry",
     "is_valid_tag",
@@ -227,30 +229,70 @@ def _read_document(file: Path) -> Dict[str, Any]:
     return doc
 
 
+@dataclass(frozen=True)
+class _Scan:
+    entries: Dict[Tuple[str, str], WeightEntry]
+    #: (file stem, models its entries name, as far as they can be read, the error) per malformed file
+    broken: Tuple[Tuple[str, frozenset, ManifestError], ...]
+
+
+def _models_named(file: Path) -> frozenset:
+    try:
+        rows = json.loads(file.read_text(encoding="utf-8")).get("entries", [])
+        return frozenset(r.get("model") for r in rows if isinstance(r, dict) and isinstance(r.get("model"), str))
+    except (ValueError, AttributeError, OSError):
+        return frozenset()
+
+
 @lru_cache(maxsize=8)
-def _load(directory: str) -> Dict[Tuple[str, str], WeightEntry]:
+def _scan(directory: str) -> _Scan:
+    """Every file of the folder, validated file by file: a malformed file (bad JSON, an entry off
+    the schema, a duplicate) is set aside whole, with its error, and a warning names it."""
     entries: Dict[Tuple[str, str], WeightEntry] = {}
+    broken = []
     path = Path(directory)
-    if not path.is_dir():
-        return entries
-    for file in sorted(path.glob("*.json")):
-        for raw in _read_document(file)["entries"]:
-            entry = WeightEntry.from_dict(raw, where=file.name)
-            key = (entry.model, entry.tag)
-            if key in entries:
-                raise ManifestError(f"{file.name}: {entry.name} is listed twice; keep one entry per model and tag")
-            entries[key] = entry
-    return entries
+    for file in sorted(path.glob("*.json")) if path.is_dir() else []:
+        new: Dict[Tuple[str, str], WeightEntry] = {}
+        try:
+            for raw in _read_document(file)["entries"]:
+                entry = WeightEntry.from_dict(raw, where=file.name)
+                key = (entry.model, entry.tag)
+                if key in entries or key in new:
+                    raise ManifestError(f"{file.name}: {entry.name} is listed twice; keep one entry per model and tag")
+                new[key] = entry
+        except ManifestError as exc:
+            broken.append((file.stem, _models_named(file), exc))
+            warnings.warn(f"weights manifest: {exc}. The entries of {file.name} are skipped; the models themselves "
+                          "still work (pretrained=False)", stacklevel=2)
+            continue
+        entries.update(new)
+    return _Scan(entries, tuple(broken))
 
 
-def load_manifest(directory: Optional[os.PathLike] = None) -> Dict[Tuple[str, str], WeightEntry]:
-    """All entries, keyed by ``(model, tag)``; validated (cached per folder, see :func:`reload_manifest`)."""
-    return _load(str(directory or manifest_dir()))
+def _load(directory: str) -> Dict[Tuple[str, str], WeightEntry]:
+    return _scan(directory).entries
+
+
+def load_manifest(directory: Optional[os.PathLike] = None, *, strict: bool = False) -> Dict[Tuple[str, str], WeightEntry]:
+    """All valid entries, keyed by ``(model, tag)`` (cached per folder, see :func:`reload_manifest`).
+    A malformed file is skipped with a warning; ``strict=True`` raises its :class:`ManifestError`."""
+    scan = _scan(str(directory or manifest_dir()))
+    if strict and scan.broken:
+        raise scan.broken[0][2]
+    return scan.entries
+
+
+def check_weights_available(model: str, directory: Optional[os.PathLike] = None) -> None:
+    """Raise the :class:`ManifestError` of a malformed manifest file that lists ``model`` (or is
+    its family's file): weights asked from a broken file fail with its precise error."""
+    for stem, models, exc in _scan(str(directory or manifest_dir())).broken:
+        if model in models or stem == family_for(model):
+            raise exc
 
 
 def reload_manifest() -> None:
     """Forget the cached manifests (after the files were edited)."""
-    _load.cache_clear()
+    _scan.cache_clear()
 
 
 def entries_for(model: str, directory: Optional[os.PathLike] = None) -> List[WeightEntry]:
@@ -258,7 +300,9 @@ def entries_for(model: str, directory: Optional[os.PathLike] = None) -> List[Wei
 
 
 def find_entry(model: str, tag: Optional[str] = None, directory: Optional[os.PathLike] = None) -> Optional[WeightEntry]:
-    """The entry for ``model`` and ``tag`` (the first listed one when ``tag`` is None)."""
+    """The entry for ``model`` and ``tag`` (the first listed one when ``tag`` is None). Raises the
+    :class:`ManifestError` of a malformed manifest file that lists the model."""
+    check_weights_available(model, directory)
     entries = entries_for(model, directory)
     if tag is None:
         return entries[0] if entries else None
@@ -305,7 +349,7 @@ def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: 
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
     atomic_write(file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     reload_manifest()
-    load_manifest(folder)  # fail loudly now rather than at the next import
+    load_manifest(folder, strict=True)  # fail loudly now, as the writer, rather than warn at the next import
     return file
 
 

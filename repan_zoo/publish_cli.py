@@ -14,11 +14,13 @@ import argparse
 import sys
 from typing import List, Optional
 
+from .cli_types import OneLineParser, number, writable_dir_problem
+
 __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="repan-publish",
         description="Publish a deploy checkpoint (safetensors) with its metrics, config.json and model card to the "
         "Hugging Face Hub (or bundle it into the package) and write its weights-manifest entry.",
@@ -36,12 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="Hub mode: create the repo private")
     p.add_argument("--commit-message", help="Hub mode: commit message")
     p.add_argument("--dry-run", action="store_true", help="Hub mode: check and stage only (no upload, no manifest change)")
-    p.add_argument("--max-bundle-mb", type=float, default=8.0, help="bundle mode: size limit in MiB (default 8)")
+    p.add_argument("--max-bundle-mb", type=number(float, 0.0, lo_open=True), default=8.0, help="bundle mode: size limit in MiB (default 8)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = writable_dir_problem(args.out) if args.out else None
+    if problem:
+        parser.error(f"argument --out: {problem}")
     from .errors import RepanError
     from .hub.publish import bundle, publish
 

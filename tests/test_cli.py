@@ -97,17 +97,17 @@ def test_profile_table(capsys):
 def test_export_refusal_reaches_the_user(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(RepBlock, "reparameterize", lambda self: None)
     out = tmp_path / "half.onnx"
-    assert main(["export", MODEL, "--out", str(out), *SMALL]) == 1
+    assert main(["export", MODEL, "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err
     print(err)
     assert err.startswith("repan export: error: refusing to export a half-fused graph") and not out.exists()
 
 
 def test_unknown_model_and_bad_arguments(tmp_path, capsys):
-    assert main(["export", "no_such_model", "--out", str(tmp_path / "x.onnx")]) == 1
+    assert main(["export", "no_such_model", "--out", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'no_such_model'" in err and "repan list" in err
-    assert main(["profile", "no_such_model", "--model-arg", "oops"]) == 1
+    assert main(["profile", "no_such_model", "--model-arg", "oops"]) == 2
     assert "--model-arg 'oops': write KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # argparse: --out is required, formats are a fixed choice
         build_parser().parse_args(["export", MODEL])

@@ -373,8 +373,16 @@ def test_finetune_script_end_to_end_and_resume(tmp_path, tiny_set):
     from repan_zoo.checkpoint import read_checkpoint
 
     first_state, first_meta = read_checkpoint(out / "deploy.safetensors")
+    stale = out / "checkpoints" / ".latest.json.k1ll3d.tmp"  # what a write killed mid-way leaves
+    stale.write_text("{")
     assert _finetune(tiny_set, out, *args, "--resume") == 0
+    assert not stale.exists()
     state, meta = read_checkpoint(out / "deploy.safetensors")
     assert same_state(first_state, state)  # bit-identical weights: the resumed run is the same run
     assert meta["metrics"] == first_meta["metrics"]
     assert len(json.loads((out / "metrics.json").read_text())) == 2
+
+    # a --resume refused for another detector changes nothing in the run directory
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert _finetune(tiny_set, out, *args, "--resume", "--fpn-channels", "24") == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files

@@ -107,15 +107,15 @@ def test_load_validates_every_file(folder):
 
     write_family(folder, "other", [hub_entry()])
     with pytest.raises(ManifestError, match="listed twice"):
-        manifest.load_manifest()
+        manifest.load_manifest(strict=True)
     (folder / "other.json").write_text("{not json")
     manifest.reload_manifest()
     with pytest.raises(ManifestError, match="not valid JSON"):
-        manifest.load_manifest()
+        manifest.load_manifest(strict=True)
     (folder / "other.json").write_text(json.dumps({"family": "other", "entries": [hub_entry(size=-5, tag="x")]}))
     manifest.reload_manifest()
     with pytest.raises(ManifestError, match="other.json entry repan_repvgg_a0_w025.x: size"):
-        manifest.load_manifest()
+        manifest.load_manifest(strict=True)
 
 
 def test_write_entry_replaces_in_place_atomically(folder):

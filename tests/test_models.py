@@ -36,6 +36,7 @@ def _input(model: nn.Module, batch: int = 2, seed: int = 3) -> torch.Tensor:
 
 
 def _random_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)  # the conv init draws from the global RNG: the same weights whatever ran before
     model = timm.create_model(name, **kwargs)
     return randomize_bn(model, torch.Generator().manual_seed(seed)).eval()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -69,21 +70,64 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.pointer.is_file()
 
+    def _pointed_dir(self) -> Optional[Path]:
+        """The folder ``latest.json`` names, or None when the pointer is unreadable (garbled,
+        empty, a name outside the checkpoints folder) or names a folder that is not there."""
+        try:
+            info = json.loads(self.pointer.read_text())
+            name = info["dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(name, str) or Path(name).name != name or not (self.root / name).is_dir():
+            return None
+        return self.root / name
+
+    def _epoch_dirs(self):
+        """Epoch folders holding both files, newest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ep")
+                       and (p / "model.safetensors").is_file() and (p / "state.pt").is_file()), reverse=True)
+
     def latest_dir(self) -> Optional[Path]:
+        """The folder of the last completed epoch: the one ``latest.json`` names; when the pointer
+        is garbled, the newest epoch folder holding both files (:meth:`load` then verifies it)."""
         if not self.exists():
             return None
-        info = json.loads(self.pointer.read_text())
-        return self.root / info["dir"]
+        folder = self._pointed_dir()
+        if folder is not None:
+            return folder
+        newest = next(iter(self._epoch_dirs()), None)
+        if newest is None:
+            raise CheckpointError(f"{self.pointer} is unreadable and no epoch folder in {self.root} holds both "
+                                  "model.safetensors and state.pt: nothing to resume. Start a new run (new --out)")
+        warnings.warn(f"{self.pointer} is unreadable; resuming from the newest complete epoch folder {newest.name}")
+        return newest
 
     def save(self, model: nn.Module, state: Dict[str, Any], *, tag: str, architecture: str,
              metadata: Optional[Dict[str, Any]] = None) -> Path:
-        """Write ``model`` + ``state`` into ``<root>/<tag>/`` and move the pointer to it."""
+        """Write ``model`` + ``state`` into ``<root>/<tag>/`` and move the pointer to it.
+
+        A failed write (disk full, I/O error) raises :class:`CheckpointError` naming the last
+        good checkpoint, which is left untouched with the pointer on it, and how to resume."""
         folder = self.root / tag
-        folder.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, folder / "model.safetensors", architecture=architecture, metadata=metadata)
-        atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
-        info = {"dir": tag, "progress": state.get("progress", {})}
-        atomic_write(self.pointer, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(model, folder / "model.safetensors", architecture=architecture, metadata=metadata)
+            atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
+            info = {"dir": tag, "progress": state.get("progress", {})}
+            atomic_write(self.pointer, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            last = self._pointed_dir() if self.exists() else None
+            if last != folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            good = (f"the last good checkpoint is {last} (latest.json still points at it)" if last is not None
+                    else "no earlier checkpoint exists")
+            raise CheckpointError(
+                f"writing the checkpoint {folder} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                f"{good}. Free disk space (or fix the I/O problem), then continue with "
+                f"`repan-train --out {self.root.parent} --resume`"
+            ) from exc
         self._prune(keep_tag=tag)
         return folder
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from ..checkpoint import atomic_write
+from ..jsonio import dumps
 
 __all__ = ["METRIC_COLUMNS", "write_metrics", "write_json", "plot_learning_curve", "portable"]
 
@@ -19,7 +19,7 @@ METRIC_COLUMNS = (
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    text = json.dumps(obj, indent=1, sort_keys=False, default=str)
+    text = dumps(obj, indent=1, sort_keys=False, default=str)  # NaN/inf become null: always valid JSON
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 

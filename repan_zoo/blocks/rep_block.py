@@ -134,20 +134,52 @@ class RepBlock(nn.Module):
         return y
 
     # -- fusion ---------------------------------------------------------------------------
+    def check_fusable(self) -> None:
+        """Refuse, with :class:`UnfusableBranchError` naming the module and the attribute, what the
+        fusion formulas cannot represent exactly: a conv mutated after construction (non-zero
+        ``padding_mode``, a ``dilation`` other than the block's) or a norm that is not a BatchNorm with running
+        statistics (``GroupNorm``, ``LayerNorm``, ...). Structural checks only (no probe), run by
+        :meth:`fused_kernel_bias` and so by every fusion path, timm's ``reparameterize_model`` included."""
+        for branch_name, branch in [("trunk", self.trunk), *((f"extras.{i}", b) for i, b in enumerate(self.extras))]:
+            if branch is None:
+                continue
+            for name, m in branch.named_modules():
+                where = f"{branch_name}.{name}".rstrip(".") + f" ({getattr(branch, 'kind', type(branch).__name__)} branch)"
+                if isinstance(m, nn.Conv2d):
+                    if m.padding_mode != "zeros":
+                        raise UnfusableBranchError(
+                            f"{where}: padding_mode={m.padding_mode!r}; branches fuse into one conv only with zero "
+                            "padding. Build the block with padding_mode='zeros' (do not change it afterwards)")
+                    d = self.spec.dilation  # a dimension of size 1 has no taps to space
+                    if any(k > 1 and dil != d for k, dil in zip(m.kernel_size, m.dilation)):
+                        raise UnfusableBranchError(
+                            f"{where}: dilation={tuple(m.dilation)} but the block was built with dilation={d}; "
+                            "branches line up only on the block's tap spacing. Build the block with the dilation "
+                            "you want (RepBlock(..., dilation=d), or timm's output_stride) instead of changing a "
+                            "conv afterwards")
+                elif "norm" in type(m).__name__.lower() and not (
+                        hasattr(m, "running_mean") and hasattr(m, "running_var")):
+                    raise UnfusableBranchError(
+                        f"{where}: {type(m).__name__} has no running statistics, so it is not a fixed affine map "
+                        "and cannot be fused into a conv; Rep branches need BatchNorm")
+
     def fused_kernel_bias(self) -> KernelBias:
-        """The single conv this block computes in eval mode, in float64 (Eq. 5, λ included)."""
+        """The single conv this block computes in eval mode, in float64 (Eq. 5, λ included).
+        Raises :class:`UnfusableBranchError` (see :meth:`check_fusable`)."""
         if self.reparam_conv is not None:
             kernel = self.reparam_conv.weight.detach().double()
             bias = self.reparam_conv.bias.detach().double()
             return KernelBias(kernel, bias)
         assert self.trunk is not None
+        self.check_fusable()
         return algebra.gated_sum(
             self.trunk.kernel_bias(), [b.kernel_bias() for b in self.extras], self.lam.detach().double()
         )
 
     @torch.no_grad()
     def reparameterize(self) -> None:
-        """Train → deploy in place: fuse all branches into ``reparam_conv`` (idempotent)."""
+        """Train → deploy in place: fuse all branches into ``reparam_conv`` (idempotent). Refuses,
+        unchanged, what cannot be fused exactly (:meth:`check_fusable`: :class:`UnfusableBranchError`)."""
         if self.reparam_conv is not None:
             return
         assert self.trunk is not None

@@ -36,7 +36,9 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from ..cli_types import csv_list, int_list, json_dict
+from ..cli_types import (
+    OneLineParser, check_model_name, csv_list, device, int_list, json_dict, number, writable_dir_problem,
+)
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -45,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .finetune import FinetuneConfig
 
     d = FinetuneConfig(out="", train_images="", train_annotations="", val_images="", val_annotations="")
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="finetune_detection.py",
         description="Fine-tune a torchvision RetinaNet / Faster R-CNN on a RepAn backbone (COCO-format data), "
                     "then reparameterize it for deployment.",
@@ -69,54 +71,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON kwargs for timm.create_model, e.g. '{\"width_mult\": 0.25, \"in_chans\": 1}'")
     g.add_argument("--out-indices", type=int_list, default=None,
                    help="feature levels for the FPN (default: the last three)")
-    g.add_argument("--fpn-channels", type=int, default=d.fpn_channels)
-    g.add_argument("--min-size", type=int, default=None, help="resize bound (default: the first image's short side)")
-    g.add_argument("--max-size", type=int, default=None, help="resize bound (default: the first image's long side)")
-    g.add_argument("--anchor-scale", type=float, default=d.anchor_scale, help="anchor size = scale × level stride")
-    g.add_argument("--score-thresh", type=float, default=d.score_thresh, help="detections below are dropped")
-    g.add_argument("--detections-per-img", type=int, default=d.detections_per_img)
+    g.add_argument("--fpn-channels", type=number(int, 1), default=d.fpn_channels)
+    g.add_argument("--min-size", type=number(int, 1), default=None, help="resize bound (default: the first image's short side)")
+    g.add_argument("--max-size", type=number(int, 1), default=None, help="resize bound (default: the first image's long side)")
+    g.add_argument("--anchor-scale", type=number(float, 0.0, lo_open=True), default=d.anchor_scale, help="anchor size = scale × level stride")
+    g.add_argument("--score-thresh", type=number(float, 0.0, 1.0), default=d.score_thresh, help="detections below are dropped")
+    g.add_argument("--detections-per-img", type=number(int, 1), default=d.detections_per_img)
 
     g = p.add_argument_group("RepAn (unfold, cycles on the detection task)")
     g.add_argument("--unfold", action="store_true",
                    help="Expand + Restore the backbone before fine-tuning (repan_zoo.unfold, λ=0: same function)")
     g.add_argument("--branches", type=csv_list, default=list(d.branches), help="new branch kinds per Rep block")
-    g.add_argument("--k", type=int, default=d.k, help="new branches per kind and block")
+    g.add_argument("--k", type=number(int, 0, 5), default=d.k, help="new branches per kind and block")
     g.add_argument("--restore", default=d.restore, help="inverse of Eq. 2: inherit | normalized | identity")
     g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=d.residual,
                    help="also add the residual BN branch of Eq. 3 where shapes allow")
-    g.add_argument("--branch-gamma", type=float, default=d.branch_gamma, help="γ of the new branches' output BN")
-    g.add_argument("--cycles", type=int, default=d.cycles,
+    g.add_argument("--branch-gamma", type=number(float, 0.0), default=d.branch_gamma, help="γ of the new branches' output BN")
+    g.add_argument("--cycles", type=number(int, 1), default=d.cycles,
                    help="RepAn cycles R; cycles 2..R start with Rep → Expand → Restore → Calibrate")
     g.add_argument("--lam-schedule", default=d.lam_schedule, help="Θ: constant | linear | cosine | step")
-    g.add_argument("--lam-start", type=float, default=d.lam_start)
-    g.add_argument("--lam-end", type=float, default=d.lam_end)
-    g.add_argument("--lam-warmup", type=float, default=d.lam_warmup, help="fraction of a cycle over which λ rises")
-    g.add_argument("--calib-batches", type=int, default=d.calib_batches, help="batches for BN calibration")
-    g.add_argument("--calib-batch-size", type=int, default=d.calib_batch_size)
+    g.add_argument("--lam-start", type=number(float, 0.0, 1.0), default=d.lam_start)
+    g.add_argument("--lam-end", type=number(float, 0.0, 1.0), default=d.lam_end)
+    g.add_argument("--lam-warmup", type=number(float, 0.0, 1.0), default=d.lam_warmup, help="fraction of a cycle over which λ rises")
+    g.add_argument("--calib-batches", type=number(int, 0), default=d.calib_batches, help="batches for BN calibration")
+    g.add_argument("--calib-batch-size", type=number(int, 1), default=d.calib_batch_size)
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs per cycle")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (split over processes)")
+    g.add_argument("--epochs", type=number(int, 1), default=d.epochs, help="epochs per cycle")
+    g.add_argument("--batch-size", type=number(int, 1), default=d.batch_size, help="global batch (split over processes)")
     g.add_argument("--optimizer", choices=("adamw", "sgd"), default=d.optimizer)
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine per cycle)")
-    g.add_argument("--min-lr", type=float, default=d.min_lr)
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warmup at each cycle start")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    g.add_argument("--wd", type=float, default=d.wd, help="weight decay")
-    g.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient-norm clip (0: off)")
+    g.add_argument("--lr", type=number(float, 0.0, lo_open=True), default=d.lr, help="peak learning rate (cosine per cycle)")
+    g.add_argument("--min-lr", type=number(float, 0.0), default=d.min_lr)
+    g.add_argument("--warmup-steps", type=number(int, 0), default=d.warmup_steps, help="linear LR warmup at each cycle start")
+    g.add_argument("--momentum", type=number(float, 0.0, 1.0, hi_open=True), default=d.momentum, help="SGD momentum")
+    g.add_argument("--wd", type=number(float, 0.0), default=d.wd, help="weight decay")
+    g.add_argument("--clip-grad", type=number(float, 0.0), default=d.clip_grad, help="gradient-norm clip (0: off)")
     g.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed while training")
     g.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm over processes")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs, tests)")
+    g.add_argument("--seed", type=number(int, 0, 2**63 - 1), default=d.seed)
+    g.add_argument("--max-steps-per-epoch", type=number(int, 1), default=None, help="cap steps per epoch (smoke runs, tests)")
 
     g = p.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last completed epoch")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    g.add_argument("--eval-every", type=int, default=d.eval_every, help="evaluate mAP every N epochs (and at the end)")
+    g.add_argument("--device", type=device, default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
+    g.add_argument("--workers", type=number(int, 0), default=d.workers, help="DataLoader worker processes")
+    g.add_argument("--threads", type=number(int, 1), default=None, help="torch CPU threads per process")
+    g.add_argument("--eval-batch-size", type=number(int, 1), default=d.eval_batch_size)
+    g.add_argument("--eval-every", type=number(int, 1), default=d.eval_every, help="evaluate mAP every N epochs (and at the end)")
     g.add_argument("--export", type=csv_list, default=[], help="export the deploy detector: torchscript,onnx")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
     return p
@@ -166,6 +168,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    problem = writable_dir_problem(args.out)
+    if problem:
+        parser.error(f"argument --out: {problem}")
+    if args.min_lr > args.lr:
+        parser.error(f"argument --min-lr: {args.min_lr:g} is above --lr {args.lr:g}; use --min-lr ≤ --lr")
+    if args.backbone_checkpoint and not Path(args.backbone_checkpoint).is_file():
+        parser.error(f"argument --backbone-checkpoint: {args.backbone_checkpoint}: no such file")
+    try:
+        check_model_name(args.backbone, "--backbone")
+    except (ValueError, RepanError) as exc:
+        parser.error(str(exc))
     cfg = config_from_args(args, parser)
     threads = torch.get_num_threads()
     if args.threads:

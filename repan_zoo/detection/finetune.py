@@ -36,7 +36,7 @@ from ..annealing.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..annealing.distributed import DistContext, convert_sync_bn, init_distributed, wrap_ddp
 from ..annealing.report import write_json
 from ..annealing.schedules import LambdaSchedule, cosine_lr
-from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
+from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, remove_stale_temps, save_checkpoint
 from ..convert import DEFAULT_BRANCHES, reparameterize, set_lambda
 from ..errors import CheckpointError, RecipeError, TrainingDivergedError
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json
@@ -151,7 +151,7 @@ def load_detector(path: str, *, device: Optional[str] = None) -> Tuple[nn.Module
     state, meta = read_checkpoint(path)
     if "detector_config" not in meta:
         raise CheckpointError(f"{path} has no detector_config metadata: it was not written by repan_zoo.detection")
-    dcfg = DetectorConfig.from_dict(json.loads(meta["detector_config"]))
+    dcfg = DetectorConfig.from_dict(metadata_json(meta, "detector_config"))
     if meta.get("form") == "deploy":
         dcfg.model_kwargs = {**dcfg.model_kwargs, "deploy": True}
     model = build_detector(dcfg, check_strides=False)
@@ -240,7 +240,7 @@ class _Run:
         ckpt = self.checkpointer.load()
         if ckpt is None:
             raise CheckpointError(f"--resume: {self.checkpointer.pointer} does not exist; start the run without --resume")
-        saved = json.loads(ckpt.model_meta.get("detector_config", "{}"))
+        saved = metadata_json(ckpt.model_meta, "detector_config") if "detector_config" in ckpt.model_meta else {}
         if saved and saved != self.dcfg.as_dict():
             diff = sorted(k for k in set(saved) | set(self.dcfg.as_dict()) if saved.get(k) != self.dcfg.as_dict().get(k))
             raise RecipeError(f"--resume: the detector in {ckpt.directory} differs in {diff}; resume with the options "
@@ -456,20 +456,29 @@ def _jsonable(obj: Any) -> Any:
 
 def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
     """Run (or resume) a fine-tuning run; returns the content of ``final.json``."""
+    from ..runlock import RunLock
+
     cfg.check()
     ctx = init_distributed(cfg.device)
+    lock = RunLock(cfg.out, command="repan-detect")
+    run = None
     try:
         torch.manual_seed(cfg.seed + ctx.rank)
+        if ctx.is_main:
+            lock.acquire()  # one writer per run directory
+            if cfg.resume:
+                remove_stale_temps(cfg.out)  # left by a killed write; this process is the only writer
         if not cfg.resume and Checkpointer(Path(cfg.out)).exists():
             raise RecipeError(f"{cfg.out} already holds a run (checkpoints/latest.json); pass --resume to continue "
                               "it or choose a new --out")
         run = _Run(cfg, ctx)
+        if cfg.resume:
+            run.resume()  # reads only: a resume refused for other options leaves config.json as it was
         if ctx.is_main:
             Path(cfg.out).mkdir(parents=True, exist_ok=True)
             write_json(Path(cfg.out) / "config.json", cfg.as_dict())
-        if cfg.resume:
-            run.resume()
         run.train()
         return run.finish()
     finally:
+        lock.release(discard_dir=run is None)
         ctx.close()

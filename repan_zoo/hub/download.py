@@ -183,6 +183,17 @@ def _download(source: WeightSource, revision: Optional[str], cache_dir: Optional
         raise _translate(exc, source, revision) from exc
 
 
+def translate_hub_error(exc: Exception, name: str) -> Exception:
+    """The typed error (:class:`OfflineError`, :class:`WeightsNotFoundError`, ...) for a
+    huggingface_hub / HTTP error raised while timm fetched ``hf-hub:ORG/NAME[@REV]`` (its
+    config.json or weights) outside this package's loader; other exceptions come back unchanged."""
+    from .resolve import split_hf_hub_id
+
+    repo, revision = split_hf_hub_id(name[len("hf-hub:"):] if name.startswith("hf-hub:") else name)
+    source = WeightSource(name, None, "hub", "config.json / model.safetensors", hf_hub_id=repo, revision=revision)
+    return _translate(exc, source, revision)
+
+
 def _translate(exc: Exception, source: WeightSource, revision: Optional[str]) -> Exception:
     from huggingface_hub import utils as hf  # re-exports the error types in every supported version
 

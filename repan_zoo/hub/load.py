@@ -52,6 +52,8 @@ def load_pretrained(
     if user and detect_source(state_dict) != "repan":  # a user's file in timm's key layout: renamed to ours
         state_dict, metadata = checkpoint_filter(state_dict, model), {}
     loaded = describe_loaded(cfg, source, state_dict)
+    if source.entry is not None:
+        check_entry_against_tensors(source.entry, state_dict, cfg)
     state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
     state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"))
     load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})")
@@ -92,6 +94,29 @@ def describe_loaded(cfg: Mapping[str, object], source: WeightSource, state_dict:
     if first is not None and first.ndim == 4 and len(size) == 3 and first.shape[1] != size[0]:
         out["input_size"] = (int(first.shape[1]), *size[1:])  # channels as stored (grouped stems are not adapted)
     return {k: v for k, v in out.items() if v is not None or k in ("tag",)}
+def check_entry_against_tensors(entry, state_dict: Dict[str, torch.Tensor], cfg) -> None:
+    """The manifest entry's ``num_classes`` and input channels (``input_size[0]``) must be those of
+    the file it names (classifier rows, first conv's input channels), else the model would be
+    built for one and silently handed a fresh head (or an adapted stem). Raises
+    :class:`~repan_zoo.errors.ManifestError` naming the entry, the field and both values."""
+    from ..errors import ManifestError
+
+    def refuse(field: str, listed, found, key: str) -> None:
+        raise ManifestError(
+            f"manifest entry {entry.name}: {field} is {listed}, but its file {entry.filename} holds {found} "
+            f"({key}); the entry does not describe its weights. Correct the entry (or re-publish with repan-publish)")
+
+    for name in _names(cfg.get("classifier")):
+        key = f"{name}.weight"
+        if key in state_dict and state_dict[key].shape[0] != entry.num_classes:
+            refuse("num_classes", entry.num_classes, state_dict[key].shape[0], f"{key} {tuple(state_dict[key].shape)}")
+    for name in _names(cfg.get("first_conv")):
+        key = next((k for k in _input_conv_keys(name) if k in state_dict), None)
+        if key is None or state_dict[key].ndim != 4:
+            continue
+        chans = state_dict[key].shape[1]  # the zoo's stems are ungrouped convs
+        if chans != entry.input_size[0]:
+            refuse("input_size[0] (input channels)", entry.input_size[0], chans, f"{key} {tuple(state_dict[key].shape)}")
 
 
 def _provenance(source: WeightSource, fetched: Fetched) -> Dict[str, object]:

@@ -25,6 +25,7 @@ against the local sha256 and size before the manifest entry is written.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -211,6 +212,17 @@ def _check_loads(checkpoint: Path, run: RunRecord):
     return model, meta
 
 
+def _measured_certificate(model, checkpoint: Path) -> Dict[str, Any]:
+    """A checkpoint that carries no certificate of its own gets one measured here, so that every
+    manifest entry certifies the very bytes it names: the deploy model against its train form
+    (:func:`repan_zoo.unfold`, what ``pretrained=True`` builds for training) on a probe input."""
+    from ..convert import unfold
+
+    train = unfold(model, verify=True)
+    return check_exactness(dict(train.repan_exactness, probe="measured by repan-publish: fused vs unfolded"),
+                           f"{checkpoint} (certificate measured at publish time)")
+
+
 def _data_config(run: RunRecord, model) -> Dict[str, Any]:
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     in_chans = getattr(model, "in_chans", None) or run.model_kwargs.get("in_chans") or (cfg.get("input_size") or [3])[0]
@@ -253,6 +265,8 @@ def prepare(
     if not manifest.is_valid_tag(tag):
         raise PublishError(f"tag {tag!r}: use letters, digits, '_', '-', '.' (e.g. 'fmnist_repan')")
     model, _ = _check_loads(checkpoint, run)
+    if not meta.get("exactness"):
+        run = dataclasses.replace(run, exactness=_measured_certificate(model, checkpoint))
     data = _data_config(run, model)
     num_classes = int(getattr(model, "num_classes", 0) or run.data.get("num_classes") or 0)
     if num_classes <= 0:
@@ -326,17 +340,26 @@ def publish(
         entry = _entry(p, source="hub", hf_hub_id=repo_id, revision="0" * 40, filename=DEFAULT_FILENAME)
         return PublishResult(entry, None, folder)
     api = HfApi(endpoint=endpoint, token=token, library_name="repan_zoo")
-    api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
         for name in (DEFAULT_FILENAME, "config.json", "README.md")
     ]
-    info = api.create_commit(
-        repo_id, operations, repo_type="model",
-        commit_message=commit_message or f"{p.run.model}.{tag}: deploy weights, config and model card (repan_zoo)",
-    )
-    commit = info.oid
-    meta = get_hf_file_metadata(hf_hub_url(repo_id, DEFAULT_FILENAME, revision=commit, endpoint=api.endpoint), token=token)
+    try:
+        api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
+        info = api.create_commit(
+            repo_id, operations, repo_type="model",
+            commit_message=commit_message or f"{p.run.model}.{tag}: deploy weights, config and model card (repan_zoo)",
+        )
+        commit = info.oid
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, DEFAULT_FILENAME, revision=commit, endpoint=api.endpoint),
+                                    token=token)
+    except Exception as exc:  # noqa: BLE001 - transport failures become one typed error; others re-raised
+        if not _unreachable(exc):
+            raise
+        raise PublishError(
+            f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); nothing was published and the manifest "
+            "is unchanged. Check the network and HF_ENDPOINT, then publish again (or use --dry-run / --bundle)"
+        ) from exc
     etag = (meta.etag or "").strip('"').lower()
     if meta.commit_hash != commit or meta.size != p.size or etag not in (p.sha256, p.git_sha1):
         raise PublishError(
@@ -347,6 +370,19 @@ def publish(
     entry = _entry(p, source="hub", hf_hub_id=repo_id, revision=commit, filename=DEFAULT_FILENAME)
     file = manifest.write_entry(entry, family=family, directory=manifest_dir)
     return PublishResult(entry, file, folder, commit)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection-level failure (no route, refused, DNS, timeout, offline mode), as raised by
+    huggingface_hub and its HTTP client (requests or httpx), rather than an answer of the Hub."""
+    from huggingface_hub import utils as hf
+
+    if isinstance(exc, (ConnectionError, TimeoutError, hf.OfflineModeIsEnabled)):
+        return True
+    name = type(exc).__name__
+    module = type(exc).__module__
+    return module.startswith(("httpx", "requests", "urllib3")) and any(
+        word in name for word in ("Connect", "Timeout", "Network", "Proxy"))
 
 
 def bundle(

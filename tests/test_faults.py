@@ -1,0 +1,376 @@
+"""Faults that must be explained and lose nothing (issue 16, points 3, 4, 7, 9, 11, 12): a full
+disk while checkpointing, a garbled pointer, stale temp files, offline hf-hub:, dtype-checked
+loads, file modes, a refused --resume that changes nothing, the real problem named on a foreign
+checkpoint, and byte-identical files from identical saves."""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
+from fake_hub import hub  # noqa: F401  (fixture)
+from repan_zoo.annealing import checkpointing
+from repan_zoo.annealing.checkpointing import Checkpointer
+from repan_zoo.checkpoint import load_into, read_checkpoint, save_checkpoint, sha256_file
+from repan_zoo.data import FASHION_MNIST_DIR
+from repan_zoo.errors import CheckpointError, OfflineError
+
+HAVE_FMNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+SMALL = ["--model", "tinyrep_test", "--train-subset", "128", "--val-size", "64", "--test-subset", "64",
+         "--batch-size", "32", "--eval-batch-size", "64", "--calib-batches", "1", "--threads", "1",
+         "--no-progress", "--no-plot", "--method", "baseline", "--cycles", "1", "--epochs", "1", "--seed", "3"]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return timm.create_model("tinyrep_test", **kw).eval()
+
+
+def progress_state(epoch: int) -> dict:
+    return {"progress": {"cycle_index": 0, "cycle": 1, "epoch": epoch, "epochs": 3}, "x": torch.ones(2)}
+
+
+# -- point 3: faults handled and explained ---------------------------------------------------------
+def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cp = Checkpointer(tmp_path / "run")
+    model = tiny()
+    cp.save(model, progress_state(1), tag="ep0001", architecture="tinyrep_test")
+
+    def full_disk(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        cp.save(model, progress_state(2), tag="ep0002", architecture="tinyrep_test")
+    msg = str(info.value)
+    assert "ep0001" in msg and "--resume" in msg and "ep0002" in msg
+    assert cp.latest_dir().name == "ep0001" and not (cp.root / "ep0002").exists()
+    assert not list(cp.root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("garbage", ["", "{not json", '{"dir": "../../etc"}', '{"dir": "ep0009"}', "[]"])
+def test_garbled_pointer_falls_back_to_the_newest_complete_epoch(tmp_path, garbage):
+    cp = Checkpointer(tmp_path / "run", keep=3)
+    model = tiny()
+    for epoch in (1, 2):
+        cp.save(model, progress_state(epoch), tag=f"ep000{epoch}", architecture="tinyrep_test")
+    (cp.root / "ep0003").mkdir()  # a folder a killed save left without its files
+    (cp.root / "ep0003" / "model.safetensors").write_bytes(b"partial")
+    cp.pointer.write_text(garbage)
+    with pytest.warns(UserWarning, match="ep0002"):
+        loaded = cp.load()
+    assert loaded.directory.name == "ep0002" and loaded.state["progress"]["epoch"] == 2
+
+
+def test_garbled_pointer_without_any_complete_epoch_says_what_to_do(tmp_path):
+    cp = Checkpointer(tmp_path / "run")
+    cp.root.mkdir(parents=True)
+    cp.pointer.write_text("{")
+    with pytest.raises(CheckpointError, match="new --out"):
+        cp.load()
+
+
+def test_remove_stale_temps_removes_only_atomic_write_leftovers(tmp_path):
+    from repan_zoo.checkpoint import remove_stale_temps
+
+    (tmp_path / "checkpoints" / "ep0001").mkdir(parents=True)
+    stale = [tmp_path / ".final.json.abc123.tmp", tmp_path / "checkpoints" / "ep0001" / ".state.pt.x9.tmp"]
+    keep = [tmp_path / "final.json", tmp_path / "notes.tmp"]
+    for p in stale + keep:
+        p.write_text("x")
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_resume_removes_stale_temp_files_and_refuses_another_model_without_writing(tmp_path):
+    from repan_zoo.train_cli import main
+
+    out = tmp_path / "run"
+    assert main([*SMALL, "--out", str(out)]) == 0
+    stale = out / "checkpoints" / ".latest.json.k1ll3d.tmp"
+    stale.write_text("{")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # point 9: a refused --resume changes nothing
+    assert main([*SMALL, "--out", str(out), "--resume", "--model", "repan_repvgg_a0_w025"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main([*SMALL, "--out", str(out), "--resume"]) == 0  # the intact run still resumes
+    assert not stale.exists()
+
+
+def test_offline_hf_hub_name_raises_the_typed_offline_error(hub, monkeypatch):
+    from huggingface_hub import constants
+
+    from repan_zoo.cli import create_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OfflineError, match="not in the local cache"):
+        create_model("hf-hub:org/not-cached")
+
+
+# -- point 4: loads check dtypes -----------------------------------------------------------------
+def test_load_refuses_a_tensor_of_another_dtype_by_key(tmp_path):
+    model = tiny(deploy=True)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    key = "head.weight"
+    sd[key] = (sd[key] * 100).to(torch.int32)
+    save_file(sd, str(tmp_path / "int.safetensors"), metadata={"form": "deploy", "architecture": "tinyrep_test"})
+    state, meta = read_checkpoint(tmp_path / "int.safetensors")
+    fresh = tiny(deploy=True)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"head\.weight: checkpoint torch\.int32 vs model torch\.float32"):
+        load_into(fresh, state, meta)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+
+
+def test_float_to_float_cast_only_when_asked():
+    model = tiny(deploy=True)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match="dtype mismatch"):
+        load_into(tiny(deploy=True), half, {"form": "deploy"})
+    fresh = load_into(tiny(deploy=True), half, {"form": "deploy"}, cast_floats=True)
+    assert fresh.head.weight.dtype == torch.float32
+
+
+# -- point 7: files follow the umask -------------------------------------------------------------
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_safetensors_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = save_checkpoint(tiny(), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+# -- point 11: the real problem named --------------------------------------------------------------
+def test_checkpoint_of_another_architecture_is_named(tmp_path):
+    path = save_checkpoint(tiny(), tmp_path / "tiny.safetensors", architecture="tinyrep_test")
+    other = timm.create_model("repan_repvgg_a0_w025", num_classes=10, in_chans=1)
+    with pytest.raises(CheckpointError, match="is a checkpoint of tinyrep_test, and the model is repan_repvgg_a0_w025"):
+        load_into(other, *read_checkpoint(path), what=str(path))
+
+
+@pytest.mark.parametrize("field", ["branches", "lambdas"])
+def test_metadata_that_is_not_json_is_a_checkpoint_error(tmp_path, field):
+    path = save_checkpoint(tiny(), tmp_path / "t.safetensors", architecture="tinyrep_test")
+    state, meta = read_checkpoint(path)
+    meta[field] = "{not json"
+    with pytest.raises(CheckpointError, match=f"metadata field '{field}' is not JSON"):
+        load_into(tiny(), state, meta)
+
+
+# -- point 12: deterministic files -------------------------------------------------------------------
+def test_identical_saves_give_identical_bytes(tmp_path):
+    model = tiny()
+    meta = {f"k{i}": str(i) for i in range(12)}
+    paths = [save_checkpoint(model, tmp_path / f"{i}.safetensors", architecture="tinyrep_test", metadata=meta)
+             for i in range(4)]
+    assert len({sha256_file(p) for p in paths}) == 1
+    state, read_meta = read_checkpoint(paths[0])
+    assert read_meta["k7"] == "7" and torch.equal(state["head.weight"], model.head.weight)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_final_json_is_valid_json_and_its_sha256_reproducible(tmp_path):
+    from repan_zoo.train_cli import main
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        assert main([*SMALL, "--out", str(out), "--deterministic"]) == 0
+    finals = [json.loads((out / "final.json").read_text(), parse_constant=pytest.fail) for out in runs]
+    assert finals[0]["checkpoint"]["sha256"] == finals[1]["checkpoint"]["sha256"]
+    assert sha256_file(runs[0] / "deploy.safetensors") == finals[0]["checkpoint"]["sha256"]
+
+
+# -- point 5: conversions reached through timm are checked -----------------------------------------
+def trained_tiny():
+    from helpers import randomize
+
+    return randomize(timm.create_model("tinyrep_test"), seed=4).eval()
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda m: setattr(m.stage[0].trunk.conv, "padding_mode", "reflect"), "padding_mode='reflect'"),
+    (lambda m: m.stage[0].trunk.conv.__dict__.update(dilation=(2, 2), padding=(2, 2)), "dilation=(2, 2)"),
+    (lambda m: setattr(m.stage[0].trunk, "bn", torch.nn.GroupNorm(2, 8)), "GroupNorm"),
+], ids=["reflect-padding", "dilation", "groupnorm"])
+def test_block_fusion_refuses_what_it_cannot_fuse_through_timm(mutate, words):
+    from timm.utils import reparameterize_model
+
+    from repan_zoo import reparameterize
+    from repan_zoo.errors import UnfusableBranchError
+
+    model = trained_tiny()
+    mutate(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for convert in (reparameterize_model, reparameterize):
+        with pytest.raises(UnfusableBranchError, match=re.escape(words)):
+            convert(model)
+    assert model.state_dict().keys() == before.keys()  # nothing fused, nothing lost
+
+
+@pytest.mark.parametrize("batch", [
+    torch.full((4, 1, 28, 28), float("nan")), torch.randn(4, 3, 28, 28),
+], ids=["nan-batch", "wrong-channels"])
+def test_calibrate_bn_refuses_and_leaves_the_model_as_it_was(batch):
+    from repan_zoo import calibrate_bn, rep_blocks, unfold
+    from repan_zoo.errors import CalibrationError
+
+    model = unfold(trained_tiny(), ["conv_1x1"], generator=torch.Generator().manual_seed(0))
+    good = torch.randn(4, 1, 28, 28)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = [b.fresh for _, blk in rep_blocks(model) for b in blk.extras]
+    with pytest.raises(CalibrationError):
+        calibrate_bn(model, [good, batch])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a failed calibration changed the model"
+    assert fresh == [b.fresh for _, blk in rep_blocks(model) for b in blk.extras]
+    calibrate_bn(model, [good])  # and it still calibrates
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+# -- points 6 and 10: manifest files ----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def manifest_copy(tmp_path, monkeypatch, edit=None, raw=None) -> Path:
+    from repan_zoo import manifest
+
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    for f in (ROOT / "weights_manifest").glob("*.json"):
+        (folder / f.name).write_text(f.read_text())
+    doc = json.loads((folder / "repvgg.json").read_text())
+    if edit is not None:
+        edit(doc["entries"])
+    (folder / "repvgg.json").write_text(raw if raw is not None else json.dumps(doc))
+    monkeypatch.setenv("REPAN_ZOO_MANIFEST_DIR", str(folder))
+    manifest.reload_manifest()
+    return folder
+
+
+def _set(field, value):
+    return lambda entries: entries[0].__setitem__(field, value)
+
+
+BROKEN = {
+    "branch-as-revision": (_set("revision", "main"), None),
+    "upper-case-sha256": (lambda e: e[0].__setitem__("sha256", e[0]["sha256"].upper()), None),
+    "path-traversal": (_set("filename", "../../etc/passwd.safetensors"), None),
+    "pt-file": (_set("filename", "weights.pt"), None),
+    "duplicate": (lambda e: e.append(dict(e[0])), None),
+    "invalid-json": (None, "{not json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_a_broken_manifest_file_warns_and_only_its_weights_fail(kind, tmp_path, monkeypatch):
+    from repan_zoo import manifest
+    from repan_zoo.errors import ManifestError
+
+    edit, raw = BROKEN[kind]
+    manifest_copy(tmp_path, monkeypatch, edit, raw)
+    with pytest.warns(UserWarning, match="repvgg.json"):
+        entries = manifest.load_manifest()
+    assert entries and all(m.startswith(("repan_mobileone", "repan_resnet")) for m, _ in entries)
+    with pytest.raises(ManifestError) as info:
+        manifest.find_entry("repan_repvgg_a1_w025", "fmnist_repan")
+    with pytest.raises(ManifestError, match=str(info.value)[:40].replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace(".", r"\.")):
+        manifest.load_manifest(strict=True)
+    manifest.reload_manifest()
+
+
+def test_import_survives_a_broken_manifest(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    folder = manifest_copy(tmp_path, monkeypatch, raw="{not json")
+    code = ("import timm, repan_zoo; m = timm.create_model('repan_repvgg_a0_w025'); "
+            "from repan_zoo.errors import ManifestError\n"
+            "try:\n    timm.create_model('repan_repvgg_a1_w025', pretrained=True)\n"
+            "except ManifestError as e:\n    print('refused:', e)\n")
+    env = dict(os.environ, REPAN_ZOO_MANIFEST_DIR=str(folder), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "repvgg.json" in proc.stderr and "refused:" in proc.stdout and "not valid JSON" in proc.stdout
+
+
+def _rgb(entries):
+    entries[0].update(input_size=[3, 28, 28], mean=[0.5] * 3, std=[0.25] * 3)
+
+
+@pytest.mark.parametrize("field,edit", [("num_classes", _set("num_classes", 7)), ("input_size", _rgb)])
+def test_manifest_facts_are_checked_against_the_file(field, edit, tmp_path, monkeypatch):
+    from repan_zoo.errors import ManifestError
+
+    manifest_copy(tmp_path, monkeypatch, edit)
+    with pytest.raises(ManifestError, match=f"manifest entry repan_repvgg_a1_w025.fmnist_repan: {field}"):
+        timm.create_model("repan_repvgg_a1_w025.fmnist_repan", pretrained=True)
+    from repan_zoo import manifest
+
+    manifest.reload_manifest()
+
+
+# -- point 8: every published entry certifies its own bytes --------------------------------------------
+def test_publish_measures_a_certificate_for_a_checkpoint_without_one(hub, tmp_path):
+    from fake_hub import make_deploy_run, register_test_model
+    from repan_zoo.hub.publish import bundle
+
+    model = register_test_model()
+    _, metrics, deploy = make_deploy_run(tmp_path / "run", model=model, seed=2)
+    del deploy.repan_exactness
+    bare = save_checkpoint(deploy, tmp_path / "bare.safetensors", architecture=model)  # no certificate inside
+    assert "exactness" not in read_checkpoint(bare)[1]
+    result = bundle(bare, metrics, tag="measured")
+    cert = result.entry.exactness
+    assert cert["probe"].startswith("measured by repan-publish") and cert["model_rel_error"] <= cert["tolerance"]
+
+
+# -- point 2: only valid JSON is written ---------------------------------------------------------------
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    from repan_zoo.annealing.report import write_json
+
+    doc = {"val_loss": float("nan"), "rows": [{"lr": float("inf")}, 1.5], "top1": (float("-inf"), 2)}
+    path = write_json(tmp_path / "final.json", doc)
+    back = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert back == {"val_loss": None, "rows": [{"lr": None}, 1.5], "top1": [None, 2]}
+    model = tiny()
+    model.repan_exactness = {"model_rel_error": float("nan"), "tolerance": 1e-5}
+    meta = read_checkpoint(save_checkpoint(model, tmp_path / "m.safetensors", metadata={"m": {"x": float("inf")}}))[1]
+    strict = dict(parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert json.loads(meta["exactness"], **strict)["model_rel_error"] is None
+    assert json.loads(meta["m"], **strict) == {"x": None}
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_disk_full_while_writing_the_deploy_file_is_explained_and_resumable(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from repan_zoo.annealing import trainer
+    from repan_zoo.train_cli import main
+
+    out = tmp_path / "run"
+
+    def full(model, path, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    real = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", full)
+    assert main([*SMALL, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0] and "Traceback" not in err[0]
+    monkeypatch.setattr(trainer, "save_checkpoint", real)
+    assert main([*SMALL, "--out", str(out), "--resume"]) == 0
+    assert (out / "deploy.safetensors").is_file() and json.loads((out / "final.json").read_text())["epochs_trained"] == 1
