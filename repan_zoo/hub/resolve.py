@@ -159,6 +159,7 @@ def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = N
     if cfg.get("source") == "local-dir" and cfg.get("file"):
         return _local_source(model, tag, cfg["file"], filename)
     if tag is None:
+        manifest.check_weights_available(model)  # a malformed manifest file listing it: its ManifestError
         entries = manifest.entries_for(model)
         entry = next((e for e in entries if _fits(e, cfg)), None)
         if entry is None and entries and not cfg.get("hf_hub_id"):
