@@ -70,6 +70,7 @@ __all__ = [
     "fold_constant_channels",
     "export_int8",
     "load_int8",
+    "calibration_data",
 ]
 
 #: quantizer backends :func:`quantize` knows.
@@ -79,7 +80,7 @@ DEFAULT_MIN_AGREEMENT = 0.9
 DEFAULT_MAX_REL_ERROR = 0.25
 #: a folded model may differ from the unfolded one by fp32 rounding only (max-relative, on the calibration batches).
 _FOLD_TOLERANCE = 1e-4
-_EXTRA_HINT = "pip install 'repan-zoo[quant]' (or pip install -c constraints.txt 'torchao>=0.16,<0.19')"
+_EXTRA_HINT = "pip install 'repan-zoo[quant]' (or pip install -c constraints.txt 'torchao>=0.18,<0.19')"
 
 _aten = torch.ops.aten
 _RELU = (_aten.relu.default, _aten.relu_.default)
@@ -352,6 +353,38 @@ def quantize(
                  calibration_batches=len(batches), folded=folded)
     _judge(check, "the INT8 model")
     return Int8Model(converted, runner, check, reference)
+
+
+def calibration_data(
+    dataset: str = "fashion_mnist",
+    data_dir: Optional[str] = None,
+    *,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    batches: int = 8,
+    batch_size: int = 64,
+    probe_images: int = 512,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Normalised calibration batches and a probe from a dataset's *training files* only.
+
+    The training files are split as :func:`repan_zoo.data.load_splits` splits them (5 000
+    validation images, ``split_seed=0``): ``batches`` batches of ``batch_size`` images from the
+    train split (no flip, :func:`repan_zoo.data.calibration_batches` with ``seed``) calibrate;
+    the first ``probe_images`` validation images are the self-check's probe. The test set is
+    never read. ``mean``/``std`` (per channel, on [0, 1] pixels; default: the dataset's) normalise.
+    Returns ``{"calibration": [N×C×H×W float32, ...], "probe": N×C×H×W, "split": {...}}``.
+    Raises :class:`~repan_zoo.errors.DatasetNotFoundError` when the files are missing.
+    """
+    from .data import Normalize, calibration_batches as draw, load_splits
+
+    splits = load_splits(dataset, data_dir, val_size=5000, split_seed=0, seed=seed, flip=False)
+    norm = Normalize(mean if mean is not None else splits.mean, std if std is not None else splits.std)
+    calibration = [norm(b) for b in draw(splits.train, batches, batch_size, seed=seed, cycle=0)]
+    probe = norm(splits.val[torch.arange(min(probe_images, len(splits.val)))][0])
+    return {"calibration": calibration, "probe": probe,
+            "split": {"dataset": splits.name, "calibration": f"{sum(len(b) for b in calibration)} train-split images",
+                      "probe": f"{len(probe)} validation images (training files, held out)"}}
 
 
 # -- the shippable artefact -------------------------------------------------------------------------------
