@@ -340,7 +340,13 @@ def quantize(
                                     f"limit {_FOLD_TOLERANCE:g}); quantize with fold_constants=False and report the model")
     example = torch.cat(batches)[:2]
     graph = torch.export.export(deploy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
-    prepared = api["prepare_pt2e"](graph, api["quantizer"]())
+    try:
+        prepared = api["prepare_pt2e"](graph, api["quantizer"]())
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise QuantizationError(
+            f"torchao could not annotate the exported graph for {backend} ({type(exc).__name__}: {exc}). A module "
+            "instance called at several places (e.g. one nn.ReLU reused) is a known cause: give each call its own module"
+        ) from exc
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
