@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write an INT8 torch.export program (.pt2) instead of --format, self-checked against fp32")
     q.add_argument("--dataset", default="fashion_mnist", help="calibration dataset (its training files only)")
     q.add_argument("--data-dir", help="dataset folder (default: the dataset's standard location)")
-    q.add_argument("--calib-batches", type=int, default=8, help="calibration batches of training images")
+    q.add_argument("--calib-batches", type=int, default=32, help="calibration batches of training images")
     q.add_argument("--calib-batch-size", type=int, default=64)
     q.add_argument("--probe-images", type=int, default=512, help="held-out validation images of the self-check")
 
