@@ -228,10 +228,14 @@ def main(argv=None) -> Dict:
         "targets": {"deploy_vs_timm": ">= 1.0", "deploy_vs_plain": ">= 0.97"},
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+    save(result, args.out)
     print(markdown(result))
     return result
+
+
+def save(result: Dict, out: Path) -> None:
+    """Write ``result`` as JSON to ``out`` atomically (folders made as needed)."""
+    atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
 
 
 def int8_main(args: argparse.Namespace) -> Dict:
@@ -292,8 +296,7 @@ def int8_main(args: argparse.Namespace) -> Dict:
         "targets": {"int8_vs_timm": ">= 3 at 224² batch 8; >= 2 for the shipped 28² models at batch 64 (vs fp32 eager)"},
         "results": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
+    save(result, args.out)
     print(markdown_int8(result))
     return result
 
