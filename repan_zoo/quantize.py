@@ -245,6 +245,17 @@ def fold_constant_channels(model: nn.Module, batches: Sequence[torch.Tensor], *,
     return folded
 
 
+def _drop_unused_parameters(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove the fp32 weights that ``convert_pt2e`` leaves registered after folding them into
+    INT8 constants (the graph no longer reads them; an exported program would carry them)."""
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(graph.named_parameters()):
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner) if owner else graph, attr)
+    return graph
+
+
 @contextlib.contextmanager
 def _freezing() -> Iterator[None]:
     """Inductor freezing for the compilations inside (weights become constants: prepacked INT8 kernels)."""
@@ -350,7 +361,7 @@ def quantize(
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
-    converted = api["convert_pt2e"](prepared)
+    converted = _drop_unused_parameters(api["convert_pt2e"](prepared))
     runner = torch.compile(converted, dynamic=False) if compile else converted  # static kernels per batch size
     with torch.no_grad(), _freezing():
         out = runner(probe)  # the first call compiles

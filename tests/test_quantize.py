@@ -21,7 +21,7 @@ from repan_zoo.verify import relative_error
 
 from helpers import randomize, single_thread  # noqa: F401 (single_thread: fixture)
 
-pytest.importorskip("torchao", reason="the quant extra (repan-zoo[quant]) is part of the test extra")
+import torchao  # noqa: F401,E402  (the quant extra is part of the test extra: a missing torchao fails here)
 from repan_zoo import quantize as q  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -170,6 +170,9 @@ def test_export_round_trip(tmp_path, tiny):
     assert path.is_file() and report["bytes"] == path.stat().st_size and report["check"]["passed"]
     assert report["file_vs_memory_rel_error"] <= 1e-5
     loaded = q.load_int8(path, sha256=report["sha256"])
+    weights = dict(loaded.state_dict())
+    assert "stem.reparam_conv.weight" not in weights  # the fp32 kernels are not shipped beside the INT8 ones
+    assert [t.dtype for t in weights.values() if t.dim() == 4] == [torch.int8, torch.int8]
     x = _batches(1, 3, seed=4)[0]
     with torch.no_grad():
         fp32 = tiny(x)
