@@ -4,12 +4,15 @@
 
     repan list [PATTERN] [--pretrained]
     repan export MODEL --format onnx|torchscript --out PATH [--checkpoint FILE] [--input-size C H W]
+    repan export MODEL --int8 --out PATH.pt2 [--dataset fashion_mnist] [--data-dir DIR] [--calib-batches N]
     repan profile MODEL [--input-size C H W] [--batch-size N] [--threads T] [--json]
 
 Models come from ``timm.create_model(MODEL, ...)`` once ``repan_zoo.models`` has registered the
 ``repan_*`` families. ``--checkpoint`` loads a typed safetensors file strictly, in either form
 (:func:`repan_zoo.checkpoint.load_into`). ``export`` fuses a copy, refuses half-fused graphs and
-checks the written file against torch (:mod:`repan_zoo.export`); ``profile`` measures the train and
+checks the written file against torch (:mod:`repan_zoo.export`); ``export --int8`` quantizes
+with torchao's PT2E flow, calibrated on the dataset's training images, and writes a checked
+``torch.export`` program (:func:`repan_zoo.quantize.export_int8`, extra ``repan-zoo[quant]``); ``profile`` measures the train and
 the deploy form (:mod:`repan_zoo.profile`).
 """
 from __future__ import annotations
@@ -113,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--legacy-onnx", action="store_true",
                    help="use torch's deprecated TorchScript-based ONNX exporter instead of torch.export")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    q = p.add_argument_group("INT8 (--int8: torchao PT2E, x86 CPU; needs repan-zoo[quant])")
+    q.add_argument("--int8", action="store_true",
+                   help="write an INT8 torch.export program (.pt2) instead of --format, self-checked against fp32")
+    q.add_argument("--dataset", default="fashion_mnist", help="calibration dataset (its training files only)")
+    q.add_argument("--data-dir", help="dataset folder (default: the dataset's standard location)")
+    q.add_argument("--calib-batches", type=int, default=32, help="calibration batches of training images")
+    q.add_argument("--calib-batch-size", type=int, default=64)
+    q.add_argument("--probe-images", type=int, default=512, help="held-out validation images of the self-check")
 
     p = sub.add_parser("profile", help="params, FLOPs and CPU latency of the train and the deploy form")
     _add_model_options(p)
@@ -144,6 +155,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_torchscript
 
     model = _model_from(args)
+    if args.int8:
+        return _export_int8(model, args)
     common = dict(input_size=args.input_size, batch_size=args.batch_size)
     if args.format == "onnx":
         report = export_onnx(model, args.out, opset=args.opset, dynamo=not args.legacy_onnx, **common)
@@ -159,6 +172,33 @@ def _cmd_export(args: argparse.Namespace) -> int:
             f"max relative error {report['max_rel_error']:.2g} vs the fused model, "
             f"{report['max_rel_error_vs_source']:.2g} vs {args.model} (tolerance {report['tolerance']:g}); "
             f"{report['conv_nodes']} conv, {report['batchnorm_nodes']} BatchNorm nodes; sha256 {report['sha256']}"
+        )
+    return 0
+
+
+def _export_int8(model, args: argparse.Namespace) -> int:
+    import torch.nn as nn
+
+    from .quantize import calibration_data, export_int8
+
+    if args.calib_batches < 1 or args.calib_batch_size < 1 or args.probe_images < 2:
+        raise ValueError("--calib-batches and --calib-batch-size must be >= 1, --probe-images >= 2")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    norm = {k: cfg[k] for k in ("mean", "std") if len(cfg.get(k) or ()) == chans}  # else the dataset's own
+    data = calibration_data(args.dataset, args.data_dir, batches=args.calib_batches, batch_size=args.calib_batch_size,
+                            probe_images=args.probe_images, **norm)
+    report = export_int8(model, args.out, data["calibration"], probe=data["probe"])
+    report["data"] = data["split"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        c = report["check"]
+        print(
+            f"wrote {report['path']} (INT8 torch.export program, dynamic batch): top-1 agreement with fp32 "
+            f"{c['top1_agreement']:.3f}, relative error {c['rel_error']:.3f} on {c['probe_images']} held-out images; "
+            f"calibrated on {c['calibration_images']} training images; {len(c['folded'])} layer(s) with constant "
+            f"channels folded; sha256 {report['sha256']}"
         )
     return 0
 

@@ -177,3 +177,19 @@ class RunLockedError(RepanError, RuntimeError):
         super().__init__(message)
         self.path = path
         self.pid = pid
+
+
+# -- INT8 deploy (repan_zoo.quantize) ------------------------------------------------------------
+class MissingExtraError(RepanError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it
+    (e.g. ``pip install 'repan-zoo[quant]'`` for torchao)."""
+
+
+class QuantizationError(RepanError, RuntimeError):
+    """An INT8 model that may not be used: a multi-branch (train-form) model handed to the
+    quantizer, unusable calibration batches, or a quantized model whose outputs disagree with
+    the fp32 model beyond the thresholds. ``check`` holds the measured agreement (or None)."""
+
+    def __init__(self, message: str, *, check=None):
+        super().__init__(message)
+        self.check = check

@@ -1,0 +1,240 @@
+"""repan_zoo.quantize: INT8 through torchao's PT2E flow, self-checked against fp32 (issue 18).
+
+Failures designed out: "MobileOne-S0's INT8 outputs were wrong" (a constant channel read by a 1×1
+conv with huge weights: :func:`fold_constant_channels`), an INT8 model shipped without a check
+(a broken calibration is refused), a missing torchao without a hint, an unchecked artefact.
+"""
+from __future__ import annotations
+
+import io
+import sys
+import zipfile
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+
+from repan_zoo.blocks import RepBlock
+from repan_zoo.errors import MissingExtraError, QuantizationError
+from repan_zoo.verify import relative_error
+
+from helpers import randomize, single_thread  # noqa: F401 (single_thread: fixture)
+
+import torchao  # noqa: F401,E402  (the quant extra is part of the test extra: a missing torchao fails here)
+from repan_zoo import quantize as q  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+class TinyClassifier(nn.Module):
+    """Train-form Rep classifier: two 3×3 Rep blocks (+1×1 branches), global pool, linear head."""
+
+    def __init__(self, in_ch: int = 3, width: int = 8, classes: int = 10):
+        super().__init__()
+        self.stem = RepBlock(in_ch, width, 3, 2, branches=("conv_1x1",))
+        self.body = RepBlock(width, 2 * width, 3, 2, branches=("conv_1x1",))
+        self.head = nn.Linear(2 * width, classes)
+
+    def forward(self, x):
+        x = torch.relu(self.body(torch.relu(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class DeadChannelNet(nn.Module):
+    """Deploy-form miniature of the MobileOne-S0 case: stem channel 0 is dead (always < 0 before
+    its ReLU), so the depthwise conv outputs its bias there, a constant that the 1×1 conv reads
+    with weights of 500 balanced by its bias."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 10)
+        with torch.no_grad():
+            for m in (self.stem, self.dw, self.pw, self.head):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            self.stem.weight[0] = 0
+            self.stem.bias[0] = -1.0  # dead: relu(-1) = 0 for every input
+            self.dw.weight[0] = 4000.0  # the fused kernel of a BN with ~zero variance; it only sees zeros
+            self.dw.bias[0] = 0.9144
+            self.pw.weight[:, 0] = 500.0
+            self.pw.bias.sub_(500.0 * 0.9144)
+
+    def forward(self, x):
+        x = torch.relu(self.pw(torch.relu(self.dw(torch.relu(self.stem(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+def _batches(n=4, batch=8, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, size, size, generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return randomize(TinyClassifier(), seed=3).eval()
+
+
+def test_tiny_model_passes_its_own_check(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    int8 = q.quantize(tiny, _batches(), probe=_batches(1, 32, seed=9)[0], compile=False)
+    c = int8.check
+    assert c["passed"] and c["top1_agreement"] >= q.DEFAULT_MIN_AGREEMENT and c["rel_error"] <= q.DEFAULT_MAX_REL_ERROR
+    assert c["rel_error"] > 0  # it really is quantized
+    assert c["calibration_images"] == 32 and c["probe_images"] == 32 and c["compiled"] is False
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())  # the caller's model untouched
+    out = int8(_batches(1, 3, seed=5)[0])  # dynamic batch
+    assert out.shape == (3, 10) and torch.isfinite(out).all()
+    ops = {str(n.target) for n in int8.graph.graph.nodes}
+    assert any("quantize_per_tensor" in o for o in ops) and any("dequantize_per_channel" in o for o in ops)
+
+
+def test_broken_calibration_is_refused(tiny):
+    """Observers that saw only a sliver of the real range (inputs ×0.01): the probe saturates."""
+    broken = [b * 0.01 for b in _batches()]
+    with pytest.raises(QuantizationError, match="disagrees with the fp32 model") as err:
+        q.quantize(tiny, broken, probe=_batches(1, 32, seed=9)[0], compile=False)
+    assert err.value.check["passed"] is False and err.value.check["rel_error"] > q.DEFAULT_MAX_REL_ERROR
+
+
+def test_bad_calibration_batches_are_refused(tiny):
+    with pytest.raises(QuantizationError, match="dtype torch.uint8"):
+        q.quantize(tiny, [torch.zeros(4, 3, 16, 16, dtype=torch.uint8)], compile=False)
+    with pytest.raises(QuantizationError, match="at least 2"):
+        q.quantize(tiny, [torch.zeros(1, 3, 16, 16)], compile=False)
+    with pytest.raises(ValueError, match="backend"):
+        q.quantize(tiny, _batches(), backend="arm", compile=False)
+
+
+class _Unfused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+    def reparameterize(self):  # a fusion hook nobody called
+        pass
+
+    def forward(self, x):
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_multi_branch_model_is_refused_by_name():
+    with pytest.raises(QuantizationError, match=r"multi-branch.*block: _Unfused offers reparameterize"):
+        q.quantize(nn.Sequential(OrderedDict(block=_Unfused())), _batches(), compile=False)
+
+
+def test_reused_module_is_a_clear_error():
+    """torchao's annotator cannot partition one nn.ReLU called at two places: say so, and the fix."""
+    import tinyrep_models
+
+    shared_relu = tinyrep_models.TinyRep(in_chans=3).eval()
+    with pytest.raises(QuantizationError, match="its own module"):
+        q.quantize(shared_relu, _batches(), compile=False)
+
+
+def test_missing_extra_names_it(monkeypatch, tiny):
+    for name in [m for m in sys.modules if m == "torchao" or m.startswith("torchao.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torchao", None)  # `import torchao...` now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"repan-zoo\[quant\]"):
+        q.quantize(tiny, _batches(), compile=False)
+
+
+def test_constant_channel_fold_is_exact_and_fixes_int8():
+    """The MobileOne-S0 cause in miniature: without the fold INT8 is refused, with it it passes."""
+    net = DeadChannelNet().eval()
+    calib, probe = _batches(), _batches(1, 32, seed=9)[0]
+    with torch.no_grad():
+        ref = net(probe)
+    folded_net = DeadChannelNet().eval()
+    record = q.fold_constant_channels(folded_net, calib)
+    assert [(r["layer"], r["into"], r["channels"]) for r in record] == [("dw", "pw", [0])]
+    assert record[0]["max_abs_weight_removed"] == 500.0
+    with torch.no_grad():
+        assert relative_error(ref, folded_net(probe)) < 1e-5
+    assert folded_net.pw.weight[:, 0].abs().max() == 0 and folded_net.dw.weight[0].abs().max() == 0
+    with pytest.raises(QuantizationError):
+        q.quantize(net, calib, probe=probe, fold_constants=False, compile=False)
+    ok = q.quantize(net, calib, probe=probe, compile=False)
+    assert ok.check["passed"] and ok.check["folded"][0]["channels"] == [0]
+
+
+def test_export_round_trip(tmp_path, tiny):
+    path = tmp_path / "tiny.pt2"
+    probe = _batches(1, 16, seed=9)[0]
+    report = q.export_int8(tiny, path, _batches(), probe=probe)
+    assert path.is_file() and report["bytes"] == path.stat().st_size and report["check"]["passed"]
+    assert report["file_vs_memory_rel_error"] <= 1e-5
+    loaded = q.load_int8(path, sha256=report["sha256"])
+    weights = dict(loaded.state_dict())
+    assert "stem.reparam_conv.weight" not in weights  # the fp32 kernels are not shipped beside the INT8 ones
+    assert [t.dtype for t in weights.values() if t.dim() == 4] == [torch.int8, torch.int8]
+    x = _batches(1, 3, seed=4)[0]
+    with torch.no_grad():
+        fp32 = tiny(x)
+        assert q.agreement(fp32, loaded(x))["rel_error"] < q.DEFAULT_MAX_REL_ERROR
+    with pytest.raises(QuantizationError, match="sha256"):
+        q.load_int8(path, sha256="0" * 64)
+    # a refused export leaves nothing behind
+    bad = tmp_path / "bad.pt2"
+    with pytest.raises(QuantizationError):
+        q.export_int8(tiny, bad, [b * 0.01 for b in _batches()], probe=probe)
+    assert not bad.exists() and [p.name for p in tmp_path.iterdir()] == ["tiny.pt2"]
+
+
+def test_load_refuses_non_archives_and_pickles(tmp_path):
+    plain = tmp_path / "x.pt2"
+    plain.write_bytes(b"not a zip")
+    with pytest.raises(QuantizationError, match="not a torch.export archive"):
+        q.load_int8(plain)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("m/data/constants/custom_obj_0", b"\x80\x04N.")
+    pickled = tmp_path / "p.pt2"
+    pickled.write_bytes(buf.getvalue())
+    with pytest.raises(QuantizationError, match="pickled payloads"):
+        q.load_int8(pickled)
+    with pytest.raises(FileNotFoundError, match="repan export"):
+        q.load_int8(tmp_path / "missing.pt2")
+
+
+@pytest.mark.slow
+def test_compiled_int8_matches_eager_int8(tiny):
+    """torch.compile with inductor freezing (the fast path) once, on the tiny model."""
+    calib, probe = _batches(), _batches(1, 16, seed=9)[0]
+    compiled = q.quantize(tiny, calib, probe=probe)
+    assert compiled.check["compiled"] and compiled.check["passed"]
+    eager = q.quantize(tiny, calib, probe=probe, compile=False)
+    assert q.agreement(eager(probe), compiled(probe))["rel_error"] < 0.05
+
+
+@pytest.mark.slow
+def test_cli_export_int8(tmp_path, capsys):
+    """`repan export --int8` on real Fashion-MNIST training images (skipped without the dataset)."""
+    from repan_zoo.data import FASHION_MNIST_DIR
+    if not any(FASHION_MNIST_DIR.glob("train-images-idx3-ubyte*")):
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    from repan_zoo.cli import main
+
+    out = tmp_path / "tiny.pt2"
+    rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "1", "28", "28", "--num-classes", "10", "--int8",
+               "--out", str(out), "--calib-batches", "2", "--calib-batch-size", "32", "--probe-images", "64"])
+    text = capsys.readouterr().out
+    assert rc == 0 and out.is_file(), text
+    assert "64 held-out images" in text and "calibrated on 64 training images" in text
+    assert q.load_int8(out)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
+    from repan_zoo.cli import main
+
+    monkeypatch.setattr(q, "_torchao", lambda: (_ for _ in ()).throw(MissingExtraError("needs repan-zoo[quant]")))
+    monkeypatch.setattr(q, "calibration_data", lambda *a, **k: {"calibration": _batches(1, 4), "probe": _batches(1, 4)[0],
+                                                                 "split": {}})
+    rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "3", "16", "16", "--int8", "--out", str(tmp_path / "x.pt2")])
+    assert rc == 1 and "repan-zoo[quant]" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt2").exists()
