@@ -121,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write an INT8 torch.export program (.pt2) instead of --format, self-checked against fp32")
     q.add_argument("--dataset", default="fashion_mnist", help="calibration dataset (its training files only)")
     q.add_argument("--data-dir", help="dataset folder (default: the dataset's standard location)")
-    q.add_argument("--calib-batches", type=int, default=32, help="calibration batches of training images")
-    q.add_argument("--calib-batch-size", type=int, default=64)
-    q.add_argument("--probe-images", type=int, default=512, help="held-out validation images of the self-check")
+    q.add_argument("--calib-batches", type=number(int, 1), default=32, help="calibration batches of training images")
+    q.add_argument("--calib-batch-size", type=number(int, 1), default=64)
+    q.add_argument("--probe-images", type=number(int, 2), default=512,
+                   help="held-out validation images of the self-check")
 
     p = sub.add_parser("profile", help="params, FLOPs and CPU latency of the train and the deploy form")
     _add_model_options(p)
@@ -181,8 +182,6 @@ def _export_int8(model, args: argparse.Namespace) -> int:
 
     from .quantize import calibration_data, export_int8
 
-    if args.calib_batches < 1 or args.calib_batch_size < 1 or args.probe_images < 2:
-        raise ValueError("--calib-batches and --calib-batch-size must be >= 1, --probe-images >= 2")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     norm = {k: cfg[k] for k in ("mean", "std") if len(cfg.get(k) or ()) == chans}  # else the dataset's own

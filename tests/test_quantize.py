@@ -236,5 +236,5 @@ def test_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(q, "calibration_data", lambda *a, **k: {"calibration": _batches(1, 4), "probe": _batches(1, 4)[0],
                                                                  "split": {}})
     rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "3", "16", "16", "--int8", "--out", str(tmp_path / "x.pt2")])
-    assert rc == 1 and "repan-zoo[quant]" in capsys.readouterr().err
+    assert rc == 2 and "repan-zoo[quant]" in capsys.readouterr().err
     assert not (tmp_path / "x.pt2").exists()
