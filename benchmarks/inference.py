@@ -173,6 +173,7 @@ def main(argv=None) -> Dict:
     parser.add_argument("--repeats", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="", help="how loaded the machine was (recorded as conditions)")
     parser.add_argument("--int8", action="store_true", help="time INT8 (torchao PT2E) against fp32 deploy and timm")
     parser.add_argument("--shipped", action="store_true", help="time the shipped checkpoints (28×28) with INT8")
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
@@ -291,7 +292,7 @@ def int8_main(args: argparse.Namespace) -> Dict:
             "torch": torch.__version__, "torchao": torchao.__version__, "timm": timm.__version__,
             "repan_zoo": repan_zoo.__version__, "python": platform.python_version(), "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(),
-            "conditions": "run through /work/tools/quiet_run.sh (training paused); other engineers' tests may have run beside it",
+            "conditions": args.note,
         },
         "targets": {"int8_vs_timm": ">= 3 at 224² batch 8; >= 2 for the shipped 28² models at batch 64 (vs fp32 eager)"},
         "results": rows,

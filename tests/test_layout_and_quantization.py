@@ -23,7 +23,7 @@ def test_conversions_keep_channels_last(name, kwargs):
     convs = [b.reparam_conv.weight for _, b in rz.rep_blocks(fused)]
     assert convs and all(_channels_last(w) for w in convs)
     assert any(not w.is_contiguous() for w in convs)  # really channels_last, not a layout-free shape
-    unfolded = rz.unfold(fused, example_input=x)
+    unfolded = rz.unfold(fused, branches=("conv_kxk", "conv_1x1"), example_input=x)
     weights = [p for n, p in unfolded.named_parameters() if p.dim() == 4]
     assert all(_channels_last(w) for w in weights)
     with torch.no_grad():
