@@ -231,9 +231,38 @@ def detection() -> List[str]:
     return out
 
 
+#: prose of the INT8 section (issue #18); every figure is in the tables rendered from the result files
+INT8_TEXT = (
+    "`repan_zoo.quantize.quantize(model, calibration_batches, probe=...)` (extra `pip install 'repan-zoo[quant]'`, torchao 0.18) fuses the model, folds constant channels, runs `torch.export` → `prepare_pt2e(X86InductorQuantizer)` → calibration on training images → `convert_pt2e` → `torch.compile` with freezing, and refuses the result when it disagrees with fp32 on the probe (top-1 agreement < 0.9 or ‖q−f‖/‖f‖ > 0.25). `repan export MODEL --int8 --out m.pt2` writes the checked `torch.export` program (`repan_zoo.quantize.load_int8` reads it back, refusing pickled payloads).",
+    'MobileOne-S0\'s wrong INT8 outputs had one cause, a layer pattern: dead stem channels (always ≤ 0 before the ReLU) make the next depthwise conv output a constant (its bias); the following 1×1 conv learned large weights on those constant channels (`folded` in the result file), balanced by large biases. Exact in fp32; in INT8 the constant is rounded to the per-tensor activation step and that column sets the per-channel weight scale. Folding such channels into the 1×1 conv\'s bias (exact) fixes it; it is on by default. The issue\'s "agreement 0.0" on random weights was also a probe problem: with random BN statistics MobileOne\'s fp32 logits explode and one class wins for every input.',
+    '`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/int8_accuracy.py --update-manifest` (writes `benchmarks/results/int8_accuracy.json` and `metrics.fashion_mnist_int8` in `weights_manifest/`): full Fashion-MNIST test set; calibration on train-split images, probe 512 validation images (training files), compiled INT8; the last columns score the eager INT8 graph calibrated on other numbers of images. Bar: drop ≤ 0.5 points. MobileOne-S0 is the sensitive one: compare its calibration columns with the bar.',
+)
+INT8_SPEED_TEXT = "Speed, INT8 vs timm's fp32 eager twin (reparameterized) and our fp32 deploy model, one process, 1 thread, training runs paused (SIGSTOP) while timing, other test processes possibly beside it (recorded as `conditions` in each file):\n`python benchmarks/inference.py --int8 --models repan_repvgg_a0 repan_mobileone_s0 --out benchmarks/results/inference_int8_224.json`,\n`python benchmarks/inference.py --shipped --only mobileone --size 224 --batch 8 --out benchmarks/results/inference_int8_s0_224.json`,\n`python benchmarks/inference.py --shipped --batch 64 --out benchmarks/results/inference_int8_shipped.json`.\nThe 224² ImageNet-shaped rows have random weights (no ImageNet weights here; BN statistics measured on resized Fashion-MNIST images): their self-check fails, so those speeds are of refused models, timed with the thresholds lifted. The shipped MobileOne-S0 at 224² passes it, but it was trained at 28² and its top-1 on resized images is not meaningful: only its relative error (0.036) speaks for the INT8 program there."
+INT8_SPEED_FILES = ("inference_int8_224.json", "inference_int8_s0_224.json", "inference_int8_shipped.json")
+
+
+def int8() -> List[str]:
+    acc = _load("int8_accuracy.json")
+    if not acc:
+        return []
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import inference  # noqa: E402  (same folder: the tables are the scripts' own)
+    import int8_accuracy  # noqa: E402
+
+    out = ["### INT8 on CPU (torchao PT2E): accuracy per shipped checkpoint and speed", ""]
+    for para in INT8_TEXT:
+        out += [para, ""]
+    out += [int8_accuracy.markdown(acc), "", INT8_SPEED_TEXT, ""]
+    speed = [d for d in (_load(n) for n in INT8_SPEED_FILES) if d]
+    for i, d in enumerate(speed):
+        table = inference.markdown_int8(d).split("\n")
+        out += (table if i == 0 else table[2:]) + [""]
+    return out
+
+
 def render() -> str:
     lines = [START, ""]
-    for part in (accuracy, shipped, train_throughput, exactness, inference, forms, step_time, cycle_overhead, detection):
+    for part in (accuracy, shipped, int8, train_throughput, exactness, inference, forms, step_time, cycle_overhead, detection):
         lines += part()
     lines.append(END)
     return "\n".join(lines)
