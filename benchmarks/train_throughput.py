@@ -92,7 +92,8 @@ def main(argv=None) -> int:
            "what": f"one training step incl. crop_flip_erase augmentation, batch {a.batch_size} of 1x28x28, NHWC",
            "machine": {"device": a.device, "cpu": cpu_name(), "threads": a.threads, "torch": torch.__version__,
                        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "note": a.note},
-           "sweep_uses": "bf16 autocast (--amp), NHWC, one thread per process (benchmarks/accuracy/sweep.py LONG_RECIPE)",
+           "sweep_uses": "bf16 autocast (--amp), NHWC, one thread per process, except fp32 for the models where bf16 is "
+                         "slower (sweep.py FP32_MODELS)",
            "seconds": round(time.time() - t0, 1), "rows": rows}
     atomic_write(Path(a.out), lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
     return 0

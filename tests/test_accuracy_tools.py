@@ -103,7 +103,8 @@ def test_long_plan_is_the_issue_14_comparison():
         args = r["args"]
         opt = {a: args[i + 1] for i, a in enumerate(args[:-1]) if a.startswith("--")}
         assert int(opt["--cycles"]) * int(opt["--epochs"]) == 100, name
-        assert opt["--augment"] == "crop_flip_erase" and "--amp" in args and "--train-subset" not in args
+        assert opt["--augment"] == "crop_flip_erase" and "--train-subset" not in args
+        assert ("--amp" in args) == ("mobileone" not in name), name  # bf16 is slower for MobileOne on CPU
         assert len([a for a in args if a.startswith("--")]) == len(set(a for a in args if a.startswith("--")))
         if "__repan" in name:
             assert (opt["--cycles"], opt["--branches"], opt["--branch-gamma"]) == ("4", "arch", "0"), name

@@ -87,6 +87,9 @@ MODELS = ["repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0
 #: 18 % → 9.6 % → 46 % → 44 % over epochs 1–4, 9.6 % again at epoch 6); the paper trains MobileOne at lr 0.1
 #: with warm-up (ImageNet), and one epoch of it gives 27 % → 69 % over the same first two epochs.
 ABLATION_MODEL = "repan_repvgg_a1_w025"
+#: models the long scale trains in fp32: bf16 autocast made MobileOne-S0's training step 2.2x *slower* on
+#: this CPU (depthwise convs; benchmarks/results/train_throughput.json), while the others gain 1.4-1.7x
+FP32_MODELS = {"repan_mobileone_s0"}
 MODEL_RECIPE = {"repan_mobileone_s0": ["--lr", "0.1", "--warmup-epochs", "1"]}
 #: the KD teacher: a larger model (3.5 M params vs 0.8 M of repvgg_a1_w025) trained by the same script on
 #: the same training images, for ``epoch_factor`` × the students' epoch budget (a teacher trained no
@@ -165,6 +168,8 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
                 if model != MODELS[0] and seed not in sc.get("seeds_others", SEEDS):
                     continue
                 base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", str(seed)]
+                if model in FP32_MODELS:
+                    base = [a for a in base if a != "--amp"]
                 one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
                 runs.append(_run(f"{model}__baseline__s{seed}", base + one + ["--method", "baseline"]))
                 runs.append(_run(f"{model}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
