@@ -9,8 +9,9 @@ teacher and every run that needs no teacher; phase 2 (the teacher's ``deploy.saf
 later call starts them again. The plan's runs share the GPU (``--jobs``), each with its dataset on
 the device (no per-batch host work).
 
-On the device machine (Fashion-MNIST's IDX files carried in ``.fmnist/``, since nothing can be
-installed there)::
+Here, once: ``mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/`` (ignored by git;
+carry it). On the device machine (nothing can be installed there; torch, timm, safetensors and
+huggingface_hub are)::
 
     PYTHONPATH=$PWD python3 train_scripts/gpu_long.py --out $OUT --data-dir .fmnist --budget 540
     PYTHONPATH=$PWD python3 train_scripts/gpu_long.py --out $OUT --data-dir .fmnist --budget 540 \\
