@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -168,10 +168,13 @@ def register_augment_policy(policy: AugmentPolicy, *, overwrite: bool = False) -
     return policy
 
 
-def get_augment_policy(name: Optional[str]) -> AugmentPolicy:
-    """The registered policy ``name`` (None = ``none``); an unknown name raises
-    :class:`~repan_zoo.errors.RecipeError` listing the registered ones."""
-    key = "none" if name is None else str(name)
+def get_augment_policy(name: Union[None, str, AugmentPolicy], *, flip: bool = False) -> AugmentPolicy:
+    """The registered policy ``name`` (a policy is returned as is; None = the older boolean
+    ``flip``: ``flip`` or ``none``); an unknown name raises :class:`~repan_zoo.errors.RecipeError`
+    listing the registered ones."""
+    if isinstance(name, AugmentPolicy):
+        return name
+    key = ("flip" if flip else "none") if name is None else str(name)
     if key not in AUGMENT_POLICIES:
         raise RecipeError(f"--augment {key!r}: unknown policy; registered: {sorted(AUGMENT_POLICIES)} "
                           "(repan_zoo.augment.register_augment_policy adds one)")

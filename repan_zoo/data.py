@@ -94,9 +94,7 @@ class ImageSet(Dataset):
         self.fetch = fetch
         self.labels = labels
         self.indices = torch.arange(len(labels)) if indices is None else indices.long()
-        if augment is None:
-            augment = "flip" if flip else "none"
-        self.augment = augment if isinstance(augment, AugmentPolicy) else get_augment_policy(augment)
+        self.augment = get_augment_policy(augment, flip=flip)
         self.seed = int(seed)
         self.epoch = 0
         self._draws: Optional[Dict[str, torch.Tensor]] = None

@@ -329,7 +329,7 @@ def run(argv: Optional[Sequence[str]] = None):
         cfg = TrainConfig.from_dict(recipe)
         check_recipe(cfg)
         data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset,
-                           test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed, flip=cfg.flip,
+                           test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed,
                            augment=cfg.augment_policy(),
                            img_size=cfg.img_size)
         if args.resume:

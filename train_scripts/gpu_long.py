@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(os.environ.get("TMPDIR", "/tmp")) / "repan-runs"
-    results = Path(os.environ.get("TMPDIR", "/tmp")) / "repan-results"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    work, results = tmp / "repan-runs", tmp / "repan-results"
     env = dict(os.environ, REPAN_RESULTS=str(results), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "sweep.py"), "--scale", "long", "--plan", a.plan,
            "--device", a.device, "--jobs", str(a.jobs), "--work", str(work),

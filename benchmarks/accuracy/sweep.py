@@ -260,10 +260,23 @@ def _result_dir(plan: str, name: str) -> Path:
     return RESULTS / plan / name  # plan = "<scale>/<plan>"
 
 
+def _home_plan(plan: str, run: Dict) -> str:
+    """The ``<scale>/<plan>`` whose folders hold ``run`` (a teacher lives in its scale's ``main``)."""
+    return f"{plan.split('/')[0]}/{run['home']}" if run["home"] else plan
+
+
+def _arg(args: List[str], option: str, default: Optional[str] = None) -> Optional[str]:
+    """The value given to ``option`` in a run's arguments (``default`` when absent)."""
+    return args[args.index(option) + 1] if option in args else default
+
+
+def _median(values: List[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra: List[str], dry: bool,
              deadline: Optional[float] = None) -> str:
-    if run["home"]:
-        plan = f"{plan.split('/')[0]}/{run['home']}"
+    plan = _home_plan(plan, run)
     out = work / plan / run["name"]
     done = _result_dir(plan, run["name"]) / "final.json"
     if done.exists() and (not run["home"] or (out / "deploy.safetensors").exists()):
@@ -320,12 +333,7 @@ def _order(run: Dict) -> tuple:
 
 
 def _epochs_of(args: List[str]) -> int:
-    return int(args[args.index("--cycles") + 1]) * int(args[args.index("--epochs") + 1])
-
-
-def _run_dir(plan: str, run: Dict, work: Path) -> Path:
-    home = f"{plan.split('/')[0]}/{run['home']}" if run["home"] else plan
-    return work / home / run["name"]
+    return int(_arg(args, "--cycles")) * int(_arg(args, "--epochs"))
 
 
 def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
@@ -337,20 +345,18 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
     state = []
     for run in runs:
         total = _epochs_of(run["args"])
-        done = (RESULTS / (f"{plan.split('/')[0]}/{run['home']}" if run["home"] else plan) / run["name"]
-                / "final.json").exists()
-        metrics = _run_dir(plan, run, work) / "metrics.json"
+        home = _home_plan(plan, run)
+        done = (_result_dir(home, run["name"]) / "final.json").exists()
+        metrics = work / home / run["name"] / "metrics.json"
         history = json.loads(metrics.read_text()) if metrics.is_file() else []
-        times = sorted(r["epoch_time_s"] for r in history if r.get("epoch_time_s"))
-        key = (run["args"][run["args"].index("--model") + 1], run["args"][run["args"].index("--method") + 1]
-               if "--method" in run["args"] else "repan", "--teacher" in run["args"])
+        times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s")]
+        key = (_arg(run["args"], "--model"), _arg(run["args"], "--method", "repan"), "--teacher" in run["args"])
         if times:
-            epoch_times.setdefault(key, []).append(times[len(times) // 2])
+            epoch_times.setdefault(key, []).append(_median(times))
         state.append((run, total, done, len(history), times, key))
     for run, total, done, trained, times, key in state:
         left = 0 if done else total - trained
-        per = times[len(times) // 2] if times else (sorted(epoch_times[key])[len(epoch_times[key]) // 2]
-                                                     if epoch_times.get(key) else None)
+        per = _median(times) if times else (_median(epoch_times[key]) if epoch_times.get(key) else None)
         if left and per is None:
             unknown += 1
         seconds += left * (per or 0.0)

@@ -162,7 +162,7 @@ class TrainConfig:
         is None (recipes written before the option), ``flip`` / ``none`` from ``flip``."""
         from ..augment import get_augment_policy
 
-        return get_augment_policy(self.augment if self.augment is not None else ("flip" if self.flip else "none"))
+        return get_augment_policy(self.augment, flip=self.flip)
 
     def plan(self) -> List[CyclePlan]:
         """The cycles this recipe runs, in order."""

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, sha256_file
-from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
+from ..convert import ARCH_BRANCHES, calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..augment import mix_seed
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
@@ -201,7 +201,7 @@ class RepAnTrainer:
             if cfg.method == "repan":
                 raise RecipeError(f"--model {cfg.model} has no Rep blocks, so RepAn has nothing to anneal; "
                                   "choose a repan_* model (timm.list_models('repan_*'))")
-        elif cfg.method == "repan" and cfg.branches == ("arch",) and cfg.k > 0 \
+        elif cfg.method == "repan" and cfg.branches == ARCH_BRANCHES and cfg.k > 0 \
                 and not any(b.arch_branches for _, b in rep_blocks(model)):
             raise RecipeError(f"--branches arch: the blocks of {cfg.model} have no branch kinds of their own, so "
                               "Expand would add nothing; name the kinds, e.g. --branches conv_kxk,conv_1x1")
