@@ -19,7 +19,7 @@ in float64 and cast the result back (see :func:`as_fusion_dtype`).
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,10 @@ Tensor = torch.Tensor
 __all__ = [
     "KernelBias",
     "BNParams",
-    "RESTORE_MODES",
+    "RESTORE_RULES",
+    "RestoreRule",
+    "register_restore_rule",
+    "get_restore_rule",
     "as_fusion_dtype",
     "fuse_conv_bn",
     "restore_conv_bn",
@@ -85,8 +88,87 @@ def fuse_conv_bn(kernel: Tensor, bias: Optional[Tensor], bn: BNParams) -> Kernel
     return KernelBias(fused_kernel, fused_bias)
 
 
-#: Restore (inverse Eq. 2) choices, see :func:`restore_conv_bn`.
-RESTORE_MODES = ("inherit", "normalized", "identity")
+class RestoreRule(NamedTuple):
+    """One Restore choice (inverse of Eq. 2, Sec. 3.3), registered by name in :data:`RESTORE_RULES`.
+
+    ``statistics(kernel, bias, *, previous, eps, min_gamma, target_norm)`` returns the restored
+    BN's free values ``(γ, μ, var, eps)``, each ``[C_out]`` (``eps`` a float); the kernel and β
+    then follow from them so that the function is exact (:func:`restore_conv_bn`). A rule with
+    ``needs_previous`` uses the previous trunk BN and is replaced by ``fallback`` where there is
+    none (e.g. right after loading a deploy checkpoint).
+    """
+
+    name: str
+    statistics: Callable[..., Tuple[Tensor, Tensor, Tensor, float]]
+    needs_previous: bool = False
+    fallback: Optional[str] = None
+
+
+#: Restore (inverse Eq. 2) rules by name; add one with :func:`register_restore_rule`.
+RESTORE_RULES: Dict[str, RestoreRule] = {}
+
+
+def register_restore_rule(name: str, *, needs_previous: bool = False, fallback: Optional[str] = None):
+    """Decorator: register ``fn(kernel, bias, *, previous, eps, min_gamma, target_norm) -> (γ, μ, var, eps)``
+    as the Restore rule ``name`` (usable as ``--restore name`` and ``Expansion(restore=name)``).
+
+    Raises:
+        ValueError: ``name`` is taken, or ``needs_previous`` without a ``fallback`` rule.
+    """
+    if name in RESTORE_RULES:
+        raise ValueError(f"restore rule {name!r} is already registered")
+    if needs_previous and fallback is None:
+        raise ValueError(f"restore rule {name!r} needs the previous BN: name a fallback rule for blocks without one")
+
+    def decorate(fn: Callable[..., Tuple[Tensor, Tensor, Tensor, float]]):
+        RESTORE_RULES[name] = RestoreRule(name, fn, needs_previous, fallback)
+        return fn
+
+    return decorate
+
+
+def get_restore_rule(name: str) -> RestoreRule:
+    """The registered rule ``name``. Raises ``ValueError`` naming the registered rules."""
+    try:
+        return RESTORE_RULES[name]
+    except KeyError:
+        raise ValueError(f"unknown restore mode {name!r}; choose one of {tuple(RESTORE_RULES)} "
+                         "(or register one with repan_zoo.algebra.register_restore_rule)") from None
+
+
+@register_restore_rule("inherit", needs_previous=True, fallback="normalized")
+def restore_inherit(kernel: Tensor, bias: Tensor, *, previous: Optional[BNParams], eps: float, min_gamma: float,
+                    target_norm: float) -> Tuple[Tensor, Tensor, Tensor, float]:
+    """The paper's default: keep the previous trunk BN's γ, μ, σ, so ``W' = (σ/γ) W`` and
+    ``β = b + γμ/σ`` (the paper's ``b' = (σ/γ)(b-β)+μ`` with the conv bias folded into β, so the
+    conv stays bias-free). Channels with ``|γ| < min_gamma`` use ``±min_gamma``, keeping ``W'`` finite."""
+    if previous is None:
+        raise ValueError(
+            "restore mode 'inherit' needs the previous BN parameters (previous=BNParams(...)); "
+            "use mode='normalized' or 'identity' for a model that has never had a BN here"
+        )
+    gamma = previous.weight.clone()
+    small = gamma.abs() < min_gamma
+    gamma = torch.where(small, torch.where(gamma < 0, -min_gamma, min_gamma).to(gamma), gamma)
+    return gamma, previous.running_mean.clone(), previous.running_var.clone(), previous.eps
+
+
+@register_restore_rule("normalized")
+def restore_normalized(kernel: Tensor, bias: Tensor, *, previous: Optional[BNParams], eps: float, min_gamma: float,
+                       target_norm: float) -> Tuple[Tensor, Tensor, Tensor, float]:
+    """Each output channel of ``W'`` gets the norm ``target_norm``; its scale moves into γ;
+    μ = 0 and ``var = 1 - eps`` (σ = 1). A zero channel keeps γ = 1."""
+    norms = kernel.reshape(kernel.shape[0], -1).norm(dim=1)
+    gamma = torch.where(norms > 0, norms / target_norm, torch.ones_like(norms))
+    return gamma, torch.zeros_like(bias), torch.full_like(bias, 1.0 - eps), eps
+
+
+@register_restore_rule("identity")
+def restore_identity(kernel: Tensor, bias: Tensor, *, previous: Optional[BNParams], eps: float, min_gamma: float,
+                     target_norm: float) -> Tuple[Tensor, Tensor, Tensor, float]:
+    """``W' = W``, γ = 1, μ = 0, ``var = 1 - eps``, β = b. Simple but badly conditioned
+    (measured 2.2 points below ``inherit`` in ``findings-cpu-scale.md``)."""
+    return torch.ones_like(bias), torch.zeros_like(bias), torch.full_like(bias, 1.0 - eps), eps
 
 
 def restore_conv_bn(
@@ -101,48 +183,28 @@ def restore_conv_bn(
 ) -> Tuple[Tensor, BNParams]:
     """Eq. (4), Sec. 3.3: split a fused ``(W, b)`` back into a bias-free conv ``W'`` and a BN.
 
-    The result always satisfies ``fuse_conv_bn(W', None, bn) == (W, b)`` up to rounding,
-    so the block's function is unchanged. The free choice of ``(γ, β, μ, σ)`` does not
-    change the function, but it sets the scale of ``W'`` and therefore the effective
-    learning rate of the restored conv (BN makes the function invariant to the kernel
-    scale). Three choices are offered by name:
+    Args:
+        kernel: ``[C_out, C_in/groups, kh, kw]`` fused kernel ``W``.
+        bias: ``[C_out]`` fused bias ``b``.
+        mode: a rule of :data:`RESTORE_RULES` (``"inherit"``, the paper's; ``"normalized"``;
+            ``"identity"``; or one registered with :func:`register_restore_rule`).
+        previous: the previous trunk BN (required by ``"inherit"``).
+        eps: the BN epsilon of rules that do not inherit one.
+        min_gamma: ``"inherit"``'s floor on ``|γ|``.
+        target_norm: ``"normalized"``'s per-channel kernel norm.
 
-    ``"inherit"`` (paper default)
-        keep the previous trunk BN's γ, μ, σ (``previous`` is required); ``W' = (σ/γ) W``
-        and ``β = b + γμ/σ`` (the paper's ``b' = (σ/γ)(b-β)+μ`` with the conv bias folded
-        into β, so the conv stays bias-free). Channels with ``|γ| < min_gamma`` use
-        ``±min_gamma`` instead, which keeps ``W'`` finite.
-    ``"normalized"``
-        each output channel of ``W'`` gets the norm ``target_norm``; the channel's scale
-        moves into γ; μ = 0 and ``var = 1 - eps`` (σ = 1). A zero channel keeps γ = 1.
-    ``"identity"``
-        ``W' = W``, γ = 1, μ = 0, ``var = 1 - eps``, β = b. Simple but badly conditioned
-        (measured 2.2 points below ``inherit`` in ``findings-cpu-scale.md``).
+    Returns:
+        ``(W', bn)`` with ``fuse_conv_bn(W', None, bn) == (W, b)`` up to rounding, so the block's
+        function is unchanged. The free choice of ``(γ, μ, σ)`` does not change the function, but
+        it sets the scale of ``W'`` and therefore the effective learning rate of the restored conv
+        (BN makes the function invariant to the kernel scale).
+
+    Raises:
+        ValueError: an unknown ``mode``, or ``"inherit"`` without ``previous``.
     """
-    if mode not in RESTORE_MODES:
-        raise ValueError(f"unknown restore mode {mode!r}; choose one of {RESTORE_MODES}")
-    out_channels = kernel.shape[0]
-    if mode == "inherit":
-        if previous is None:
-            raise ValueError(
-                "restore mode 'inherit' needs the previous BN parameters (previous=BNParams(...)); "
-                "use mode='normalized' or 'identity' for a model that has never had a BN here"
-            )
-        eps = previous.eps
-        var = previous.running_var.clone()
-        mean = previous.running_mean.clone()
-        gamma = previous.weight.clone()
-        small = gamma.abs() < min_gamma
-        gamma = torch.where(small, torch.where(gamma < 0, -min_gamma, min_gamma).to(gamma), gamma)
-    elif mode == "normalized":
-        norms = kernel.reshape(out_channels, -1).norm(dim=1)
-        gamma = torch.where(norms > 0, norms / target_norm, torch.ones_like(norms))
-        mean = torch.zeros_like(bias)
-        var = torch.full_like(bias, 1.0 - eps)
-    else:  # identity
-        gamma = torch.ones_like(bias)
-        mean = torch.zeros_like(bias)
-        var = torch.full_like(bias, 1.0 - eps)
+    rule = get_restore_rule(mode)
+    gamma, mean, var, eps = rule.statistics(kernel, bias, previous=previous, eps=eps, min_gamma=min_gamma,
+                                            target_norm=target_norm)
     std = (var + eps).sqrt()
     restored_kernel = kernel * (std / gamma).reshape(-1, 1, 1, 1)
     beta = bias + gamma * mean / std

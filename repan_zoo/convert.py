@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from .blocks import RepBlock, bn_params, check_lambda
+from .expansion import ARCH_BRANCHES, DEFAULT_BRANCHES, GENERIC_BRANCHES, Expansion
 from .errors import CalibrationError, NoRepBlocksError, RepanError, ReparameterizationError, UnfusableBranchError
 from .verify import (
     ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, probe_input, rep_blocks,
@@ -34,16 +35,8 @@ __all__ = [
     "DEFAULT_BRANCHES",
     "ARCH_BRANCHES",
     "GENERIC_BRANCHES",
+    "Expansion",
 ]
-
-#: ``branches=("arch",)``: each block re-gets the branch kinds of its own architecture
-#: (``RepBlock.arch_branches``: RepVGG's 1×1 + identity, ACNet's k×1 + 1×k, DBB's, MobileOne's k
-#: parallel k×k + scale + identity) — the paper's Sec. 3 (iii), Rep and Expand repeated with the
-#: network's own multi-branch structure. The default expansion.
-ARCH_BRANCHES = ("arch",)
-#: The generic pair: one new k×k and one new 1×1 conv+BN per block (findings-cpu-scale.md).
-GENERIC_BRANCHES = ("conv_kxk", "conv_1x1")
-DEFAULT_BRANCHES = ARCH_BRANCHES
 
 _TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
@@ -179,52 +172,56 @@ def reparameterize(
 
 def unfold(
     model: nn.Module,
-    branches: Sequence[str] = DEFAULT_BRANCHES,
+    expansion: Union[Expansion, Sequence[str], None] = None,
     *,
-    k: int = 1,
     lam: float = 0.0,
-    restore: str = "inherit",
-    residual: bool = False,
-    branch_gamma: float = 0.0,
     generator: Optional[torch.Generator] = None,
     blocks: Optional[Callable[[str, RepBlock], bool]] = None,
     inplace: bool = False,
     verify: bool = True,
     example_input: Any = None,
     tolerance: Optional[float] = None,
+    **changes: Any,
 ) -> nn.Module:
     """Deploy → trainable multi-branch form, same function at λ=0 (Expand + Restore, Alg. 1 l. 4–5).
 
-    Every selected Rep block (``blocks(name, block)`` → bool, default all) is fused if needed,
-    its conv restored into conv + BN (``restore``: ``"inherit"`` | ``"normalized"`` |
-    ``"identity"``, see :func:`repan_zoo.algebra.restore_conv_bn`), and given ``k`` new
-    branches of each kind in ``branches`` (kinds that do not fit a block, e.g. ``avg`` where
-    in≠out, are skipped there). ``branches=("arch",)`` (the default, :data:`ARCH_BRANCHES`)
-    gives each block ``k`` new branches of each of its architecture's own kinds; blocks that have
-    none are restored only. ``residual=True`` adds the residual BN branch of Eq. 3 where
-    shapes allow. New convs are He-normal from ``generator`` (one generator for the run:
-    no global re-seeding), their output BN has γ = ``branch_gamma`` (default 0: each new branch
-    starts as an exact no-op and grows by gradient, which removes the accuracy collapse at a
-    cycle start measured with γ = 1 in ``findings-cpu-scale.md``). λ is set to ``lam``.
+    Args:
+        model: any module tree holding Rep blocks (timm model, backbone, detector).
+        expansion: the :class:`~repan_zoo.expansion.Expansion` (default: the paper's — each
+            block's own kinds, k=1, ``restore="inherit"``, new branches at BN γ = 0), or a
+            sequence of branch kinds as a shorthand for ``Expansion(branches=...)``.
+        lam: λ of Eq. (3) set on the unfolded blocks afterwards, in [0, 1].
+        generator: draws the new convs (He-normal); one generator per run, never re-seeded.
+        blocks: ``blocks(name, block) -> bool`` selects the blocks to unfold (default: all).
+        inplace, verify, example_input, tolerance: as in :func:`reparameterize`.
+        **changes: fields of ``expansion`` to override (``branches``, ``k``, ``restore``,
+            ``residual``, ``branch_gamma``), e.g. ``unfold(m, k=2)``.
+
+    Every selected block is fused if needed, its conv restored into conv + BN (the Restore rule,
+    :func:`repan_zoo.algebra.restore_conv_bn`), and given ``k`` new branches of each kind (kinds
+    that do not fit a block, e.g. ``avg`` where in≠out, are skipped there). With
+    :data:`ARCH_BRANCHES` each block gets ``k`` new branches of each of its own kinds; blocks
+    that have none are restored only. ``residual`` adds the residual BN branch of Eq. 3 where
+    shapes allow. ``verify`` checks at λ=0 that the eval function is unchanged, whatever ``lam``
+    is asked (λ>0 changes the function by design, Eq. 3).
+
+    Returns:
+        The unfolded model (a deep copy unless ``inplace``), ``repan_exactness`` attached.
 
     Raises:
+        ExpansionError: invalid expansion settings (unknown kind or rule, k outside 0..5, …).
         UnfusableBranchError: a named kind fits none of the selected blocks, or ``("arch",)``
             on a model none of whose selected blocks has branch kinds of its own.
-
-    ``verify`` checks at λ=0 that the eval function is unchanged, whatever ``lam`` is asked
-    (λ>0 changes the function by design, Eq. 3).
+        LambdaRangeError: ``lam`` outside [0, 1].
     """
     check_lambda(lam)
-    if k < 0:
-        raise ValueError(f"k={k}: the number of new parallel branches per kind must be ≥ 0")
-    arch = tuple(branches) == ARCH_BRANCHES
-    if "arch" in branches and not arch:
-        raise ValueError("branches=('arch',) (each block's own kinds) cannot be mixed with named kinds")
-    kinds = [] if arch else list(branches) + (["identity"] if residual else [])
+    exp = Expansion.of(expansion, **changes)
+    branches, k, residual = exp.branches, exp.k, exp.residual
+    kinds = [] if exp.arch else list(branches) + (["identity"] if residual else [])
 
     def per_block(block: RepBlock) -> List[str]:
         # k new branches of each asked kind, plus ONE residual BN: Eq. (3) has a single BN_res(X)
-        own = block.arch_branches if arch else branches
+        own = block.arch_branches if exp.arch else branches
         return [kind for kind in own for _ in range(k)] + (["identity"] if residual else [])
 
     unfolded: List[str] = []
@@ -237,12 +234,12 @@ def unfold(
                 continue
             unfolded.append(name)
             new = block.unfold(
-                per_block(block), k=1, lam=0.0, restore=restore, generator=generator,
-                branch_gamma=branch_gamma, skip_unfit=True,
+                per_block(block), k=1, lam=0.0, restore=exp.restore, generator=generator,
+                branch_gamma=exp.branch_gamma, skip_unfit=True,
             )
             for b in new:
                 attached[b.kind] += 1
-        if arch and k > 0 and not attached and unfolded:
+        if exp.arch and k > 0 and not attached and unfolded:
             raise UnfusableBranchError(
                 "unfold: branches=('arch',) but none of the selected blocks has branch kinds of its own "
                 "(a plain network such as repan_mobilenet or repan_resnet18); name the kinds to attach, "

@@ -28,7 +28,6 @@ uninterrupted run would give).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -50,8 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .annealing.config import FIRST_CYCLE_MODES, METHODS, TrainConfig
     from .data import DATASETS
 
-    d = TrainConfig.__dataclass_fields__
-    dflt = {name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for name, f in d.items()}
+    dflt = TrainConfig().as_dict()
     p = OneLineParser(
         prog="repan-train", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -73,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--branches", type=csv_list, default=list(dflt["branches"]),
                    help="branch kinds attached at each Expand (comma-separated), or 'arch' for each block's own kinds")
     g.add_argument("--k", type=number(int, 0, 5), default=dflt["k"], help="new parallel branches per kind and block (1..5, Table 5)")
-    g.add_argument("--restore", default=dflt["restore"], help="inverse of Eq. 2: inherit | normalized | identity")
+    g.add_argument("--restore", default=dflt["restore"], help="inverse of Eq. 2: inherit | normalized | identity | a registered rule (repan_zoo.algebra.RESTORE_RULES)")
     g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=dflt["residual"],
                    help="also attach the residual BN branch BN_res(X) of Eq. 3 where shapes allow")
     g.add_argument("--branch-gamma", type=number(float, 0.0), default=dflt["branch_gamma"],
@@ -155,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _recipe_fields() -> List[str]:
     from .annealing.config import TrainConfig
 
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+    return TrainConfig.recipe_keys()
 
 
 def _import_plugins(names: Sequence[str]) -> None:

@@ -79,7 +79,7 @@ def _conv_bn_module(kernel: torch.Tensor, bn: BNParams) -> nn.Sequential:
     return nn.Sequential(conv, norm).eval()
 
 
-@pytest.mark.parametrize("mode", algebra.RESTORE_MODES)
+@pytest.mark.parametrize("mode", tuple(algebra.RESTORE_RULES))
 def test_restore_is_inverse_of_fuse(generator, mode):
     kernel, bias = _fused_pair(generator)
     previous = _params(_bn_module(8, generator)) if mode == "inherit" else None

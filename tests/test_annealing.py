@@ -36,7 +36,7 @@ def tiny_cfg(**kw) -> TrainConfig:
                 lr=0.05, calib_batches=2, calib_batch_size=32, max_steps_per_epoch=2, lam_per_iter=False,
                 lam_warmup=1.0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig.from_dict(base)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def _spy(monkeypatch):
             if label == "lambda":
                 events.append(("lambda", round(float(args[1]), 6)))
             elif label == "expand+restore":
-                events.append((label, kwargs.get("k")))
+                events.append((label, args[1].k))  # unfold(model, expansion, ...)
                 assert kwargs["generator"] is spies["generator"], "expansion must draw from the run's generator"
                 assert kwargs["lam"] == 0.0
             elif label == "calibrate":

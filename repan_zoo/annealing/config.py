@@ -13,12 +13,13 @@ Methods (Sec. 5.1 compares all three):
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-from ..algebra import RESTORE_MODES
 from ..errors import RecipeError
+from ..expansion import Expansion, ExpansionError
 from .schedules import LambdaSchedule
 
 __all__ = ["TrainConfig", "CyclePlan", "METHODS", "FIRST_CYCLE_MODES"]
@@ -49,11 +50,7 @@ class TrainConfig:
     cycles: int = 5
     epochs: int = 30
     first_cycle: str = "expand"
-    branches: Tuple[str, ...] = ("arch",)
-    k: int = 1
-    restore: str = "inherit"
-    residual: bool = False
-    branch_gamma: float = 0.0
+    expansion: Expansion = field(default_factory=Expansion)
     expand_blocks: Optional[str] = None
     calib_batches: int = 5
     calib_batch_size: Optional[int] = None
@@ -100,7 +97,8 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
 
     def __post_init__(self) -> None:
-        self.branches = tuple(self.branches)
+        if not isinstance(self.expansion, Expansion):
+            self.expansion = _expansion(self.expansion)
         self.validate()
 
     # -- checks ---------------------------------------------------------------------------
@@ -116,17 +114,6 @@ class TrainConfig:
             bad(f"--cycles {self.cycles} / --epochs {self.epochs}: both must be ≥ 1")
         if self.method == "repan" and self.first_cycle == "plain" and self.cycles < 2:
             bad("--first-cycle plain with --cycles 1 never anneals; use --cycles ≥ 2 or --method baseline")
-        if not 0 <= self.k <= 5 and self.method == "repan":
-            bad(f"--k {self.k}: the number of new parallel branches per kind is 0..5 (Table 5)")
-        if self.restore not in RESTORE_MODES:
-            bad(f"--restore {self.restore!r}: choose one of {RESTORE_MODES}")
-        from ..blocks import BRANCH_KINDS
-
-        unknown = [b for b in self.branches if b != "arch" and b not in BRANCH_KINDS]
-        if unknown:
-            bad(f"--branches {unknown}: unknown branch kind(s); registered: {sorted(BRANCH_KINDS)} or 'arch'")
-        if "arch" in self.branches and len(self.branches) > 1:
-            bad("--branches arch (each block's own kinds) cannot be mixed with named kinds")
         if self.method == "kd" and not self.teacher:
             bad("--method kd needs --teacher MODEL (and --teacher-checkpoint FILE)")
         if self.method == "baseline" and self.teacher:
@@ -179,14 +166,44 @@ class TrainConfig:
         return bool(self.teacher) and self.method in ("kd", "repan")
 
     def as_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["branches"] = list(self.branches)
+        """The recipe as flat JSON values (what ``recipe.json`` and ``final.json`` record): the
+        fields, with :attr:`expansion`'s fields in place of it."""
+        d: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "expansion":
+                d.update(value.as_dict())
+            else:
+                d[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
         return d
 
     @classmethod
+    def recipe_keys(cls) -> List[str]:
+        """The keys of :meth:`as_dict` (the options a recipe consists of), in order."""
+        return list(cls().as_dict())
+
+    @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`as_dict` (a partial dict takes the defaults; ``expansion`` may also be
+        given as one nested dict). Raises :class:`RecipeError` for unknown keys or invalid values."""
+        d = dict(d)
+        exp_keys = [f.name for f in dataclasses.fields(Expansion)]
+        flat = {k: d.pop(k) for k in exp_keys if k in d}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise RecipeError(f"unknown recipe keys {unknown}")
+        if flat:
+            d["expansion"] = _expansion(d.get("expansion"), **flat)
         return cls(**d)
+
+
+def _expansion(value: Any, **changes: Any) -> Expansion:
+    """``Expansion.of`` with its errors as the command line's (``--restore``, ``--k`` …)."""
+    try:
+        return Expansion.of(value, **changes)
+    except (ExpansionError, TypeError) as exc:
+        if isinstance(exc, TypeError):
+            raise RecipeError(str(exc)) from None
+        head, _, rest = str(exc).partition(" ")
+        raise RecipeError(f"--{head.replace('_', '-')} {rest}") from None

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, sha256_file
-from ..convert import ARCH_BRANCHES, calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
+from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..augment import mix_seed
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
@@ -201,7 +201,7 @@ class RepAnTrainer:
             if cfg.method == "repan":
                 raise RecipeError(f"--model {cfg.model} has no Rep blocks, so RepAn has nothing to anneal; "
                                   "choose a repan_* model (timm.list_models('repan_*'))")
-        elif cfg.method == "repan" and cfg.branches == ARCH_BRANCHES and cfg.k > 0 \
+        elif cfg.method == "repan" and cfg.expansion.arch and cfg.expansion.k > 0 \
                 and not any(b.arch_branches for _, b in rep_blocks(model)):
             raise RecipeError(f"--branches arch: the blocks of {cfg.model} have no branch kinds of their own, so "
                               "Expand would add nothing; name the kinds, e.g. --branches conv_kxk,conv_1x1")
@@ -269,15 +269,17 @@ class RepAnTrainer:
         self.cycle_log.append({"cycle": cycle, "step": "precise_bn", "images": sum(len(b) for b in batches)})
 
     def _expansion_groups(self):
-        """(branch kinds, block predicate) pairs for this recipe's Expand: the selected blocks get
-        ``branches`` (``("arch",)``: each its own kinds, resolved by :func:`repan_zoo.unfold`), the
-        others are restored only."""
+        """(Expansion, block predicate) pairs for this recipe's Expand: the selected blocks get the
+        recipe's expansion (``("arch",)``: each its own kinds, resolved by :func:`repan_zoo.unfold`),
+        the others — and every block when no kinds are named — are restored only."""
         cfg = self.cfg
+        exp = cfg.expansion
+        restore_only = exp.replace(branches=(), k=0, residual=False)
         if not cfg.expand_blocks:
-            return [(cfg.branches, None)]
+            return [(exp if exp.branches else restore_only, None)]
         pattern = re.compile(cfg.expand_blocks)
-        return [(cfg.branches, lambda n, _b: bool(pattern.search(n))),
-                ((), lambda n, _b: not pattern.search(n))]
+        return [(exp if exp.branches else restore_only, lambda n, _b: bool(pattern.search(n))),
+                (restore_only, lambda n, _b: not pattern.search(n))]
 
     def expand_restore(self, cycle: int) -> Dict[str, Any]:
         """Lines 4–5: attach ``k`` new λ-gated branches per kind (Eq. 3) and restore every fused
@@ -286,13 +288,10 @@ class RepAnTrainer:
         assert self.model is not None
         t = time.perf_counter()
         reports = []
-        for kinds, predicate in self._expansion_groups():
+        for expansion, predicate in self._expansion_groups():
             with exact_fp32():
-                unfold(
-                    self.model, tuple(kinds), k=cfg.k if kinds else 0, lam=0.0, restore=cfg.restore,
-                    residual=cfg.residual and bool(kinds), branch_gamma=cfg.branch_gamma,
-                    generator=self.generator, blocks=predicate, inplace=True, example_input=self.probe,
-                )
+                unfold(self.model, expansion, lam=0.0, generator=self.generator, blocks=predicate, inplace=True,
+                       example_input=self.probe)
             reports.append(dict(getattr(self.model, "repan_exactness", {})))
         self._placed(self.model)
         worst = max(reports, key=lambda r: r.get("model_rel_error") or 0.0) if reports else {}
@@ -387,7 +386,8 @@ class RepAnTrainer:
         cfg = self.cfg
         title = f"{cfg.model} · {cfg.method} · {self.data.name}"
         if cfg.method == "repan":
-            title += f" · {cfg.cycles}×{cfg.epochs} epochs, restore={cfg.restore}, branches={','.join(cfg.branches)}×{cfg.k}"
+            exp = cfg.expansion
+            title += f" · {cfg.cycles}×{cfg.epochs} epochs, restore={exp.restore}, branches={','.join(exp.branches)}×{exp.k}"
         plot_learning_curve(self.history, self.out / "learning_curve.png", title=title)
 
     # ------------------------------------------------------------------ resume

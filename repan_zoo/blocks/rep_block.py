@@ -210,9 +210,9 @@ class RepBlock(nn.Module):
         """Deploy → train form in place (Expand + Restore of Algorithm 1, lines 4–5).
 
         The fused conv is split into a trunk conv + BN by :func:`algebra.restore_conv_bn`
-        (``restore`` = ``"inherit"`` | ``"normalized"`` | ``"identity"``; ``"inherit"`` uses the
-        trunk BN remembered at the last :meth:`reparameterize` and falls back to
-        ``"normalized"`` when there is none, e.g. after loading a deploy checkpoint).
+        (``restore``: a rule of :data:`repan_zoo.algebra.RESTORE_RULES`; ``"inherit"`` uses the
+        trunk BN remembered at the last :meth:`reparameterize` and falls back to its
+        ``fallback``, ``"normalized"``, when there is none, e.g. after loading a deploy checkpoint).
         Then ``k`` new branches of every kind in ``branches`` are attached (He-normal
         convs drawn from ``generator``, BN γ = ``branch_gamma``, β = 0) and λ is set.
         At λ = 0 the eval function is unchanged. A train-form block is fused first.
@@ -227,9 +227,8 @@ class RepBlock(nn.Module):
         ref = self.reparam_conv.weight
         kernel, bias = self.fused_kernel_bias()
         previous = self._inherit_bn
-        mode = restore
-        if restore == "inherit" and previous is None:
-            mode = "normalized"
+        rule = algebra.get_restore_rule(restore)
+        mode = rule.fallback if rule.needs_previous and previous is None else restore
         if previous is not None:
             previous = BNParams(*(t.to(kernel) for t in previous[:4]), previous.eps)
         new_kernel, bn = algebra.restore_conv_bn(kernel, bias, mode, previous=previous)

@@ -44,7 +44,7 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .finetune import FinetuneConfig
+    from .config import FinetuneConfig
 
     d = FinetuneConfig(out="", train_images="", train_annotations="", val_images="", val_annotations="")
     p = OneLineParser(
@@ -81,12 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("RepAn (unfold, cycles on the detection task)")
     g.add_argument("--unfold", action="store_true",
                    help="Expand + Restore the backbone before fine-tuning (repan_zoo.unfold, λ=0: same function)")
-    g.add_argument("--branches", type=csv_list, default=list(d.branches), help="new branch kinds per Rep block")
-    g.add_argument("--k", type=number(int, 0, 5), default=d.k, help="new branches per kind and block")
-    g.add_argument("--restore", default=d.restore, help="inverse of Eq. 2: inherit | normalized | identity")
-    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=d.residual,
+    e = d.expansion
+    g.add_argument("--branches", type=csv_list, default=list(e.branches), help="new branch kinds per Rep block")
+    g.add_argument("--k", type=number(int, 0, 5), default=e.k, help="new branches per kind and block")
+    g.add_argument("--restore", default=e.restore, help="inverse of Eq. 2: inherit | normalized | identity | a registered rule")
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=e.residual,
                    help="also add the residual BN branch of Eq. 3 where shapes allow")
-    g.add_argument("--branch-gamma", type=number(float, 0.0), default=d.branch_gamma, help="γ of the new branches' output BN")
+    g.add_argument("--branch-gamma", type=number(float, 0.0), default=e.branch_gamma, help="γ of the new branches' output BN")
     g.add_argument("--cycles", type=number(int, 1), default=d.cycles,
                    help="RepAn cycles R; cycles 2..R start with Rep → Expand → Restore → Calibrate")
     g.add_argument("--lam-schedule", default=d.lam_schedule, help="Θ: constant | linear | cosine | step")
@@ -139,7 +140,8 @@ def _data_paths(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Di
 
 
 def config_from_args(args: argparse.Namespace, parser: Optional[argparse.ArgumentParser] = None):
-    from .finetune import FinetuneConfig
+    from ..expansion import Expansion
+    from .config import FinetuneConfig
 
     parser = parser or build_parser()
     return FinetuneConfig(
@@ -147,8 +149,9 @@ def config_from_args(args: argparse.Namespace, parser: Optional[argparse.Argumen
         backbone_checkpoint=args.backbone_checkpoint, pretrained=args.pretrained, model_kwargs=args.model_kwargs,
         out_indices=args.out_indices, fpn_channels=args.fpn_channels, min_size=args.min_size, max_size=args.max_size,
         anchor_scale=args.anchor_scale, score_thresh=args.score_thresh, detections_per_img=args.detections_per_img,
-        unfold=args.unfold, branches=args.branches, k=args.k, restore=args.restore, residual=args.residual,
-        branch_gamma=args.branch_gamma, cycles=args.cycles, lam_schedule=args.lam_schedule, lam_start=args.lam_start,
+        unfold=args.unfold, expansion=Expansion(branches=args.branches, k=args.k, restore=args.restore,
+                                                residual=args.residual, branch_gamma=args.branch_gamma),
+        cycles=args.cycles, lam_schedule=args.lam_schedule, lam_start=args.lam_start,
         lam_end=args.lam_end, lam_warmup=args.lam_warmup, calib_batches=args.calib_batches,
         calib_batch_size=args.calib_batch_size, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr,
@@ -179,7 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_model_name(args.backbone, "--backbone")
     except (ValueError, RepanError) as exc:
         parser.error(str(exc))
-    cfg = config_from_args(args, parser)
+    try:
+        cfg = config_from_args(args, parser)
+    except RepanError as exc:  # an invalid expansion (e.g. an unknown --restore rule)
+        parser.error(str(exc))
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)

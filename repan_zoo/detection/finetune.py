@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -37,92 +36,16 @@ from ..annealing.distributed import DistContext, convert_sync_bn, init_distribut
 from ..annealing.report import write_json
 from ..annealing.schedules import LambdaSchedule, cosine_lr
 from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, remove_stale_temps, save_checkpoint
-from ..convert import DEFAULT_BRANCHES, reparameterize, set_lambda
+from ..convert import reparameterize, set_lambda
 from ..errors import CheckpointError, RecipeError, TrainingDivergedError
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json
 from .compare import NEAR_TIE_FLIPS, compare_detectors, detections_match
 from .detectors import DetectorConfig, build_detector
 from .evaluate import evaluate_detector
+from .config import FinetuneConfig
 from .rep import repan_restart, unfold_backbone
 
 __all__ = ["FinetuneConfig", "run_finetune", "load_detector"]
-
-
-@dataclass
-class FinetuneConfig:
-    """A fine-tuning run (the CLI's options; see ``finetune_detection.py --help``)."""
-
-    out: str
-    train_images: str
-    train_annotations: str
-    val_images: str
-    val_annotations: str
-    detector: str = "retinanet"
-    backbone: str = "repan_repvgg_a0_w025"
-    backbone_checkpoint: Optional[str] = None
-    pretrained: bool = False
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    out_indices: Optional[List[int]] = None
-    fpn_channels: int = 64
-    min_size: Optional[int] = None
-    max_size: Optional[int] = None
-    anchor_scale: float = 4.0
-    score_thresh: float = 0.05
-    detections_per_img: int = 100
-    # RepAn
-    unfold: bool = False
-    branches: List[str] = field(default_factory=lambda: list(DEFAULT_BRANCHES))
-    k: int = 1
-    restore: str = "inherit"
-    residual: bool = False
-    branch_gamma: float = 0.0
-    cycles: int = 1
-    lam_schedule: str = "linear"
-    lam_start: float = 0.0
-    lam_end: float = 1.0
-    lam_warmup: float = 0.3
-    calib_batches: int = 4
-    calib_batch_size: int = 16
-    # optimisation
-    epochs: int = 6
-    batch_size: int = 16
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    warmup_steps: int = 50
-    momentum: float = 0.9
-    wd: float = 1e-4
-    clip_grad: Optional[float] = 10.0
-    freeze_bn: bool = False
-    sync_bn: bool = False
-    flip: bool = True
-    seed: int = 0
-    max_steps_per_epoch: Optional[int] = None
-    # run
-    resume: bool = False
-    device: Optional[str] = None
-    workers: int = 0
-    eval_batch_size: int = 16
-    eval_every: int = 1
-    progress: bool = True
-    export: List[str] = field(default_factory=list)
-    compare_images: int = 8
-
-    def check(self) -> None:
-        if self.cycles < 1 or self.epochs < 1:
-            raise RecipeError(f"cycles={self.cycles}, epochs={self.epochs}: both must be ≥ 1")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise RecipeError(f"batch_size={self.batch_size}, lr={self.lr}: need batch_size ≥ 1 and lr > 0")
-        if self.optimizer not in ("adamw", "sgd"):
-            raise RecipeError(f"optimizer={self.optimizer!r}: choose adamw or sgd")
-        bad = [f for f in self.export if f not in ("torchscript", "onnx")]
-        if bad:
-            raise RecipeError(f"export formats {bad}: choose from torchscript, onnx")
-        if self.backbone_checkpoint and self.pretrained:
-            raise RecipeError("give --backbone-checkpoint or --pretrained, not both")
-
-    def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,8 +117,7 @@ class _Run:
         self.eval_images = [self.val_set[i][0] for i in range(min(cfg.compare_images, len(self.val_set)))]
         self.repan_active = False  # λ is scheduled once the backbone carries expanded branches
         if cfg.unfold:
-            unfold_backbone(self.model, cfg.branches, k=cfg.k, restore=cfg.restore, residual=cfg.residual,
-                            branch_gamma=cfg.branch_gamma, generator=self.generator, inplace=True)
+            unfold_backbone(self.model, cfg.expansion, generator=self.generator, inplace=True)
             self.cycle_log.append({"cycle": 1, "step": "unfold", "exactness": dict(self.model.repan_exactness)})
             self.repan_active = True
         self.model.to(self.device)
@@ -303,8 +225,7 @@ class _Run:
 
     def restart(self, cycle: int) -> None:
         figures = repan_restart(
-            self.model, self.calibration_images(cycle), generator=self.generator, branches=self.cfg.branches,
-            k=self.cfg.k, restore=self.cfg.restore, residual=self.cfg.residual, branch_gamma=self.cfg.branch_gamma,
+            self.model, self.calibration_images(cycle), generator=self.generator, expansion=self.cfg.expansion,
             calib_batch_size=self.cfg.calib_batch_size,
         )
         self.repan_active = True

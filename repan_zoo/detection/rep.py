@@ -16,12 +16,13 @@ detector (``backbone.body``) and leave the FPN and the heads bit-identical:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
-from ..convert import DEFAULT_BRANCHES, calibrate_bn, reparameterize, unfold
+from ..convert import calibrate_bn, reparameterize, unfold
+from ..expansion import Expansion
 from ..verify import eval_mode
 from .compare import feature_error
 
@@ -30,23 +31,17 @@ __all__ = ["unfold_backbone", "calibration_batches", "repan_restart"]
 
 def unfold_backbone(
     detector: nn.Module,
-    branches: Sequence[str] = DEFAULT_BRANCHES,
+    expansion: Union[Expansion, Sequence[str], None] = None,
     *,
-    k: int = 1,
-    restore: str = "inherit",
-    residual: bool = False,
-    branch_gamma: float = 0.0,
     lam: float = 0.0,
     generator: Optional[torch.Generator] = None,
     inplace: bool = False,
+    **changes: Any,
 ) -> nn.Module:
-    """:func:`repan_zoo.unfold` of the detector (its backbone's Rep blocks), verified on the
-    package's probe (seeded images of the detector's ``pretrained_cfg['input_size']``). Returns
-    the unfolded detector (a copy unless ``inplace``)."""
-    return unfold(
-        detector, branches, k=k, lam=lam, restore=restore, residual=residual, branch_gamma=branch_gamma,
-        generator=generator, inplace=inplace,
-    )
+    """:func:`repan_zoo.unfold` of the detector (its backbone's Rep blocks) with ``expansion``
+    (default: the paper's; ``changes`` override its fields), verified on the package's probe (seeded images of the detector's
+    ``pretrained_cfg['input_size']``). Returns the unfolded detector (a copy unless ``inplace``)."""
+    return unfold(detector, expansion, lam=lam, generator=generator, inplace=inplace, **changes)
 
 
 @torch.no_grad()
@@ -69,11 +64,7 @@ def repan_restart(
     calib_images: Sequence[torch.Tensor],
     *,
     generator: torch.Generator,
-    branches: Sequence[str] = DEFAULT_BRANCHES,
-    k: int = 1,
-    restore: str = "inherit",
-    residual: bool = False,
-    branch_gamma: float = 0.0,
+    expansion: Optional[Expansion] = None,
     calib_batch_size: int = 16,
 ) -> Dict[str, Any]:
     """Start a RepAn cycle on ``detector`` in place: Rep → Expand + Restore → Calibrate.
@@ -89,8 +80,7 @@ def repan_restart(
     reference = _snapshot(detector)
     reparameterize(detector, inplace=True)
     rep_report = dict(getattr(detector, "repan_exactness", {}) or {})
-    unfold(detector, branches, k=k, lam=0.0, restore=restore, residual=residual, branch_gamma=branch_gamma,
-           generator=generator, inplace=True)
+    unfold(detector, expansion, lam=0.0, generator=generator, inplace=True)
     unfold_report = dict(getattr(detector, "repan_exactness", {}) or {})
     before = _snapshot(detector)
     calibrate_bn(detector.backbone.body, calib)
