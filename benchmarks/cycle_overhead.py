@@ -48,14 +48,14 @@ def main(argv=None) -> int:
 
     from repan_zoo.annealing import RepAnTrainer, TrainConfig
     from repan_zoo.annealing.engine import train_one_epoch
-    from repan_zoo.annealing.report import write_json
+    from repan_zoo.runtime.report import write_json
     from repan_zoo.data import load_splits, train_loader
 
     cfg = TrainConfig(method="repan", model=args.model, cycles=args.repeats + 1, epochs=1,
                       batch_size=args.batch_size, calib_batches=args.calib_batches, k=args.k,
                       branches=tuple(b for b in args.branches.split(",") if b), data_dir=args.data_dir)
     data = load_splits("fashion_mnist", args.data_dir, val_size=cfg.val_size, seed=cfg.seed)
-    from repan_zoo.annealing.distributed import DistContext
+    from repan_zoo.runtime.distributed import DistContext
 
     ctx = DistContext(device=torch.device(args.device))
     trainer = RepAnTrainer(cfg, data, ctx=ctx)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         rec = {"cycle": r}
         rec["rep_s"] = timed(lambda: trainer.rep(r - 1, "benchmark"))
         ref = {}
-        rec["reference_output_s"] = timed(lambda: ref.setdefault("y", trainer._eval_output()))
+        rec["reference_output_s"] = timed(lambda: ref.setdefault("y", trainer.eval_outputs()))
         rec["expand_restore_s"] = timed(lambda: trainer.expand_restore(r))
         rec["calibrate_s"] = timed(lambda: trainer.calibrate(r, ref["y"]))
         rec["total_s"] = rec["rep_s"] + rec["reference_output_s"] + rec["expand_restore_s"] + rec["calibrate_s"]

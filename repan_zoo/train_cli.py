@@ -226,7 +226,7 @@ def _check_resumable(cfg, data, out: Path) -> None:
     recipe that does not fit the run (another --model, other model kwargs) is refused before
     ``recipe.json`` is touched. Raises :class:`~repan_zoo.errors.RecipeError` /
     :class:`~repan_zoo.errors.CheckpointError`."""
-    from .annealing.checkpointing import Checkpointer
+    from .runtime.checkpointing import Checkpointer
     from .annealing.trainer import build_model
     from .checkpoint import load_into
     from .errors import CheckpointError, RecipeError
@@ -247,7 +247,7 @@ def _check_resumable(cfg, data, out: Path) -> None:
 
 
 def _resolve_recipe(args, explicit, out: Path, log) -> Dict[str, Any]:
-    from .annealing.checkpointing import Checkpointer
+    from .runtime.checkpointing import Checkpointer
     from .errors import RecipeError
 
     fields = _recipe_fields()
@@ -277,7 +277,7 @@ def _resolve_recipe(args, explicit, out: Path, log) -> Dict[str, Any]:
 
 
 def _record_overrides(out: Path, overrides: Dict[str, Any]) -> None:
-    from .annealing.report import write_json
+    from .runtime.report import write_json
     from .errors import RecipeError
 
     history = []
@@ -297,8 +297,8 @@ def run(argv: Optional[Sequence[str]] = None):
 
     _import_plugins(args.imports)
     from .annealing.config import TrainConfig
-    from .annealing.distributed import init_distributed
-    from .annealing.report import write_json
+    from .runtime.distributed import init_distributed
+    from .runtime.report import write_json
     from .annealing.trainer import RepAnTrainer
     from .checkpoint import remove_stale_temps
     from .data import load_splits

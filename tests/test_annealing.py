@@ -20,9 +20,9 @@ from repan_zoo.annealing import (
     cosine_lr,
     register_lambda_schedule,
 )
-from repan_zoo.annealing import trainer as trainer_mod
-from repan_zoo.annealing.checkpointing import Checkpointer
-from repan_zoo.annealing.distributed import CPUSyncBatchNorm, convert_sync_bn
+from repan_zoo.annealing import cycles as cycles_mod
+from repan_zoo.runtime.checkpointing import Checkpointer
+from repan_zoo.runtime.distributed import CPUSyncBatchNorm, convert_sync_bn
 from repan_zoo.checkpoint import model_form, save_checkpoint
 from repan_zoo.errors import LambdaRangeError, RecipeError, TrainingDivergedError
 from repan_zoo.verify import eval_mode, relative_error, rep_blocks
@@ -129,11 +129,11 @@ def test_teacher_from_local_checkpoint(tmp_path):
 
 # ----------------------------------------------------------------------------- Algorithm 1
 def _spy(monkeypatch):
-    """Record the order of Algorithm 1's steps as the trainer calls the core functions."""
+    """Record the order of Algorithm 1's steps as the driver (cycles.py) calls the core functions."""
     events = []
 
     def wrap(name, label):
-        original = getattr(trainer_mod, name)
+        original = getattr(cycles_mod, name)
 
         def spy(*args, **kwargs):
             if label == "lambda":
@@ -148,14 +148,14 @@ def _spy(monkeypatch):
                 events.append((label,))
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(trainer_mod, name, spy)
+        monkeypatch.setattr(cycles_mod, name, spy)
 
     spies = {}
     wrap("reparameterize", "rep")
     wrap("unfold", "expand+restore")
     wrap("calibrate_bn", "calibrate")
     wrap("set_lambda", "lambda")
-    wrap("train_one_epoch", "train")
+    wrap("train_steps", "train")
     seeds = []
     real_seed = torch.manual_seed
     monkeypatch.setattr(torch, "manual_seed", lambda s: (seeds.append(s), real_seed(s))[1])
@@ -193,22 +193,22 @@ def test_expand_restore_calibrate_keeps_the_fused_function(splits):
     model = trainer.initialise()
     randomize_bn(model, torch.Generator().manual_seed(5))
     trainer.rep(cycle=0, when="test")
-    fused = trainer._eval_output()
+    fused = trainer.eval_outputs()
     fresh_before = None
     trainer.expand_restore(1)
     block = rep_blocks(model)[1][1]
     assert block.branch_kinds == ["conv_kxk", "conv_kxk", "conv_1x1", "conv_1x1", "identity"]
     fresh_before = block.extras[0].bn.running_var.clone()
     record = trainer.calibrate(1, fused)
-    after = trainer._eval_output()
+    after = trainer.eval_outputs()
     assert trainer.output_error(fused, after) <= 1e-5 and record["rel_error_vs_fused"] <= 1e-5
     assert not torch.equal(block.extras[0].bn.running_var, fresh_before), "calibration must actually run"
     assert record["images"] == 3 * 32
     trainer.set_lambda(0.37)  # λ>0 changes the function (Eq. 3), and Rep keeps λ in the fusion
-    gated = trainer._eval_output()
+    gated = trainer.eval_outputs()
     assert trainer.output_error(fused, gated) > 1e-3
     trainer.rep(cycle=1, when="test")
-    assert trainer.output_error(gated, trainer._eval_output()) <= 1e-5
+    assert trainer.output_error(gated, trainer.eval_outputs()) <= 1e-5
 
 
 def test_expand_only_selected_blocks_and_arch_branches(splits):
@@ -263,11 +263,11 @@ def test_sync_bn_conversion_keeps_function_and_fuses(splits):
     model = trainer.initialise()
     randomize_bn(model, torch.Generator().manual_seed(9))
     plain = copy.deepcopy(model)
-    ref = trainer._eval_output()
+    ref = trainer.eval_outputs()
     convert_sync_bn(model, torch.device("cpu"))
     assert sum(isinstance(m, CPUSyncBatchNorm) for m in model.modules()) == 7
-    assert trainer.output_error(ref, trainer._eval_output()) == 0.0
-    x = trainer.probe[:16]
+    assert trainer.output_error(ref, trainer.eval_outputs()) == 0.0
+    x = trainer.probe()[:16]
     # one process: the synchronised BN is BatchNorm2d (batch statistics, same running-stat update)
     assert torch.equal(model.train()(x), plain.train()(x))
     assert torch.equal(model.stem.trunk.bn.running_var, plain.stem.trunk.bn.running_var)
@@ -285,7 +285,7 @@ def test_bad_recipes_are_typed_errors():
     with pytest.raises(RecipeError, match="unknown branch"):
         tiny_cfg(branches=("conv_9x9",))
     with pytest.raises(RecipeError, match="divisible"):
-        from repan_zoo.annealing.distributed import DistContext
+        from repan_zoo.runtime.distributed import DistContext
 
         RepAnTrainer(tiny_cfg(batch_size=33), synthetic_splits(), ctx=DistContext(world_size=2))
 
@@ -308,7 +308,7 @@ def test_new_network_gets_data_bn_statistics_before_line2_and_precise_bn(splits)
     assert not torch.allclose(bn.running_var, torch.ones_like(bn.running_var))
     assert [r["step"] for r in trainer.cycle_log] == ["initial_bn_statistics"]
     # eval ≈ train-mode function now (the network Rep fuses is the one that trains)
-    x = trainer.probe[:64]
+    x = trainer.probe()[:64]
     with torch.no_grad():
         ev, tr = model.eval()(x), model.train()(x)
     assert relative_error(tr, ev) < 0.2

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
 from fake_hub import hub  # noqa: F401  (fixture)
-from repan_zoo.annealing import checkpointing
-from repan_zoo.annealing.checkpointing import Checkpointer
+from repan_zoo.runtime import checkpointing
+from repan_zoo.runtime.checkpointing import Checkpointer
 from repan_zoo.checkpoint import load_into, read_checkpoint, save_checkpoint, sha256_file
 from repan_zoo.data import FASHION_MNIST_DIR
 from repan_zoo.errors import CheckpointError, OfflineError
@@ -340,7 +340,7 @@ def test_publish_measures_a_certificate_for_a_checkpoint_without_one(hub, tmp_pa
 
 # -- point 2: only valid JSON is written ---------------------------------------------------------------
 def test_non_finite_numbers_are_written_as_null(tmp_path):
-    from repan_zoo.annealing.report import write_json
+    from repan_zoo.runtime.report import write_json
 
     doc = {"val_loss": float("nan"), "rows": [{"lr": float("inf")}, 1.5], "top1": (float("-inf"), 2)}
     path = write_json(tmp_path / "final.json", doc)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from repan_zoo.annealing.report import portable
+from repan_zoo.runtime.report import portable
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = [ROOT / "weights_manifest", ROOT / "benchmarks" / "results", ROOT / "benchmarks" / "accuracy" / "results"]

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from repan_zoo.annealing.report import portable, write_json  # noqa: E402
+from repan_zoo.runtime.report import portable, write_json  # noqa: E402
 
 RESULTS = Path(os.environ.get("REPAN_RESULTS", Path(__file__).resolve().parent / "results"))
 #: where run folders (checkpoints, deploy weights) live: outside the work tree, so runs outlive a checkout

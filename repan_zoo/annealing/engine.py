@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from .distributed import DistContext
+from ..runtime.distributed import DistContext
 
-__all__ = ["train_one_epoch", "evaluate", "NonFiniteLoss", "autocast"]
+__all__ = ["train_steps", "train_one_epoch", "classification_step", "classification_stats", "evaluate",
+           "NonFiniteLoss", "autocast"]
 
 
 class NonFiniteLoss(Exception):
@@ -43,6 +44,116 @@ def _progress(iterable, total: int, enabled: bool, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
 
 
+def train_steps(
+    batches: Iterable[Any],
+    *,
+    step_loss: Callable[[Any], Tuple[torch.Tensor, Dict[str, float]]],
+    optimizer: torch.optim.Optimizer,
+    ctx: DistContext,
+    lr_at: Callable[[int], float],
+    lam_at: Optional[Callable[[int], Optional[float]]] = None,
+    set_lam: Optional[Callable[[float], None]] = None,
+    scaler: Optional["torch.amp.GradScaler"] = None,
+    max_steps: Optional[int] = None,
+    clip_grad: Optional[float] = None,
+    params: Optional[Callable[[], Iterable[torch.nn.Parameter]]] = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> Tuple[int, Dict[str, float]]:
+    """The training steps of one epoch, for any task (Algorithm 1, line 9).
+
+    Args:
+        batches: the epoch's batches (a loader); at most ``max_steps`` are used.
+        step_loss: ``batch -> (loss, figures)``: the forward pass of the task; the figures
+            (floats) are summed over the epoch.
+        lr_at, lam_at: the learning rate and λ before step ``s`` (1-based); λ is set through
+            ``set_lam`` when it changes.
+        scaler: a CUDA grad scaler (fp16 autocast) or None.
+        clip_grad: clip the gradient norm of ``params()`` to this value (None/0: off).
+
+    Returns:
+        ``(steps, sums)``: the steps taken and the summed figures of this process.
+
+    Raises:
+        NonFiniteLoss: the loss was NaN/inf on any process, *before* the optimiser touched the
+            weights.
+    """
+    steps = 0
+    sums: Dict[str, float] = {}
+    lam_now: Optional[float] = None
+    total = max_steps
+    if total is None and hasattr(batches, "__len__"):
+        total = len(batches)
+    bar = _progress(batches, total, progress and ctx.is_main, desc)
+    for batch in bar:
+        if total is not None and steps >= total:
+            break
+        step = steps + 1
+        lr = lr_at(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if lam_at is not None and set_lam is not None:
+            value = lam_at(step)
+            if value is not None and value != lam_now:
+                set_lam(value)
+                lam_now = value
+        loss, figures = step_loss(batch)
+        value = float(loss.detach())
+        if ctx.any_true(not math.isfinite(value)):
+            raise NonFiniteLoss(step, value)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params(), clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(params(), clip_grad)
+            optimizer.step()
+        for key, v in figures.items():
+            sums[key] = sums.get(key, 0.0) + v
+        steps += 1
+        if bar is not batches and hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", refresh=False)
+    return steps, sums
+
+
+def classification_step(model: nn.Module, *, normalize: nn.Module, loss_fn: nn.Module, device: torch.device,
+                        teacher: Optional[nn.Module] = None, amp: bool = False):
+    """``step_loss`` of :func:`train_steps` for (images, labels) batches: the (KD) loss, and the
+    figures ``loss_sum`` (loss × images), ``correct`` and ``seen`` (images)."""
+
+    def step(batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        images, labels = batch
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        x = normalize(images)
+        with autocast(device, amp):
+            logits = model(x)
+            teacher_logits = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+            loss = loss_fn(logits.float(), labels, teacher_logits)
+        n = labels.shape[0]
+        figures = {"loss_sum": float(loss.detach()) * n, "correct": float((logits.detach().argmax(1) == labels).sum()),
+                   "seen": float(n)}
+        return loss, figures
+
+    return step
+
+
+def classification_stats(steps: int, sums: Dict[str, float], ctx: DistContext) -> Dict[str, float]:
+    """The epoch's all-reduced mean loss, top-1 (%), steps and images from :func:`classification_step`'s figures."""
+    loss_sum, correct, seen = ctx.all_sum([sums.get("loss_sum", 0.0), sums.get("correct", 0.0), sums.get("seen", 0.0)])
+    return {"train_loss": loss_sum / max(seen, 1.0), "train_top1": 100.0 * correct / max(seen, 1.0),
+            "steps": steps, "images": int(seen)}
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -62,72 +173,18 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
 ) -> Dict[str, float]:
-    """Train ``model`` (possibly DDP-wrapped) for one epoch of ``loader``.
-
-    Before step ``s`` (1-based) the learning rate is set to ``lr_at(s)`` and, when given,
-    λ to ``lam_at(s)`` (per-iteration Θ). A NaN/inf loss on any process raises
-    :class:`NonFiniteLoss` *before* the optimiser touches the weights. Returns the
-    all-reduced mean loss, top-1 (%), number of steps and of images.
-    """
+    """Train a classifier (possibly DDP-wrapped) for one epoch of ``loader``:
+    :func:`train_steps` with :func:`classification_step`. Returns the all-reduced mean loss,
+    top-1 (%), number of steps and of images. Raises :class:`NonFiniteLoss` (see there)."""
     model.train()
-    device = ctx.device
     total = len(loader) if max_steps is None else min(len(loader), max_steps)
-    loss_sum = correct = seen = 0.0
-    steps = 0
-    lam_now: Optional[float] = None
-    bar = _progress(loader, total, progress and ctx.is_main, desc)
-    for images, labels in bar:
-        if steps >= total:
-            break
-        step = steps + 1
-        lr = lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if lam_at is not None and set_lam is not None:
-            value = lam_at(step)
-            if value is not None and value != lam_now:
-                set_lam(value)
-                lam_now = value
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        x = normalize(images)
-        with autocast(device, amp):
-            logits = model(x)
-            teacher_logits = None
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-            loss = loss_fn(logits.float(), labels, teacher_logits)
-        value = float(loss.detach())
-        if ctx.any_true(not math.isfinite(value)):
-            raise NonFiniteLoss(step, value)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-        n = labels.shape[0]
-        loss_sum += value * n
-        correct += float((logits.detach().argmax(1) == labels).sum())
-        seen += n
-        steps += 1
-        if bar is not loader and hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{value:.3f}", lr=f"{lr:.3g}", refresh=False)
-    loss_sum, correct, seen = ctx.all_sum([loss_sum, correct, seen])
-    return {
-        "train_loss": loss_sum / max(seen, 1.0),
-        "train_top1": 100.0 * correct / max(seen, 1.0),
-        "steps": steps,
-        "images": int(seen),
-    }
+    steps, sums = train_steps(
+        loader, step_loss=classification_step(model, normalize=normalize, loss_fn=loss_fn, device=ctx.device,
+                                              teacher=teacher, amp=amp),
+        optimizer=optimizer, ctx=ctx, lr_at=lr_at, lam_at=lam_at, set_lam=set_lam, scaler=scaler, max_steps=total,
+        clip_grad=clip_grad, params=model.parameters, progress=progress, desc=desc,
+    )
+    return classification_stats(steps, sums, ctx)
 
 
 @torch.no_grad()

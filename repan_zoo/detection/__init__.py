@@ -7,13 +7,14 @@ the detection task), trained, reparameterized for deployment in one call
 
 * :mod:`.backbone`   — ``features_only`` repan body + torchvision FPN, stride checks
 * :mod:`.detectors`  — :class:`DetectorConfig`, :func:`build_detector`
-* :mod:`.rep`        — unfold / RepAn cycle start (Rep → Expand → Restore → Calibrate)
+* :mod:`.rep`        — unfold of a detector, calibration inputs as the backbone sees them
 * :mod:`.compare`    — features and detections of two detectors (exactness of a conversion)
 * :mod:`.export`     — TorchScript / ONNX of the deployed detector, each file checked
 * :mod:`.coco`       — COCO-format validation (typed errors) and the dataset (transforms v2)
 * :mod:`.evaluate`   — COCO mAP with pycocotools, multi-process
 * :mod:`.fmnist`     — the Fashion-MNIST canvas detection set
-* :mod:`.finetune`   — the fine-tuning run (``train_scripts/finetune_detection.py``)
+* :mod:`.config`     — :class:`FinetuneConfig`, the recipe
+* :mod:`.finetune`   — the fine-tuning run on the shared Algorithm-1 driver (``repan-detect``)
 """
 from .backbone import RepanFPNBackbone, check_feature_strides, create_body, measure_strides
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json, validate_coco
@@ -21,9 +22,10 @@ from .compare import compare_detectors, detections_match, feature_error, feature
 from .detectors import DETECTORS, DetectorConfig, build_detector, detector_config, probe_images
 from .evaluate import coco_map, evaluate_detector
 from .export import DenseDetector, export_detector
-from .finetune import FinetuneConfig, load_detector, run_finetune
+from .config import FinetuneConfig
+from .finetune import load_detector, run_finetune
 from .fmnist import CanvasSpec, make_fmnist_detection
-from .rep import calibration_batches, repan_restart, unfold_backbone
+from .rep import calibration_batches, unfold_backbone
 
 __all__ = [
     "RepanFPNBackbone", "check_feature_strides", "create_body", "measure_strides",
@@ -34,5 +36,5 @@ __all__ = [
     "DenseDetector", "export_detector",
     "FinetuneConfig", "load_detector", "run_finetune",
     "CanvasSpec", "make_fmnist_detection",
-    "calibration_batches", "repan_restart", "unfold_backbone",
+    "calibration_batches", "unfold_backbone",
 ]

@@ -1,16 +1,20 @@
 """Detection fine-tuning of a RepAn backbone: unfold → (RepAn cycles) → reparameterize.
 
-:func:`run_finetune` is the engine behind ``train_scripts/finetune_detection.py``
-(:mod:`repan_zoo.detection.cli`):
+:func:`run_finetune` is the engine behind ``repan-detect`` (``train_scripts/finetune_detection.py``,
+:mod:`repan_zoo.detection.cli`). It is the detection task of the one Algorithm-1 driver,
+:class:`repan_zoo.annealing.cycles.CycleRun`, which owns the cycles, λ and learning rate per
+step, the non-finite stop, checkpoints and resume; this module supplies the detector, its loss,
+COCO mAP, calibration inputs and the deploy detector:
 
 1. read the COCO-format splits (:class:`~repan_zoo.detection.coco.CocoDetectionSet`), build the
    detector (:func:`~repan_zoo.detection.detectors.build_detector`) on the backbone, from its
    deploy checkpoint (``--backbone-checkpoint``) or the hub (``--pretrained``);
-2. with ``unfold``: Expand + Restore the backbone (:func:`repan_zoo.unfold`, λ=0, the function
-   is unchanged); with ``cycles > 1`` every later cycle starts with Rep → Expand + Restore →
-   Calibrate on detection images (:func:`~repan_zoo.detection.rep.repan_restart`,
-   Algorithm 1 lines 2–6), λ rising by Θ(r, e) (:class:`repan_zoo.annealing.LambdaSchedule`,
-   per iteration) and the learning rate restarting (cosine per cycle);
+2. with ``unfold``: Expand + Restore the backbone (the driver's cycle 1 start, λ=0, the function
+   is unchanged, no calibration); with ``cycles > 1`` every later cycle starts with Rep →
+   Expand + Restore → Calibrate on detection images as the backbone sees them
+   (:func:`~repan_zoo.detection.rep.calibration_batches`; Algorithm 1 lines 2–6), λ rising by
+   Θ(r, e) (:class:`repan_zoo.annealing.LambdaSchedule`, per iteration) and the learning rate
+   restarting (cosine per cycle);
 3. train (AdamW or SGD, cosine learning rate per cycle), under ``torchrun`` with DistributedDataParallel (gloo on CPU, nccl on GPUs);
    after every epoch: COCO mAP on the validation split (pycocotools), ``metrics.json`` and an
    atomic checkpoint (``checkpoints/epNNNN/``: typed safetensors + optimiser/RNG state), from
@@ -31,19 +35,21 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..annealing.checkpointing import Checkpointer, restore_rng_state, rng_state
-from ..annealing.distributed import DistContext, convert_sync_bn, init_distributed, wrap_ddp
-from ..annealing.report import write_json
-from ..annealing.schedules import LambdaSchedule, cosine_lr
+from ..annealing.cycles import CyclePlan, CycleRun
+from ..annealing.schedules import LambdaSchedule
 from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, remove_stale_temps, save_checkpoint
-from ..convert import reparameterize, set_lambda
-from ..errors import CheckpointError, RecipeError, TrainingDivergedError
+from ..convert import reparameterize
+from ..errors import CheckpointError, RecipeError
+from ..runtime.checkpointing import Checkpointer, RunCheckpoint
+from ..runtime.distributed import DistContext, init_distributed
+from ..runtime.report import write_json
+from ..verify import eval_mode, exact_fp32
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json
 from .compare import NEAR_TIE_FLIPS, compare_detectors, detections_match
 from .detectors import DetectorConfig, build_detector
 from .evaluate import evaluate_detector
 from .config import FinetuneConfig
-from .rep import repan_restart, unfold_backbone
+from .rep import calibration_batches, unfold_backbone
 
 __all__ = ["FinetuneConfig", "run_finetune", "load_detector"]
 
@@ -91,17 +97,22 @@ def load_detector(path: str, *, device: Optional[str] = None) -> Tuple[nn.Module
 # ------------------------------------------------------------------------------------------------
 # the run
 # ------------------------------------------------------------------------------------------------
-class _Run:
+class _Run(CycleRun):
+    """Detection fine-tuning as a task of the one Algorithm-1 driver
+    (:class:`~repan_zoo.annealing.cycles.CycleRun`): the detector, its loss, COCO mAP, calibration
+    on detection images as the backbone sees them, and the deploy detector."""
+
     def __init__(self, cfg: FinetuneConfig, ctx: DistContext):
+        self._init_cycles()
         self.cfg = cfg
         self.ctx = ctx
         self.out = Path(cfg.out)
         self.device = ctx.device
         self.checkpointer = Checkpointer(self.out, keep=2)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.history: List[Dict[str, Any]] = []
-        self.cycle_log: List[Dict[str, Any]] = []
         self.lam_schedule = LambdaSchedule(cfg.lam_schedule, cfg.lam_start, cfg.lam_end, cfg.lam_warmup, per_iter=True)
+        self.sync_bn = cfg.sync_bn and ctx.distributed
+        self.clip_grad, self.min_lr, self.progress = cfg.clip_grad, cfg.min_lr, cfg.progress
         train_data = load_coco_json(cfg.train_annotations)
         self.categories = CategoryMap.from_coco(train_data)
         self.dcfg = _detector_config(cfg, self.categories, train_data)
@@ -115,11 +126,6 @@ class _Run:
         self.val_set = CocoDetectionSet(cfg.val_images, cfg.val_annotations, train=False, in_chans=self.in_chans,
                                         categories=self.categories)
         self.eval_images = [self.val_set[i][0] for i in range(min(cfg.compare_images, len(self.val_set)))]
-        self.repan_active = False  # λ is scheduled once the backbone carries expanded branches
-        if cfg.unfold:
-            unfold_backbone(self.model, cfg.expansion, generator=self.generator, inplace=True)
-            self.cycle_log.append({"cycle": 1, "step": "unfold", "exactness": dict(self.model.repan_exactness)})
-            self.repan_active = True
         self.model.to(self.device)
         per_rank, rem = divmod(cfg.batch_size, ctx.world_size)
         if rem or per_rank < 1:
@@ -129,83 +135,129 @@ class _Run:
         self.loader = DataLoader(self.train_set, batch_size=per_rank, sampler=self.sampler, collate_fn=collate,
                                  num_workers=cfg.workers, drop_last=False)
         full = len(self.loader)
-        self.steps_per_epoch = min(full, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else full
-        self.start = (1, 1)  # (cycle, epoch) to run next
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.ddp: nn.Module = self.model
+        self._steps_per_epoch = min(full, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else full
 
-    # -- model plumbing --------------------------------------------------------------------
-    def _rebuild(self) -> None:
-        """New optimiser and DDP wrapper after the model's modules changed (unfold / restart)."""
-        if self.cfg.sync_bn and self.ctx.distributed:
-            convert_sync_bn(self.model, self.device)
+    # -- driver hooks: the model ---------------------------------------------------------------
+    def cycle_plan(self) -> List[CyclePlan]:
+        """Cycle 1 expands with ``--unfold`` (no calibration: the backbone's statistics are the
+        checkpoint's); every later cycle starts with Rep → Expand + Restore → Calibrate."""
+        cfg = self.cfg
+        return [CyclePlan(1, cfg.unfold, cfg.epochs)] + [CyclePlan(r, True, cfg.epochs) for r in range(2, cfg.cycles + 1)]
+
+    def initialise(self) -> nn.Module:
+        return self.model  # built in __init__ (the data's categories shape it)
+
+    def model_from_checkpoint(self, ck: RunCheckpoint) -> nn.Module:
+        saved = metadata_json(ck.model_meta, "detector_config") if "detector_config" in ck.model_meta else {}
+        if saved and saved != self.dcfg.as_dict():
+            diff = sorted(k for k in set(saved) | set(self.dcfg.as_dict()) if saved.get(k) != self.dcfg.as_dict().get(k))
+            raise RecipeError(f"--resume: the detector in {ck.directory} differs in {diff}; resume with the options "
+                              "of the original run")
+        if ck.state.get("optimizer_name", self.cfg.optimizer) != self.cfg.optimizer:
+            raise RecipeError(f"--resume: {ck.directory} was trained with --optimizer {ck.state['optimizer_name']}, "
+                              f"not {self.cfg.optimizer}; resume with the original optimizer")
+        if ck.model_meta.get("form") == "train" and model_form(self.model) == "deploy":
+            unfold_backbone(self.model, inplace=True)  # the structure comes from the checkpoint's metadata
+        load_into(self.model, ck.model_state, ck.model_meta, what=str(ck.directory))
         self.model.to(self.device)
+        return self.model
+
+    def resume(self) -> Optional[Dict[str, Any]]:
+        if not self.checkpointer.exists():
+            raise CheckpointError(f"--resume: {self.checkpointer.pointer} does not exist; start the run without --resume")
+        return super().resume()
+
+    def prepare(self) -> None:
+        if self.ctx.is_main:  # after a resume's checks: a refused resume leaves config.json as it was
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "config.json", self.cfg.as_dict())
+
+    def expansion_groups(self):
+        return [(self.cfg.expansion, None)]
+
+    @torch.no_grad()
+    def eval_outputs(self) -> Tuple[torch.Tensor, ...]:
+        """The FPN levels of the backbone on the first validation images (eval mode, fp32)."""
+        with eval_mode(self.model), exact_fp32():
+            batch, _ = self.model.transform([img.to(self.device) for img in self.eval_images])
+            features = self.model.backbone(batch.tensors)
+            return tuple(features[k].detach().float().clone() for k in features)
+
+    def calibration(self, cycle: int) -> Tuple[nn.Module, List[torch.Tensor]]:
+        """Training images without augmentation as the backbone sees them (normalised, resized,
+        padded by the detector's transform), the same on every process: a permutation seeded by
+        (seed, cycle). None in cycle 1 (the unfolded backbone keeps its statistics)."""
+        body = self.model.backbone.body
+        if cycle == 1 or self.cfg.calib_batches <= 0:
+            return body, []
+        n = min(len(self.calib_set), self.cfg.calib_batches * self.cfg.calib_batch_size)
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + cycle)
+        order = torch.randperm(len(self.calib_set), generator=gen)[:n].tolist()
+        return body, calibration_batches(self.model, [self.calib_set[i][0] for i in order], self.cfg.calib_batch_size)
+
+    # -- driver hooks: training ---------------------------------------------------------------
+    def make_optimizer(self, cycle: int) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.wd)
-        else:  # RetinaNet's focal loss barely moves under SGD in short CPU runs; AdamW trains it in a few epochs
-            self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.wd)
-        self.ddp = wrap_ddp(self.model, self.ctx)
+            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum, weight_decay=self.cfg.wd)
+        # RetinaNet's focal loss barely moves under SGD in short CPU runs; AdamW trains it in a few epochs
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.wd)
 
-    def _train_mode(self) -> None:
+    def peak_lr(self, cycle: int) -> float:
+        return self.cfg.lr
+
+    def warmup_steps(self, steps_per_epoch: int, total: int) -> int:
+        return min(self.cfg.warmup_steps, total - 1)
+
+    def steps_per_epoch(self) -> int:
+        return self._steps_per_epoch
+
+    def epoch_batches(self, cp: CyclePlan, epoch: int, global_epoch: int):
+        self.sampler.set_epoch(global_epoch)
+        return self.loader
+
+    def train_mode(self, net: nn.Module) -> None:
         self.model.train()
         if self.cfg.freeze_bn:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
 
-    def _progress(self, cycle: int, epoch: int) -> Dict[str, int]:
-        return {"cycle": cycle, "epoch": epoch, "global_epoch": (cycle - 1) * self.cfg.epochs + epoch}
+    def step_loss(self, net: nn.Module, batch) -> Tuple[torch.Tensor, Dict[str, float]]:
+        images, targets = batch
+        images = [img.to(self.device) for img in images]
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        losses = net(images, targets)
+        loss = sum(losses.values())
+        figures = {name: float(value.detach()) for name, value in losses.items()}
+        figures["loss"] = float(loss.detach())
+        return loss, figures
 
-    # -- resume ------------------------------------------------------------------------------
-    def resume(self) -> None:
-        ckpt = self.checkpointer.load()
-        if ckpt is None:
-            raise CheckpointError(f"--resume: {self.checkpointer.pointer} does not exist; start the run without --resume")
-        saved = metadata_json(ckpt.model_meta, "detector_config") if "detector_config" in ckpt.model_meta else {}
-        if saved and saved != self.dcfg.as_dict():
-            diff = sorted(k for k in set(saved) | set(self.dcfg.as_dict()) if saved.get(k) != self.dcfg.as_dict().get(k))
-            raise RecipeError(f"--resume: the detector in {ckpt.directory} differs in {diff}; resume with the options "
-                              "of the original run")
-        if ckpt.model_meta.get("form") == "train" and model_form(self.model) == "deploy":
-            unfold_backbone(self.model, inplace=True)  # the structure comes from the checkpoint's metadata
-        load_into(self.model, ckpt.model_state, ckpt.model_meta, what=str(ckpt.directory))
-        state = ckpt.state
-        if state.get("optimizer_name", self.cfg.optimizer) != self.cfg.optimizer:
-            raise RecipeError(f"--resume: {ckpt.directory} was trained with --optimizer {state['optimizer_name']}, "
-                              f"not {self.cfg.optimizer}; resume with the original optimizer")
-        self.repan_active = bool(state["repan_active"])
-        self.history = list(state["history"])
-        self.cycle_log = list(state["cycle_log"])
-        self._rebuild()
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"--resume: the optimiser state in {ckpt.directory} does not fit this model "
-                                  f"({exc}); resume with the options of the original run") from exc
-        per_rank = state.get("rng_per_rank") or []
-        same_world = len(per_rank) == self.ctx.world_size
-        restore_rng_state(per_rank[self.ctx.rank] if same_world else state["rng"], self.generator)
-        cycle, epoch = state["progress"]["cycle"], state["progress"]["epoch"]
-        self.start = (cycle, epoch + 1) if epoch < self.cfg.epochs else (cycle + 1, 1)
-        self.log(f"resumed from {ckpt.directory} (cycle {cycle}, epoch {epoch})")
+    def end_epoch(self, cp: CyclePlan, epoch: int, global_epoch: int, steps: int, sums: Dict[str, float],
+                  lr: Optional[float], started: float) -> Dict[str, Any]:
+        cfg = self.cfg
+        totals = self.ctx.all_sum([sums[k] for k in sorted(sums)] + [steps])
+        count = max(totals[-1], 1.0)
+        lam = (self.lam_schedule.value(cp.index, epoch, cp.epochs, steps, self._steps_per_epoch)
+               if cp.expand and steps else None)
+        row = {"cycle": cp.index, "epoch": epoch, "global_epoch": global_epoch, "lr": lr if steps else cfg.lr,
+               "lam": lam, "steps": steps, "epoch_time_s": time.perf_counter() - started}
+        row.update({f"train_{k}": v / count for k, v in zip(sorted(sums), totals[:-1])})
+        last = cp.index == cfg.cycles and epoch == cfg.epochs
+        if last or global_epoch % max(1, cfg.eval_every) == 0:
+            row.update({f"val_{k}": v for k, v in self.evaluate(self.model).items()})
+        self.log(_row_text(row))
+        return row
 
-    def save(self, cycle: int, epoch: int) -> None:
-        progress = self._progress(cycle, epoch)
-        rng = rng_state(self.generator)
-        per_rank = [rng]
-        if self.ctx.distributed:  # every process resumes its own random stream (augmentation)
-            import torch.distributed as dist
-
-            per_rank = [None] * self.ctx.world_size
-            dist.all_gather_object(per_rank, rng)
-        state = {"optimizer": self.optimizer.state_dict(), "optimizer_name": self.cfg.optimizer,
-                 "rng": rng, "rng_per_rank": per_rank, "progress": progress,
-                 "history": self.history, "cycle_log": _jsonable(self.cycle_log), "repan_active": self.repan_active}
+    def after_epoch_saved(self) -> None:
         if self.ctx.is_main:
-            self.checkpointer.save(self.model, state, tag=f"ep{progress['global_epoch']:04d}",
-                                   architecture=self.model.pretrained_cfg["architecture"], metadata=self._metadata())
-        self.ctx.barrier()
+            write_json(self.out / "metrics.json", self.history)
+
+    def checkpoint_identity(self) -> Tuple[str, Dict[str, Any]]:
+        return self.model.pretrained_cfg["architecture"], self._metadata()
+
+    def checkpoint_extra(self) -> Dict[str, Any]:
+        return {"optimizer_name": self.cfg.optimizer, "cycle_log": _jsonable(self.cycle_log)}
 
     def _metadata(self) -> Dict[str, Any]:
         return {"detector_config": self.dcfg.as_dict(), "categories": self.categories.as_dict()}
@@ -214,103 +266,10 @@ class _Run:
         if self.ctx.is_main:
             print(f"[finetune] {text}", flush=True)
 
-    # -- the loop ------------------------------------------------------------------------------
-    def calibration_images(self, cycle: int) -> List[torch.Tensor]:
-        """Training images without augmentation, the same on every process: a permutation seeded
-        by (seed, cycle)."""
-        n = min(len(self.calib_set), self.cfg.calib_batches * self.cfg.calib_batch_size)
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + cycle)
-        order = torch.randperm(len(self.calib_set), generator=gen)[:n].tolist()
-        return [self.calib_set[i][0] for i in order]
-
-    def restart(self, cycle: int) -> None:
-        figures = repan_restart(
-            self.model, self.calibration_images(cycle), generator=self.generator, expansion=self.cfg.expansion,
-            calib_batch_size=self.cfg.calib_batch_size,
-        )
-        self.repan_active = True
-        self.cycle_log.append({"cycle": cycle, "step": "rep+expand+restore+calibrate", **figures})
-        self.log(f"cycle {cycle}: Rep → Expand → Restore → Calibrate, feature rel. error {figures['cycle_rel_error']:.2e}")
-
-    def train_epoch(self, cycle: int, epoch: int) -> Dict[str, Any]:
-        cfg = self.cfg
-        progress = self._progress(cycle, epoch)
-        self.sampler.set_epoch(progress["global_epoch"])
-        self._train_mode()
-        total = cfg.epochs * self.steps_per_epoch
-        sums: Dict[str, float] = {}
-        seen, lam, lr, start = 0, None, cfg.lr, time.time()
-        bar = None
-        if cfg.progress and self.ctx.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.steps_per_epoch, desc=f"cycle {cycle} epoch {epoch}", leave=False, dynamic_ncols=True)
-        for step, (images, targets) in enumerate(self.loader, start=1):
-            if step > self.steps_per_epoch:
-                break
-            global_step = (epoch - 1) * self.steps_per_epoch + step - 1
-            lr = cosine_lr(global_step, total, cfg.lr, warmup=min(cfg.warmup_steps, total - 1), floor=cfg.min_lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            if self.repan_active:
-                lam = self.lam_schedule.value(cycle, epoch, cfg.epochs, step, self.steps_per_epoch)
-                set_lambda(self.model, lam, only_train_form=True)
-            images = [img.to(self.device) for img in images]
-            targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
-            losses = self.ddp(images, targets)
-            loss = sum(losses.values())
-            if self.ctx.any_true(not torch.isfinite(loss).item()):
-                raise TrainingDivergedError(
-                    f"the detection loss became {loss.item()} at cycle {cycle}, epoch {epoch}, step {step}; lower --lr "
-                    f"(now {cfg.lr}) or --clip-grad, then --resume from the last checkpoint",
-                    cycle=cycle, epoch=epoch, step=step, checkpoint=str(self.checkpointer.latest_dir() or ""),
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-            self.optimizer.step()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            seen += 1
-            if bar is not None:
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}", lam="-" if lam is None else f"{lam:.2f}")
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        totals = self.ctx.all_sum([sums[k] for k in sorted(sums)] + [seen])
-        count = max(totals[-1], 1.0)
-        row = {**progress, "lr": lr, "lam": lam, "steps": seen, "epoch_time_s": time.time() - start}
-        row.update({f"train_{k}": v / count for k, v in zip(sorted(sums), totals[:-1])})
-        return row
-
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         return evaluate_detector(model, self.val_set, device=self.device, batch_size=self.cfg.eval_batch_size,
                                  rank=self.ctx.rank, world_size=self.ctx.world_size, workers=self.cfg.workers,
                                  progress=self.cfg.progress)
-
-    def train(self) -> None:
-        cfg = self.cfg
-        cycle0, epoch0 = self.start
-        if self.optimizer is None:
-            self._rebuild()
-        for cycle in range(cycle0, cfg.cycles + 1):
-            first = epoch0 if cycle == cycle0 else 1
-            if first == 1 and cycle > 1:
-                self.restart(cycle)
-                self._rebuild()
-            for epoch in range(first, cfg.epochs + 1):
-                row = self.train_epoch(cycle, epoch)
-                last = cycle == cfg.cycles and epoch == cfg.epochs
-                if last or row["global_epoch"] % max(1, cfg.eval_every) == 0:
-                    metrics = self.evaluate(self.model)
-                    row.update({f"val_{k}": v for k, v in metrics.items()})
-                self.history.append(row)
-                self.log(_row_text(row))
-                self.save(cycle, epoch)
-                if self.ctx.is_main:
-                    write_json(self.out / "metrics.json", self.history)
 
     # -- the deploy detector -------------------------------------------------------------------
     def finish(self) -> Dict[str, Any]:
@@ -393,13 +352,7 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
             raise RecipeError(f"{cfg.out} already holds a run (checkpoints/latest.json); pass --resume to continue "
                               "it or choose a new --out")
         run = _Run(cfg, ctx)
-        if cfg.resume:
-            run.resume()  # reads only: a resume refused for other options leaves config.json as it was
-        if ctx.is_main:
-            Path(cfg.out).mkdir(parents=True, exist_ok=True)
-            write_json(Path(cfg.out) / "config.json", cfg.as_dict())
-        run.train()
-        return run.finish()
+        return run.run(resume=cfg.resume)
     finally:
         lock.release(discard_dir=run is None)
         ctx.close()

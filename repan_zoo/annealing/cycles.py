@@ -1,0 +1,438 @@
+"""The one driver of Algorithm 1 (Training with RepAn), for every task.
+
+::
+
+    1  Initialise N or load pretrained weights          task.initialise
+    2  N_deploy ← Rep(N)                                CycleRun.rep            (when the first cycle expands)
+    3  for r = 1..R:                                    CycleRun.run            (plan: CyclePlan per cycle)
+    4      N ← Expand(N_deploy)                         CycleRun.expand_restore (one repan_zoo.unfold call
+    5      w_train ← Restore(w_deploy)                                          per Expansion group)
+    6      w ← Calibrate(w_train)                       CycleRun.calibrate      (checked to keep the function)
+    7      for e = 1..E:
+    8          λ ← Θ(r, e)                              CycleRun.train_cycle    (before the epoch's first step,
+    9          Train(N, D, N_T)                         engine.train_steps       then per step)
+    11     N_deploy ← Rep(N_train)                      CycleRun.rep
+    output: the deploy network                          task.finish             (the last line 11 too)
+
+:class:`CycleRun` holds everything the tasks share: the cycle plan, Rep → Expand + Restore →
+Calibrate with its function-preservation check, the per-step learning rate (cosine per cycle)
+and λ, the non-finite stop (:class:`~repan_zoo.errors.TrainingDivergedError`, the last good
+checkpoint untouched), the per-epoch checkpoint and resume. A task — classification
+(:class:`repan_zoo.annealing.RepAnTrainer`) or detection (:mod:`repan_zoo.detection.finetune`)
+— subclasses it and supplies the model, one training step's loss, the evaluation, calibration
+inputs and a probe (the hooks below raise ``NotImplementedError`` until it does).
+
+The official implementation's faults are not repeated: calibration runs (and is checked to
+keep the function), fusion includes λ (Eq. 5), λ is set before an epoch trains, one
+``torch.Generator`` seeded from the run seed draws every expansion (the global RNG is never
+re-seeded), and every Rep / Expand+Restore / Calibrate is verified and recorded in
+``cycle_log``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import model_form
+from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
+from ..errors import ReparameterizationError, TrainingDivergedError
+from ..expansion import Expansion
+from ..runtime.checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
+from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
+from ..verify import exact_fp32, relative_error, rep_blocks
+from .engine import NonFiniteLoss, train_steps
+from .schedules import LambdaSchedule, cosine_lr
+
+__all__ = ["CyclePlan", "CycleRun", "ExpansionGroup"]
+
+#: an Expansion and the blocks it applies to (``predicate(name, block)``; None: all blocks)
+ExpansionGroup = Tuple[Expansion, Optional[Callable[[str, nn.Module], bool]]]
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """One cycle r (1-based) of a run: whether it starts with Expand/Restore/Calibrate, and how
+    many epochs it trains."""
+
+    index: int
+    expand: bool
+    epochs: int
+
+
+def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
+    """Epochs trained before each cycle of ``plan``."""
+    offsets, total = [], 0
+    for cp in plan:
+        offsets.append(total)
+        total += cp.epochs
+    return offsets
+
+
+class CycleRun:
+    """The Algorithm-1 driver; a task subclasses it (see the module docstring).
+
+    The subclass sets, before :meth:`run`: ``ctx`` (:class:`DistContext`), ``device``,
+    ``generator`` (the one generator behind every expansion), ``lam_schedule``
+    (:class:`LambdaSchedule`), ``checkpointer`` (a :class:`Checkpointer` or None: nothing is
+    written), ``sync_bn``, ``amp``, ``clip_grad``, ``min_lr``, ``progress``, and implements the
+    hooks. :meth:`run` builds or resumes ``model`` and returns :meth:`finish`'s result.
+    """
+
+    ctx: DistContext
+    device: torch.device
+    generator: torch.Generator
+    lam_schedule: LambdaSchedule
+    checkpointer: Optional[Checkpointer]
+    sync_bn: bool = False
+    amp: bool = False
+    clip_grad: Optional[float] = None
+    min_lr: float = 0.0
+    progress: bool = False
+    #: Calibrate may move the eval output by at most this many times the conversions' tolerance
+    #: (the chain Rep → Expand+Restore → Calibrate, each exact to fp32 rounding, measured 3e-6 to
+    #: 7e-6 on repan_repvgg_a1_w025; a real fault moves the output by far more)
+    calibrate_tolerance_factor: float = 10.0
+
+    def _init_cycles(self) -> None:
+        self.model: Optional[nn.Module] = None
+        self.history: List[Dict[str, Any]] = []
+        self.cycle_log: List[Dict[str, Any]] = []
+        self.last_checkpoint: Optional[Path] = None
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ hooks (the task)
+    def cycle_plan(self) -> List[CyclePlan]:
+        raise NotImplementedError
+
+    def initialise(self) -> nn.Module:
+        """Line 1: build ``self.model`` for a fresh run (and return it)."""
+        raise NotImplementedError
+
+    def model_from_checkpoint(self, ck: RunCheckpoint) -> nn.Module:
+        """The model of a run checkpoint, loaded and placed (resume)."""
+        raise NotImplementedError
+
+    def expansion_groups(self) -> List[ExpansionGroup]:
+        raise NotImplementedError
+
+    def probe(self) -> Any:
+        """Example input of the verified conversions (None: the package's probe)."""
+        return None
+
+    def eval_outputs(self) -> Tuple[torch.Tensor, ...]:
+        """Eval-mode outputs on held-out inputs, fp32, compared before and after a cycle start."""
+        raise NotImplementedError
+
+    def calibration(self, cycle: int) -> Tuple[nn.Module, List[torch.Tensor]]:
+        """Line 6's inputs: the module whose BNs are calibrated and its input batches (none: skip)."""
+        raise NotImplementedError
+
+    def before_rep(self, cycle: int) -> None:
+        """Called before a Rep that ends cycle ``cycle`` (e.g. precise BN statistics)."""
+
+    def place(self) -> None:
+        """Put ``self.model`` on the run's device (and memory format) after a conversion."""
+        self.model.to(self.device)
+
+    def make_optimizer(self, cycle: int) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def peak_lr(self, cycle: int) -> float:
+        raise NotImplementedError
+
+    def warmup_steps(self, steps_per_epoch: int, total: int) -> int:
+        return 0
+
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    def epoch_batches(self, cp: CyclePlan, epoch: int, global_epoch: int) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def train_mode(self, net: nn.Module) -> None:
+        net.train()
+
+    def step_loss(self, net: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """One training step's loss and the figures summed over the epoch."""
+        raise NotImplementedError
+
+    def end_epoch(self, cp: CyclePlan, epoch: int, global_epoch: int, steps: int, sums: Dict[str, float],
+                  lr: Optional[float], started: float) -> Dict[str, Any]:
+        """Evaluate, log and return the epoch's history row (``started``: the epoch's
+        ``time.perf_counter()`` at its start)."""
+        raise NotImplementedError
+
+    def after_epoch_saved(self) -> None:
+        """Reports written after each epoch's checkpoint."""
+
+    def checkpoint_identity(self) -> Tuple[str, Dict[str, Any]]:
+        """``(architecture, metadata)`` written with every checkpoint's model."""
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> Dict[str, Any]:
+        """Task state saved beside the driver's in every checkpoint."""
+        return {}
+
+    def prepare(self) -> None:
+        """Called once the model exists (after line 1 and 2, or a resume), before the cycles."""
+
+    def finish(self) -> Any:
+        raise NotImplementedError
+
+    def log(self, msg: str) -> None:
+        pass
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def output_error(ref: Sequence[torch.Tensor], new: Sequence[torch.Tensor]) -> float:
+        """Largest relative error (``max|new-ref| / max|ref|``) over paired outputs."""
+        return max(relative_error(a, b) for a, b in zip(ref, new))
+
+    def current_lambda(self) -> Optional[float]:
+        for _, block in rep_blocks(self.model):
+            if not block.deploy and len(block.extras):
+                return float(block.lam)
+        return None
+
+    # ------------------------------------------------------------------ Algorithm 1 steps
+    def rep(self, cycle: int, when: str) -> Dict[str, Any]:
+        """Lines 2 and 11: fuse every Rep block in place, verified on the probe."""
+        assert self.model is not None
+        t = time.perf_counter()
+        if not rep_blocks(self.model) or model_form(self.model) == "deploy":
+            return {}
+        self.before_rep(cycle)
+        with exact_fp32():
+            reparameterize(self.model, inplace=True, example_input=self.probe())
+        self.place()
+        record = {"cycle": cycle, "step": "rep", "when": when, "seconds": time.perf_counter() - t,
+                  "exactness": dict(getattr(self.model, "repan_exactness", {}))}
+        self.cycle_log.append(record)
+        return record
+
+    def expand_restore(self, cycle: int) -> Dict[str, Any]:
+        """Lines 4–5: attach the new λ-gated branches (Eq. 3) and restore every fused conv into
+        conv + BN (inverse of Eq. 2) at λ = 0, one verified :func:`repan_zoo.unfold` per group."""
+        assert self.model is not None
+        t = time.perf_counter()
+        reports = []
+        for expansion, predicate in self.expansion_groups():
+            with exact_fp32():
+                unfold(self.model, expansion, lam=0.0, generator=self.generator, blocks=predicate, inplace=True,
+                       example_input=self.probe())
+            reports.append(dict(getattr(self.model, "repan_exactness", {})))
+        self.place()
+        worst = max(reports, key=lambda r: r.get("model_rel_error") or 0.0) if reports else {}
+        record = {"cycle": cycle, "step": "expand_restore", "seconds": time.perf_counter() - t, "exactness": worst,
+                  "branches": {n: b.branch_kinds for n, b in rep_blocks(self.model)}}
+        self.cycle_log.append(record)
+        return record
+
+    def calibrate(self, cycle: int, reference: Optional[Sequence[torch.Tensor]]) -> Dict[str, Any]:
+        """Line 6: re-estimate the BN statistics from the task's calibration batches keeping the
+        function (:func:`repan_zoo.calibrate_bn`); no batches keep the restored statistics. The
+        eval output is checked against ``reference`` (the fused network's).
+
+        Raises:
+            ReparameterizationError: the output moved by more than ``calibrate_tolerance_factor``
+                × the conversions' tolerance.
+        """
+        assert self.model is not None
+        t = time.perf_counter()
+        module, batches = self.calibration(cycle)
+        if batches:
+            with exact_fp32():
+                calibrate_bn(module, batches)
+        err = None
+        if reference is not None:
+            err = self.output_error(reference, self.eval_outputs())
+            tol = self.calibrate_tolerance_factor * default_tolerance(self.model)
+            if err > tol:
+                raise ReparameterizationError(
+                    f"cycle {cycle}: after Expand+Restore+Calibrate at λ=0 the network's output moved by "
+                    f"{err:.3g} (relative) from the fused network's, above {tol:g}; calibration must keep the "
+                    "function. Report this with the recipe", model_rel_error=err, tolerance=tol)
+        record = {"cycle": cycle, "step": "calibrate", "images": sum(len(b) for b in batches),
+                  "seconds": time.perf_counter() - t, "rel_error_vs_fused": err}
+        self.cycle_log.append(record)
+        return record
+
+    def start_cycle(self, cycle: int) -> None:
+        """Lines 11 (of a resumed previous cycle), 4–6: Rep → Expand + Restore → Calibrate."""
+        self.rep(cycle=cycle - 1, when=f"before cycle {cycle}")  # a no-op unless resumed here
+        reference = self.eval_outputs()
+        self.expand_restore(cycle)
+        record = self.calibrate(cycle, reference)
+        self.log(f"cycle {cycle}: Rep → Expand + Restore → Calibrate ({record['images']} images), output rel. error "
+                 f"{record['rel_error_vs_fused']:.2e}")
+
+    def set_lambda(self, value: float) -> None:
+        """Line 8: λ of Eq. (3) on every train-form Rep block (checked to be in [0, 1])."""
+        set_lambda(self.model, value, only_train_form=True)
+
+    # ------------------------------------------------------------------ the run
+    def run(self, *, resume: bool = False) -> Any:
+        """Train the plan (continuing a killed run with ``resume=True``), then :meth:`finish`."""
+        plan = self.cycle_plan()
+        offsets = plan_offsets(plan)
+        state = self.resume() if resume else None
+        start_ci, start_epoch = 0, 0
+        if state is not None:
+            p = state["progress"]
+            start_ci, start_epoch = int(p["cycle_index"]), int(p["epoch"])
+            if start_epoch >= plan[start_ci].epochs:
+                start_ci, start_epoch, state = start_ci + 1, 0, None
+        else:
+            self.initialise()  # line 1
+            self.place()
+            if plan[0].expand:
+                self.rep(cycle=0, when="before the first cycle (Alg. 1, line 2)")  # line 2
+        self.prepare()
+        for ci in range(start_ci, len(plan)):
+            cp = plan[ci]
+            first_epoch = start_epoch + 1 if ci == start_ci else 1
+            if first_epoch == 1 and cp.expand:
+                self.start_cycle(cp.index)  # lines 4-6
+            self.train_cycle(cp, ci, first_epoch, offsets[ci],
+                             state if (ci == start_ci and first_epoch > 1) else None)
+            if ci < len(plan) - 1:  # the last cycle's Rep makes the output: finish()
+                self.rep(cycle=cp.index, when=f"end of cycle {cp.index} (Alg. 1, line 11)")  # line 11
+            self.after_cycle()
+        return self.finish()
+
+    def after_cycle(self) -> None:
+        """Called after each cycle's closing Rep (e.g. a learning-curve plot)."""
+
+    def train_cycle(self, cp: CyclePlan, ci: int, first_epoch: int, offset: int,
+                    state: Optional[Dict[str, Any]]) -> None:
+        """Lines 7–9 for one cycle: a fresh optimiser (restored from ``state`` on resume), then
+        ``cp.epochs`` epochs, each checkpointed."""
+        assert self.model is not None
+        if self.sync_bn:
+            convert_sync_bn(self.model, self.device)
+        self.place()
+        net = wrap_ddp(self.model, self.ctx)
+        optimizer = self.make_optimizer(cp.index)
+        scaler = torch.amp.GradScaler("cuda") if (self.amp and self.device.type == "cuda") else None
+        if state is not None:
+            self.load_optimizer(optimizer, scaler, state)
+        spe = self.steps_per_epoch()
+        total = spe * cp.epochs
+        warmup = self.warmup_steps(spe, total)
+        peak = self.peak_lr(cp.index)
+        for epoch in range(first_epoch, cp.epochs + 1):
+            t_epoch = time.perf_counter()
+            global_epoch = offset + epoch
+            done_before = (epoch - 1) * spe
+
+            def lr_at(step: int, done_before=done_before) -> float:
+                return cosine_lr(done_before + step - 1, total, peak, warmup=warmup, floor=self.min_lr)
+
+            lam_at = None
+            if cp.expand:  # line 8, before the epoch trains (per iteration: the first step's value)
+                first = (1, spe) if self.lam_schedule.per_iter else (None, None)
+                self.set_lambda(self.lam_schedule.value(cp.index, epoch, cp.epochs, *first))
+                if self.lam_schedule.per_iter:
+                    def lam_at(step: int, epoch=epoch) -> float:
+                        return self.lam_schedule.value(cp.index, epoch, cp.epochs, step, spe)
+            self.train_mode(net)
+            try:
+                steps, sums = train_steps(  # line 9
+                    self.epoch_batches(cp, epoch, global_epoch), step_loss=lambda batch: self.step_loss(net, batch),
+                    optimizer=optimizer, ctx=self.ctx, lr_at=lr_at, lam_at=lam_at, set_lam=self.set_lambda,
+                    scaler=scaler, max_steps=spe, clip_grad=self.clip_grad, params=net.parameters,
+                    progress=self.progress, desc=f"cycle {cp.index} epoch {epoch}/{cp.epochs}",
+                )
+            except NonFiniteLoss as exc:
+                raise self.diverged(cp, epoch, exc, lr_at(exc.step)) from None
+            self.global_step += steps
+            row = self.end_epoch(cp, epoch, global_epoch, steps, sums, lr_at(steps) if steps else None, t_epoch)
+            self.history.append(row)
+            self.save(self.checkpoint_state(cp, ci, epoch, global_epoch, optimizer, scaler), tag=f"ep{global_epoch:04d}")
+            self.after_epoch_saved()
+
+    def load_optimizer(self, optimizer, scaler, state: Dict[str, Any]) -> None:
+        from ..errors import CheckpointError
+
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"--resume: the optimiser state in {self.last_checkpoint} does not fit this model "
+                                  f"({exc}); resume with the options of the original run") from exc
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    def diverged(self, cp: CyclePlan, epoch: int, exc: NonFiniteLoss, lr: float) -> TrainingDivergedError:
+        where = f"cycle {cp.index}, epoch {epoch}/{cp.epochs}, step {exc.step}"
+        kept = (f"The last good checkpoint {self.last_checkpoint} (end of the previous epoch) is untouched; "
+                "continue from it with --resume after changing the recipe" if self.last_checkpoint is not None
+                else "No epoch had completed, so there is no checkpoint")
+        lam = self.current_lambda()
+        msg = (
+            f"training diverged: the loss became {exc.value} at {where} (lr {lr:.4g}"
+            + (f", λ {lam:.3g}" if lam is not None else "") + f", amp {'on' if self.amp else 'off'}). "
+            f"The weights were not updated by this step. {kept}. Likely fixes: a lower --lr (now {self.peak_lr(cp.index):g})"
+            + (", --amp off" if self.amp else "") + ", --clip-grad 5"
+            + (", or a smaller --branch-gamma / a slower --lam-schedule" if cp.expand else "")
+        )
+        return TrainingDivergedError(msg, cycle=cp.index, epoch=epoch, step=exc.step, checkpoint=self.last_checkpoint)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self, cp: CyclePlan, ci: int, epoch: int, global_epoch: int, optimizer,
+                         scaler) -> Dict[str, Any]:
+        rng = rng_state(self.generator)
+        per_rank = [rng]
+        if self.ctx.distributed:  # every process resumes its own random streams
+            import torch.distributed as dist
+
+            per_rank = [None] * self.ctx.world_size
+            dist.all_gather_object(per_rank, rng)
+        return {
+            "progress": {"cycle_index": ci, "cycle": cp.index, "epoch": epoch, "epochs": cp.epochs,
+                         "global_epoch": global_epoch, "global_step": self.global_step},
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+            "rng": rng,
+            "rng_per_rank": per_rank,
+            "history": self.history,
+            "cycle_log": self.cycle_log,
+            **self.checkpoint_extra(),
+        }
+
+    def save(self, state: Dict[str, Any], tag: str) -> None:
+        if self.checkpointer is not None and self.ctx.is_main:
+            architecture, metadata = self.checkpoint_identity()
+            self.last_checkpoint = self.checkpointer.save(
+                unwrap(self.model), state, tag=tag, architecture=architecture,
+                metadata={"progress": state["progress"], **metadata},
+            )
+        self.ctx.barrier()
+
+    def resume(self) -> Optional[Dict[str, Any]]:
+        """Load the last completed epoch's checkpoint; returns its state (None: nothing to resume)."""
+        from ..errors import RecipeError
+
+        if self.checkpointer is None:
+            raise RecipeError("--resume needs --out (the run directory)")
+        ck = self.checkpointer.load()
+        if ck is None:
+            return None
+        self.model = self.model_from_checkpoint(ck)
+        state = ck.state
+        per_rank = state.get("rng_per_rank") or []
+        same_world = len(per_rank) == self.ctx.world_size
+        restore_rng_state(per_rank[self.ctx.rank] if same_world else state["rng"], self.generator)
+        self.history = list(state.get("history", []))
+        self.cycle_log = list(state.get("cycle_log", []))
+        p = state["progress"]
+        p.setdefault("cycle_index", int(p["cycle"]) - 1)  # detection checkpoints before the shared driver
+        self.global_step = int(p.get("global_step", 0))
+        self.last_checkpoint = ck.directory
+        self.log(f"resuming from {ck.directory} (cycle {p['cycle']}, epoch {p['epoch']}"
+                 + (f"/{p['epochs']}" if "epochs" in p else "") + " done)")
+        return state

@@ -1,0 +1,12 @@
+"""Run infrastructure shared by every training task (classification and detection alike):
+the process group (:mod:`.distributed`), per-epoch checkpoints that a killed run resumes from
+(:mod:`.checkpointing`) and run reports (:mod:`.report`). Nothing here knows a task."""
+from .checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
+from .distributed import DistContext, convert_sync_bn, init_distributed, unwrap, wrap_ddp
+from .report import plot_learning_curve, write_json, write_metrics
+
+__all__ = [
+    "Checkpointer", "RunCheckpoint", "restore_rng_state", "rng_state",
+    "DistContext", "convert_sync_bn", "init_distributed", "unwrap", "wrap_ddp",
+    "plot_learning_curve", "write_json", "write_metrics",
+]

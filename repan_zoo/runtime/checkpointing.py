@@ -1,0 +1,155 @@
+"""Per-epoch run checkpoints, written atomically, so that ``--resume`` continues a killed run.
+
+Layout under ``<out>/checkpoints/``::
+
+    ep0003/model.safetensors   the model (train form) — repan_zoo.checkpoint.save_checkpoint
+    ep0003/state.pt            optimiser, grad scaler, RNG states (as tensors), progress, history
+    latest.json                {"dir": "ep0003", ...}: replaced atomically *after* both files exist
+
+A process killed at any moment leaves ``latest.json`` pointing at a complete pair; older
+epoch folders beyond ``keep`` are removed only after the pointer moved. ``state.pt`` holds only
+tensors, numbers, strings, lists and dicts and is read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn as nn
+
+from ..checkpoint import atomic_write, read_checkpoint, save_checkpoint
+from ..errors import CheckpointError
+
+__all__ = ["RunCheckpoint", "Checkpointer", "rng_state", "restore_rng_state"]
+
+
+def rng_state(generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
+    """The global torch RNG states (CPU, every CUDA device) and ``generator``'s, as uint8 tensors."""
+    state: Dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any], generator: Optional[torch.Generator] = None) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+@dataclass
+class RunCheckpoint:
+    """One loaded run checkpoint."""
+
+    directory: Path
+    model_state: Dict[str, torch.Tensor]
+    model_meta: Dict[str, str]
+    state: Dict[str, Any]
+
+
+class Checkpointer:
+    """Writes and finds the per-epoch checkpoints of one run directory."""
+
+    def __init__(self, out: Path, keep: int = 2):
+        self.root = Path(out) / "checkpoints"
+        self.keep = max(1, int(keep))
+
+    @property
+    def pointer(self) -> Path:
+        return self.root / "latest.json"
+
+    def exists(self) -> bool:
+        return self.pointer.is_file()
+
+    def _pointed_dir(self) -> Optional[Path]:
+        """The folder ``latest.json`` names, or None when the pointer is unreadable (garbled,
+        empty, a name outside the checkpoints folder) or names a folder that is not there."""
+        try:
+            info = json.loads(self.pointer.read_text())
+            name = info["dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(name, str) or Path(name).name != name or not (self.root / name).is_dir():
+            return None
+        return self.root / name
+
+    def _epoch_dirs(self):
+        """Epoch folders holding both files, newest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ep")
+                       and (p / "model.safetensors").is_file() and (p / "state.pt").is_file()), reverse=True)
+
+    def latest_dir(self) -> Optional[Path]:
+        """The folder of the last completed epoch: the one ``latest.json`` names; when the pointer
+        is garbled, the newest epoch folder holding both files (:meth:`load` then verifies it)."""
+        if not self.exists():
+            return None
+        folder = self._pointed_dir()
+        if folder is not None:
+            return folder
+        newest = next(iter(self._epoch_dirs()), None)
+        if newest is None:
+            raise CheckpointError(f"{self.pointer} is unreadable and no epoch folder in {self.root} holds both "
+                                  "model.safetensors and state.pt: nothing to resume. Start a new run (new --out)")
+        warnings.warn(f"{self.pointer} is unreadable; resuming from the newest complete epoch folder {newest.name}")
+        return newest
+
+    def save(self, model: nn.Module, state: Dict[str, Any], *, tag: str, architecture: str,
+             metadata: Optional[Dict[str, Any]] = None) -> Path:
+        """Write ``model`` + ``state`` into ``<root>/<tag>/`` and move the pointer to it.
+
+        A failed write (disk full, I/O error) raises :class:`CheckpointError` naming the last
+        good checkpoint, which is left untouched with the pointer on it, and how to resume."""
+        folder = self.root / tag
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(model, folder / "model.safetensors", architecture=architecture, metadata=metadata)
+            atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
+            info = {"dir": tag, "progress": state.get("progress", {})}
+            atomic_write(self.pointer, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+            last = self._pointed_dir() if self.exists() else None
+            if last != folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            good = (f"the last good checkpoint is {last} (latest.json still points at it)" if last is not None
+                    else "no earlier checkpoint exists")
+            raise CheckpointError(
+                f"writing the checkpoint {folder} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                f"{good}. Free disk space (or fix the I/O problem), then continue with "
+                f"`repan-train --out {self.root.parent} --resume`"
+            ) from exc
+        self._prune(keep_tag=tag)
+        return folder
+
+    def _prune(self, keep_tag: str) -> None:
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ep"))
+        stale = [p for p in folders if p.name != keep_tag][: max(0, len(folders) - self.keep)]
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+
+    def load(self) -> Optional[RunCheckpoint]:
+        """The checkpoint ``latest.json`` points at, or None when the run has none yet."""
+        folder = self.latest_dir()
+        if folder is None:
+            return None
+        model_file, state_file = folder / "model.safetensors", folder / "state.pt"
+        if not (model_file.is_file() and state_file.is_file()):
+            raise CheckpointError(f"{self.pointer} points at {folder}, which lacks model.safetensors or state.pt; "
+                                  "the run directory was modified by hand. Start a new run (new --out)")
+        model_state, meta = read_checkpoint(model_file)
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{state_file} is unreadable ({exc}); start a new run (new --out)") from exc
+        return RunCheckpoint(folder, model_state, meta, state)
+
