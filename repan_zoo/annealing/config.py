@@ -20,22 +20,13 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import RecipeError
 from ..expansion import Expansion, ExpansionError
+from .cycles import CyclePlan
 from .schedules import LambdaSchedule
 
 __all__ = ["TrainConfig", "CyclePlan", "METHODS", "FIRST_CYCLE_MODES"]
 
 METHODS = ("baseline", "kd", "repan")
 FIRST_CYCLE_MODES = ("expand", "plain")
-
-
-@dataclass(frozen=True)
-class CyclePlan:
-    """One cycle r (1-based) of the run: whether it starts with Expand/Restore/Calibrate, and
-    how many epochs it trains."""
-
-    index: int
-    expand: bool
-    epochs: int
 
 
 @dataclass

@@ -14,7 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -31,29 +31,10 @@ from ..verify import eval_mode, exact_fp32, rep_blocks
 from .config import TrainConfig
 from .cycles import CyclePlan, CycleRun, ExpansionGroup
 from .engine import classification_stats, classification_step, evaluate
+from .build import build_model, versions
 from .kd import KDLoss, build_teacher
 
 __all__ = ["RepAnTrainer", "TrainResult", "build_model"]
-
-
-def build_model(name: str, *, num_classes: int, in_chans: int, model_kwargs: Optional[Dict[str, Any]] = None,
-                deploy: bool = False) -> nn.Module:
-    """``timm.create_model(name, num_classes=..., in_chans=..., **model_kwargs)`` (+ ``deploy=True``)."""
-    import timm
-
-    from .. import models  # noqa: F401  (registers the zoo's repan_* models with timm)
-
-    kwargs = dict(model_kwargs or {})
-    if deploy:
-        kwargs["deploy"] = True
-    try:
-        return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            raise RecipeError(
-                f"--model {name!r} is not a timm model; the zoo's models: {timm.list_models('repan_*')}"
-            ) from exc
-        raise
 
 
 @dataclass
@@ -382,7 +363,7 @@ class RepAnTrainer(CycleRun):
             "teacher": self._teacher_record(),
             "cycles": self.cycle_log,
             "train_time_s": sum(r["epoch_time_s"] for r in self.history),
-            "versions": _versions(),
+            "versions": versions(),
         }
         if self.out is not None and self.ctx.is_main:
             path = self.out / "deploy.safetensors"
@@ -444,14 +425,3 @@ class RepAnTrainer(CycleRun):
                                   f"by {err:.3g} (relative); the checkpoint does not reproduce the model")
         (test,) = self._evaluate_all(fresh, splits=("test",))
         return {"test_top1": test["top1"], "logits_rel_error": err, "deploy_form": model_form(fresh)}
-
-
-def _versions() -> Dict[str, str]:
-    import platform
-
-    import timm
-
-    from .. import __version__
-
-    return {"repan_zoo": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
