@@ -27,6 +27,7 @@ from ..errors import RecipeError
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
 from ..runtime.report import plot_learning_curve, write_json, write_metrics
+from ..runtime.summary import RunSummary
 from ..verify import eval_mode, exact_fp32, rep_blocks
 from .config import TrainConfig
 from .cycles import CyclePlan, CycleRun, ExpansionGroup
@@ -39,7 +40,7 @@ __all__ = ["RepAnTrainer", "TrainResult", "build_model"]
 
 @dataclass
 class TrainResult:
-    """What a finished run produced (rank 0 also wrote it under ``out``)."""
+    """What a finished run produced (rank 0 also wrote ``final`` as ``final.json`` under ``out``)."""
 
     model: nn.Module
     val_top1: float
@@ -47,6 +48,7 @@ class TrainResult:
     exactness: Dict[str, Any]
     history: List[Dict[str, Any]]
     final: Dict[str, Any]
+    summary: Optional[RunSummary] = None
 
 
 class RepAnTrainer(CycleRun):
@@ -346,25 +348,15 @@ class RepAnTrainer(CycleRun):
         certificate = dict(rep_records[-1]["exactness"]) if rep_records else {}
         certificate["probe"] = f"first {len(self.probe())} validation images (held out from training)"
         val, test = self._evaluate_all(self.model)
-        final: Dict[str, Any] = {
-            "model": cfg.model,
-            "create_kwargs": {"num_classes": self.data.num_classes, "in_chans": self.data.in_chans, **cfg.model_kwargs},
-            "method": cfg.method,
-            "recipe": cfg.as_dict(),
-            "data": self.data.describe(),
-            "world_size": self.ctx.world_size,
-            "device": str(self.device),
-            "epochs_trained": len(self.history),
-            "val_top1": val["top1"],
-            "test_top1": test["top1"],
-            "val_loss": val["loss"],
-            "test_loss": test["loss"],
-            "exactness": certificate,
-            "teacher": self._teacher_record(),
-            "cycles": self.cycle_log,
-            "train_time_s": sum(r["epoch_time_s"] for r in self.history),
-            "versions": versions(),
-        }
+        summary = RunSummary(
+            model=cfg.model,
+            create_kwargs={"num_classes": self.data.num_classes, "in_chans": self.data.in_chans, **cfg.model_kwargs},
+            method=cfg.method, recipe=cfg.as_dict(), data=self.data.describe(),
+            val_top1=val["top1"], test_top1=test["top1"], exactness=certificate,
+            val_loss=val["loss"], test_loss=test["loss"], teacher=self._teacher_record(),
+            world_size=self.ctx.world_size, device=str(self.device), epochs_trained=len(self.history),
+            cycles=self.cycle_log, train_time_s=sum(r["epoch_time_s"] for r in self.history), versions=versions(),
+        )
         if self.out is not None and self.ctx.is_main:
             path = self.out / "deploy.safetensors"
             meta = {"recipe": cfg.as_dict(), "dataset": self.data.name, "mean": list(self.data.mean),
@@ -372,16 +364,16 @@ class RepAnTrainer(CycleRun):
                     "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
             self.model.repan_exactness = {k: v for k, v in certificate.items() if k != "probe"}
             save_checkpoint(self.model, path, architecture=cfg.model, metadata=meta)
-            final["checkpoint"] = {"path": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
-            final["reload_check"] = self._reload_check(path)
+            summary.checkpoint = {"path": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
+            summary.reload_check = self._reload_check(path)
             write_json(self.out / "exactness.json", certificate)
-            write_json(self.out / "final.json", final)
+            write_json(self.out / "final.json", summary.as_dict())
             self.after_epoch_saved()
             self._plot()
             self.log(f"deploy model: val {val['top1']:.2f}  test {test['top1']:.2f}  "
                      f"exactness {certificate.get('model_rel_error')}  → {path}")
         self.ctx.barrier()
-        return TrainResult(self.model, val["top1"], test["top1"], certificate, self.history, final)
+        return TrainResult(self.model, val["top1"], test["top1"], certificate, self.history, summary.as_dict(), summary)
 
     def _evaluate_all(self, model: nn.Module, splits=("val", "test")) -> List[Dict[str, float]]:
         """fp32 evaluation of ``model`` on whole splits in this process."""

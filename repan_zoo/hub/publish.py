@@ -2,8 +2,8 @@
 and record it in the weights manifest.
 
 Inputs: the deploy checkpoint (typed safetensors, :mod:`repan_zoo.checkpoint`) and the training
-run's metrics JSON: the trainer's ``final.json`` (:mod:`repan_zoo.annealing`) as it is, or any JSON
-with these fields (``recipe.*`` is the trainer's ``TrainConfig.as_dict()``):
+run's metrics JSON: the trainer's ``final.json``, read as the typed
+:class:`~repan_zoo.runtime.summary.RunSummary`, or any JSON with these fields (``recipe.*`` is the trainer's ``TrainConfig.as_dict()``):
 
 ``model``                     timm model name (else ``recipe.model``, else the checkpoint's ``architecture``)
 ``create_kwargs``             kwargs to rebuild the model (the trainer's: ``num_classes``, ``in_chans``, ...);
@@ -38,6 +38,7 @@ from .. import manifest
 from ..checkpoint import atomic_write, load_into, read_checkpoint, state_dict_form
 from ..errors import CheckpointError, PublishError
 from ..manifest import WeightEntry
+from ..runtime.summary import RunSummary, SummaryError
 from .card import model_card
 from .integrity import git_blob_sha1, sha256_file
 from .resolve import DEFAULT_FILENAME
@@ -124,6 +125,16 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
         raise PublishError(f"metrics JSON {path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise PublishError(f"metrics JSON {path} must hold an object")
+    if RunSummary.is_summary(doc):  # the trainer's final.json: read typed
+        try:
+            summary = RunSummary.from_dict(doc, where=str(path))
+        except SummaryError as exc:
+            raise PublishError(str(exc)) from None
+        metrics = _normalise_metrics({"test_top1": summary.test_top1, "val_top1": summary.val_top1},
+                                     summary.dataset, str(path))
+        return RunRecord(summary.model, dict(summary.create_kwargs), metrics,
+                         check_exactness(summary.exactness, str(path)),
+                         _published_recipe(dict(summary.recipe), summary.teacher), dict(summary.data))
     recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}
     data = next((doc[k] for k in ("data", "data_config") if isinstance(doc.get(k), dict)), {})
     data = dict(data)
