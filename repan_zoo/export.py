@@ -16,7 +16,7 @@ Every export goes the same way:
    against the caller's own model (the probe) must stay within fp32 rounding (1e-5). The file's graph must also hold
    exactly as many convolutions as the fused model runs and no BatchNorm beyond those
    outside the Rep blocks — the "exported ONNX still held the unfused branches" failure;
-5. only then move the file to ``path`` (:func:`repan_zoo.checkpoint.atomic_write`): a
+5. only then move the file to ``path`` (:func:`repan_zoo.fileio.atomic_write`): a
    refused or failed export leaves no file behind.
 
 ONNX goes through the ``torch.export``-based exporter (``dynamo=True``, the default of
@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import Branch, RepBlock
-from .checkpoint import atomic_write, sha256_file
+from .fileio import atomic_write, sha256_file
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
 from .verify import eval_mode, flatten_tensors, probe_input, relative_error

@@ -4,7 +4,7 @@ Both exports start like :mod:`repan_zoo.export`: reparameterize a copy of the de
 (:func:`repan_zoo.reparameterize`, verified), refuse a half-fused graph
 (:func:`repan_zoo.export.check_fully_fused`), write to a temp file, load the file back, run
 it on probe images and compare with torch, and only then move it to ``path``
-(:func:`repan_zoo.checkpoint.atomic_write`); a failed comparison raises
+(:func:`repan_zoo.fileio.atomic_write`); a failed comparison raises
 :class:`~repan_zoo.errors.ExportError` and leaves no file.
 
 * ``part="full"`` — the whole detector, pre- and post-processing included:
@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write, sha256_file
+from ..fileio import atomic_write, sha256_file
 from ..convert import reparameterize
 from ..errors import ExportError
 from ..export import _onnx_op_counts, check_fully_fused, export_onnx, export_torchscript

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..checkpoint import atomic_write
+from ..fileio import atomic_write
 from ..data import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 __all__ = ["CanvasSpec", "make_fmnist_detection", "SPLITS"]
