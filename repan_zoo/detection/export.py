@@ -34,7 +34,7 @@ import torch.nn as nn
 from ..fileio import atomic_write, sha256_file
 from ..convert import reparameterize
 from ..errors import ExportError
-from ..export import _onnx_op_counts, check_fully_fused, export_onnx, export_torchscript
+from ..export import check_fully_fused, export_onnx, export_torchscript, onnx_op_counts
 from .compare import NEAR_TIE_FLIPS, detections_match, feature_error, feature_noise, match_detections
 from .detectors import probe_images
 from .rep import calibration_batches
@@ -166,7 +166,7 @@ def _export_full_onnx(detector: nn.Module, deploy: nn.Module, images: List[torch
                               output_names=keys, dynamic_axes=axes)
         import onnx
 
-        convs = _onnx_op_counts(onnx.load(tmp)).get("Conv", 0)
+        convs = onnx_op_counts(onnx.load(tmp)).get("Conv", 0)
         if convs != want_convs:
             raise ExportError(f"the exported ONNX graph holds {convs} Conv node(s), but the fused detector runs "
                               f"{want_convs} convolution(s): the graph does not compute the fused model. No file was written")
