@@ -27,7 +27,7 @@ import torch.nn as nn
 from .errors import CheckpointError, RepanError
 from .fileio import TEMP_SUFFIX, PathLike, atomic_write, remove_stale_temps, sha256_file  # noqa: F401 (re-exported)
 from .jsonio import dumps
-from .verify import rep_blocks
+from .blocks import rep_blocks
 
 __all__ = [
     "state_dict_form",
