@@ -10,7 +10,8 @@ import torch.nn as nn
 from .. import algebra
 from ..algebra import BNParams, KernelBias
 from ..errors import LambdaRangeError, UnfusableBranchError
-from .branches import BlockSpec, Branch, bn_params, branch_class, create_branch
+from .bn import bn_params
+from .branches import BlockSpec, Branch, branch_class, create_branch
 
 __all__ = ["RepBlock", "check_lambda", "rep_blocks"]
 
