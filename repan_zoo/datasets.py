@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .errors import DatasetNotFoundError
+from .registry import add, lookup
 
 __all__ = [
     "DatasetArrays",
@@ -106,13 +107,7 @@ def register_dataset(name: str) -> Callable[[Callable[..., DatasetArrays]], Call
         ValueError: ``name`` is already registered.
     """
 
-    def wrap(read: Callable[..., DatasetArrays]) -> Callable[..., DatasetArrays]:
-        if name in DATASET_READERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        DATASET_READERS[name] = read
-        return read
-
-    return wrap
+    return lambda read: add(DATASET_READERS, name, read, what="dataset")
 
 
 def get_dataset(name: str) -> Callable[..., DatasetArrays]:
@@ -121,13 +116,8 @@ def get_dataset(name: str) -> Callable[..., DatasetArrays]:
     Raises:
         DatasetNotFoundError: no such dataset; the message names the registered ones.
     """
-    try:
-        return DATASET_READERS[name]
-    except KeyError:
-        raise DatasetNotFoundError(
-            f"unknown dataset {name!r}; choose one of {tuple(DATASET_READERS)} "
-            "(register new ones with repan_zoo.datasets.register_dataset)"
-        ) from None
+    return lookup(DATASET_READERS, name, what="dataset", error=DatasetNotFoundError,
+                  how="register new ones with repan_zoo.datasets.register_dataset")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import rep_blocks  # noqa: F401 (re-exported: its home is repan_zoo.blocks)
+from .registry import add
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -133,10 +134,10 @@ def register_probe_adapter(adapter: ProbeAdapter, *, overwrite: bool = False) ->
     Raises:
         ValueError: the name is already registered and ``overwrite`` is false.
     """
-    if adapter.name in PROBE_ADAPTERS and not overwrite:
-        raise ValueError(f"probe adapter {adapter.name!r} is already registered; pass overwrite=True to replace it")
-    PROBE_ADAPTERS[adapter.name] = adapter
-    return adapter
+    if overwrite:  # keeps its place in the order adapters are tried
+        PROBE_ADAPTERS[adapter.name] = adapter
+        return adapter
+    return add(PROBE_ADAPTERS, adapter.name, adapter, what="probe adapter")
 
 
 def probe_adapter(model: nn.Module) -> Optional[ProbeAdapter]:

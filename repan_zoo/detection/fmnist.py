@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..fileio import atomic_write
 from ..datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ..fileio import atomic_write
 
 __all__ = ["CanvasSpec", "make_fmnist_detection", "SPLITS"]
 

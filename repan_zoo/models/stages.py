@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Type
 import torch.nn as nn
 
 from ..errors import ModelConfigError
+from ..registry import add, lookup
 from .layers import RepBasicBlock, RepBottleneck, RepConvAct
 
 if TYPE_CHECKING:  # config imports this module (names of the types), so no import back at runtime
@@ -113,13 +114,12 @@ def register_stage_block(
     Raises:
         ModelConfigError: ``name`` is already registered, or ``expansion`` < 1.
     """
-    if name in STAGE_BLOCKS:
-        raise ModelConfigError(f"stage block type {name!r} is already registered; choose another name")
     if int(expansion) < 1:
         raise ModelConfigError(f"stage block type {name!r}: expansion={expansion} must be an integer ≥ 1")
 
     def wrap(build: Callable[[BlockArgs], Sequence[nn.Module]]) -> Callable[[BlockArgs], Sequence[nn.Module]]:
-        STAGE_BLOCKS[name] = StageBlockType(name, build, int(expansion), bool(residual))
+        add(STAGE_BLOCKS, name, StageBlockType(name, build, int(expansion), bool(residual)), what="stage block type",
+            error=ModelConfigError)
         return build
 
     return wrap
@@ -131,13 +131,8 @@ def get_stage_block(name: str) -> StageBlockType:
     Raises:
         ModelConfigError: no such type; the message lists the registered ones.
     """
-    try:
-        return STAGE_BLOCKS[name]
-    except KeyError:
-        raise ModelConfigError(
-            f"unknown stage block type {name!r}; registered types: {sorted(STAGE_BLOCKS)} "
-            "(register new ones with repan_zoo.models.register_stage_block)"
-        ) from None
+    return lookup(STAGE_BLOCKS, name, what="stage block type", error=ModelConfigError,
+                  how="register new ones with repan_zoo.models.register_stage_block")
 
 
 # -- the built-in types ---------------------------------------------------------------------------
