@@ -4,8 +4,9 @@
 A network is a stem (one Rep conv + ReLU, optionally followed by a 3×3/2 max-pool), stages
 of blocks, and a classifier head. A stage is ``depth`` blocks of one registered type
 (:mod:`.stages`: ``conv``, ``dws``, ``basic``, ``bottleneck``, more with
-:func:`~repan_zoo.models.register_stage_block`); the first block of a stage carries its stride. Which extra branches each Rep block trains
-with is a :class:`BranchRule`; a kind is kept only where it fits the block's shape.
+:func:`~repan_zoo.models.register_stage_block`); the first block of a stage carries its stride.
+Which extra branches each Rep block trains with is a :class:`BranchRule`; a kind is kept only
+where it fits the block's shape.
 """
 from __future__ import annotations
 
