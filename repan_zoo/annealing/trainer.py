@@ -34,12 +34,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, sha256_file
+from ..blocks import rep_blocks
+from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..augment import mix_seed
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
-from ..verify import eval_mode, exact_fp32, relative_error, rep_blocks
+from ..fileio import sha256_file
+from ..verify import eval_mode, exact_fp32, relative_error
 from .checkpointing import Checkpointer, restore_rng_state, rng_state
 from .config import CyclePlan, TrainConfig
 from .distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp

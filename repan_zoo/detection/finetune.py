@@ -35,9 +35,10 @@ from ..annealing.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..annealing.distributed import DistContext, convert_sync_bn, init_distributed, wrap_ddp
 from ..annealing.report import write_json
 from ..annealing.schedules import LambdaSchedule, cosine_lr
-from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, remove_stale_temps, save_checkpoint
+from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, save_checkpoint
 from ..convert import reparameterize, set_lambda
 from ..errors import CheckpointError, RecipeError, TrainingDivergedError
+from ..fileio import remove_stale_temps
 from .coco import CategoryMap, CocoDetectionSet, collate, load_coco_json
 from .compare import NEAR_TIE_FLIPS, compare_detectors, detections_match
 from .detectors import DetectorConfig, build_detector
