@@ -6,7 +6,7 @@ multi-branch, same function), :func:`calibrate_bn` and :func:`set_lambda`.
 __version__ = "0.1.0"
 
 from . import algebra
-from .blocks import BRANCH_KINDS, RepBlock, register_branch
+from .blocks import BRANCH_KINDS, RepBlock, register_branch, rep_blocks
 from .convert import calibrate_bn, reparameterize, set_lambda, unfold
 from .errors import (
     CheckpointError,
@@ -16,7 +16,7 @@ from .errors import (
     ReparameterizationError,
     UnfusableBranchError,
 )
-from .verify import rep_blocks
+from . import probe_adapters  # registers torchvision's detectors with the exactness checks (verify)
 from . import models  # registers the repan_* models in timm (import last: it uses the core above)
 
 __all__ = [

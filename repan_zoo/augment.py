@@ -127,6 +127,13 @@ class AugmentPolicy:
         zero = torch.zeros_like(eh)
         return torch.stack([top, left, torch.where(ok, eh, zero), torch.where(ok, ew, zero)], 1)
 
+    @staticmethod
+    def rows(draws: Dict[str, torch.Tensor], positions: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The part of an epoch's :meth:`draw` that a batch uses: the rows of the images at
+        ``positions`` (int64 ``[B]``, on the draws' device), and the epoch's shared noise textures
+        whole — what :meth:`apply` takes for that batch."""
+        return {k: (v if k == "noise" else v[positions]) for k, v in draws.items()}
+
     # ------------------------------------------------------------------ the batch ops
     def apply(self, x: torch.Tensor, params: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Augment a batch ``x`` (uint8 ``[B, C, H, W]``, any device) with the epoch's draws

@@ -17,19 +17,17 @@ converted exactly (:func:`load_into`), never loaded with ``strict=False``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, RepanError
+from .fileio import TEMP_SUFFIX, PathLike, atomic_write, remove_stale_temps, sha256_file  # noqa: F401 (re-exported)
 from .jsonio import dumps
-from .verify import rep_blocks
+from .blocks import rep_blocks
 
 __all__ = [
     "state_dict_form",
@@ -37,19 +35,14 @@ __all__ = [
     "save_checkpoint",
     "read_checkpoint",
     "load_into",
-    "atomic_write",
     "strict_load",
+    "metadata_json",
+    # re-exported from repan_zoo.fileio (their home), for the callers of the old path
+    "atomic_write",
     "sha256_file",
     "remove_stale_temps",
-    "metadata_json",
     "TEMP_SUFFIX",
 ]
-
-#: suffix of :func:`atomic_write`'s temp files (``.<name>.<random>.tmp`` beside the target)
-TEMP_SUFFIX = ".tmp"
-
-PathLike = Union[str, os.PathLike]
-
 
 def state_dict_form(state_dict: Mapping[str, Any]) -> Optional[str]:
     """``"deploy"`` if the Rep blocks are fused convs, ``"train"`` if they hold branches, else None."""
@@ -72,56 +65,6 @@ def model_form(model: nn.Module) -> Optional[str]:
 def _architecture(model: nn.Module) -> str:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return cfg.get("architecture") or getattr(model, "repan_architecture", None) or type(model).__name__
-
-
-def sha256_file(path: PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write(path: PathLike, write) -> Path:
-    """Write through ``write(tmp_path)`` to a temp file in the target folder, then rename:
-    a killed process never leaves a half-written file under ``path``. The file gets the mode a
-    plain ``open()`` would give it (0666 minus the umask), whatever ``write`` did to the temp file
-    (``safetensors.save_file`` replaces it with a 0600 file). Temp files are named
-    ``.<name>.<random>.tmp`` (:func:`remove_stale_temps` removes those a killed writer left)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # after write: the writer may have replaced the file
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def remove_stale_temps(folder: PathLike) -> list:
-    """Delete the temp files of :func:`atomic_write` under ``folder`` (recursively): what a writer
-    killed mid-write left behind. Call it only as the folder's single writer (a live writer's temp
-    file would go too). Returns the removed paths."""
-    removed = []
-    for tmp in Path(folder).rglob(f".*{TEMP_SUFFIX}"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 def _canonical_header(path: PathLike) -> None:

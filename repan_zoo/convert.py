@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 import torch
 import torch.nn as nn
 
-from .blocks import RepBlock, bn_params, check_lambda
+from .blocks import RepBlock, bn_params, check_lambda, rep_blocks
 from .expansion import ARCH_BRANCHES, DEFAULT_BRANCHES, GENERIC_BRANCHES, Expansion
 from .errors import CalibrationError, NoRepBlocksError, RepanError, ReparameterizationError, UnfusableBranchError
 from .verify import (
-    ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, probe_input, rep_blocks,
+    ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, probe_input,
 )
 
 __all__ = [

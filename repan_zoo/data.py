@@ -1,5 +1,6 @@
-"""Datasets for training and evaluating the zoo: Fashion-MNIST (Debian's IDX files), CIFAR-10/100
-and ImageFolder trees through torchvision — never downloaded here.
+"""Image sets, splits and loaders for training and evaluating the zoo. The datasets themselves are
+registered readers (:mod:`repan_zoo.datasets`: Fashion-MNIST from Debian's IDX files, CIFAR-10/100
+and ImageFolder trees through torchvision — never downloaded here; ``register_dataset`` adds one).
 
 Every dataset is served as **uint8 images** ``[N, C, H, W]`` plus int64 labels; the float
 conversion and normalisation with the dataset's mean/std happen on the training device
@@ -18,50 +19,49 @@ by :func:`train_loader` (``DistributedSampler`` → ``BatchSampler``) and :func:
 """
 from __future__ import annotations
 
-import gzip
-import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from .augment import AugmentPolicy, get_augment_policy, mix_seed
-from .errors import DatasetNotFoundError
+from .datasets import (  # noqa: F401 (the readers' public names, re-exported: their home is repan_zoo.datasets)
+    DATASET_READERS,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    DatasetArrays,
+    get_dataset,
+    load_fashion_mnist,
+    read_idx,
+    register_dataset,
+)
 
 __all__ = [
     "DATASETS",
-    "FASHION_MNIST_DIR",
-    "FASHION_MNIST_FILES",
     "DataSplits",
     "ImageSet",
     "Normalize",
-    "read_idx",
-    "load_fashion_mnist",
     "load_splits",
     "train_loader",
     "eval_loader",
     "calibration_batches",
+    # re-exported from repan_zoo.datasets
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_FILES",
+    "FASHION_MNIST_CLASSES",
+    "DatasetArrays",
+    "register_dataset",
+    "read_idx",
+    "load_fashion_mnist",
 ]
 
-#: Where Debian's ``dataset-fashion-mnist`` package puts the IDX files.
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-
-# IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT")
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+#: the names of the registered datasets (a live view of :data:`repan_zoo.datasets.DATASET_READERS`:
+#: a dataset registered later is listed too), in registration order.
+DATASETS = DATASET_READERS.keys()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class ImageSet(Dataset):
         x = self._raw(pos)
         pos = pos.to(self.indices.device)
         if self.augment.active:
-            x = self.augment.apply(x, {k: (v if k == "noise" else v[pos]) for k, v in self.draws().items()})
+            x = self.augment.apply(x, self.augment.rows(self.draws(), pos))
         y = self.labels[self.indices[pos]]
         return (x[0], y[0]) if single else (x, y)
 
@@ -218,174 +218,8 @@ class DataSplits:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fashion-MNIST (IDX)
-# ---------------------------------------------------------------------------------------------
-def read_idx(path: Union[str, Path]) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) into a numpy array; a corrupt file raises
-    :class:`DatasetNotFoundError` naming it."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as fh:
-            data = fh.read()
-    except (OSError, EOFError) as exc:
-        raise DatasetNotFoundError(f"cannot read IDX file {path}: {exc}. Reinstall it (apt-get install --reinstall "
-                                   "dataset-fashion-mnist) or fix --data-dir") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetNotFoundError(f"{path} is not an IDX file (bad magic number {data[:4]!r})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(dims)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DatasetNotFoundError(
-            f"{path} is truncated or corrupt: header says {dims} ({expected} bytes of data), "
-            f"file holds {len(data) - header}. Reinstall it (apt-get install --reinstall dataset-fashion-mnist)"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-
-
-#: the last Fashion-MNIST arrays read (keyed by the files' paths, mtimes and sizes); never mutated.
-_FMNIST_CACHE: Dict[tuple, Dict[str, torch.Tensor]] = {}
-
-
-def _find_fmnist_file(root: Path, stem: str) -> Optional[Path]:
-    for name in (stem + ".gz", stem):
-        for candidate in (root / name, root / "raw" / name, root / "FashionMNIST" / "raw" / name):
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def load_fashion_mnist(root: Union[str, Path, None] = None) -> Dict[str, torch.Tensor]:
-    """The four Fashion-MNIST arrays as tensors: ``train_images`` uint8 ``[60000, 1, 28, 28]``,
-    ``train_labels`` int64, ``test_images``, ``test_labels``.
-
-    ``root`` defaults to Debian's location (:data:`FASHION_MNIST_DIR`); torchvision's layout
-    (``root/FashionMNIST/raw``) is found too. Missing files raise :class:`DatasetNotFoundError`
-    naming them and the install command.
-    """
-    root = Path(root) if root is not None else FASHION_MNIST_DIR
-    found = {key: _find_fmnist_file(root, stem) for key, stem in FASHION_MNIST_FILES.items()}
-    missing = [FASHION_MNIST_FILES[k] + ".gz" for k, p in found.items() if p is None]
-    if missing:
-        raise DatasetNotFoundError(
-            f"Fashion-MNIST not found in {root}: missing {', '.join(missing)}. "
-            f"Install Debian's package (`apt-get install dataset-fashion-mnist`, files go to {FASHION_MNIST_DIR}) "
-            "or pass --data-dir pointing at a folder with the four IDX files "
-            "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
-            "t10k-labels-idx1-ubyte.gz)"
-        )
-    cache_key = tuple((str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size) for p in found.values())  # type: ignore[union-attr]
-    if cache_key in _FMNIST_CACHE:
-        return dict(_FMNIST_CACHE[cache_key])
-    out: Dict[str, torch.Tensor] = {}
-    for key, path in found.items():
-        arr = read_idx(path)
-        if key.endswith("images"):
-            if arr.ndim != 3:
-                raise DatasetNotFoundError(f"{path}: expected images [N, 28, 28], got shape {arr.shape}")
-            out[key] = torch.from_numpy(arr.copy()).unsqueeze(1)
-        else:
-            out[key] = torch.from_numpy(arr.astype(np.int64))
-    for split in ("train", "test"):
-        if len(out[f"{split}_images"]) != len(out[f"{split}_labels"]):
-            raise DatasetNotFoundError(
-                f"Fashion-MNIST {split}: {len(out[f'{split}_images'])} images but {len(out[f'{split}_labels'])} "
-                "labels; the files do not belong together"
-            )
-    _FMNIST_CACHE.clear()
-    _FMNIST_CACHE[cache_key] = dict(out)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# torchvision datasets (never downloaded)
-# ---------------------------------------------------------------------------------------------
-_CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                        "data_batch_5", "test_batch", "batches.meta"]),
-    "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
-}
-
-
-def _load_cifar(name: str, root: Optional[Union[str, Path]]) -> Dict[str, object]:
-    if root is None:
-        raise DatasetNotFoundError(
-            f"{name} needs --data-dir: the folder that holds {_CIFAR_FILES[name][0]}/ (the extracted python "
-            "version from https://www.cs.toronto.edu/~kriz/cifar.html). It is never downloaded here; on a machine "
-            f"with internet `torchvision.datasets.{'CIFAR10' if name == 'cifar10' else 'CIFAR100'}(root, download=True)` "
-            "creates it"
-        )
-    folder, files = _CIFAR_FILES[name]
-    missing = [f"{folder}/{f}" for f in files if not (Path(root) / folder / f).is_file()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{name} not found in {root}: missing {', '.join(missing)}. Extract the python version of the "
-            "dataset (https://www.cs.toronto.edu/~kriz/cifar.html) into --data-dir; it is never downloaded here"
-        )
-    import torchvision
-
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    try:
-        train = cls(str(root), train=True, download=False)
-        test = cls(str(root), train=False, download=False)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DatasetNotFoundError(f"{name} in {root} is unreadable ({exc}); extract it again") from exc
-
-    def chw(arr) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
-
-    return {
-        "train_images": chw(train.data), "train_labels": torch.tensor(train.targets, dtype=torch.int64),
-        "test_images": chw(test.data), "test_labels": torch.tensor(test.targets, dtype=torch.int64),
-        "classes": tuple(train.classes),
-    }
-
-
-def _load_imagefolder(root: Optional[Union[str, Path]], img_size: int) -> Dict[str, object]:
-    import torchvision
-    from torchvision.transforms import v2
-
-    if root is None:
-        raise DatasetNotFoundError("imagefolder needs --data-dir with train/<class>/*.jpg and val/<class>/*.jpg")
-    root = Path(root)
-    splits = {}
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DatasetNotFoundError(
-                f"imagefolder: {root / split} is missing; --data-dir must hold train/<class>/<images> and "
-                "val/<class>/<images> (val is used as the test split; the validation split is carved from train)"
-            )
-        try:
-            splits[split] = torchvision.datasets.ImageFolder(str(root / split))
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DatasetNotFoundError(f"imagefolder: {root / split}: {exc}") from exc
-    if splits["train"].classes != splits["val"].classes:
-        raise DatasetNotFoundError(f"imagefolder: train and val class folders differ under {root}")
-    resize = v2.Compose([v2.PILToTensor(), v2.Resize(int(math.floor(img_size / 0.875)), antialias=True),
-                         v2.CenterCrop(img_size)])
-
-    def fetcher(folder) -> Callable[[int], torch.Tensor]:
-        def fetch(i: int) -> torch.Tensor:
-            img = folder.loader(folder.samples[i][0]).convert("RGB")
-            return resize(img)
-        return fetch
-
-    return {
-        "train_fetch": fetcher(splits["train"]), "train_labels": torch.tensor(splits["train"].targets),
-        "test_fetch": fetcher(splits["val"]), "test_labels": torch.tensor(splits["val"].targets),
-        "classes": tuple(splits["train"].classes), "input_size": (3, img_size, img_size),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
 # Splits
 # ---------------------------------------------------------------------------------------------
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
-
-
 def _mean_std(images: torch.Tensor) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Per-channel mean/std of uint8 images scaled to [0, 1], exactly, from each channel's
     256-bin histogram."""
@@ -414,46 +248,35 @@ def load_splits(
     augment: Union[None, str, AugmentPolicy] = None,
     img_size: int = 224,
 ) -> DataSplits:
-    """Train / validation / test splits of a dataset.
+    """Train / validation / test splits of the registered dataset ``name`` (:mod:`repan_zoo.datasets`).
 
     ``val_size`` images are carved from the training files by a permutation seeded with
     ``split_seed`` (fixed across runs, so every seed tunes on the same validation images);
     ``train_subset`` keeps only the first that many of the remaining ones (same permutation),
     ``test_subset`` the first that many test images. The mean/std are those of all training
-    files' images (ImageNet's for ``imagefolder``). ``augment`` names the training set's policy
-    (:mod:`repan_zoo.augment`; default ``flip`` if ``flip`` else ``none``); ``seed`` drives its draws.
+    files' images unless the reader gives them (ImageNet's for ``imagefolder``). ``augment`` names
+    the training set's policy (:mod:`repan_zoo.augment`; default ``flip`` if ``flip`` else
+    ``none``); ``seed`` drives its draws. ``img_size`` goes to readers that resize.
+
+    Raises:
+        DatasetNotFoundError: unknown ``name`` (the message lists the registered ones), or the
+            reader's files are missing or unreadable.
+        ValueError: ``val_size``, ``train_subset`` or ``test_subset`` out of range.
     """
     name = name.lower().replace("-", "_")
-    info: Dict[str, object] = {"split_seed": split_seed}
-    if name == "fashion_mnist":
-        arrays = load_fashion_mnist(data_dir)
-        classes: Tuple[str, ...] = FASHION_MNIST_CLASSES
-        info["source"] = str(data_dir) if data_dir else "debian:dataset-fashion-mnist"
-    elif name in ("cifar10", "cifar100"):
-        arrays = _load_cifar(name, data_dir)
-        classes = arrays.pop("classes")  # type: ignore[assignment]
-        info["source"] = str(data_dir)
-    elif name == "imagefolder":
-        arrays = _load_imagefolder(data_dir, img_size)
-        classes = arrays.pop("classes")  # type: ignore[assignment]
-        info["source"] = str(data_dir)
+    arrays = get_dataset(name)(data_dir, img_size=img_size)
+    info: Dict[str, object] = {"split_seed": split_seed, "source": arrays.source}
+    classes = tuple(arrays.classes)
+    train_labels, test_labels = arrays.train_labels, arrays.test_labels
+    full_train = ImageSet(train_labels, arrays.train_images, fetch=arrays.train_fetch, flip=flip, augment=augment,
+                          seed=seed)
+    full_test = ImageSet(test_labels, arrays.test_images, fetch=arrays.test_fetch)
+    if arrays.mean is not None and arrays.std is not None:
+        mean, std = tuple(arrays.mean), tuple(arrays.std)
     else:
-        raise DatasetNotFoundError(f"unknown dataset {name!r}; choose one of {DATASETS}")
-
-    train_labels: torch.Tensor = arrays["train_labels"]  # type: ignore[assignment]
-    test_labels: torch.Tensor = arrays["test_labels"]  # type: ignore[assignment]
-    if "train_images" in arrays:
-        full_train = ImageSet(train_labels, arrays["train_images"], flip=flip, augment=augment, seed=seed)  # type: ignore[arg-type]
-        full_test = ImageSet(test_labels, arrays["test_images"])  # type: ignore[arg-type]
-        mean, std = _mean_std(arrays["train_images"])  # type: ignore[arg-type]
-        input_size = tuple(arrays["train_images"].shape[1:])  # type: ignore[union-attr]
-    else:
-        full_train = ImageSet(train_labels, fetch=arrays["train_fetch"], flip=flip, augment=augment, seed=seed)  # type: ignore[arg-type]
-        full_test = ImageSet(test_labels, fetch=arrays["test_fetch"])  # type: ignore[arg-type]
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-        mean, std = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-        input_size = arrays["input_size"]  # type: ignore[assignment]
+        assert arrays.train_images is not None  # DatasetArrays checks: fetched sets come with mean/std
+        mean, std = _mean_std(arrays.train_images)
+    input_size = arrays.input_size or tuple(arrays.train_images.shape[1:])  # type: ignore[union-attr]
 
     n = len(full_train)
     if not 0 < val_size < n:

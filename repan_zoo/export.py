@@ -16,7 +16,7 @@ Every export goes the same way:
    against the caller's own model (the probe) must stay within fp32 rounding (1e-5). The file's graph must also hold
    exactly as many convolutions as the fused model runs and no BatchNorm beyond those
    outside the Rep blocks — the "exported ONNX still held the unfused branches" failure;
-5. only then move the file to ``path`` (:func:`repan_zoo.checkpoint.atomic_write`): a
+5. only then move the file to ``path`` (:func:`repan_zoo.fileio.atomic_write`): a
    refused or failed export leaves no file behind.
 
 ONNX goes through the ``torch.export``-based exporter (``dynamo=True``, the default of
@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import Branch, RepBlock
-from .checkpoint import atomic_write, sha256_file
+from .fileio import atomic_write, sha256_file
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
 from .verify import eval_mode, flatten_tensors, probe_input, relative_error
@@ -47,6 +47,7 @@ __all__ = [
     "check_fully_fused",
     "export_onnx",
     "export_torchscript",
+    "onnx_op_counts",
     "EXPORTERS",
 ]
 
@@ -243,8 +244,15 @@ def _report(prep: _Prepared, fmt: str, path: os.PathLike, facts: Dict[str, Any],
 # -- ONNX ------------------------------------------------------------------------------------------
 
 
-def _onnx_op_counts(model_proto: Any) -> Counter:
-    """Op types in an ONNX model, sub-graphs (If/Loop bodies) and local functions included."""
+def onnx_op_counts(model_proto: Any) -> Counter:
+    """Op types in an ONNX model, sub-graphs (If/Loop bodies) and local functions included.
+
+    Args:
+        model_proto: an ``onnx.ModelProto`` (``onnx.load(path)``).
+
+    Returns:
+        ``Counter`` of op type → number of nodes (``counts["Conv"]``, ``counts["BatchNormalization"]``).
+    """
     counts: Counter = Counter()
 
     def walk(nodes: Any) -> None:
@@ -314,7 +322,7 @@ def export_onnx(
         with _quiet_deprecations():
             torch.onnx.export(prep.deploy, (prep.probe,), tmp, **kwargs)
         proto = onnx.load(tmp)
-        ops = _onnx_op_counts(proto)
+        ops = onnx_op_counts(proto)
         facts["convs"], facts["bns"] = ops.get("Conv", 0), ops.get("BatchNormalization", 0)
         prep.check_graph(facts["convs"], facts["bns"], "the exported ONNX graph")
         facts["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -322,7 +322,7 @@ def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: 
     """Add ``entry`` to ``<directory>/<family>.json``, replacing the entry of the same model and tag
     (in place, so the listed order, and hence timm's default tag, is kept). Written atomically;
     the whole folder is re-validated afterwards. Returns the file."""
-    from .checkpoint import atomic_write
+    from .fileio import atomic_write
 
     WeightEntry.from_dict(entry.as_dict(), where="new")  # the schema, before touching any file
     folder = Path(directory or manifest_dir())

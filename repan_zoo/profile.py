@@ -28,10 +28,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .blocks import rep_blocks
 from .checkpoint import model_form
 from .convert import reparameterize
 from .errors import NoRepBlocksError
-from .verify import eval_mode, rep_blocks
+from .verify import eval_mode
 
 __all__ = ["count_params", "count_flops", "cpu_latency", "train_step_time", "cpu_name", "train_form", "profile_forms",
            "forms_markdown"]

@@ -300,8 +300,8 @@ def run(argv: Optional[Sequence[str]] = None):
     from .runtime.distributed import init_distributed
     from .runtime.report import write_json
     from .annealing.trainer import RepAnTrainer
-    from .checkpoint import remove_stale_temps
     from .data import load_splits
+    from .fileio import remove_stale_temps
     from .runlock import RunLock
 
     threads_before = torch.get_num_threads()

@@ -3,17 +3,23 @@
 Relative error here is always ``max|new - ref| / max|ref|`` over a whole output (or a
 whole block output), i.e. the error relative to the output's scale; it is the figure
 timm quotes for its own ``reparameterize_model`` (4.6e-7 on repvgg_a0, fp32 CPU).
+
+Models that are not ``tensor → tensor(s)`` (torchvision's detectors take a list of images and
+return detections) are fed and read through a registered :class:`ProbeAdapter`
+(:func:`register_probe_adapter`); this module knows no such model itself (torchvision's detectors
+are registered by :mod:`repan_zoo.probe_adapters`).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from .blocks import RepBlock
+from .blocks import rep_blocks  # noqa: F401 (re-exported: its home is repan_zoo.blocks)
+from .registry import add
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -25,16 +31,15 @@ __all__ = [
     "compare",
     "eval_mode",
     "exact_fp32",
-    "rep_blocks",
+    "ProbeAdapter",
+    "PROBE_ADAPTERS",
+    "register_probe_adapter",
+    "probe_adapter",
+    "rep_blocks",  # re-exported from repan_zoo.blocks (its home)
 ]
 
 #: whole-network and per-block bound of the design card (fp32, eval mode).
 DEFAULT_TOLERANCE = 1e-5
-
-
-def rep_blocks(model: nn.Module) -> List[Tuple[str, RepBlock]]:
-    """All Rep blocks of ``model`` with their qualified names, wherever they sit."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, RepBlock)]
 
 
 def relative_error(ref: torch.Tensor, new: torch.Tensor) -> float:
@@ -97,11 +102,56 @@ def _find_input_size(model: nn.Module) -> Optional[Sequence[int]]:
     return None
 
 
+@dataclass(frozen=True)
+class ProbeAdapter:
+    """How the exactness checks feed and read a kind of model that is not ``tensor → tensor(s)``.
+
+    Args:
+        name: registry name (:data:`PROBE_ADAPTERS`).
+        matches: ``matches(model) -> bool``: whether this adapter serves ``model``.
+        to_input: ``to_input(batch)``: the probe batch (float ``[B, C, H, W]``, on the model's device
+            and in its dtype) in the form ``model(...)`` takes.
+        compared: ``compared(model) -> Optional[nn.Module]``: the submodule whose first output the
+            whole-model check compares instead of the model's own output (``None``: the model's).
+    """
+
+    name: str
+    matches: Callable[[nn.Module], bool]
+    to_input: Callable[[torch.Tensor], Any] = lambda batch: batch
+    compared: Callable[[nn.Module], Optional[nn.Module]] = lambda model: None
+
+
+#: name → adapter, tried in registration order by :func:`probe_adapter`.
+PROBE_ADAPTERS: Dict[str, ProbeAdapter] = {}
+
+
+def register_probe_adapter(adapter: ProbeAdapter, *, overwrite: bool = False) -> ProbeAdapter:
+    """Add ``adapter`` to :data:`PROBE_ADAPTERS` under ``adapter.name``.
+
+    Returns:
+        ``adapter``.
+
+    Raises:
+        ValueError: the name is already registered and ``overwrite`` is false.
+    """
+    if overwrite:  # keeps its place in the order adapters are tried
+        PROBE_ADAPTERS[adapter.name] = adapter
+        return adapter
+    return add(PROBE_ADAPTERS, adapter.name, adapter, what="probe adapter")
+
+
+def probe_adapter(model: nn.Module) -> Optional[ProbeAdapter]:
+    """The first registered :class:`ProbeAdapter` that serves ``model``, or ``None`` (a plain
+    ``tensor → tensor(s)`` model)."""
+    return next((a for a in PROBE_ADAPTERS.values() if a.matches(model)), None)
+
+
 def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2, seed: int = 0) -> Any:
     """The input used to check a conversion: ``example_input`` if given, otherwise a seeded
     random batch shaped by the model's ``pretrained_cfg['input_size']`` with its first conv's
-    input channels (timm keeps 3 in the cfg for ``in_chans=1``), or 64×64 without a cfg, on the model's own device and dtype. A torchvision detector
-    gets a list of images."""
+    input channels (timm keeps 3 in the cfg for ``in_chans=1``), or 64×64 without a cfg, on the
+    model's own device and dtype. A model served by a :class:`ProbeAdapter` gets the batch in its
+    adapter's form (a torchvision detector: a list of images)."""
     if example_input is not None:
         return example_input
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -118,14 +168,8 @@ def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2
         size = (first_conv.in_channels, *size[1:])
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, *size, generator=gen).to(device=device, dtype=dtype)
-    if _is_torchvision_detector(model):
-        return [img for img in x]
-    return x
-
-
-def _is_torchvision_detector(model: nn.Module) -> bool:
-    transform = getattr(model, "transform", None)
-    return type(transform).__name__ == "GeneralizedRCNNTransform"
+    adapter = probe_adapter(model)
+    return adapter.to_input(x) if adapter is not None else x
 
 
 @torch.no_grad()
@@ -145,16 +189,19 @@ def capture(
     recorded input, so a per-block error measures the block alone instead of also carrying
     the errors of the blocks upstream (the worst block is then the one that is wrong).
 
-    For a torchvision detector the returned outputs are its backbone's (FPN) feature maps:
-    the detections themselves pass through top-k, score thresholds and NMS, discrete choices
-    that fp32 rounding may flip (a 1e-7 change of two near-equal objectness scores selects
-    other proposals), so they are no measure of exactness."""
+    For a model served by a :class:`ProbeAdapter` with a ``compared`` submodule the returned
+    outputs are that submodule's: a torchvision detector's backbone (FPN) feature maps, since the
+    detections themselves pass through top-k, score thresholds and NMS, discrete choices that fp32
+    rounding may flip (a 1e-7 change of two near-equal objectness scores selects other proposals),
+    so they are no measure of exactness."""
     modules = dict(model.named_modules())
     seen: Dict[str, torch.Tensor] = {}
     handles = []
     dense: List[Any] = []
-    if _is_torchvision_detector(model) and isinstance(getattr(model, "backbone", None), nn.Module):
-        handles.append(model.backbone.register_forward_hook(lambda _m, _a, out: dense.append(out)))
+    adapter = probe_adapter(model)
+    compared = adapter.compared(model) if adapter is not None else None
+    if isinstance(compared, nn.Module):
+        handles.append(compared.register_forward_hook(lambda _m, _a, out: dense.append(out)))
     for name in names:
         def hook(_m, args, out, name=name):
             if isinstance(out, torch.Tensor) and name not in seen:

@@ -44,7 +44,8 @@ from ..errors import ReparameterizationError, TrainingDivergedError
 from ..expansion import Expansion
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
-from ..verify import exact_fp32, relative_error, rep_blocks
+from ..blocks import rep_blocks
+from ..verify import exact_fp32, relative_error
 from .engine import NonFiniteLoss, train_steps
 from .schedules import LambdaSchedule, cosine_lr
 

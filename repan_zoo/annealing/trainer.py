@@ -20,15 +20,17 @@ import torch
 import torch.nn as nn
 
 from ..augment import mix_seed
-from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, sha256_file
+from ..blocks import rep_blocks
+from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
 from ..convert import default_tolerance
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError
+from ..fileio import sha256_file
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
 from ..runtime.report import plot_learning_curve, write_json, write_metrics
 from ..runtime.summary import RunSummary
-from ..verify import eval_mode, exact_fp32, rep_blocks
+from ..verify import eval_mode, exact_fp32
 from .config import TrainConfig
 from .cycles import CyclePlan, CycleRun, ExpansionGroup
 from .engine import classification_stats, classification_step, evaluate

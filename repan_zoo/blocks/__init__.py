@@ -1,6 +1,7 @@
 """Rep blocks (Eq. 3) and their branch kinds."""
-from .branches import BRANCH_KINDS, BlockSpec, Branch, bn_params, branch_class, create_branch, is_bn_like, register_branch
-from .rep_block import RepBlock, check_lambda, init_branch_
+from .bn import bn_params, is_bn_like
+from .branches import BRANCH_KINDS, BlockSpec, Branch, branch_class, create_branch, register_branch
+from .rep_block import RepBlock, check_lambda, init_branch_, rep_blocks
 
 __all__ = [
     "BRANCH_KINDS",
@@ -14,4 +15,5 @@ __all__ = [
     "init_branch_",
     "is_bn_like",
     "register_branch",
+    "rep_blocks",
 ]

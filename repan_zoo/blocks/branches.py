@@ -18,7 +18,29 @@ conv_kx1      k×1 conv + BN (ACNet)                            Eq. 2, centre pa
 conv_1xk      1×k conv + BN (ACNet)                            Eq. 2, centre pad
 ============  ==============================================  ===========================
 
-A new kind is a subclass registered with :func:`register_branch`.
+A new kind is a subclass registered with :func:`register_branch` (the contract it must keep is
+on :class:`Branch`)::
+
+    @register_branch("my_kind")
+    class MyBranch(Branch):
+        @classmethod
+        def unfit_reason(cls, spec):                  # None: fits this block's shape
+            return None if spec.kernel_size >= 3 else "needs a 3x3 window"
+
+        def __init__(self, spec):
+            super().__init__(spec)                    # checks unfit_reason, keeps ``self.spec``
+            self.conv = nn.Conv2d(...)                # bias-free conv(s) ...
+            self.bn = nn.BatchNorm2d(spec.out_channels)  # ... the output BN last
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+        def kernel_bias(self):                        # the same function as one k×k conv
+            kernel, bias = ...                        # float64, built with repan_zoo.algebra
+            return KernelBias(kernel, bias)
+
+Then ``RepBlock(..., branches=("my_kind",))``, a family's ``BranchRule`` or ``--branches my_kind``
+use it; ``tests/test_blocks.py`` asks for a fusion case of every registered kind.
 """
 from __future__ import annotations
 
@@ -30,8 +52,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import algebra
-from ..algebra import BNParams, KernelBias
+from ..algebra import KernelBias
 from ..errors import UnfusableBranchError
+from .bn import bn_params, is_bn_like
 
 __all__ = [
     "BlockSpec",
@@ -40,8 +63,8 @@ __all__ = [
     "register_branch",
     "branch_class",
     "create_branch",
-    "bn_params",
-    "is_bn_like",
+    "bn_params",  # re-exported from .bn (its home)
+    "is_bn_like",  # re-exported from .bn
 ]
 
 
@@ -81,49 +104,6 @@ class BlockSpec:
             raise UnfusableBranchError(f"dilation={self.dilation!r} must be an integer ≥ 1")
 
 
-def is_bn_like(module: nn.Module) -> bool:
-    """Whether ``module`` normalises with per-channel running statistics in eval mode: PyTorch's
-    BatchNorm family (``BatchNorm2d``, ``SyncBatchNorm``, timm's ``BatchNormAct2d``, ...) and the
-    frozen BNs that hold the same tensors as buffers (torchvision's / timm's ``FrozenBatchNorm2d``,
-    timm's ``FrozenBatchNormAct2d``)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return True
-    buffers = dict(module.named_buffers(recurse=False))
-    return "running_mean" in buffers and "running_var" in buffers and hasattr(module, "eps")
-
-
-def bn_params(bn: nn.Module) -> BNParams:
-    """Eval-mode parameters ``(γ, β, μ, σ², eps)`` of a BN-like layer (:func:`is_bn_like`), as float64.
-
-    A BN followed by an activation inside the same layer (timm's ``BatchNormAct2d`` /
-    ``FrozenBatchNormAct2d`` with ``apply_act=True``) is not linear and cannot be fused: it raises
-    :class:`UnfusableBranchError` naming the class, as does a layer without running statistics or one
-    that is not BN-like at all (GroupNorm, LayerNorm, ...)."""
-    name = type(bn).__name__
-    if not is_bn_like(bn):
-        raise UnfusableBranchError(
-            f"{name} is not a BatchNorm with running statistics, so it cannot be fused into a conv (Eq. 2); "
-            "Rep blocks fuse BatchNorm2d, SyncBatchNorm, FrozenBatchNorm2d and BatchNormAct2d without activation"
-        )
-    act = getattr(bn, "act", None)
-    if act is not None and not isinstance(act, nn.Identity):
-        raise UnfusableBranchError(
-            f"{name} applies {type(act).__name__} after normalising: the branch is no longer linear and cannot be "
-            f"fused into one conv; build it with apply_act=False (the block's activation stays outside it) or use "
-            "BatchNorm2d / FrozenBatchNorm2d"
-        )
-    if bn.running_mean is None or bn.running_var is None:
-        raise UnfusableBranchError(
-            f"{name} without running statistics (track_running_stats=False) cannot be fused; "
-            "build the model with track_running_stats=True"
-        )
-    ref = bn.running_mean
-    weight = bn.weight if getattr(bn, "weight", None) is not None else torch.ones_like(ref)
-    bias = bn.bias if getattr(bn, "bias", None) is not None else torch.zeros_like(ref)
-    weight, bias, mean, var = algebra.as_fusion_dtype(weight.detach(), bias.detach(), bn.running_mean, bn.running_var)
-    return BNParams(weight, bias, mean, var, bn.eps)
-
-
 def _conv_kernel_bias(conv: nn.Conv2d) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     (kernel,) = algebra.as_fusion_dtype(conv.weight.detach())
     bias = None if conv.bias is None else algebra.as_fusion_dtype(conv.bias.detach())[0]
@@ -131,10 +111,31 @@ def _conv_kernel_bias(conv: nn.Conv2d) -> Tuple[torch.Tensor, Optional[torch.Ten
 
 
 class Branch(nn.Module):
-    """Base class: one parallel branch of a Rep block."""
+    """Base class: one parallel branch of a Rep block. A subclass (a *kind*, registered with
+    :func:`register_branch`) keeps this contract, on which fusion, ``unfold``, RepAn's expansion
+    and BN calibration rely:
+
+    * ``__init__(spec)`` takes only the block's :class:`BlockSpec` and calls ``super().__init__(spec)``
+      (which refuses a spec the kind cannot fuse into, see :meth:`unfit_reason`). Its convs carry the
+      block's stride and tap spacing (``spec.dilation``) and ``spec.groups``.
+    * ``forward(x)`` maps ``[N, C_in, H, W]`` to ``[N, C_out, ⌈H/stride⌉, ⌈W/stride⌉]`` and is, in
+      eval mode, an affine map: convs and BatchNorms (no activation), so that it is one conv.
+    * :meth:`kernel_bias` returns that conv: ``KernelBias(kernel, bias)`` in float64, kernel
+      ``[C_out, C_in/groups, k, k]`` in the block's k×k window (smaller kernels centred, e.g.
+      :func:`repan_zoo.algebra.pad_kernel`), bias ``[C_out]``; the block's fused conv is
+      ``trunk + λ · Σ extras`` of these (Eq. 3/5). It must hold for the whole output, borders included.
+    * :meth:`bns` lists the BN-like layers in forward order, **the output BN last**: a fresh branch
+      (``init_branch_``) gets γ = ``branch_gamma`` on ``bns()[-1]`` (how much it adds at first),
+      ``zero_init_last`` zeroes it, and :func:`repan_zoo.calibrate_bn` calibrates nested BNs depth by
+      depth in this order. :meth:`convs` lists the convs that ``init_branch_`` redraws (He-normal).
+    * :attr:`fresh` is ``True`` from ``init_branch_`` (expansion, ``unfold``) until the first
+      :func:`repan_zoo.calibrate_bn`, whose BN statistics then come from the data instead of keeping
+      the branch's function (a fresh BN has none to keep); loading a checkpoint clears it.
+    """
 
     kind: str = ""
-    #: set by ``unfold``/expansion for branches whose BN has no function to keep yet (calibrate_bn).
+    #: set by ``init_branch_`` (``unfold``/expansion) for branches whose BNs have no function to keep
+    #: yet: :func:`repan_zoo.calibrate_bn` gives them the batch statistics, then clears it.
     fresh: bool = False
 
     def __init__(self, spec: BlockSpec):
@@ -144,23 +145,37 @@ class Branch(nn.Module):
 
     @classmethod
     def unfit_reason(cls, spec: BlockSpec) -> Optional[str]:
-        """Why this kind cannot be fused into ``spec``'s conv, or ``None`` when it can."""
+        """Why this kind cannot be fused into ``spec``'s conv, or ``None`` when it can (the model
+        builders keep a kind only where this is ``None``: "where shapes allow")."""
         return None
 
     @classmethod
     def check(cls, spec: BlockSpec) -> None:
+        """Raises:
+            UnfusableBranchError: :meth:`unfit_reason` names a reason, quoted in the message."""
         reason = cls.unfit_reason(spec)
         if reason:
             raise UnfusableBranchError(f"branch {cls.kind!r} cannot be fused into {spec}: {reason}")
 
     def kernel_bias(self) -> KernelBias:  # pragma: no cover - abstract
+        """The eval-mode function of this branch as one conv in the block's window.
+
+        Returns:
+            ``KernelBias(kernel, bias)``, float64: kernel ``[C_out, C_in/groups, k, k]``, bias ``[C_out]``.
+
+        Raises:
+            UnfusableBranchError: a layer that is not a fusable BN (:func:`bn_params`).
+        """
         raise NotImplementedError
 
     def convs(self) -> List[nn.Conv2d]:
+        """The convs of this branch, in forward order (``init_branch_`` redraws them)."""
         return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
 
     def bns(self) -> List[nn.Module]:
-        """The BN-like layers of this branch (:func:`is_bn_like`), in forward order."""
+        """The BN-like layers of this branch (:func:`is_bn_like`), in forward order: the output
+        BN (the one that scales what the branch adds) last. The default, module registration
+        order, is right when the submodules are assigned in forward order; override it otherwise."""
         return [m for m in self.modules() if is_bn_like(m)]
 
 
@@ -168,7 +183,12 @@ BRANCH_KINDS: Dict[str, Type[Branch]] = {}
 
 
 def register_branch(kind: str) -> Callable[[Type[Branch]], Type[Branch]]:
-    """Class decorator: make a :class:`Branch` subclass available by name."""
+    """Class decorator: make a :class:`Branch` subclass (keeping its contract) available by name,
+    in ``RepBlock(..., branches=(kind, ...))``, ``BranchRule`` and ``--branches``.
+
+    Raises:
+        ValueError: ``kind`` is already registered.
+    """
 
     def wrap(cls: Type[Branch]) -> Type[Branch]:
         if kind in BRANCH_KINDS:
@@ -181,7 +201,11 @@ def register_branch(kind: str) -> Callable[[Type[Branch]], Type[Branch]]:
 
 
 def branch_class(kind: str) -> Type[Branch]:
-    """The registered :class:`Branch` subclass of a kind name."""
+    """The registered :class:`Branch` subclass of a kind name.
+
+    Raises:
+        UnfusableBranchError: unknown kind; the message lists the registered ones.
+    """
     try:
         return BRANCH_KINDS[kind]
     except KeyError:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,9 +10,10 @@ import torch.nn as nn
 from .. import algebra
 from ..algebra import BNParams, KernelBias
 from ..errors import LambdaRangeError, UnfusableBranchError
-from .branches import BlockSpec, Branch, bn_params, branch_class, create_branch
+from .bn import bn_params
+from .branches import BlockSpec, Branch, branch_class, create_branch
 
-__all__ = ["RepBlock", "check_lambda"]
+__all__ = ["RepBlock", "check_lambda", "rep_blocks"]
 
 
 def check_lambda(value) -> float:
@@ -316,3 +317,16 @@ def init_branch_(branch: Branch, *, generator: Optional[torch.Generator] = None,
         bns[-1].weight.fill_(gamma)
     branch.fresh = True
     return branch
+
+
+def rep_blocks(model: nn.Module) -> List[Tuple[str, RepBlock]]:
+    """All Rep blocks of ``model`` with their qualified names, wherever they sit.
+
+    Args:
+        model: any module (a timm model, a detector, a single block).
+
+    Returns:
+        ``(qualified name, block)`` pairs in ``named_modules()`` order (a model that is itself a
+        :class:`RepBlock` is listed under the name ``""``).
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, RepBlock)]

@@ -4,7 +4,7 @@ Both exports start like :mod:`repan_zoo.export`: reparameterize a copy of the de
 (:func:`repan_zoo.reparameterize`, verified), refuse a half-fused graph
 (:func:`repan_zoo.export.check_fully_fused`), write to a temp file, load the file back, run
 it on probe images and compare with torch, and only then move it to ``path``
-(:func:`repan_zoo.checkpoint.atomic_write`); a failed comparison raises
+(:func:`repan_zoo.fileio.atomic_write`); a failed comparison raises
 :class:`~repan_zoo.errors.ExportError` and leaves no file.
 
 * ``part="full"`` — the whole detector, pre- and post-processing included:
@@ -31,10 +31,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write, sha256_file
+from ..fileio import atomic_write, sha256_file
 from ..convert import reparameterize
 from ..errors import ExportError
-from ..export import _onnx_op_counts, check_fully_fused, export_onnx, export_torchscript
+from ..export import check_fully_fused, export_onnx, export_torchscript, onnx_op_counts
 from .compare import NEAR_TIE_FLIPS, detections_match, feature_error, feature_noise, match_detections
 from .detectors import probe_images
 from .rep import calibration_batches
@@ -166,7 +166,7 @@ def _export_full_onnx(detector: nn.Module, deploy: nn.Module, images: List[torch
                               output_names=keys, dynamic_axes=axes)
         import onnx
 
-        convs = _onnx_op_counts(onnx.load(tmp)).get("Conv", 0)
+        convs = onnx_op_counts(onnx.load(tmp)).get("Conv", 0)
         if convs != want_convs:
             raise ExportError(f"the exported ONNX graph holds {convs} Conv node(s), but the fused detector runs "
                               f"{want_convs} convolution(s): the graph does not compute the fused model. No file was written")

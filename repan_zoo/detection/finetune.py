@@ -37,9 +37,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..annealing.cycles import CyclePlan, CycleRun
 from ..annealing.schedules import LambdaSchedule
-from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, remove_stale_temps, save_checkpoint
+from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, save_checkpoint
 from ..convert import reparameterize
 from ..errors import CheckpointError, RecipeError
+from ..fileio import remove_stale_temps
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext, init_distributed
 from ..runtime.report import write_json

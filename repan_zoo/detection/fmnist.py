@@ -27,8 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..checkpoint import atomic_write
-from ..data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ..datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from ..fileio import atomic_write
 
 __all__ = ["CanvasSpec", "make_fmnist_detection", "SPLITS"]
 
@@ -143,7 +143,7 @@ def make_fmnist_detection(
 ) -> Dict[str, Dict[str, Any]]:
     """Write the COCO-format canvas set under ``out`` (see the module docstring); returns a summary
     per split. ``data_dir`` is the Fashion-MNIST IDX folder (default: Debian's location);
-    ``arrays`` the already loaded :func:`repan_zoo.data.load_fashion_mnist` result, if at hand."""
+    ``arrays`` the already loaded :func:`repan_zoo.datasets.load_fashion_mnist` result, if at hand."""
     spec = spec or CanvasSpec()
     spec.check()
     unknown = [s for s in splits if s not in SPLITS]

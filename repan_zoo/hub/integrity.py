@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..checkpoint import sha256_file
 from ..errors import ChecksumMismatchError, SizeMismatchError, TruncatedDownloadError
+from ..fileio import sha256_file
 
 __all__ = ["Expected", "sha256_file", "git_blob_sha1", "verify_file"]
 

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from .. import manifest
-from ..checkpoint import atomic_write, load_into, read_checkpoint, state_dict_form
+from ..checkpoint import load_into, read_checkpoint, state_dict_form
+from ..fileio import atomic_write
 from ..errors import CheckpointError, PublishError
 from ..manifest import WeightEntry
 from ..runtime.summary import RunSummary, SummaryError

@@ -9,11 +9,17 @@ from .config import BLOCK_TYPES, BranchRule, FeatureLevel, NetCfg, StageCfg
 from .families import MODELS, ModelDef
 from .layers import RepBasicBlock, RepBottleneck, RepConvAct, fitting_branches, rep_conv
 from .net import RepNet
+from .stages import STAGE_BLOCKS, BlockArgs, StageBlockType, get_stage_block, register_stage_block
 from .timm_compat import checkpoint_filter
 from .repan import create_repnet, default_cfgs, model_names
 
 __all__ = [
     "BLOCK_TYPES",
+    "BlockArgs",
+    "STAGE_BLOCKS",
+    "StageBlockType",
+    "get_stage_block",
+    "register_stage_block",
     "BranchRule",
     "FeatureLevel",
     "NetCfg",

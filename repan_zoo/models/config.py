@@ -2,9 +2,11 @@
 (:class:`repan_zoo.models.RepNet`), like timm's byobnet.
 
 A network is a stem (one Rep conv + ReLU, optionally followed by a 3×3/2 max-pool), stages
-of blocks, and a classifier head. A stage is ``depth`` blocks of one type (:data:`BLOCK_TYPES`);
-the first block of a stage carries its stride. Which extra branches each Rep block trains
-with is a :class:`BranchRule`; a kind is kept only where it fits the block's shape.
+of blocks, and a classifier head. A stage is ``depth`` blocks of one registered type
+(:mod:`.stages`: ``conv``, ``dws``, ``basic``, ``bottleneck``, more with
+:func:`~repan_zoo.models.register_stage_block`); the first block of a stage carries its stride.
+Which extra branches each Rep block trains with is a :class:`BranchRule`; a kind is kept only
+where it fits the block's shape.
 """
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple
 
 from ..blocks import branch_class
+from .stages import STAGE_BLOCKS, get_stage_block
 
 __all__ = ["BLOCK_TYPES", "BranchRule", "StageCfg", "NetCfg", "FeatureLevel"]
 
+#: the names of the registered stage block types (a live view of :data:`~.stages.STAGE_BLOCKS`):
 #: ``conv``: one k×k Rep conv + ReLU (RepVGG); ``dws``: depthwise 3×3 then pointwise 1×1 Rep
 #: conv, each + ReLU (MobileNet-v1, MobileOne); ``basic`` / ``bottleneck``: ResNet blocks.
-BLOCK_TYPES = ("conv", "dws", "basic", "bottleneck")
+BLOCK_TYPES = STAGE_BLOCKS.keys()
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,10 @@ class BranchRule:
 
 @dataclass(frozen=True)
 class StageCfg:
-    """``depth`` blocks of type ``block`` with ``chs`` output channels at width 1 (ResNet: planes,
-    ×expansion); the first block has stride ``stride``; the last ``se`` blocks get SE."""
+    """``depth`` blocks of the registered type ``block`` (:mod:`.stages`) with ``chs`` output
+    channels at width 1 (×the type's expansion: ResNet's planes); the first block has stride
+    ``stride``; the last ``se`` blocks get SE. An unknown type raises
+    :class:`~repan_zoo.errors.ModelConfigError` naming the registered ones."""
 
     block: str
     depth: int
@@ -56,8 +62,7 @@ class StageCfg:
     se: int = 0
 
     def __post_init__(self):
-        if self.block not in BLOCK_TYPES:
-            raise ValueError(f"unknown block type {self.block!r}; known: {BLOCK_TYPES}")
+        get_stage_block(self.block)
 
 
 @dataclass(frozen=True)
@@ -99,8 +104,13 @@ class NetCfg:
         return self.channels(self.stem_chs)
 
     def stage_out(self, stage: StageCfg) -> int:
-        expansion = 4 if stage.block == "bottleneck" else 1
-        return self.channels(stage.chs) * expansion
+        return self.channels(stage.chs) * get_stage_block(stage.block).expansion
+
+    @property
+    def has_residual_blocks(self) -> bool:
+        """Whether any stage is of a residual type (one whose residual branches stochastic depth,
+        ``drop_path_rate``, can drop)."""
+        return any(get_stage_block(stage.block).residual for stage in self.stages)
 
     @property
     def stem_reduction(self) -> int:

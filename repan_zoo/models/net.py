@@ -12,7 +12,8 @@ from .config import NetCfg, StageCfg
 from ..blocks import RepBlock
 from ..recompute import checkpoint_seq
 from ..timm_private import feature_take_indices
-from .layers import RepBasicBlock, RepBottleneck, RepConvAct
+from .layers import RepConvAct
+from .stages import BlockArgs, get_stage_block
 
 __all__ = ["RepNet"]
 
@@ -22,7 +23,8 @@ class RepNet(nn.Module):
 
     Module layout (shared by all families, so one checkpoint filter and one feature map serve all):
     ``stem`` (:class:`RepConvAct`), ``stem_pool`` (max-pool or identity), ``stages``
-    (``nn.Sequential`` of ``nn.Sequential``), ``head`` (timm ``ClassifierHead``: ``head.fc``).
+    (``nn.Sequential`` of ``nn.Sequential``: the modules of each stage's blocks, built by the
+    stage's registered block type, :mod:`.stages`), ``head`` (timm ``ClassifierHead``: ``head.fc``).
 
     Args:
         cfg: the architecture.
@@ -30,8 +32,8 @@ class RepNet(nn.Module):
         in_chans: input channels of the stem.
         global_pool: timm pooling type ('' keeps the spatial map).
         drop_rate: dropout before the classifier.
-        drop_path_rate: stochastic depth of residual branches (ResNet families only: a plain
-            VGG-style chain has no residual branch to drop).
+        drop_path_rate: stochastic depth of residual branches (stages of a residual block type
+            only: a plain VGG-style chain has no residual branch to drop).
         deploy: build the Rep blocks as single fused convs (the deploy form).
         zero_init_last: zero the last BN γ of every residual branch (default: the family's).
         device, dtype: where and in which precision the weights live.
@@ -75,7 +77,7 @@ class RepNet(nn.Module):
         )
         self.stem_pool = nn.MaxPool2d(3, 2, 1) if cfg.stem_pool else nn.Identity()
 
-        depths = [s.depth for s in cfg.stages if s.block in ("basic", "bottleneck")]
+        depths = [s.depth for s in cfg.stages if get_stage_block(s.block).residual]
         total = sum(depths)
         index = 0
         stages = []
@@ -97,38 +99,24 @@ class RepNet(nn.Module):
         self, stage: StageCfg, geometry: Tuple[int, int, int], in_chs: int, deploy: bool, drop_path_rate: float,
         index: int, total: int,
     ) -> Tuple[List[nn.Module], int, int]:
-        """The blocks of one stage; ``geometry`` = ``(stride, first_dilation, dilation)`` from
-        :meth:`NetCfg.stage_geometry` (the first block's strided conv keeps ``first_dilation``)."""
-        cfg, rule = self.cfg, self.cfg.branches
+        """The modules of one stage's blocks, built by the stage's registered block type;
+        ``geometry`` = ``(stride, first_dilation, dilation)`` from :meth:`NetCfg.stage_geometry`
+        (the first block's strided conv keeps ``first_dilation``); ``index`` counts the residual
+        blocks built so far (of ``total``) for the linear stochastic-depth rule."""
+        cfg = self.cfg
+        block_type = get_stage_block(stage.block)
         out = cfg.channels(stage.chs)
         blocks: List[nn.Module] = []
         stage_stride, first_dilation, dilation = geometry
         for i in range(stage.depth):
             stride, layout = (stage_stride, stage.stride) if i == 0 else (1, 1)
-            dil = first_dilation if i == 0 else dilation
-            se = i >= stage.depth - stage.se
-            if stage.block == "conv":
-                blocks.append(RepConvAct(
-                    in_chs, out, 3, stride, branches=rule.kxk, se=se, dilation=dil, layout_stride=layout, deploy=deploy
-                ))
-                in_chs = out
-            elif stage.block == "dws":
-                blocks.append(RepConvAct(
-                    in_chs, in_chs, 3, stride, in_chs, rule.kxk, se=se, dilation=dil, layout_stride=layout, deploy=deploy
-                ))
-                blocks.append(RepConvAct(in_chs, out, 1, 1, branches=rule.pointwise, se=se, deploy=deploy))
-                in_chs = out
-            else:
-                block_cls = RepBasicBlock if stage.block == "basic" else RepBottleneck
-                dpr = drop_path_rate * index / max(total - 1, 1)  # linear stochastic-depth rule
-                blocks.append(
-                    block_cls(
-                        in_chs, out, stride, kxk_branches=rule.kxk, pointwise_branches=rule.pointwise,
-                        drop_path_rate=dpr, first_dilation=dil, dilation=dilation, layout_stride=layout, deploy=deploy,
-                    )
-                )
-                in_chs = out * block_cls.expansion
-                index += 1
+            dpr = drop_path_rate * index / max(total - 1, 1) if block_type.residual else 0.0
+            blocks.extend(block_type.build(BlockArgs(
+                in_chs, out, stride, layout, first_dilation if i == 0 else dilation, dilation,
+                se=i >= stage.depth - stage.se, branches=cfg.branches, drop_path_rate=dpr, deploy=deploy,
+            )))
+            in_chs = out * block_type.expansion
+            index += int(block_type.residual)
         return blocks, in_chs, index
 
     @torch.no_grad()
@@ -160,9 +148,9 @@ class RepNet(nn.Module):
         left = [n for n, t in [*self.named_parameters(), *self.named_buffers()] if id(t) not in written]
         if left:
             raise RuntimeError(f"RepNet._init_weights left {left[:5]} uninitialised: add their module type to it")
-        if zero_init_last:
+        if zero_init_last:  # the blocks that define it (stages.py: a residual branch's last BN γ = 0)
             for m in self.modules():
-                if isinstance(m, (RepBasicBlock, RepBottleneck)):
+                if m is not self and callable(getattr(m, "zero_init_last", None)):
                     m.zero_init_last()
 
     def _pooled_width(self) -> int:

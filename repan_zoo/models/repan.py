@@ -172,7 +172,7 @@ def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
             cfg = cfg.with_output_stride(output_stride)
         except ModelConfigError as exc:
             raise ModelConfigError(f"{variant}: {exc}") from None
-    if kwargs.get("drop_path_rate", 0.0) and cfg.family != "resnet":
+    if kwargs.get("drop_path_rate", 0.0) and not cfg.has_residual_blocks:
         raise ModelConfigError(
             f"{variant}: drop_path_rate={kwargs['drop_path_rate']} needs residual branches to drop, and "
             f"{cfg.family} is a plain chain of Rep convs; use drop_rate= (classifier dropout) instead"

@@ -28,10 +28,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from ..blocks import RepBlock
+from ..blocks import RepBlock, rep_blocks
 from ..checkpoint import strict_load
 from ..errors import CheckpointError
-from ..verify import rep_blocks
 
 __all__ = ["checkpoint_filter", "detect_source", "map_timm_byobnet", "map_timm_resnet"]
 

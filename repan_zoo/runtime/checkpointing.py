@@ -22,7 +22,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn as nn
 
-from ..checkpoint import atomic_write, read_checkpoint, save_checkpoint
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..fileio import atomic_write
 from ..errors import CheckpointError
 
 __all__ = ["RunCheckpoint", "Checkpointer", "rng_state", "restore_rng_state"]

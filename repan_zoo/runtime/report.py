@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from ..checkpoint import atomic_write
+from ..fileio import atomic_write
 from ..jsonio import dumps
 
 __all__ = ["METRIC_COLUMNS", "write_metrics", "write_json", "plot_learning_curve", "portable"]
