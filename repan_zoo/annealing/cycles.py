@@ -30,6 +30,7 @@ re-seeded), and every Rep / Expand+Restore / Calibrate is verified and recorded 
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 import torch.nn as nn
 
+from ..blocks import rep_blocks
 from ..checkpoint import model_form
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..errors import ReparameterizationError, TrainingDivergedError
 from ..expansion import Expansion
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
-from ..blocks import rep_blocks
 from ..verify import exact_fp32, relative_error
 from .engine import NonFiniteLoss, train_steps
 from .schedules import LambdaSchedule, cosine_lr
@@ -334,13 +335,12 @@ class CycleRun:
             def lr_at(step: int, done_before=done_before) -> float:
                 return cosine_lr(done_before + step - 1, total, peak, warmup=warmup, floor=self.min_lr)
 
-            lam_at = None
+            lam_at: Optional[Callable[[int], float]] = None
             if cp.expand:  # line 8, before the epoch trains (per iteration: the first step's value)
                 first = (1, spe) if self.lam_schedule.per_iter else (None, None)
                 self.set_lambda(self.lam_schedule.value(cp.index, epoch, cp.epochs, *first))
                 if self.lam_schedule.per_iter:
-                    def lam_at(step: int, epoch=epoch) -> float:
-                        return self.lam_schedule.value(cp.index, epoch, cp.epochs, step, spe)
+                    lam_at = functools.partial(self.lam_schedule.value, cp.index, epoch, cp.epochs, steps_per_epoch=spe)
             self.train_mode(net)
             try:
                 steps, sums = train_steps(  # line 9
