@@ -30,7 +30,7 @@ from .model_options import MODEL_PREFIX, create_model, list_models
 __all__ = ["main", "build_parser", "command_module", "SUBCOMMANDS", "create_model", "list_models", "MODEL_PREFIX"]
 
 #: the subcommands, in ``repan --help`` order
-SUBCOMMANDS = ("train", "detect", "publish", "export", "profile", "list")
+SUBCOMMANDS = ("train", "detect", "publish", "export", "profile", "list", "verify")
 _MODULE_NAMES = {"list": "listing"}  # a module named ``list`` would shadow the builtin here
 
 
