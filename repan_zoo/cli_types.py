@@ -155,6 +155,7 @@ class _Unset:
 
 _UNSET = _Unset()
 _GIVEN = "_given_options"
+_ACCUMULATING = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -180,19 +181,19 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         # argparse fills in a default only where the namespace lacks the attribute: pre-set
-        # markers show which options were given (append actions start from None, as they copy it)
+        # markers show which options were given (actions that add to the value start from None)
         namespace = argparse.Namespace() if namespace is None else namespace
         marked = []
         for action in self._actions:
             if argparse.SUPPRESS in (action.dest, action.default) or hasattr(namespace, action.dest):
                 continue
-            setattr(namespace, action.dest, None if isinstance(action, argparse._AppendAction) else _UNSET)
+            setattr(namespace, action.dest, None if isinstance(action, _ACCUMULATING) else _UNSET)
             marked.append(action)
         namespace, rest = super().parse_known_args(args, namespace)
         given = set(getattr(namespace, _GIVEN, ()))
         for action in marked:
             value = getattr(namespace, action.dest)
-            if value is _UNSET or (value is None and isinstance(action, argparse._AppendAction)):
+            if value is _UNSET or (value is None and isinstance(action, _ACCUMULATING)):
                 default = action.default
                 setattr(namespace, action.dest, self._get_value(action, default) if isinstance(default, str) else default)
             else:

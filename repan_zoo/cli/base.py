@@ -58,12 +58,25 @@ EXIT_CODES: Tuple[Tuple[Type[BaseException], int], ...] = (
 
 
 def exit_code(exc: BaseException) -> Optional[int]:
-    """The exit status of ``exc`` from :data:`EXIT_CODES` (None: not a reported error, a bug)."""
+    """The exit status of an error.
+
+    Args:
+        exc: the exception a command raised.
+
+    Returns:
+        Its status from :data:`EXIT_CODES` (the first class it is an instance of), or None for an
+        exception that is not a reported error (a bug: it keeps its traceback).
+    """
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), None)
 
 
 def report(prog: str, message: object) -> None:
-    """Print the one-line error message ``<prog>: error: <message>`` on stderr."""
+    """Print the one error-message format, ``<prog>: error: <message>``, as one line on stderr.
+
+    Args:
+        prog: ``repan <subcommand>`` or the alias name.
+        message: the error (its ``str``).
+    """
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
 
 
@@ -74,7 +87,15 @@ def _description(module: ModuleType) -> str:
 
 
 def add_parser(subparsers, module: ModuleType) -> argparse.ArgumentParser:
-    """Mount the subcommand ``module`` under ``subparsers`` (``repan <NAME>``); returns its parser."""
+    """Mount a subcommand under ``repan``.
+
+    Args:
+        subparsers: the action ``add_subparsers()`` returned.
+        module: the subcommand's module (``NAME``, ``HELP``, ``add_arguments``, ``run``).
+
+    Returns:
+        The subcommand's parser (``repan <NAME>``); its namespace carries ``command_module``.
+    """
     parser = subparsers.add_parser(module.NAME, help=module.HELP, description=_description(module),
                                    formatter_class=HelpFormatter)
     module.add_arguments(parser)
@@ -83,7 +104,15 @@ def add_parser(subparsers, module: ModuleType) -> argparse.ArgumentParser:
 
 
 def standalone_parser(module: ModuleType, prog: str) -> OneLineParser:
-    """The parser of the subcommand ``module`` alone, named ``prog`` (an alias such as ``repan-train``)."""
+    """The parser of one subcommand on its own, for an alias.
+
+    Args:
+        module: the subcommand's module.
+        prog: the alias name, e.g. ``repan-train``.
+
+    Returns:
+        A parser with exactly the subcommand's options.
+    """
     parser = OneLineParser(prog=prog, description=_description(module),
                            formatter_class=HelpFormatter)
     module.add_arguments(parser)
@@ -91,7 +120,19 @@ def standalone_parser(module: ModuleType, prog: str) -> OneLineParser:
 
 
 def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """``run(args)``, with a reported error (:data:`EXIT_CODES`) turned into its message and exit status."""
+    """Run a command, turning a reported error into its message and exit status.
+
+    Args:
+        prog: the name in the error message.
+        run: the subcommand's ``run``.
+        args: its parsed namespace.
+
+    Returns:
+        ``run(args)``'s status, or the error's from :data:`EXIT_CODES`.
+
+    Raises:
+        Exception: anything that is not a :class:`~repan_zoo.errors.RepanError` (a bug) propagates.
+    """
     try:
         return run(args)
     except RepanError as exc:
@@ -102,6 +143,15 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
 
 def alias_main(module: ModuleType, prog: str, argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of an alias (``repan-train`` = ``repan train``): the same options, run and exit
-    statuses, with ``prog`` in its messages."""
+    statuses, with ``prog`` in its messages.
+
+    Args:
+        module: the subcommand's module.
+        prog: the alias name.
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status; a usage error exits 2 through ``SystemExit`` (argparse).
+    """
     args = standalone_parser(module, prog).parse_args(argv)
     return run_command(prog, module.run, args)
