@@ -19,22 +19,19 @@ import copy
 import json
 import os
 import platform
-import sys
 import time
 from itertools import product
 from pathlib import Path
 
 import torch
 
+import repan_zoo
+from repan_zoo.blocks import BRANCH_KINDS, RepBlock, branch_class
+from repan_zoo.blocks.branches import BlockSpec
+from repan_zoo.randomize import randomize_bn, randomize_convs
+from repan_zoo.verify import relative_error
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # randomize_bn / randomize_convs live with the tests (one copy)
-
-from helpers import randomize_bn, randomize_convs  # noqa: E402
-
-import repan_zoo  # noqa: E402
-from repan_zoo.blocks import BRANCH_KINDS, RepBlock, branch_class  # noqa: E402
-from repan_zoo.blocks.branches import BlockSpec  # noqa: E402
-from repan_zoo.verify import relative_error  # noqa: E402
 
 #: the design card's per-block bound (fp32)
 BLOCK_TOLERANCE = 1e-6

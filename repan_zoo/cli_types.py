@@ -1,17 +1,28 @@
-"""argparse value types shared by the command-line tools (repan, repan-train, repan-publish, repan-detect)."""
+"""argparse value types shared by the ``repan`` command and its subcommands, and the declaration of
+a config field's command-line option (:func:`option`, read by :mod:`repan_zoo.cli.options`).
+
+This module imports nothing from ``repan_zoo`` at import time, so the config dataclasses
+(:class:`~repan_zoo.annealing.TrainConfig`, :class:`~repan_zoo.detection.FinetuneConfig`,
+:class:`~repan_zoo.expansion.Expansion`) can declare their options next to their fields.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Union
 
 __all__ = [
-    "json_dict", "csv_list", "int_list", "optional_int", "number", "device", "writable_dir_problem",
-    "writable_file_problem", "OneLineParser",
+    "json_dict", "csv_list", "int_list", "optional_int", "number", "device", "writable_dir", "writable_file",
+    "writable_dir_problem", "writable_file_problem", "OneLineParser", "HelpFormatter", "given_options", "Option", "option",
+    "no_option", "CLI_KEY", "SEED_MAX",
 ]
+
+#: seeds are 63-bit (torch.manual_seed takes a signed 64-bit integer)
+SEED_MAX = 2**63 - 1
 
 
 def json_dict(text: str) -> Dict[str, Any]:
@@ -121,12 +132,129 @@ def writable_file_problem(path: os.PathLike) -> Optional[str]:
     return writable_dir_problem(path.parent) if path.parent != path else None
 
 
+def writable_dir(text: str) -> str:
+    """A run directory that can be created or written (:func:`writable_dir_problem`); creates nothing."""
+    problem = writable_dir_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def writable_file(text: str) -> str:
+    """A file path that can be written (:func:`writable_file_problem`); creates nothing."""
+    problem = writable_file_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET = _Unset()
+_GIVEN = "_given_options"
+_ACCUMULATING = (argparse._AppendAction, argparse._AppendConstAction, argparse._CountAction)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each option's default, unless the help already says it or there is none
+    (None, an off flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose usage errors are one line on stderr (the problem and where
-    to look for the fix), exit status 2 — no usage block, no traceback."""
+    to look for the fix), exit status 2 — no usage block, no traceback.
+
+    It also records which options the command line gave (:func:`given_options`), subparsers
+    included: ``repan-train --resume`` lets exactly those override the saved recipe."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse fills in a default only where the namespace lacks the attribute: pre-set
+        # markers show which options were given (actions that add to the value start from None)
+        namespace = argparse.Namespace() if namespace is None else namespace
+        marked = []
+        for action in self._actions:
+            if argparse.SUPPRESS in (action.dest, action.default) or hasattr(namespace, action.dest):
+                continue
+            setattr(namespace, action.dest, None if isinstance(action, _ACCUMULATING) else _UNSET)
+            marked.append(action)
+        namespace, rest = super().parse_known_args(args, namespace)
+        given = set(getattr(namespace, _GIVEN, ()))
+        for action in marked:
+            value = getattr(namespace, action.dest)
+            if value is _UNSET or (value is None and isinstance(action, _ACCUMULATING)):
+                default = action.default
+                setattr(namespace, action.dest, self._get_value(action, default) if isinstance(default, str) else default)
+            else:
+                given.add(action.dest)
+        setattr(namespace, _GIVEN, frozenset(given))
+        return namespace, rest
+
+
+def given_options(args: argparse.Namespace) -> FrozenSet[str]:
+    """The destinations (``lr``, ``kd_T`` …) whose options were on the command line that
+    :class:`OneLineParser` parsed into ``args``."""
+    return frozenset(getattr(args, _GIVEN, ()))
+
+
+# -- options declared on config fields ------------------------------------------------------------
+#: the key of a dataclass field's ``metadata`` that holds its :class:`Option` (None: not an option)
+CLI_KEY = "cli"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a config field is offered on the command line; :func:`repan_zoo.cli.options.add_config_options`
+    turns it into an argparse option (``--field-name``, ``dest=field_name``, the field's default).
+
+    Attributes:
+        help: the ``--help`` text.
+        type: the argparse ``type=`` (e.g. ``number(int, 1)``); None: the string as given.
+        choices: the allowed values, or a callable that returns them when the parser is built.
+        flag: the option string when it is not ``--`` + the name with ``_`` → ``-``.
+        group: title of the ``--help`` section this field and the fields after it belong to.
+        negatable: a bool field as ``--x / --no-x``; otherwise a bool is a ``store_true`` flag.
+        run: one of the shared run options (:data:`repan_zoo.cli.options.RUN_OPTIONS`, e.g. ``--out``,
+            ``--device``): defined there, with this field's default.
+    """
+
+    help: Optional[str] = None
+    type: Optional[Callable[[str], Any]] = None
+    choices: Union[Sequence[Any], Callable[[], Sequence[Any]], None] = None
+    flag: Optional[str] = None
+    group: Optional[str] = None
+    negatable: bool = False
+    run: bool = False
+
+
+def option(help: Optional[str] = None, **kwargs: Any) -> Dict[str, Option]:
+    """Field metadata that makes the field a command-line option, e.g.
+    ``lr: float = field(default=0.2, metadata=option("peak learning rate", type=number(float, 0.0, lo_open=True)))``.
+
+    Args:
+        help: the ``--help`` text.
+        **kwargs: the other fields of :class:`Option`.
+
+    Returns:
+        ``{CLI_KEY: Option(...)}``, to pass as ``dataclasses.field(metadata=...)``.
+    """
+    return {CLI_KEY: Option(help, **kwargs)}
+
+
+def no_option() -> Dict[str, None]:
+    """Field metadata of a field that is deliberately not a command-line option."""
+    return {CLI_KEY: None}
 
 
 #: an integer, or none/all/'' for no limit
@@ -134,20 +262,20 @@ optional_int = number(int, none=True)
 
 
 def check_model_name(name: str, option: str = "model") -> None:
-    """Refuse a model name timm cannot build: an unregistered architecture (``ValueError``) or a
+    """Refuse a model name timm cannot build: an unregistered architecture (:class:`~repan_zoo.errors.UnknownModelError`, a ``ValueError``) or a
     pretrained tag the architecture does not have (:class:`~repan_zoo.errors.UnknownTagError`,
     listing the tags it has). Call it after plugins (``--import``) registered their models."""
     import timm
 
     from . import models  # noqa: F401  (registers the repan_* families with timm)
-    from .errors import UnknownTagError
+    from .errors import UnknownModelError, UnknownTagError
 
     if name.startswith(("hf-hub:", "local-dir:")):
         return  # timm resolves these itself (a Hub repo or a folder), the weights loader verifies them
     arch, _, tag = name.partition(".")
     if not timm.is_model(arch):
         known = [n for n in timm.list_models("repan_*")]
-        raise ValueError(f"unknown model {name!r} ({option}); registered repan models: {', '.join(known)} "
+        raise UnknownModelError(f"unknown model {name!r} ({option}); registered repan models: {', '.join(known)} "
                          "(`repan list` shows them)")
     if tag:
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]

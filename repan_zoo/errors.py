@@ -152,6 +152,10 @@ class UnknownModelArgError(ModelConfigError, TypeError):
     """A keyword argument the ``repan_*`` models do not take; the message lists those they do."""
 
 
+class UnknownModelError(ModelConfigError, LookupError):
+    """A model name timm has not registered; the message lists the registered ``repan_*`` models."""
+
+
 # -- detection (repan_zoo.detection) ---------------------------------------------------------------
 class FeatureStrideError(RepanError, ValueError):
     """A backbone whose feature levels cannot feed a feature pyramid: too few levels, strides that

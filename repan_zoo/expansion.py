@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Sequence, Tuple, Union
 
+from .cli_types import csv_list, number, option
 from .errors import RecipeError
 
 __all__ = ["Expansion", "ARCH_BRANCHES", "GENERIC_BRANCHES", "DEFAULT_BRANCHES", "MAX_K", "ExpansionError"]
@@ -55,11 +56,17 @@ class Expansion:
         ExpansionError: at construction, naming the field, the registered choices and the fix.
     """
 
-    branches: Tuple[str, ...] = ARCH_BRANCHES
-    k: int = 1
-    restore: str = "inherit"
-    residual: bool = False
-    branch_gamma: float = 0.0
+    branches: Tuple[str, ...] = field(default=ARCH_BRANCHES, metadata=option(
+        "branch kinds attached at each Expand (comma-separated), or 'arch' for each block's own kinds",
+        type=csv_list))
+    k: int = field(default=1, metadata=option(
+        f"new parallel branches per kind and block (1..{MAX_K}, Table 5)", type=number(int, 0, MAX_K)))
+    restore: str = field(default="inherit", metadata=option(
+        "inverse of Eq. 2: inherit | normalized | identity | a registered rule (repan_zoo.algebra.RESTORE_RULES)"))
+    residual: bool = field(default=False, metadata=option(
+        "also attach the residual BN branch BN_res(X) of Eq. 3 where shapes allow", negatable=True))
+    branch_gamma: float = field(default=0.0, metadata=option(
+        "γ of each new branch's output BN (0: the branch starts as an exact no-op)", type=number(float, 0.0)))
 
     def __post_init__(self) -> None:
         if isinstance(self.branches, str):

@@ -196,7 +196,8 @@ def test_repan_publish_refuses(argv, must, hub, tmp_path, capsys, monkeypatch):
     ("repan_zoo.publish_cli", ["x.safetensors", "--metrics", "m.json", "--tag", "t", "--bundle", "--max-bundle-mb",
                                "-1"], "--max-bundle-mb"),
     ("repan_zoo.detection.cli", ["--out", "{tmp}/det", "--seed", str(2**70)], "--seed"),
-], ids=["repan-train", "repan", "repan-publish", "repan-detect"])
+    ("repan_zoo.cli", ["train", "--out", "{tmp}/run", "--lr", "nan"], "--lr"),
+], ids=["repan-train", "repan", "repan-publish", "repan-detect", "repan train"])
 def test_console_processes_refuse_in_one_line(module, argv, must, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")

@@ -65,6 +65,30 @@ def test_new_dataset_in_one_place_loads_and_trains(toy_dataset, tmp_path):
     assert final["data"]["augment"]["name"] == "crop_flip"
 
 
+def test_a_dataset_from_an_import_plugin_is_accepted_on_the_command_line(tmp_path):
+    from repan_zoo.train_cli import main
+
+    plugin = tmp_path / "toy_plugin_set.py"
+    plugin.write_text(
+        "import torch\n"
+        "from repan_zoo.datasets import DatasetArrays, register_dataset\n\n"
+        "@register_dataset('toy_plugin')\n"
+        "def read(data_dir, *, img_size):\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    y = torch.randint(0, 3, (96,), generator=g)\n"
+        "    x = (torch.randint(0, 60, (96, 1, 12, 12), generator=g) + 60 * y.view(-1, 1, 1, 1)).to(torch.uint8)\n"
+        "    return DatasetArrays(train_labels=y[:64], test_labels=y[64:], train_images=x[:64], test_images=x[64:])\n"
+    )
+    common = ["--model", "tinyrep_test", "--method", "baseline", "--cycles", "1", "--epochs", "1", "--val-size", "16",
+              "--batch-size", "16", "--max-steps-per-epoch", "1", "--threads", "1", "--device", "cpu", "--no-plot",
+              "--no-progress"]
+    try:
+        assert main(["--import", str(plugin), "--dataset", "toy_plugin", *common, "--out", str(tmp_path / "a")]) == 0
+    finally:
+        DATASET_READERS.pop("toy_plugin", None)
+    assert main(["--dataset", "toy_unknown", *common, "--out", str(tmp_path / "b")]) == 2  # named, one line
+
+
 def test_unknown_dataset_names_the_registered_ones():
     with pytest.raises(DatasetNotFoundError, match="fashion_mnist.*register_dataset"):
         load_splits("no_such_set")

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..cli_types import SEED_MAX, json_dict, number, option
 from ..errors import RecipeError
 from ..expansion import Expansion, ExpansionError
 from .cycles import CyclePlan
@@ -33,59 +34,102 @@ FIRST_CYCLE_MODES = ("expand", "plain")
 class TrainConfig:
     """A complete training recipe; :meth:`as_dict` is what ``final.json`` records."""
 
-    method: str = "repan"
-    model: str = "repan_repvgg_a1_w025"
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
-    init_checkpoint: Optional[str] = None
+    method: str = field(default="repan", metadata=option(
+        "baseline: plain training of cycles×epochs; kd: the same with a teacher; repan: Algorithm 1",
+        choices=METHODS, group="method and model"))
+    model: str = field(default="repan_repvgg_a1_w025", metadata=option(
+        "timm model name (see timm.list_models('repan_*'))"))
+    model_kwargs: Dict[str, Any] = field(default_factory=dict, metadata=option(
+        "JSON kwargs for timm.create_model, e.g. '{\"width_mult\": 0.25}'", type=json_dict))
+    init_checkpoint: Optional[str] = field(default=None, metadata=option(
+        "Alg. 1 line 1: start from these weights (train or deploy safetensors)"))
     # Algorithm 1
-    cycles: int = 5
-    epochs: int = 30
-    first_cycle: str = "expand"
-    expansion: Expansion = field(default_factory=Expansion)
-    expand_blocks: Optional[str] = None
-    calib_batches: int = 5
-    calib_batch_size: Optional[int] = None
-    precise_bn: int = 0
-    lam_schedule: str = "linear"
-    lam_start: float = 0.0
-    lam_end: float = 1.0
-    lam_warmup: float = 0.3
-    lam_per_iter: bool = True
+    cycles: int = field(default=5, metadata=option("R: number of cycles", type=number(int, 1),
+                                                   group="RepAn (Algorithm 1)"))
+    epochs: int = field(default=30, metadata=option("E: epochs per cycle", type=number(int, 1)))
+    first_cycle: str = field(default="expand", metadata=option(
+        "expand: the paper (Alg. 1 line 2 fuses before cycle 1, every cycle expands); "
+        "plain: cycle 1 trains the Rep network as built, cycles 2..R anneal (findings setup)",
+        choices=FIRST_CYCLE_MODES))
+    expansion: Expansion = field(default_factory=Expansion, metadata=option(
+        "its fields are options: --branches, --k, --restore, --residual, --branch-gamma"))
+    expand_blocks: Optional[str] = field(default=None, metadata=option(
+        "regex on block names: only these get new branches"))
+    calib_batches: int = field(default=5, metadata=option(
+        "BN calibration batches after each Expand (0 = keep the inherited statistics)", type=number(int, 0)))
+    calib_batch_size: Optional[int] = field(default=None, metadata=option(
+        "images per calibration batch (default --batch-size)", type=number(int, 2)))
+    precise_bn: int = field(default=0, metadata=option(
+        "re-estimate BN statistics on this many training batches before each cycle-ending Rep (0 = off, as in "
+        "the paper)", type=number(int, 0)))
+    lam_schedule: str = field(default="linear", metadata=option(
+        "Θ: constant | linear | cosine | step | registered name"))
+    lam_start: float = field(default=0.0, metadata=option("λ at the start of a cycle", type=number(float, 0.0, 1.0)))
+    lam_end: float = field(default=1.0, metadata=option(
+        "λ after the warmup (constant: always)", type=number(float, 0.0, 1.0)))
+    lam_warmup: float = field(default=0.3, metadata=option(
+        "fraction of a cycle over which λ rises", type=number(float, 0.0, 1.0)))
+    lam_per_iter: bool = field(default=True, metadata=option(
+        "update λ every iteration (else once per epoch, before it trains)", negatable=True))
     # knowledge distillation
-    teacher: Optional[str] = None
-    teacher_checkpoint: Optional[str] = None
-    teacher_kwargs: Dict[str, Any] = field(default_factory=dict)
-    teacher_pretrained: bool = False
-    kd_alpha: float = 0.9
-    kd_T: float = 10.0
+    teacher: Optional[str] = field(default=None, metadata=option(
+        "timm model name of the teacher", group="knowledge distillation"))
+    teacher_checkpoint: Optional[str] = field(default=None, metadata=option(
+        "local safetensors weights of the teacher"))
+    teacher_kwargs: Dict[str, Any] = field(default_factory=dict, metadata=option(
+        "JSON kwargs for the teacher's create_model", type=json_dict))
+    teacher_pretrained: bool = field(default=False, metadata=option(
+        "use timm's pretrained weights for the teacher"))
+    kd_alpha: float = field(default=0.9, metadata=option("α: share of the KD term", type=number(float, 0.0, 1.0)))
+    kd_T: float = field(default=10.0, metadata=option(
+        "T: softmax temperature", type=number(float, 0.0, lo_open=True)))
     # data
-    dataset: str = "fashion_mnist"
-    data_dir: Optional[str] = None
-    val_size: int = 5000
-    train_subset: Optional[int] = None
-    test_subset: Optional[int] = None
-    split_seed: int = 0
-    img_size: int = 224
-    flip: bool = True
-    augment: Optional[str] = None
+    dataset: str = field(default="fashion_mnist", metadata=option(
+        "fashion_mnist | cifar10 | cifar100 | imagefolder | a name registered with "
+        "repan_zoo.datasets.register_dataset (e.g. by an --import plugin)", group="data"))
+    data_dir: Optional[str] = field(default=None, metadata=option(
+        "dataset folder (default for fashion_mnist: Debian's location)"))
+    val_size: int = field(default=5000, metadata=option(
+        "validation images carved from the training set", type=number(int, 1)))
+    train_subset: Optional[int] = field(default=None, metadata=option(
+        "use only this many training images", type=number(int, 2, none=True)))
+    test_subset: Optional[int] = field(default=None, metadata=option(
+        "evaluate on only this many test images", type=number(int, 1, none=True)))
+    split_seed: int = field(default=0, metadata=option(
+        "seed of the train/val permutation", type=number(int, 0, SEED_MAX)))
+    img_size: int = field(default=224, metadata=option(
+        "imagefolder: image side after resize+crop", type=number(int, 1)))
+    flip: bool = field(default=True, metadata=option("random horizontal flip", negatable=True))
+    augment: Optional[str] = field(default=None, metadata=option(
+        "training augmentation policy: none | flip | crop_flip | crop_flip_erase | a registered name "
+        "(repan_zoo.augment; default: flip, or none with --no-flip)"))
     # optimisation
-    batch_size: int = 128
-    eval_batch_size: int = 512
-    lr: float = 0.2
-    later_lr: Optional[float] = None
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    wd: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = True
-    label_smoothing: float = 0.0
-    clip_grad: Optional[float] = None
-    amp: bool = False
-    channels_last: bool = False
-    test_each_epoch: bool = True
-    sync_bn: bool = False
-    seed: int = 0
-    max_steps_per_epoch: Optional[int] = None
+    batch_size: int = field(default=128, metadata=option(
+        "global batch (split over processes)", type=number(int, 2), group="optimisation"))
+    eval_batch_size: int = field(default=512, metadata=option(type=number(int, 1)))
+    lr: float = field(default=0.2, metadata=option(
+        "peak learning rate (cosine to --min-lr each cycle)", type=number(float, 0.0, lo_open=True)))
+    later_lr: Optional[float] = field(default=None, metadata=option(
+        "peak learning rate of cycles 2..R (default --lr)", type=number(float, 0.0, lo_open=True)))
+    min_lr: float = field(default=0.0, metadata=option(type=number(float, 0.0)))
+    warmup_epochs: float = field(default=0.0, metadata=option("linear LR warmup per cycle", type=number(float, 0.0)))
+    wd: float = field(default=1e-4, metadata=option("weight decay (all parameters)", type=number(float, 0.0)))
+    momentum: float = field(default=0.9, metadata=option(type=number(float, 0.0, 1.0, hi_open=True)))
+    nesterov: bool = field(default=True, metadata=option(negatable=True))
+    label_smoothing: float = field(default=0.0, metadata=option(type=number(float, 0.0, 1.0, hi_open=True)))
+    clip_grad: Optional[float] = field(default=None, metadata=option(
+        "clip the gradient norm to this value", type=number(float, 0.0, lo_open=True)))
+    amp: bool = field(default=False, metadata=option(
+        "mixed precision (float16 + grad scaler on CUDA, bfloat16 on CPU)", negatable=True))
+    channels_last: bool = field(default=False, metadata=option(
+        "NHWC memory format for the model and its inputs (1.3-2x faster training on CPU)", negatable=True))
+    test_each_epoch: bool = field(default=True, metadata=option(
+        "evaluate the test set after every epoch (off: only the final network; validation always)", negatable=True))
+    sync_bn: bool = field(default=False, metadata=option(
+        "BatchNorm statistics over the global batch of all processes", negatable=True))
+    seed: int = field(default=0, metadata=option(type=number(int, 0, SEED_MAX)))
+    max_steps_per_epoch: Optional[int] = field(default=None, metadata=option(
+        "cap steps per epoch (tests, smoke runs)", type=number(int, 1, none=True)))
 
     def __post_init__(self) -> None:
         if not isinstance(self.expansion, Expansion):
