@@ -232,7 +232,7 @@ def test_cli_export_int8(tmp_path, capsys):
 def test_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
     from repan_zoo.cli import main
 
-    monkeypatch.setattr(q, "_torchao", lambda: (_ for _ in ()).throw(MissingExtraError("needs repan-zoo[quant]")))
+    monkeypatch.setattr(q.core, "_torchao", lambda: (_ for _ in ()).throw(MissingExtraError("needs repan-zoo[quant]")))
     monkeypatch.setattr(q, "calibration_data", lambda *a, **k: {"calibration": _batches(1, 4), "probe": _batches(1, 4)[0],
                                                                  "split": {}})
     rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "3", "16", "16", "--int8", "--out", str(tmp_path / "x.pt2")])

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 from ..cli_types import SEED_MAX, json_dict, number, option
 from ..errors import RecipeError
 from ..expansion import Expansion, ExpansionError
-from .cycles import CyclePlan
+from .task import CyclePlan
 from .schedules import LambdaSchedule
 
 __all__ = ["TrainConfig", "CyclePlan", "METHODS", "FIRST_CYCLE_MODES"]

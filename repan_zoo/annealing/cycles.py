@@ -20,7 +20,7 @@ and λ, the non-finite stop (:class:`~repan_zoo.errors.TrainingDivergedError`, t
 checkpoint untouched), the per-epoch checkpoint and resume. A task — classification
 (:class:`repan_zoo.annealing.RepAnTrainer`) or detection (:mod:`repan_zoo.detection.finetune`)
 — subclasses it and supplies the model, one training step's loss, the evaluation, calibration
-inputs and a probe (the hooks below raise ``NotImplementedError`` until it does).
+inputs and a probe (the hooks of :class:`~repan_zoo.annealing.task.CycleTask`).
 
 The official implementation's faults are not repeated: calibration runs (and is checked to
 keep the function), fusion includes λ (Eq. 5), λ is set before an epoch trains, one
@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,28 +42,14 @@ from ..blocks import rep_blocks
 from ..checkpoint import model_form
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..errors import ReparameterizationError, TrainingDivergedError
-from ..expansion import Expansion
-from ..runtime.checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
+from ..runtime.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
 from ..verify import exact_fp32, relative_error
 from .engine import NonFiniteLoss, train_steps
 from .schedules import LambdaSchedule, cosine_lr
+from .task import CyclePlan, CycleTask, ExpansionGroup
 
-__all__ = ["CyclePlan", "CycleRun", "ExpansionGroup"]
-
-#: an Expansion and the blocks it applies to (``predicate(name, block)``; None: all blocks)
-ExpansionGroup = Tuple[Expansion, Optional[Callable[[str, nn.Module], bool]]]
-
-
-@dataclass(frozen=True)
-class CyclePlan:
-    """One cycle r (1-based) of a run: whether it starts with Expand/Restore/Calibrate, and how
-    many epochs it trains."""
-
-    index: int
-    expand: bool
-    epochs: int
-
+__all__ = ["CyclePlan", "CycleRun", "CycleTask", "ExpansionGroup", "plan_offsets"]
 
 def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
     """Epochs trained before each cycle of ``plan``."""
@@ -75,14 +60,15 @@ def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
     return offsets
 
 
-class CycleRun:
+class CycleRun(CycleTask):
     """The Algorithm-1 driver; a task subclasses it (see the module docstring).
 
     The subclass sets, before :meth:`run`: ``ctx`` (:class:`DistContext`), ``device``,
     ``generator`` (the one generator behind every expansion), ``lam_schedule``
     (:class:`LambdaSchedule`), ``checkpointer`` (a :class:`Checkpointer` or None: nothing is
     written), ``sync_bn``, ``amp``, ``clip_grad``, ``min_lr``, ``progress``, and implements the
-    hooks. :meth:`run` builds or resumes ``model`` and returns :meth:`finish`'s result.
+    hooks of :class:`~repan_zoo.annealing.task.CycleTask`. :meth:`run` builds or resumes ``model``
+    and returns :meth:`finish`'s result.
     """
 
     ctx: DistContext
@@ -106,88 +92,6 @@ class CycleRun:
         self.cycle_log: List[Dict[str, Any]] = []
         self.last_checkpoint: Optional[Path] = None
         self.global_step = 0
-
-    # ------------------------------------------------------------------ hooks (the task)
-    def cycle_plan(self) -> List[CyclePlan]:
-        raise NotImplementedError
-
-    def initialise(self) -> nn.Module:
-        """Line 1: build ``self.model`` for a fresh run (and return it)."""
-        raise NotImplementedError
-
-    def model_from_checkpoint(self, ck: RunCheckpoint) -> nn.Module:
-        """The model of a run checkpoint, loaded and placed (resume)."""
-        raise NotImplementedError
-
-    def expansion_groups(self) -> List[ExpansionGroup]:
-        raise NotImplementedError
-
-    def probe(self) -> Any:
-        """Example input of the verified conversions (None: the package's probe)."""
-        return None
-
-    def eval_outputs(self) -> Tuple[torch.Tensor, ...]:
-        """Eval-mode outputs on held-out inputs, fp32, compared before and after a cycle start."""
-        raise NotImplementedError
-
-    def calibration(self, cycle: int) -> Tuple[nn.Module, List[torch.Tensor]]:
-        """Line 6's inputs: the module whose BNs are calibrated and its input batches (none: skip)."""
-        raise NotImplementedError
-
-    def before_rep(self, cycle: int) -> None:
-        """Called before a Rep that ends cycle ``cycle`` (e.g. precise BN statistics)."""
-
-    def place(self) -> None:
-        """Put ``self.model`` on the run's device (and memory format) after a conversion."""
-        self.model.to(self.device)
-
-    def make_optimizer(self, cycle: int) -> torch.optim.Optimizer:
-        raise NotImplementedError
-
-    def peak_lr(self, cycle: int) -> float:
-        raise NotImplementedError
-
-    def warmup_steps(self, steps_per_epoch: int, total: int) -> int:
-        return 0
-
-    def steps_per_epoch(self) -> int:
-        raise NotImplementedError
-
-    def epoch_batches(self, cp: CyclePlan, epoch: int, global_epoch: int) -> Iterable[Any]:
-        raise NotImplementedError
-
-    def train_mode(self, net: nn.Module) -> None:
-        net.train()
-
-    def step_loss(self, net: nn.Module, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """One training step's loss and the figures summed over the epoch."""
-        raise NotImplementedError
-
-    def end_epoch(self, cp: CyclePlan, epoch: int, global_epoch: int, steps: int, sums: Dict[str, float],
-                  lr: Optional[float], started: float) -> Dict[str, Any]:
-        """Evaluate, log and return the epoch's history row (``started``: the epoch's
-        ``time.perf_counter()`` at its start)."""
-        raise NotImplementedError
-
-    def after_epoch_saved(self) -> None:
-        """Reports written after each epoch's checkpoint."""
-
-    def checkpoint_identity(self) -> Tuple[str, Dict[str, Any]]:
-        """``(architecture, metadata)`` written with every checkpoint's model."""
-        raise NotImplementedError
-
-    def checkpoint_extra(self) -> Dict[str, Any]:
-        """Task state saved beside the driver's in every checkpoint."""
-        return {}
-
-    def prepare(self) -> None:
-        """Called once the model exists (after line 1 and 2, or a resume), before the cycles."""
-
-    def finish(self) -> Any:
-        raise NotImplementedError
-
-    def log(self, msg: str) -> None:
-        pass
 
     # ------------------------------------------------------------------ checks
     @staticmethod

@@ -107,13 +107,13 @@ def _shortcut(in_chs: int, out_chs: int, stride: int, deploy: bool) -> Optional[
     return rep_conv(in_chs, out_chs, 1, stride, deploy=deploy)
 
 
-class RepBasicBlock(nn.Module):
-    """ResNet basic block: ``act(conv2(act(conv1(x))) + shortcut(x))`` with 3×3 Rep convs
-    (``kxk_branches`` where they fit) and a trunk-only 1×1 Rep projection shortcut. As in timm,
-    ``conv1`` is dilated by ``first_dilation`` and ``conv2`` by ``dilation`` (``output_stride``);
-    ``layout_stride``: see :func:`rep_conv`."""
+class _RepResidualBlock(nn.Module):
+    """The frame the ResNet blocks share: ``act(drop_path(body(x)) + shortcut(x))``. A subclass
+    builds its body convs in :meth:`_body` (in forward order, so that state-dict keys and the
+    random draws of initialisation follow it) and names its output activation ``out_act``; the shortcut is a trunk-only 1×1 Rep projection where shapes change."""
 
     expansion = 1
+    out_act = "act2"
 
     def __init__(
         self,
@@ -131,14 +131,31 @@ class RepBasicBlock(nn.Module):
     ):
         super().__init__()
         out_chs = planes * self.expansion
-        self.conv1 = rep_conv(in_chs, planes, 3, stride, branches=kxk_branches, deploy=deploy, dilation=first_dilation,
-            layout_stride=layout_stride,
-        )
-        self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = rep_conv(planes, out_chs, 3, 1, branches=kxk_branches, deploy=deploy, dilation=dilation)
+        self._body(in_chs, planes, out_chs, stride, kxk=kxk_branches, pointwise=pointwise_branches,
+                   first_dilation=first_dilation, dilation=dilation, layout_stride=layout_stride, deploy=deploy)
         self.downsample = _shortcut(in_chs, out_chs, stride, deploy)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.act2 = nn.ReLU(inplace=True)
+        setattr(self, self.out_act, nn.ReLU(inplace=True))
+
+    def _body(self, in_chs: int, planes: int, out_chs: int, stride: int, **kw) -> None:
+        raise NotImplementedError
+
+
+class RepBasicBlock(_RepResidualBlock):
+    """ResNet basic block: ``act(conv2(act(conv1(x))) + shortcut(x))`` with 3×3 Rep convs
+    (``kxk_branches`` where they fit) and a trunk-only 1×1 Rep projection shortcut. As in timm,
+    ``conv1`` is dilated by ``first_dilation`` and ``conv2`` by ``dilation`` (``output_stride``);
+    ``layout_stride``: see :func:`rep_conv`."""
+
+    expansion = 1
+    out_act = "act2"
+
+    def _body(self, in_chs, planes, out_chs, stride, *, kxk, pointwise, first_dilation, dilation, layout_stride,
+              deploy) -> None:
+        self.conv1 = rep_conv(in_chs, planes, 3, stride, branches=kxk, deploy=deploy, dilation=first_dilation,
+                              layout_stride=layout_stride)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = rep_conv(planes, out_chs, 3, 1, branches=kxk, deploy=deploy, dilation=dilation)
 
     def zero_init_last(self) -> None:
         zero_init_block_output(self.conv2)
@@ -152,39 +169,22 @@ class RepBasicBlock(nn.Module):
         return self.act2(self.drop_path(x) + shortcut)
 
 
-class RepBottleneck(nn.Module):
+class RepBottleneck(_RepResidualBlock):
     """ResNet bottleneck (torchvision / timm "v1.5": stride on the 3×3): 1×1 → 3×3 → 1×1 Rep convs,
     ×4 expansion, trunk-only 1×1 Rep projection shortcut; the 3×3 is dilated by ``first_dilation``
     (timm's rule; ``dilation`` is accepted for the same signature as the basic block)."""
 
     expansion = 4
+    out_act = "act3"
 
-    def __init__(
-        self,
-        in_chs: int,
-        planes: int,
-        stride: int = 1,
-        *,
-        kxk_branches: Sequence[str] = (),
-        pointwise_branches: Sequence[str] = (),
-        drop_path_rate: float = 0.0,
-        first_dilation: int = 1,
-        dilation: int = 1,
-        layout_stride: Optional[int] = None,
-        deploy: bool = False,
-    ):
-        super().__init__()
-        out_chs = planes * self.expansion
-        self.conv1 = rep_conv(in_chs, planes, 1, 1, branches=pointwise_branches, deploy=deploy)
+    def _body(self, in_chs, planes, out_chs, stride, *, kxk, pointwise, first_dilation, dilation, layout_stride,
+              deploy) -> None:
+        self.conv1 = rep_conv(in_chs, planes, 1, 1, branches=pointwise, deploy=deploy)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2 = rep_conv(planes, planes, 3, stride, branches=kxk_branches, deploy=deploy, dilation=first_dilation,
-            layout_stride=layout_stride,
-        )
+        self.conv2 = rep_conv(planes, planes, 3, stride, branches=kxk, deploy=deploy, dilation=first_dilation,
+                              layout_stride=layout_stride)
         self.act2 = nn.ReLU(inplace=True)
-        self.conv3 = rep_conv(planes, out_chs, 1, 1, branches=pointwise_branches, deploy=deploy)
-        self.downsample = _shortcut(in_chs, out_chs, stride, deploy)
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
-        self.act3 = nn.ReLU(inplace=True)
+        self.conv3 = rep_conv(planes, out_chs, 1, 1, branches=pointwise, deploy=deploy)
 
     def zero_init_last(self) -> None:
         zero_init_block_output(self.conv3)

@@ -1,0 +1,61 @@
+"""INT8 deploy on CPU through torchao's PT2E flow, with a self-check (issue 18).
+
+:func:`quantize` turns a model into an INT8 model for x86 CPUs:
+
+1. **deploy form**: Rep blocks still in train form are fused on a copy
+   (:func:`repan_zoo.reparameterize`, verified); a model that still computes parallel branches
+   afterwards (a foreign block nobody fused) is refused, naming the modules
+   (:func:`repan_zoo.export.unfused_modules`);
+2. **fold constant channels** (:func:`fold_constant_channels`, on by default): a channel that a
+   ``conv → ReLU`` pair outputs as one constant value on every calibration image, read by a
+   1×1 convolution, is folded into that convolution's bias. This is the MobileOne-S0 failure of
+   the issue: a stem channel that is dead (always ≤ 0 before its ReLU) makes the following
+   depthwise conv output the constant ``bias_c``; the next 1×1 conv learned weights in the
+   hundreds on that constant channel, balanced by a bias in the thousands. Exact in fp32, but in
+   INT8 the constant is rounded to the per-tensor activation step (error × 500 on the output)
+   and the column sets the per-output-channel weight scale (the real weights, ~0.7, round to
+   zero). The fold removes both;
+3. ``torch.export.export`` (dynamic batch axis) → ``prepare_pt2e`` with torchao's
+   ``X86InductorQuantizer`` (its default config: per-channel symmetric int8 weights, per-tensor
+   affine uint8 activations with histogram observers) → calibrate on ``calibration_batches``
+   (training images, never test images) → ``convert_pt2e``;
+4. ``torch.compile`` with inductor freezing (optional: ``compile=False`` keeps the eager
+   reference-quantized graph, which is what :func:`export_int8` saves);
+5. **self-check** (:func:`agreement`): on the ``probe`` batch the INT8 model's outputs are
+   compared with the fp32 model's: top-1 agreement and relative error
+   ``‖q − f‖₂ / ‖f‖₂`` over the logits. Below ``min_agreement`` or above
+   ``max_rel_error`` the model is refused (:class:`~repan_zoo.errors.QuantizationError`).
+
+torchao is the optional extra ``repan-zoo[quant]`` (``torch.ao.quantization``'s PT2E modules
+are gone from torch 2.14; torchao is their maintained home); without it every entry point
+raises :class:`~repan_zoo.errors.MissingExtraError` naming the extra.
+
+:func:`export_int8` writes the INT8 program with ``torch.export.save`` and checks the file
+(reloaded, it must compute what the in-memory INT8 model computes, and pass the self-check);
+:func:`load_int8` verifies the file's sha256 (when given) and that it holds no pickled payload
+before deserializing it.
+
+Sources: torchao PT2E tutorial ("PyTorch 2 Export Post Training Quantization with X86 Backend
+through Inductor"); bias absorption of Nagel et al., "Data-Free Quantization Through Weight
+Equalization and Bias Correction", ICCV 2019, Sec. 4.2 (here for channels that are constant,
+where it is exact).
+"""
+from . import core  # noqa: F401  (the module, e.g. for tests that replace its torchao loader)
+from .core import (
+    BACKENDS, DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, Int8Model, agreement, calibration_data, quantize,
+)
+from .folding import fold_constant_channels
+from .program import export_int8, load_int8
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_MIN_AGREEMENT",
+    "DEFAULT_MAX_REL_ERROR",
+    "Int8Model",
+    "quantize",
+    "agreement",
+    "fold_constant_channels",
+    "export_int8",
+    "load_int8",
+    "calibration_data",
+]

@@ -1,0 +1,261 @@
+"""The INT8 entry point (:func:`quantize`), its self-check and the INT8 model; see :mod:`repan_zoo.quantize`."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..blocks import RepBlock
+from ..errors import MissingExtraError, QuantizationError
+from ..export import unfused_modules
+from ..verify import relative_error
+
+from .folding import _FOLD_TOLERANCE, fold_constant_channels
+
+#: quantizer backends :func:`quantize` knows.
+BACKENDS = ("x86_inductor",)
+#: self-check thresholds: top-1 agreement with fp32 on the probe, and ‖q − f‖₂ / ‖f‖₂ of the logits.
+DEFAULT_MIN_AGREEMENT = 0.9
+DEFAULT_MAX_REL_ERROR = 0.25
+_EXTRA_HINT = "pip install 'repan-zoo[quant]' (or pip install -c constraints.txt 'torchao>=0.18,<0.19')"
+
+
+
+def _torchao() -> Dict[str, Any]:
+    """torchao's PT2E entry points, or :class:`MissingExtraError` naming the extra."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"INT8 quantization needs torchao, which is not installed ({exc}). Install the extra: {_EXTRA_HINT}"
+        ) from exc
+    return {
+        "prepare_pt2e": prepare_pt2e,
+        "convert_pt2e": convert_pt2e,
+        "quantizer": lambda: xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config()),
+    }
+
+
+class Int8Model(nn.Module):
+    """The result of :func:`quantize`: runs the INT8 program (compiled when asked) without autograd.
+
+    ``graph`` is the converted PT2E graph (eager, reference-quantized ops), ``runner`` what
+    ``forward`` calls (``torch.compile(graph)`` or ``graph`` itself), ``check`` the self-check
+    report (:func:`agreement` plus thresholds, fold and calibration facts), ``reference`` the
+    fp32 logits on the probe it was checked on.
+    Input: ``N×C×H×W`` float32, normalised like the fp32 model's; output: the model's logits.
+    """
+
+    def __init__(self, graph: nn.Module, runner: Any, check: Dict[str, Any], reference: torch.Tensor):
+        super().__init__()
+        self.graph = graph
+        self._runner = runner
+        self.check = check
+        self.reference = reference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), _freezing():  # a new batch size compiles again, frozen like the first
+            return self._runner(x)
+
+
+# -- the self-check ---------------------------------------------------------------------------------
+
+
+def agreement(reference: torch.Tensor, quantized: torch.Tensor) -> Dict[str, float]:
+    """How far INT8 logits ``quantized`` are from fp32 logits ``reference`` (both ``N×K``).
+
+    Returns ``top1_agreement`` (fraction of rows with the same arg-max), ``rel_error``
+    (``‖q − f‖₂ / ‖f‖₂`` over the whole batch) and ``max_rel_error``
+    (``max|q − f| / max|f|``, :func:`repan_zoo.verify.relative_error`). Raises ``ValueError``
+    for shapes that differ or are not ``N×K``.
+    """
+    if reference.shape != quantized.shape or reference.dim() != 2:
+        raise ValueError(f"expected two N×K logit tensors of one shape, got {tuple(reference.shape)} and "
+                         f"{tuple(quantized.shape)}")
+    ref, q = reference.detach().double(), quantized.detach().double()
+    norm = ref.norm().item()
+    return {
+        "top1_agreement": (ref.argmax(1) == q.argmax(1)).double().mean().item(),
+        "rel_error": (q - ref).norm().item() / norm if norm > 0 else float("inf"),
+        "max_rel_error": relative_error(ref, q),
+        "probe_images": int(ref.shape[0]),
+    }
+
+
+def _judge(check: Dict[str, Any], what: str) -> None:
+    ok_agree = check["top1_agreement"] >= check["min_agreement"]
+    ok_err = check["rel_error"] <= check["max_rel_error_allowed"]
+    check["passed"] = bool(ok_agree and ok_err)
+    if not check["passed"]:
+        raise QuantizationError(
+            f"{what} disagrees with the fp32 model on the probe ({check['probe_images']} images): top-1 agreement "
+            f"{check['top1_agreement']:.3f} (need >= {check['min_agreement']}), relative error of the logits "
+            f"{check['rel_error']:.3f} (need <= {check['max_rel_error_allowed']}). Calibrate on more (and "
+            "representative, normalised) training images, keep fold_constants=True, or report the model",
+            check=check,
+        )
+
+
+def _drop_unused_parameters(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Remove the fp32 weights that ``convert_pt2e`` leaves registered after folding them into
+    INT8 constants (the graph no longer reads them; an exported program would carry them)."""
+    used = {n.target for n in graph.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(graph.named_parameters()):
+        if name not in used:
+            owner, _, attr = name.rpartition(".")
+            delattr(graph.get_submodule(owner) if owner else graph, attr)
+    return graph
+
+
+@contextlib.contextmanager
+def _freezing() -> Iterator[None]:
+    """Inductor freezing for the compilations inside (weights become constants: prepacked INT8 kernels)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
+# -- the entry point ------------------------------------------------------------------------------------
+
+
+def _deploy_copy(model: nn.Module) -> nn.Module:
+    """A fused (deploy-form) CPU eval copy of ``model``; refuses what still computes branches."""
+    from ..convert import reparameterize
+
+    if any(isinstance(m, RepBlock) and not m.deploy for m in model.modules()):
+        deploy = reparameterize(model, inplace=False, verify=True)
+    else:
+        deploy = copy.deepcopy(model)
+    found = unfused_modules(deploy)
+    if found:
+        listing = "; ".join(f"{name}: {why}" for name, why in found[:8])
+        raise QuantizationError(
+            f"refusing to quantize a multi-branch model: {len(found)} module(s) still compute unfused branches "
+            f"({listing}). Quantize the deploy form: fuse Rep blocks (repan_zoo.reparameterize) and foreign blocks "
+            "with their own method or timm.utils.reparameterize_model(model) first"
+        )
+    return deploy.cpu().float().eval()
+
+
+def _calibration(batches: Iterable[Any]) -> List[torch.Tensor]:
+    out = []
+    for i, batch in enumerate(batches):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise QuantizationError(f"calibration batch {i} is not an N×C×H×W tensor ({type(x).__name__}); give "
+                                    "batches of normalised training images (or (images, labels) pairs)")
+        if not x.is_floating_point():
+            raise QuantizationError(f"calibration batch {i} has dtype {x.dtype}: convert and normalise the images "
+                                    "as for the fp32 model (e.g. repan_zoo.data.Normalize) before calibrating")
+        out.append(x.detach().float().cpu())
+    if sum(len(x) for x in out) < 2:
+        raise QuantizationError("calibration needs at least 2 training images (torch.export keeps the batch "
+                                "axis dynamic only from 2)")
+    return out
+
+
+def quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[Any],
+    *,
+    backend: str = "x86_inductor",
+    probe: Optional[torch.Tensor] = None,
+    fold_constants: bool = True,
+    compile: bool = True,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_rel_error: float = DEFAULT_MAX_REL_ERROR,
+) -> Int8Model:
+    """An INT8 CPU model of ``model`` through torchao's PT2E flow, self-checked (module docstring).
+
+    ``calibration_batches``: ``N×C×H×W`` float tensors (or ``(images, labels)`` pairs) of
+    normalised *training* images; every one is run through the observers. ``probe``: the
+    ``N×C×H×W`` batch of the self-check (held-out images, e.g. a validation split; default:
+    the calibration images). ``backend``: one of :data:`BACKENDS`. ``compile``: wrap the
+    converted graph in ``torch.compile(..., dynamic=False)`` with inductor freezing (each new batch size compiles:
+    tens of seconds on a small CPU). The caller's model is not changed.
+
+    Returns an :class:`Int8Model` whose ``check`` holds the agreement (:func:`agreement`), the
+    thresholds, the folded channels and the calibration size. Raises
+    :class:`~repan_zoo.errors.MissingExtraError` without torchao,
+    :class:`~repan_zoo.errors.QuantizationError` for a multi-branch model, unusable
+    calibration batches, or a self-check below ``min_agreement`` / above ``max_rel_error``;
+    ``ValueError`` for an unknown backend.
+    """
+    api = _torchao()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
+    deploy = _deploy_copy(model)
+    batches = _calibration(calibration_batches)
+    probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
+    with torch.no_grad():
+        reference = deploy(probe)
+    folded: List[Dict[str, Any]] = []
+    if fold_constants:
+        with torch.no_grad():
+            before = [deploy(b) for b in batches]
+        folded = fold_constant_channels(deploy, batches)
+        with torch.no_grad():
+            fold_err = max(relative_error(r, deploy(b)) for r, b in zip(before, batches))
+        if fold_err > _FOLD_TOLERANCE:
+            raise QuantizationError(f"folding constant channels changed the fp32 model by {fold_err:.3g} (relative, "
+                                    f"limit {_FOLD_TOLERANCE:g}); quantize with fold_constants=False and report the model")
+    example = torch.cat(batches)[:2]
+    graph = torch.export.export(deploy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    try:
+        prepared = api["prepare_pt2e"](graph, api["quantizer"]())
+    except (ValueError, RuntimeError, AssertionError) as exc:
+        raise QuantizationError(
+            f"torchao could not annotate the exported graph for {backend} ({type(exc).__name__}: {exc}). A module "
+            "instance called at several places (e.g. one nn.ReLU reused) is a known cause: give each call its own module"
+        ) from exc
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+    converted = _drop_unused_parameters(api["convert_pt2e"](prepared))
+    runner = torch.compile(converted, dynamic=False) if compile else converted  # static kernels per batch size
+    with torch.no_grad(), _freezing():
+        out = runner(probe)  # the first call compiles
+    check = dict(agreement(reference, out), min_agreement=min_agreement, max_rel_error_allowed=max_rel_error,
+                 backend=backend, compiled=bool(compile), calibration_images=sum(len(b) for b in batches),
+                 calibration_batches=len(batches), folded=folded)
+    _judge(check, "the INT8 model")
+    return Int8Model(converted, runner, check, reference)
+
+
+def calibration_data(
+    dataset: str = "fashion_mnist",
+    data_dir: Optional[str] = None,
+    *,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    batches: int = 32,
+    batch_size: int = 64,
+    probe_images: int = 512,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Normalised calibration batches and a probe from a dataset's *training files* only.
+
+    The training files are split as :func:`repan_zoo.data.load_splits` splits them (5 000
+    validation images, ``split_seed=0``): ``batches`` batches of ``batch_size`` images from the
+    train split (no flip, :func:`repan_zoo.data.calibration_batches` with ``seed``) calibrate;
+    the first ``probe_images`` validation images are the self-check's probe. The test set is
+    never read. ``mean``/``std`` (per channel, on [0, 1] pixels; default: the dataset's) normalise.
+    Returns ``{"calibration": [N×C×H×W float32, ...], "probe": N×C×H×W, "split": {...}}``.
+    Raises :class:`~repan_zoo.errors.DatasetNotFoundError` when the files are missing.
+    """
+    from ..data import Normalize, calibration_batches as draw, load_splits
+
+    splits = load_splits(dataset, data_dir, val_size=5000, split_seed=0, seed=seed, flip=False)
+    norm = Normalize(mean if mean is not None else splits.mean, std if std is not None else splits.std)
+    calibration = [norm(b) for b in draw(splits.train, batches, batch_size, seed=seed, cycle=0)]
+    probe = norm(splits.val[torch.arange(min(probe_images, len(splits.val)))][0])
+    return {"calibration": calibration, "probe": probe,
+            "split": {"dataset": splits.name, "calibration": f"{sum(len(b) for b in calibration)} train-split images",
+                      "probe": f"{len(probe)} validation images (training files, held out)"}}
+
+
