@@ -234,6 +234,9 @@ def main(argv=None) -> Dict:
                              "badly: fitted at 64², RepVGG-A0 / MobileOne-S0 reached 21 % / 8 % at 224²)")
     parser.add_argument("--fit-batch", type=int, default=16, help="with --fit-steps: images per step")
     parser.add_argument("--fit-lr", type=float, default=0.05, help="with --fit-steps: peak learning rate (cosine)")
+    parser.add_argument("--fit-cache", type=Path, default=Path.home() / ".cache" / "repan" / "int8_fit",
+                        help="fitted weights are kept here (outside the tree) and reused by a run with the same fit")
+    parser.add_argument("--calib-batches", type=int, default=4, help="with --int8: calibration batches of 16 images")
     parser.add_argument("--fit-threads", type=int, default=0, help="threads while fitting (0: all cores; not timed)")
     parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
                         help="with --shipped: only the checkpoints whose name contains one of these")
@@ -309,7 +312,7 @@ def int8_main(args: argparse.Namespace) -> Dict:
     rows = []
     for name, entry in jobs:
         chans, size = (entry.input_size[0], args.size or entry.input_size[1]) if entry else (3, args.size)
-        data = images(size, chans, batches=4, batch_size=16, probe=max(64, args.batch))
+        data = images(size, chans, batches=args.calib_batches, batch_size=16, probe=max(64, args.batch))
         fitted = None
         if entry is None:
             nets = build(name, args.seed, data)
@@ -317,10 +320,23 @@ def int8_main(args: argparse.Namespace) -> Dict:
             if args.fit_steps:  # trained weights for ours; the timm twin keeps its (timing-only) random ones
                 torch.manual_seed(args.seed)
                 train = timm.create_model(name)
-                torch.set_num_threads(args.fit_threads or os.cpu_count())  # fitting is not timed
-                fitted = fit(train, size, args.fit_steps, args.seed, amp="mobileone" not in name,
-                             fit_size=args.fit_size or size, batch_size=args.fit_batch, lr=args.fit_lr)
-                torch.set_num_threads(args.threads)
+                key = f"{name}-steps{args.fit_steps}-size{args.fit_size or size}-{size}-batch{args.fit_batch}-lr{args.fit_lr}-seed{args.seed}"
+                cached = args.fit_cache / f"{key}.safetensors"
+                if cached.is_file():  # the same fit, done before (fitting is slow on a CPU; it is not timed)
+                    from safetensors.torch import load_file
+
+                    train.load_state_dict(load_file(str(cached)))
+                    fitted = dict(json.loads(cached.with_suffix(".json").read_text()), cached=True)
+                else:
+                    torch.set_num_threads(args.fit_threads or os.cpu_count())
+                    fitted = fit(train, size, args.fit_steps, args.seed, amp="mobileone" not in name,
+                                 fit_size=args.fit_size or size, batch_size=args.fit_batch, lr=args.fit_lr)
+                    torch.set_num_threads(args.threads)
+                    from safetensors.torch import save_file
+
+                    args.fit_cache.mkdir(parents=True, exist_ok=True)
+                    save_file({k: v.contiguous() for k, v in train.state_dict().items()}, str(cached))
+                    cached.with_suffix(".json").write_text(json.dumps(fitted))
                 nets["deploy"] = repan_zoo.reparameterize(train.eval())
                 print(f"{name}: fitted {fitted}", file=sys.stderr)
         else:
