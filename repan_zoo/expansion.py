@@ -12,6 +12,7 @@ is one class with :func:`repan_zoo.blocks.register_branch`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Dict, Sequence, Tuple, Union
 from .cli_types import csv_list, number, option
 from .errors import RecipeError
 
-__all__ = ["Expansion", "ARCH_BRANCHES", "GENERIC_BRANCHES", "DEFAULT_BRANCHES", "MAX_K", "ExpansionError"]
+__all__ = ["Expansion", "ARCH_BRANCHES", "GENERIC_BRANCHES", "DEFAULT_BRANCHES", "MAX_K", "ExpansionError", "flat_fields"]
 
 #: ``branches=("arch",)``: each block re-gets the branch kinds of its own architecture
 #: (``RepBlock.arch_branches``: RepVGG's 1×1 + identity, ACNet's k×1 + 1×k, DBB's, MobileOne's k
@@ -126,3 +127,17 @@ class Expansion:
         else:
             base = cls(branches=tuple(value))
         return base.replace(**changes) if changes else base
+
+
+def flat_fields(config: Any) -> Dict[str, Any]:
+    """The fields of the dataclass ``config`` as JSON values, an :class:`Expansion` field replaced
+    by its own fields (:meth:`Expansion.as_dict`): the flat recipe form that ``recipe.json``,
+    ``config.json`` and ``final.json`` record and the command line's options mirror."""
+    d: Dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, Expansion):
+            d.update(value.as_dict())
+        else:
+            d[f.name] = copy.deepcopy(value)
+    return d

@@ -13,14 +13,13 @@ Methods (Sec. 5.1 compares all three):
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..cli_types import SEED_MAX, json_dict, number, option
 from ..errors import RecipeError
-from ..expansion import Expansion, ExpansionError
+from ..expansion import Expansion, ExpansionError, flat_fields
 from .task import CyclePlan
 from .schedules import LambdaSchedule
 
@@ -203,14 +202,7 @@ class TrainConfig:
     def as_dict(self) -> Dict[str, Any]:
         """The recipe as flat JSON values (what ``recipe.json`` and ``final.json`` record): the
         fields, with :attr:`expansion`'s fields in place of it."""
-        d: Dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "expansion":
-                d.update(value.as_dict())
-            else:
-                d[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
-        return d
+        return flat_fields(self)
 
     @classmethod
     def recipe_keys(cls) -> List[str]:

@@ -128,11 +128,6 @@ class RepAnTrainer(CycleRun):
         if self._log is not None and self.ctx.is_main:
             self._log(msg)
 
-    @property
-    def schedule(self):
-        """Θ(r, e) of the recipe (:class:`~repan_zoo.annealing.LambdaSchedule`)."""
-        return self.lam_schedule
-
     def probe(self) -> torch.Tensor:
         """The held-out batch every conversion is verified on: the first ≤128 validation images
         (``[N, C, H, W]``, normalised, on the run's device and memory format)."""

@@ -1,13 +1,12 @@
 """The detection fine-tuning recipe (:class:`FinetuneConfig`), the options of ``repan-detect``."""
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from ..cli_types import SEED_MAX, csv_list, int_list, json_dict, no_option, number, option
 from ..errors import RecipeError
-from ..expansion import Expansion
+from ..expansion import Expansion, flat_fields
 
 __all__ = ["FinetuneConfig"]
 
@@ -109,8 +108,4 @@ class FinetuneConfig:
     def as_dict(self) -> Dict[str, Any]:
         """The recipe as flat JSON values (``config.json``, ``final.json``): the fields, with
         :attr:`expansion`'s fields in place of it."""
-        d: Dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            d.update(value.as_dict() if f.name == "expansion" else {f.name: copy.deepcopy(value)})
-        return d
+        return flat_fields(self)
