@@ -163,6 +163,43 @@ def test_constant_channel_fold_is_exact_and_fixes_int8():
     assert ok.check["passed"] and ok.check["folded"][0]["channels"] == [0]
 
 
+def test_fold_is_judged_against_float64_not_against_fp32_rounding(monkeypatch):
+    """A model whose fp32 evaluation itself rounds far above 1e-4 (cancelling weights of 5e7 on
+    a constant channel: the fitted MobileOne-S0 pattern, magnified) is folded, because the fold
+    is compared with the float64 model, not with fp32's rounding; a fold that really changes the
+    model (every channel folded, as if constant) is refused and names the way out."""
+    net = DeadChannelNet().eval()
+    with torch.no_grad():
+        net.pw.weight[:, 0] = 5e7
+        net.pw.bias.copy_(torch.randn(8, generator=torch.Generator().manual_seed(1)) * 0.1 - 5e7 * 0.9144)
+    calib, probe = _batches(), _batches(1, 32, seed=9)[0]
+    ok = q.quantize(net, calib, probe=probe, compile=False, min_agreement=0.0, max_rel_error=float("inf"))
+    c = ok.check
+    assert c["fp32_rel_error"] > 1e-4 and c["fold_rel_error"] < c["fp32_rel_error"] and c["folded"][0]["channels"] == [0]
+
+    fold = q.core.fold_constant_channels
+    monkeypatch.setattr(q.core, "fold_constant_channels", lambda m, b: fold(m, b, rtol=10.0))  # folds varying channels
+    with pytest.raises(QuantizationError, match="folding constant channels changed the fp32 model.*fold_constants=False"):
+        q.quantize(DeadChannelNet().eval(), calib, probe=probe, compile=False)
+
+
+def test_fp32_modules_stay_unquantized(tiny):
+    """The remedy of keeping named layers in fp32: their convs take fp32 weights (no int8 kernel),
+    the check records them, and an unknown name is refused with the names to use."""
+    calib, probe = _batches(), _batches(1, 32, seed=9)[0]
+    int8 = q.quantize(tiny, calib, probe=probe, compile=False, fp32_modules=["stem", "head"])
+    assert int8.check["fp32_modules"] == ["stem", "head"] and int8.check["passed"]
+    full = q.quantize(tiny, calib, probe=probe, compile=False)
+
+    def int8_kernels(m):  # the converted graph names its constants _frozen_paramN: count them by shape
+        return sorted(tuple(t.shape) for t in m.graph.state_dict().values() if t.dtype == torch.int8)
+
+    assert int8_kernels(full) == [(8, 3, 3, 3), (10, 16), (16, 8, 3, 3)]  # stem, head, body
+    assert int8_kernels(int8) == [(16, 8, 3, 3)]  # body only
+    with pytest.raises(QuantizationError, match=r"fp32_modules names no submodule.*\['stme'\].*named_modules"):
+        q.quantize(tiny, calib, fp32_modules=["stme"], compile=False)
+
+
 def test_export_round_trip(tmp_path, tiny):
     path = tmp_path / "tiny.pt2"
     probe = _batches(1, 16, seed=9)[0]

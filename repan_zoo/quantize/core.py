@@ -36,8 +36,19 @@ def _torchao() -> Dict[str, Any]:
     return {
         "prepare_pt2e": prepare_pt2e,
         "convert_pt2e": convert_pt2e,
-        "quantizer": lambda: xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config()),
+        "quantizer": _x86_quantizer,
     }
+
+
+def _x86_quantizer(fp32_modules: Sequence[str] = ()) -> Any:
+    """torchao's ``X86InductorQuantizer`` with its default config, the modules named in
+    ``fp32_modules`` (dotted names, as ``named_modules`` gives them) left unannotated (fp32)."""
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    for name in fp32_modules:
+        quantizer.set_module_name_qconfig(name, None)
+    return quantizer
 
 
 class Int8Model(nn.Module):
@@ -166,6 +177,7 @@ def quantize(
     backend: str = "x86_inductor",
     probe: Optional[torch.Tensor] = None,
     fold_constants: bool = True,
+    fp32_modules: Sequence[str] = (),
     compile: bool = True,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_rel_error: float = DEFAULT_MAX_REL_ERROR,
@@ -175,7 +187,9 @@ def quantize(
     ``calibration_batches``: ``N×C×H×W`` float tensors (or ``(images, labels)`` pairs) of
     normalised *training* images; every one is run through the observers. ``probe``: the
     ``N×C×H×W`` batch of the self-check (held-out images, e.g. a validation split; default:
-    the calibration images). ``backend``: one of :data:`BACKENDS`. ``compile``: wrap the
+    the calibration images). ``fp32_modules``: names of submodules (``model.named_modules()``)
+    left in fp32, e.g. the first convolution and the classifier, a standard remedy for layers
+    that lose most under INT8. ``backend``: one of :data:`BACKENDS`. ``compile``: wrap the
     converted graph in ``torch.compile(..., dynamic=False)`` with inductor freezing (each new batch size compiles:
     tens of seconds on a small CPU). The caller's model is not changed.
 
@@ -190,6 +204,10 @@ def quantize(
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
     deploy = _deploy_copy(model)
+    unknown = sorted(set(fp32_modules) - {n for n, _ in deploy.named_modules()})
+    if unknown:
+        raise QuantizationError(f"fp32_modules names no submodule of the deploy model: {unknown}; "
+                                "use names from reparameterize(model).named_modules()")
     batches = _calibration(calibration_batches)
     probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
     with torch.no_grad():
@@ -217,7 +235,7 @@ def quantize(
     example = torch.cat(batches)[:2]
     graph = torch.export.export(deploy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
     try:
-        prepared = api["prepare_pt2e"](graph, api["quantizer"]())
+        prepared = api["prepare_pt2e"](graph, api["quantizer"](fp32_modules))
     except (ValueError, RuntimeError, AssertionError) as exc:
         raise QuantizationError(
             f"torchao could not annotate the exported graph for {backend} ({type(exc).__name__}: {exc}). A module "
@@ -232,7 +250,7 @@ def quantize(
         out = runner(probe)  # the first call compiles
     check = dict(agreement(reference, out), min_agreement=min_agreement, max_rel_error_allowed=max_rel_error,
                  backend=backend, compiled=bool(compile), calibration_images=sum(len(b) for b in batches),
-                 calibration_batches=len(batches), folded=folded, **fold_figures)
+                 calibration_batches=len(batches), fp32_modules=list(fp32_modules), folded=folded, **fold_figures)
     _judge(check, "the INT8 model")
     return Int8Model(converted, runner, check, reference)
 
