@@ -28,7 +28,7 @@ def _torchao() -> Dict[str, Any]:
     """torchao's PT2E entry points, or :class:`MissingExtraError` naming the extra."""
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # noqa: F401 (imported here to name the extra when missing)
     except ImportError as exc:
         raise MissingExtraError(
             f"INT8 quantization needs torchao, which is not installed ({exc}). Install the extra: {_EXTRA_HINT}"
