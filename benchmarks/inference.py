@@ -122,8 +122,8 @@ def int8_of(deploy: nn.Module, data: Dict) -> Dict:
     except QuantizationError as exc:
         int8 = quantize(deploy, data["calibration"], probe=data["probe"], min_agreement=0.0, max_rel_error=float("inf"))
         int8.check = dict(exc.check, note="refused by the self-check; timed with the thresholds lifted")
-    return {"net": int8, "check": {k: v for k, v in int8.check.items() if k != "folded"},
-            "folded_layers": len(int8.check["folded"])}
+    return {"net": int8, "check": {k: v for k, v in int8.check.items() if k not in ("folded", "equalized")},
+            "folded_layers": len(int8.check["folded"]), "equalized_pairs": len(int8.check.get("equalized", []))}
 
 
 def fit(model: nn.Module, size: int, steps: int, seed: int, *, amp: bool, fit_size: int = 64, batch_size: int = 32,
@@ -233,6 +233,10 @@ def main(argv=None) -> Dict:
                         help="with --fit-steps: the training input side (0: --size; smaller is cheaper but transfers "
                              "badly: fitted at 64², RepVGG-A0 / MobileOne-S0 reached 21 % / 8 % at 224²)")
     parser.add_argument("--fit-batch", type=int, default=16, help="with --fit-steps: images per step")
+    parser.add_argument("--fit-more", type=int, default=0,
+                        help="with --fit-steps: continue the (cached) fit this many steps more, a second cosine cycle")
+    parser.add_argument("--fit-only", action="store_true",
+                        help="with --fit-steps: fit (and cache) only; no quantization, no timing (e.g. while training runs)")
     parser.add_argument("--fit-lr", type=float, default=0.05, help="with --fit-steps: peak learning rate (cosine)")
     parser.add_argument("--fit-cache", type=Path, default=Path.home() / ".cache" / "repan" / "int8_fit",
                         help="fitted weights are kept here (outside the tree) and reused by a run with the same fit")
@@ -321,16 +325,24 @@ def int8_main(args: argparse.Namespace) -> Dict:
                 torch.manual_seed(args.seed)
                 train = timm.create_model(name)
                 key = f"{name}-steps{args.fit_steps}-size{args.fit_size or size}-{size}-batch{args.fit_batch}-lr{args.fit_lr}-seed{args.seed}"
-                cached = args.fit_cache / f"{key}.safetensors"
-                if cached.is_file():  # the same fit, done before (fitting is slow on a CPU; it is not timed)
-                    from safetensors.torch import load_file
+                # the fit, then optionally a continuation (--fit-more: a second cosine cycle, the next seed's
+                # data order), each cached under its own key (fitting is slow on a CPU; it is not timed)
+                stages = [(key, args.fit_steps, args.seed, None)]
+                if args.fit_more:
+                    stages.append((f"{key}-more{args.fit_more}", args.fit_more, args.seed + 1, key))
+                for stage_key, steps, seed, previous in stages:
+                    cached = args.fit_cache / f"{stage_key}.safetensors"
+                    if cached.is_file():
+                        from safetensors.torch import load_file
 
-                    train.load_state_dict(load_file(str(cached)))
-                    fitted = dict(json.loads(cached.with_suffix(".json").read_text()), cached=True)
-                else:
+                        train.load_state_dict(load_file(str(cached)))
+                        fitted = dict(json.loads(cached.with_suffix(".json").read_text()), cached=True)
+                        continue
                     torch.set_num_threads(args.fit_threads or os.cpu_count())
-                    fitted = fit(train, size, args.fit_steps, args.seed, amp="mobileone" not in name,
+                    fitted = fit(train, size, steps, seed, amp="mobileone" not in name,
                                  fit_size=args.fit_size or size, batch_size=args.fit_batch, lr=args.fit_lr)
+                    if previous:
+                        fitted.update(continued_from=previous, total_steps=args.fit_steps + steps)
                     torch.set_num_threads(args.threads)
                     from safetensors.torch import save_file
 
@@ -339,6 +351,8 @@ def int8_main(args: argparse.Namespace) -> Dict:
                     cached.with_suffix(".json").write_text(json.dumps(fitted))
                 nets["deploy"] = repan_zoo.reparameterize(train.eval())
                 print(f"{name}: fitted {fitted}", file=sys.stderr)
+                if args.fit_only:
+                    continue
         else:
             nets = {"deploy": repan_zoo.reparameterize(timm.create_model(name, pretrained=True).eval())}
             if entry.model in TWINS:
@@ -358,7 +372,7 @@ def int8_main(args: argparse.Namespace) -> Dict:
             "model": name, "timm_twin": (TWINS.get(entry.model if entry else name)) if "timm" in nets else None,
             "input": [args.batch, chans, size, size],
             "weights": "shipped checkpoint" if entry else (
-                f"ours fitted {fitted['steps']} steps on Fashion-MNIST at {fitted['fit_size']}², BN measured at {size}² "
+                f"ours fitted {fitted.get('total_steps', fitted['steps'])} steps on Fashion-MNIST at {fitted['fit_size']}², BN measured at {size}² "
                 "(timm twin random, timing only)"
                 if fitted else "random, BN statistics measured on Fashion-MNIST images"),
             "fit": fitted,
@@ -367,12 +381,15 @@ def int8_main(args: argparse.Namespace) -> Dict:
             "int8_vs": {k: round(med[k] / med["int8"], 3) for k in nets if k != "int8"},
             "paired_int8_vs": {k: round(statistics.median(a / b for a, b in zip(times[k], times["int8"])), 3)
                                for k in nets if k != "int8"},
-            "check": int8["check"], "folded_layers": int8["folded_layers"], "data": data["split"],
+            "check": int8["check"], "folded_layers": int8["folded_layers"], "equalized_pairs": int8["equalized_pairs"],
+            "data": data["split"],
             "deploy_vs_timm_rel_error": None if entry or fitted or "timm" not in nets else float(f"{err:.3g}"),
         }
         rows.append(row)
         print(f"{name}: {row['median_ms']} check passed {row['check']['passed']}", file=sys.stderr)
         del nets
+    if args.fit_only:
+        return {"results": []}  # nothing timed: no result file written
     result = {
         "benchmark": "cpu inference: INT8 (torchao PT2E, X86InductorQuantizer, torch.compile freezing) vs fp32 eager",
         "config": {

@@ -11,9 +11,11 @@ images of the *training split* and self-checked on ``--probe-images`` held-out v
 INT8 top-1 on the full Fashion-MNIST *test* set with the entry's mean/std. ``--sweep`` also scores the
 eager INT8 graph for several calibration sizes (the remedy that mattered for MobileOne-S0). Arms:
 
-``int8``          the shipped recipe (constant-channel folding on);
-``int8_no_fold``  the same without folding (``--arms``), measured with the self-check's thresholds
-                  lifted so that the refused model can still be scored (its check is recorded).
+``int8``              the shipped recipe (:func:`~repan_zoo.quantize.quantize`'s defaults: constant-channel
+                      folding, activation equalization with alpha 0.5);
+``int8_no_fold``      the same without folding, and
+``int8_no_equalize``  without equalization (``--arms``), both measured with the self-check's thresholds
+                      lifted so that a refused model can still be scored (its check is recorded).
 
 Writes ``benchmarks/results/int8_accuracy.json``; ``--update-manifest`` records the ``int8`` arm as
 ``metrics.fashion_mnist_int8`` of each entry (``repan_zoo.manifest.write_entry``). Exit 1 when an
@@ -41,7 +43,8 @@ from repan_zoo.manifest import load_manifest, write_entry
 from repan_zoo.quantize import calibration_data, quantize
 
 OUT = Path(__file__).resolve().parent / "results" / "int8_accuracy.json"
-ARMS = {"int8": True, "int8_no_fold": False}  # arm → fold_constants
+#: arm → quantize() options; every arm but the shipped one is scored with the self-check's thresholds lifted
+ARMS = {"int8": {}, "int8_no_fold": {"fold_constants": False}, "int8_no_equalize": {"equalize": None}}
 COMMAND = "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/int8_accuracy.py --update-manifest"
 
 
@@ -89,8 +92,8 @@ def main(argv=None) -> int:
         row["data"] = dict(data["split"], test=f"{len(images)} test images (scored only)")
         for arm in a.arms:
             start = time.time()
-            lifted = {} if ARMS[arm] else {"min_agreement": 0.0, "max_rel_error": float("inf")}
-            int8 = quantize(model, data["calibration"], probe=data["probe"], fold_constants=ARMS[arm],
+            lifted = {} if arm == "int8" else {"min_agreement": 0.0, "max_rel_error": float("inf")}
+            int8 = quantize(model, data["calibration"], probe=data["probe"], **ARMS[arm],
                             compile=not a.no_compile, **lifted)
             acc = top1(int8, images, test_labels)
             row[arm] = {"test_top1": acc, "drop": round(row["fp32_test_top1"] - acc, 4), "check": int8.check,
@@ -137,7 +140,9 @@ def _record(entry: Any, row: Dict[str, Any], torchao_version: str, a: argparse.N
         "top1": round(shipped["test_top1"], 2), "test_top1": round(shipped["test_top1"], 2),
         "fp32_test_top1": round(row["fp32_test_top1"], 2), "drop": round(shipped["drop"], 2),
         "variant": f"int8: torchao {torchao_version} PT2E X86InductorQuantizer (per-channel int8 weights, per-tensor "
-                   "uint8 activations), constant channels folded, torch.compile freezing",
+                   "uint8 activations), constant channels folded"
+                   + (f", activations equalized (alpha {shipped['check']['equalize_alpha']})"
+                      if shipped["check"].get("equalize_alpha") is not None else "") + ", torch.compile freezing",
         "calibration": row["data"]["calibration"], "self_check": {
             k: round(shipped["check"][k], 4) for k in ("top1_agreement", "rel_error")},
         "command": COMMAND,
@@ -149,15 +154,17 @@ def markdown(result: Dict[str, Any]) -> str:
     """The README table: fp32 and INT8 test top-1 per shipped checkpoint."""
     sizes = sorted({int(k) for r in result["rows"] for k in r.get("calibration_sweep", {})})
     lines = ["| checkpoint | fp32 test top-1 | INT8 test top-1 | drop (points) | INT8 without folding "
-             "| agreement / rel. error (probe) |" + "".join(f" eager INT8, {n} calib. images |" for n in sizes),
-             "|---|---:|---:|---:|---:|---:|" + "---:|" * len(sizes)]
+             "| INT8 without equalization | agreement / rel. error (probe) |"
+             + "".join(f" eager INT8, {n} calib. images |" for n in sizes),
+             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(sizes)]
     for r in result["rows"]:
         if r.get("status") != "ok" or "int8" not in r:
             continue
-        nofold = r.get("int8_no_fold", {}).get("test_top1")
+        arms = [r.get(arm, {}).get("test_top1") for arm in ("int8_no_fold", "int8_no_equalize")]
         c = r["int8"]["check"]
         lines.append(f"| {r['model']} | {r['fp32_test_top1']:.2f} | {r['int8']['test_top1']:.2f} | {r['int8']['drop']:.2f} "
-                     f"| {'—' if nofold is None else f'{nofold:.2f}'} | {c['top1_agreement']:.3f} / {c['rel_error']:.3f} |"
+                     + "".join(f"| {'—' if v is None else f'{v:.2f}'} " for v in arms)
+                     + f"| {c['top1_agreement']:.3f} / {c['rel_error']:.3f} |"
                      + "".join(f" {r['calibration_sweep'][str(n)]['test_top1']:.2f} |" if str(n) in r.get("calibration_sweep", {})
                                else " — |" for n in sizes))
     return "\n".join(lines)

@@ -179,8 +179,63 @@ def test_fold_is_judged_against_float64_not_against_fp32_rounding(monkeypatch):
 
     fold = q.core.fold_constant_channels
     monkeypatch.setattr(q.core, "fold_constant_channels", lambda m, b: fold(m, b, rtol=10.0))  # folds varying channels
-    with pytest.raises(QuantizationError, match="folding constant channels changed the fp32 model.*fold_constants=False"):
+    with pytest.raises(QuantizationError, match="folding constant channels / equalizing activations changed the fp32 model.*fold_constants=False, equalize=None"):
         q.quantize(DeadChannelNet().eval(), calib, probe=probe, compile=False)
+
+
+class WideRangeNet(nn.Module):
+    """Deploy-form chain whose stem channel 0 outputs ~1000× the range of the others (a fused BN
+    with a tiny variance does this), undone by the depthwise conv reading it: exact in fp32, but
+    one per-tensor uint8 scale for the stem's output rounds the other seven channels to zero."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+        with torch.no_grad():
+            for m in (self.stem, self.dw, self.pw, self.conv, self.head):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            self.stem.weight[0] *= 1000
+            self.stem.bias[0] *= 1000
+            self.dw.weight[0] /= 1000
+
+    def forward(self, x):
+        x = torch.relu(self.conv(torch.relu(self.pw(torch.relu(self.dw(torch.relu(self.stem(x))))))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_equalize_activations_is_exact_and_fixes_a_wide_range_channel():
+    calib, probe = _batches(), _batches(1, 32, seed=9)[0]
+    net = WideRangeNet().eval()
+    with torch.no_grad():
+        ref = net(probe)
+    eq = WideRangeNet().eval()
+    records = q.equalize_activations(eq, calib)
+    assert [(r["layer"], r["into"], r["kind"]) for r in records] == [
+        ("stem", "dw", "depthwise"), ("dw", "pw", "pointwise"), ("pw", "conv", "dense")]
+    assert records[0]["spread_before"] > 100 and records[0]["spread_after"] == pytest.approx(1.0)  # depthwise: full
+    assert all(r["spread_after"] < r["spread_before"] for r in records)
+    with torch.no_grad():
+        assert relative_error(ref, eq(probe)) < 1e-5
+    with pytest.raises(QuantizationError, match="disagrees") as refused:
+        q.quantize(net, calib, probe=probe, equalize=None, compile=False)
+    assert refused.value.check["equalize_alpha"] is None
+    # layer_errors locates it: the stem's own output is fine, the depthwise conv reading its
+    # quantized output is where the signal is lost
+    bad = q.quantize(net, calib, probe=probe, equalize=None, compile=False, min_agreement=0.0, max_rel_error=9.0)
+    layers = {r["layer"]: r["sqnr_db"] for r in q.layer_errors(bad, probe)}
+    assert list(layers) == ["stem", "dw", "pw", "conv", "head"]
+    assert layers["stem"] > 30 and layers["dw"] < 10
+    ok = q.quantize(net, calib, probe=probe, compile=False)  # equalized by default
+    assert ok.check["passed"] and ok.check["equalize_alpha"] == 0.5 and len(ok.check["equalized"]) == 3
+    assert min(r["sqnr_db"] for r in q.layer_errors(ok, probe)) > 20
+    with pytest.raises(ValueError, match=r"alpha=1.5.*\[0, 1\]"):
+        q.equalize_activations(WideRangeNet().eval(), calib, alpha=1.5)
 
 
 def test_fp32_modules_stay_unquantized(tiny):
@@ -275,3 +330,23 @@ def test_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
     rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "3", "16", "16", "--int8", "--out", str(tmp_path / "x.pt2")])
     assert rc == 2 and "repan-zoo[quant]" in capsys.readouterr().err
     assert not (tmp_path / "x.pt2").exists()
+
+
+def test_cli_int8_options_parse_and_reach_export(monkeypatch, tmp_path, capsys):
+    """`repan export --int8 --equalize none --fp32-module NAME` reaches export_int8; a strength outside [0, 1] is refused."""
+    from repan_zoo.cli import build_parser, main
+
+    args = build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2", "--equalize", "none",
+                                      "--fp32-module", "stem", "--fp32-module", "head"])
+    assert args.equalize is None and args.fp32_modules == ["stem", "head"]
+    assert build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2"]).equalize == 0.5
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2", "--equalize", "1.5"])
+    assert "--equalize" in capsys.readouterr().err
+    seen = {}
+    monkeypatch.setattr(q, "calibration_data", lambda *a, **k: {"calibration": _batches(1, 4), "probe": _batches(1, 4)[0],
+                                                                 "split": {}})
+    monkeypatch.setattr(q, "export_int8", lambda *a, **k: seen.update(k) or (_ for _ in ()).throw(QuantizationError("stop")))
+    rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "3", "16", "16", "--int8", "--out", str(tmp_path / "x.pt2"),
+               "--equalize", "0.25", "--fp32-module", "stem"])
+    assert rc != 0 and seen["equalize"] == 0.25 and seen["fp32_modules"] == ["stem"]

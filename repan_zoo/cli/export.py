@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--calib-batch-size", type=number(int, 1), default=64)
     q.add_argument("--probe-images", type=number(int, 2), default=512,
                    help="held-out validation images of the self-check")
+    q.add_argument("--equalize", type=number(float, 0.0, 1.0, none=True), default=0.5, metavar="ALPHA",
+                   help="SmoothQuant strength of the activation equalization in [0, 1], or 'none' (default 0.5)")
+    q.add_argument("--fp32-module", dest="fp32_modules", action="append", default=[], metavar="NAME",
+                   help="leave this submodule in fp32 (repeatable; names as in the deploy model's named_modules())")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +78,8 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     norm = {k: cfg[k] for k in ("mean", "std") if len(cfg.get(k) or ()) == chans}  # else the dataset's own
     data = calibration_data(args.dataset, args.data_dir, batches=args.calib_batches, batch_size=args.calib_batch_size,
                             probe_images=args.probe_images, **norm)
-    report = export_int8(model, args.out, data["calibration"], probe=data["probe"])
+    report = export_int8(model, args.out, data["calibration"], probe=data["probe"], equalize=args.equalize,
+                         fp32_modules=args.fp32_modules)
     report["data"] = data["split"]
     if args.json:
         print(json.dumps(report, indent=2))
@@ -84,6 +89,6 @@ def _export_int8(model, args: argparse.Namespace) -> int:
             f"wrote {report['path']} (INT8 torch.export program, dynamic batch): top-1 agreement with fp32 "
             f"{c['top1_agreement']:.3f}, relative error {c['rel_error']:.3f} on {c['probe_images']} held-out images; "
             f"calibrated on {c['calibration_images']} training images; {len(c['folded'])} layer(s) with constant "
-            f"channels folded; sha256 {report['sha256']}"
+            f"channels folded, {len(c['equalized'])} activation(s) equalized; sha256 {report['sha256']}"
         )
     return 0

@@ -15,16 +15,28 @@
    INT8 the constant is rounded to the per-tensor activation step (error × 500 on the output)
    and the column sets the per-output-channel weight scale (the real weights, ~0.7, round to
    zero). The fold removes both;
-3. ``torch.export.export`` (dynamic batch axis) → ``prepare_pt2e`` with torchao's
+3. **equalize activations** (:func:`equalize_activations`, on by default, ``equalize=0.5``): every
+   ``conv A → ReLU → conv B`` activation is rescaled per channel (A's output channel divided by
+   ``s_c``, B's input channel multiplied by it; exact because ReLU is positively homogeneous), so
+   that one per-tensor uint8 scale fits all its channels: ``s_c`` is the activation range for a
+   depthwise B (whose per-channel weight scale absorbs it at no cost) and SmoothQuant's balance
+   ``r_c^α / w_c^(1−α)`` for a dense B. On a fitted MobileOne-S0 at 224² it raised the
+   propagated SQNR after the first depthwise → pointwise pair from 16 to 28 dB
+   (``benchmarks/int8_sensitivity.py``). The float64 check of step 2 covers it;
+4. ``torch.export.export`` (dynamic batch axis) → ``prepare_pt2e`` with torchao's
    ``X86InductorQuantizer`` (its default config: per-channel symmetric int8 weights, per-tensor
    affine uint8 activations with histogram observers) → calibrate on ``calibration_batches``
    (training images, never test images) → ``convert_pt2e``;
-4. ``torch.compile`` with inductor freezing (optional: ``compile=False`` keeps the eager
+5. ``torch.compile`` with inductor freezing (optional: ``compile=False`` keeps the eager
    reference-quantized graph, which is what :func:`export_int8` saves);
-5. **self-check** (:func:`agreement`): on the ``probe`` batch the INT8 model's outputs are
+6. **self-check** (:func:`agreement`): on the ``probe`` batch the INT8 model's outputs are
    compared with the fp32 model's: top-1 agreement and relative error
    ``‖q − f‖₂ / ‖f‖₂`` over the logits. Below ``min_agreement`` or above
    ``max_rel_error`` the model is refused (:class:`~repan_zoo.errors.QuantizationError`).
+
+``fp32_modules`` leaves named layers unquantized (the first/last-layer remedy);
+:func:`layer_errors` tells which layers lose most: the propagated SQNR of every conv/linear
+output of the INT8 graph against its fp32 model.
 
 torchao is the optional extra ``repan-zoo[quant]`` (``torch.ao.quantization``'s PT2E modules
 are gone from torch 2.14; torchao is their maintained home); without it every entry point
@@ -38,13 +50,14 @@ before deserializing it.
 Sources: torchao PT2E tutorial ("PyTorch 2 Export Post Training Quantization with X86 Backend
 through Inductor"); bias absorption of Nagel et al., "Data-Free Quantization Through Weight
 Equalization and Bias Correction", ICCV 2019, Sec. 4.2 (here for channels that are constant,
-where it is exact).
+where it is exact) and its cross-layer equalization through ReLU (Sec. 4.1); Xiao et al.,
+"SmoothQuant", ICML 2023, Eq. 4 (the migration strength α).
 """
 from . import core  # noqa: F401  (the module, e.g. for tests that replace its torchao loader)
 from .core import (
-    BACKENDS, DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, Int8Model, agreement, calibration_data, quantize,
+    BACKENDS, DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, Int8Model, agreement, calibration_data, layer_errors, quantize,
 )
-from .folding import fold_constant_channels
+from .folding import equalize_activations, fold_constant_channels
 from .program import export_int8, load_int8
 
 __all__ = [
@@ -54,7 +67,9 @@ __all__ = [
     "Int8Model",
     "quantize",
     "agreement",
+    "layer_errors",
     "fold_constant_channels",
+    "equalize_activations",
     "export_int8",
     "load_int8",
     "calibration_data",

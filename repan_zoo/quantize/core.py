@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
@@ -13,7 +14,7 @@ from ..errors import MissingExtraError, QuantizationError
 from ..export import unfused_modules
 from ..verify import relative_error
 
-from .folding import _FOLD_TOLERANCE, fold_constant_channels
+from .folding import _FOLD_TOLERANCE, equalize_activations, fold_constant_channels
 
 #: quantizer backends :func:`quantize` knows.
 BACKENDS = ("x86_inductor",)
@@ -57,12 +58,16 @@ class Int8Model(nn.Module):
     ``graph`` is the converted PT2E graph (eager, reference-quantized ops), ``runner`` what
     ``forward`` calls (``torch.compile(graph)`` or ``graph`` itself), ``check`` the self-check
     report (:func:`agreement` plus thresholds, fold and calibration facts), ``reference`` the
-    fp32 logits on the probe it was checked on.
+    fp32 logits on the probe it was checked on, ``float_model`` the fp32 deploy model the graph
+    quantizes (after constant folding and equalization; kept outside the module tree, so not in
+    ``state_dict``; :func:`layer_errors` compares the two).
     Input: ``N×C×H×W`` float32, normalised like the fp32 model's; output: the model's logits.
     """
 
-    def __init__(self, graph: nn.Module, runner: Any, check: Dict[str, Any], reference: torch.Tensor):
+    def __init__(self, graph: nn.Module, runner: Any, check: Dict[str, Any], reference: torch.Tensor,
+                 float_model: Optional[nn.Module] = None):
         super().__init__()
+        self.__dict__["float_model"] = float_model  # not a submodule
         self.graph = graph
         self._runner = runner
         self.check = check
@@ -95,6 +100,48 @@ def agreement(reference: torch.Tensor, quantized: torch.Tensor) -> Dict[str, flo
         "max_rel_error": relative_error(ref, q),
         "probe_images": int(ref.shape[0]),
     }
+
+
+@torch.no_grad()
+def layer_errors(int8: Int8Model, x: torch.Tensor) -> List[Dict[str, Any]]:
+    """Where an INT8 model loses accuracy: for every convolution and linear layer, in graph order,
+    the INT8 graph's output against its fp32 model's (``int8.float_model``) on the batch ``x``
+    (``N×C×H×W``), the quantization errors of all earlier layers included (propagated, as
+    torchao's numeric debugger compares them). The INT8 graph's conv/linear outputs are taken
+    before their output is quantized (reference representation: dequantized inputs and weights).
+    Returns ``[{"layer": name in model.named_modules(), "sqnr_db": 10·log10(‖f‖²/‖f − q‖²),
+    "rel_error": ‖q − f‖₂/‖f‖₂}, ...]``. Raises ``ValueError`` for an :class:`Int8Model`
+    without its fp32 model."""
+    if int8.float_model is None:
+        raise ValueError("this Int8Model carries no float_model; quantize the model again with repan_zoo.quantize")
+    reference: Dict[str, torch.Tensor] = {}
+    layers = [(n, m) for n, m in int8.float_model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(lambda _m, _i, out, n=n: reference.__setitem__(n, out)) for n, m in layers]
+    try:
+        int8.float_model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    got: Dict[str, torch.Tensor] = {}
+
+    class _Recorder(torch.fx.Interpreter):
+        def run_node(self, node: torch.fx.Node) -> Any:
+            out = super().run_node(node)
+            if node.op == "call_function" and node.target in (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default):
+                stack = node.meta.get("nn_module_stack") or {}
+                if stack:
+                    got[list(stack.values())[-1][0]] = out
+            return out
+
+    _Recorder(int8.graph).run(x)
+    rows = []
+    for name, _ in layers:
+        if name in got and name in reference:
+            f, q = reference[name].double(), got[name].double()
+            ratio = ((f - q).pow(2).sum() / f.pow(2).sum().clamp(min=1e-300)).clamp(min=1e-30).item()
+            rows.append({"layer": name, "sqnr_db": round(-10 * math.log10(ratio), 2),
+                         "rel_error": float(f"{math.sqrt(ratio):.4g}")})
+    return rows
 
 
 def _judge(check: Dict[str, Any], what: str) -> None:
@@ -177,6 +224,7 @@ def quantize(
     backend: str = "x86_inductor",
     probe: Optional[torch.Tensor] = None,
     fold_constants: bool = True,
+    equalize: Optional[float] = 0.5,
     fp32_modules: Sequence[str] = (),
     compile: bool = True,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
@@ -187,7 +235,10 @@ def quantize(
     ``calibration_batches``: ``N×C×H×W`` float tensors (or ``(images, labels)`` pairs) of
     normalised *training* images; every one is run through the observers. ``probe``: the
     ``N×C×H×W`` batch of the self-check (held-out images, e.g. a validation split; default:
-    the calibration images). ``fp32_modules``: names of submodules (``model.named_modules()``)
+    the calibration images). ``fold_constants``: :func:`fold_constant_channels` first.
+    ``equalize``: the SmoothQuant strength α of :func:`equalize_activations` (exact
+    per-channel rescaling of every ``conv → ReLU → conv`` activation; ``None``: off).
+    ``fp32_modules``: names of submodules (``model.named_modules()``)
     left in fp32, e.g. the first convolution and the classifier, a standard remedy for layers
     that lose most under INT8. ``backend``: one of :data:`BACKENDS`. ``compile``: wrap the
     converted graph in ``torch.compile(..., dynamic=False)`` with inductor freezing (each new batch size compiles:
@@ -213,25 +264,31 @@ def quantize(
     with torch.no_grad():
         reference = deploy(probe)
     folded: List[Dict[str, Any]] = []
+    equalized: List[Dict[str, Any]] = []
     fold_figures: Dict[str, float] = {}
-    if fold_constants:
-        # judged against the unfolded model computed in float64: folding may change the fp32 model by
-        # about as much as fp32 evaluation already does (a model with large cancelling weights and
-        # biases, the very pattern folding removes, rounds far above 1e-5), never by more
+    if fold_constants or equalize is not None:
+        # judged against the unchanged model computed in float64: folding and equalizing may change
+        # the fp32 model by about as much as fp32 evaluation already does (a model with large
+        # cancelling weights and biases, the very pattern folding removes, rounds far above 1e-5),
+        # never by more
         with torch.no_grad():
             exact = copy.deepcopy(deploy).double()
             ref64 = [exact(b.double()) for b in batches]
             del exact
             own = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
-        folded = fold_constant_channels(deploy, batches)
+        if fold_constants:
+            folded = fold_constant_channels(deploy, batches)
+        if equalize is not None:
+            equalized = equalize_activations(deploy, batches, alpha=equalize)
         with torch.no_grad():
             fold_err = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
         limit = max(_FOLD_TOLERANCE, 4 * own)
         fold_figures = {"fold_rel_error": fold_err, "fp32_rel_error": own, "fold_limit": limit}
         if fold_err > limit:
-            raise QuantizationError(f"folding constant channels changed the fp32 model by {fold_err:.3g} (relative to "
-                                    f"the unfolded model in float64; fp32 evaluation itself: {own:.3g}, limit {limit:.3g}); "
-                                    "quantize with fold_constants=False and report the model")
+            raise QuantizationError(f"folding constant channels / equalizing activations changed the fp32 model by "
+                                    f"{fold_err:.3g} (relative to the unchanged model in float64; fp32 evaluation "
+                                    f"itself: {own:.3g}, limit {limit:.3g}); quantize with fold_constants=False, "
+                                    "equalize=None and report the model")
     example = torch.cat(batches)[:2]
     graph = torch.export.export(deploy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
     try:
@@ -250,9 +307,10 @@ def quantize(
         out = runner(probe)  # the first call compiles
     check = dict(agreement(reference, out), min_agreement=min_agreement, max_rel_error_allowed=max_rel_error,
                  backend=backend, compiled=bool(compile), calibration_images=sum(len(b) for b in batches),
-                 calibration_batches=len(batches), fp32_modules=list(fp32_modules), folded=folded, **fold_figures)
+                 calibration_batches=len(batches), fp32_modules=list(fp32_modules), folded=folded, equalize_alpha=equalize,
+                 equalized=equalized, **fold_figures)
     _judge(check, "the INT8 model")
-    return Int8Model(converted, runner, check, reference)
+    return Int8Model(converted, runner, check, reference, float_model=deploy)
 
 
 def calibration_data(

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import zipfile
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -75,6 +75,8 @@ def export_int8(
     *,
     probe: Optional[torch.Tensor] = None,
     fold_constants: bool = True,
+    equalize: Optional[float] = 0.5,
+    fp32_modules: Sequence[str] = (),
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_rel_error: float = DEFAULT_MAX_REL_ERROR,
 ) -> Dict[str, Any]:
@@ -90,8 +92,8 @@ def export_int8(
     """
     batches = _calibration(calibration_batches)
     probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
-    int8 = quantize(model, batches, probe=probe, fold_constants=fold_constants, compile=False,
-                    min_agreement=min_agreement, max_rel_error=max_rel_error)
+    int8 = quantize(model, batches, probe=probe, fold_constants=fold_constants, equalize=equalize,
+                    fp32_modules=fp32_modules, compile=False, min_agreement=min_agreement, max_rel_error=max_rel_error)
     inputs = [probe, probe[:1]]
     with torch.no_grad():
         expected = [int8.graph(x) for x in inputs]
