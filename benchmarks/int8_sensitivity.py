@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import repan_zoo  # noqa: E402
 from inference import images  # noqa: E402
+from repan_zoo.fileio import atomic_write  # noqa: E402
 from repan_zoo.quantize import layer_errors, quantize  # noqa: E402
 
 
@@ -232,13 +233,8 @@ def main(argv=None) -> Dict:
         before = json.loads(args.out.read_text())
         result["results"] = {**before["results"], **rows}
         result["command"] = before["command"] + " && " + result["command"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
     return result
-
-
-if __name__ == "__main__":
-    main()
 
 
 def markdown(result: Dict) -> str:
@@ -277,3 +273,7 @@ def markdown(result: Dict) -> str:
             by = {r["layer"]: r["sqnr_db"] for r in layers}
             lines.append(f"| {names.get(key, key)} | " + " | ".join(f"{by.get(p, float('nan')):.1f}" for p in picks) + " |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ import torch
 
 import repan_zoo
 from repan_zoo.export import export_onnx
+from repan_zoo.fileio import atomic_write
 from repan_zoo.manifest import load_manifest
 from repan_zoo.quantize import agreement, calibration_data, equalize_activations, fold_constant_channels
 
@@ -114,13 +115,8 @@ def main(argv=None) -> Dict:
                          "fold_and_equalize": args.transforms,
                          "statistic": "median time per batch, interleaved runs", "conditions": args.note},
               "results": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1) + "\n"))
     return result
-
-
-if __name__ == "__main__":
-    main()
 
 
 def markdown(result: Dict) -> str:
@@ -132,3 +128,7 @@ def markdown(result: Dict) -> str:
         lines.append(f"| {r['model']} | {'×'.join(map(str, r['input']))} | {m['ort_int8']:.1f} | {m['ort_fp32']:.1f} | "
                      f"{m['torch_fp32']:.1f} | {r['ort_int8_vs']['torch_fp32']:.2f}× | {c['top1_agreement']:.3f} / {c['rel_error']:.3f} |")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

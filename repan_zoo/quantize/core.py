@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
@@ -29,7 +30,7 @@ def _torchao() -> Dict[str, Any]:
     """torchao's PT2E entry points, or :class:`MissingExtraError` naming the extra."""
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # noqa: F401 (imported here to name the extra when missing)
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as exc:
         raise MissingExtraError(
             f"INT8 quantization needs torchao, which is not installed ({exc}). Install the extra: {_EXTRA_HINT}"
@@ -37,15 +38,14 @@ def _torchao() -> Dict[str, Any]:
     return {
         "prepare_pt2e": prepare_pt2e,
         "convert_pt2e": convert_pt2e,
-        "quantizer": _x86_quantizer,
+        "quantizer": functools.partial(_x86_quantizer, xiq),
     }
 
 
-def _x86_quantizer(fp32_modules: Sequence[str] = ()) -> Any:
-    """torchao's ``X86InductorQuantizer`` with its default config, the modules named in
-    ``fp32_modules`` (dotted names, as ``named_modules`` gives them) left unannotated (fp32)."""
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-
+def _x86_quantizer(xiq: Any, fp32_modules: Sequence[str] = ()) -> Any:
+    """torchao's ``X86InductorQuantizer`` (from its module ``xiq``) with its default config, the
+    modules named in ``fp32_modules`` (dotted names, as ``named_modules`` gives them) left
+    unannotated (fp32)."""
     quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     for name in fp32_modules:
         quantizer.set_module_name_qconfig(name, None)
