@@ -48,6 +48,7 @@ __all__ = [
     "check_weights_available",
     "family_for",
     "write_entry",
+    "remove_entry",
     "is_valid_tag",
     "is_valid_repo_id",
     "timm_cfgs",
@@ -318,12 +319,12 @@ def family_for(model: str) -> str:
     return re.sub(r"\d+$", "", name.split("_", 1)[0]) or model
 
 
-def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: Optional[os.PathLike] = None) -> Path:
+def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: Optional[os.PathLike] = None,
+                default: bool = False) -> Path:
     """Add ``entry`` to ``<directory>/<family>.json``, replacing the entry of the same model and tag
-    (in place, so the listed order, and hence timm's default tag, is kept). Written atomically;
-    the whole folder is re-validated afterwards. Returns the file."""
-    from .fileio import atomic_write
-
+    (in place, so the listed order, and hence timm's default tag, is kept). ``default=True`` lists it
+    first among its model's entries instead, so that ``timm.create_model(model, pretrained=True)``
+    (no tag) loads it. Written atomically; the whole folder is re-validated afterwards. Returns the file."""
     WeightEntry.from_dict(entry.as_dict(), where="new")  # the schema, before touching any file
     folder = Path(directory or manifest_dir())
     family = family or family_for(entry.model)
@@ -340,17 +341,49 @@ def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: 
     doc = _read_document(file) if file.exists() else {"family": family, "entries": []}
     new = entry.as_dict()
     rows = doc["entries"]
-    for i, row in enumerate(rows):
-        if (row.get("model"), row.get("tag")) == (entry.model, entry.tag):
-            rows[i] = new
-            break
+    same = [i for i, row in enumerate(rows) if (row.get("model"), row.get("tag")) == (entry.model, entry.tag)]
+    if default:
+        rows[:] = [row for i, row in enumerate(rows) if i not in same]
+        first = next((i for i, row in enumerate(rows) if row.get("model") == entry.model), len(rows))
+        rows.insert(first, new)
+    elif same:
+        rows[same[0]] = new
     else:
         rows.append(new)
+    _write_document(file, doc, folder)
+    return file
+
+
+def remove_entry(model: str, tag: str, *, directory: Optional[os.PathLike] = None) -> Tuple[WeightEntry, Path]:
+    """Take ``model.tag`` out of the manifest (its family file, written atomically, the folder
+    re-validated). Returns the removed entry and the file it was in. The weight file itself is
+    not touched: a Hub revision stays downloadable by its pinned commit, and a bundled file is the
+    caller's to delete (:func:`repan_zoo.hub.publish.retire` does both steps).
+
+    Raises:
+        ManifestError: ``model.tag`` is not listed (the message names the tags that are).
+    """
+    folder = Path(directory or manifest_dir())
+    for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        doc = _read_document(file)
+        for i, row in enumerate(doc["entries"]):
+            if (row.get("model"), row.get("tag")) == (model, tag):
+                removed = WeightEntry.from_dict(row, where=file.name)
+                del doc["entries"][i]
+                _write_document(file, doc, folder)
+                return removed, file
+    listed = sorted(t for (m, t) in load_manifest(folder) if m == model)
+    raise ManifestError(f"{model}.{tag} is not in the weights manifest ({folder}); listed tags of {model}: "
+                        f"{', '.join(listed) or 'none'}")
+
+
+def _write_document(file: Path, doc: Dict[str, Any], folder: Path) -> None:
+    from .fileio import atomic_write
+
     text = json.dumps(doc, indent=2, sort_keys=False) + "\n"
     atomic_write(file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     reload_manifest()
     load_manifest(folder, strict=True)  # fail loudly now, as the writer, rather than warn at the next import
-    return file
 
 
 # -- timm ------------------------------------------------------------------------------------

@@ -71,6 +71,33 @@ def test_ship_picks_the_best_validation_repan_run(tmp_path, monkeypatch):
     assert best["m"]["run"] == "m__repan_kd__s1"
     with pytest.raises(SystemExit, match="missing"):
         ship.publish_command(best["m"], tmp_path / "work", "cpu/main")
+    assert ship.best_runs("cpu/main", any_arm=True)["m"]["run"] == "m__baseline__s0"
+
+
+def test_ship_replace_supersedes_the_models_other_tags(tmp_path, monkeypatch):
+    """``--replace``: the chosen run is published as the default tag (``fmnist_<scale>_<arm>``) and
+    every other tag of the model is superseded; the command carries the arm's seed statistics."""
+    ship = load("ship")
+    plan = tmp_path / "long" / "main"
+    write_run(plan, "m__kd__s0", "m", "kd", 0, 94.0, 93.8)
+    write_run(plan, "m__kd__s1", "m", "kd", 1, 94.2, 93.6)
+    monkeypatch.setattr(ship, "RESULTS", tmp_path)
+    run_dir = tmp_path / "work" / "long" / "main" / "m__kd__s1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "deploy.safetensors").write_bytes(b"weights")
+    final = ship.best_runs("long/main", any_arm=True)["m"]
+    final["checkpoint"]["sha256"] = ship.sha256_file(run_dir / "deploy.safetensors")
+
+    class Entry:
+        def __init__(self, tag):
+            self.tag = tag
+    monkeypatch.setattr(ship.manifest, "entries_for", lambda model: [Entry("fmnist_repan"), Entry("fmnist_long_kd")])
+    cmd = ship.publish_command(final, tmp_path / "work", "long/main", replace=True)
+    assert cmd[cmd.index("--tag") + 1] == "fmnist_long_kd"
+    assert cmd[cmd.index("--default"):] == ["--default", "--supersede", "fmnist_repan"]
+    figures = json.loads((run_dir / "publish_metrics.json").read_text())["metrics"]["fashion_mnist"]
+    assert (figures["val_top1"], figures["arm_seeds"]) == (94.2, 2) and figures["arm_test_mean"] == pytest.approx(93.7)
+    assert "--default" not in ship.publish_command(final, tmp_path / "work", "long/main")
 
 
 def test_sweep_plans_keep_equal_budgets_and_order(monkeypatch):

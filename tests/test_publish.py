@@ -16,6 +16,7 @@ from repan_zoo import manifest
 from repan_zoo.checkpoint import save_checkpoint
 from repan_zoo.errors import PublishError
 from repan_zoo.hub import publish
+from repan_zoo.hub import bundle, retire
 from repan_zoo.publish_cli import main
 
 MODEL = register_test_model()
@@ -188,3 +189,47 @@ def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(
     out = _published_recipe({"teacher": "x", "teacher_checkpoint": str(f)}, None)
     assert out["teacher_weights"]["manifest"] is None and len(out["teacher_weights"]["sha256"]) == 64
     assert _published_recipe({"teacher": None, "teacher_checkpoint": None}, None) == {"teacher": None}
+
+
+def test_default_and_supersede_replace_old_weights(hub, run, tmp_path, capsys):
+    """A better checkpoint replaces the old one: --default lists it first (the tag timm loads when
+    none is given), --supersede takes the old entries out and deletes their bundled files; a
+    supersede tag that is not listed is refused before anything is written."""
+    checkpoint, metrics, deploy = run
+    assert main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "old"]) == 0
+    assert main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "older"]) == 0
+    old_file = manifest.bundled_dir() / manifest.find_entry(MODEL, "old").filename
+    checkpoint2, metrics2, deploy2 = make_deploy_run(tmp_path / "run2", seed=4)
+    capsys.readouterr()
+
+    before = {p: p.read_bytes() for p in manifest.manifest_dir().glob("*.json")}
+    code = main([str(checkpoint2), "--metrics", str(metrics2), "--bundle", "--tag", "new", "--supersede", "old", "gone"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot supersede" in err and f"{MODEL}.gone" in err and "old, older" in err
+    assert {p: p.read_bytes() for p in manifest.manifest_dir().glob("*.json")} == before  # nothing written
+    assert not (manifest.bundled_dir() / f"{MODEL}-new.safetensors").exists()
+    code = main([str(checkpoint2), "--metrics", str(metrics2), "--bundle", "--tag", "new", "--supersede", "new"])
+    assert code == 2 and "names the tag being published" in capsys.readouterr().err
+
+    code = main([str(checkpoint2), "--metrics", str(metrics2), "--bundle", "--tag", "new", "--default",
+                 "--supersede", "old"])
+    out = capsys.readouterr().out
+    assert code == 0 and "listed first" in out and f"superseded {MODEL}.old" in out
+    assert [e.tag for e in manifest.entries_for(MODEL)] == ["new", "older"]
+    assert not old_file.exists() and (manifest.bundled_dir() / manifest.find_entry(MODEL, "older").filename).is_file()
+    x = torch.randn(2, 1, 16, 16)
+    model = timm.create_model(MODEL, pretrained=True, deploy=True)  # no tag: the default, now "new"
+    assert torch.equal(model.eval()(x), deploy2(x)) and not torch.equal(deploy2(x), deploy(x))
+    with pytest.raises(manifest.ManifestError, match=r"not in the weights manifest.*listed tags of .*: new, older"):
+        retire(MODEL, ["old"])
+
+
+def test_retire_keeps_a_bundled_file_another_entry_names(hub, run):
+    checkpoint, metrics, _ = run
+    a = bundle(checkpoint, metrics, tag="a")
+    row = {**a.entry.as_dict(), "tag": "b"}  # a second tag over the same bundled file
+    manifest.write_entry(manifest.WeightEntry.from_dict(row))
+    removed = retire(MODEL, ["a"])
+    assert [e.tag for e in removed] == ["a"] and (manifest.bundled_dir() / a.entry.filename).is_file()
+    retire(MODEL, ["b"])
+    assert not (manifest.bundled_dir() / a.entry.filename).exists() and manifest.entries_for(MODEL) == []

@@ -11,6 +11,11 @@ an honest estimate. Ties on validation go to the lower seed.
     python benchmarks/accuracy/ship.py --plan cpu/main --publish        # run them (writes the manifest)
     python benchmarks/accuracy/ship.py --plan cpu/main --models repan_mobileone_s0 --publish
     python benchmarks/accuracy/ship.py --plan long/ship --work ~/.cache/repan/runs/accuracy --publish
+    python benchmarks/accuracy/ship.py --plan long/main --any-arm --replace --publish
+                                      # any arm of the comparison; the new weights become the default tag
+                                      # and the model's older entries are taken out of the manifest
+
+Tags: ``fmnist_<arm>`` at the ``cpu`` scale, ``fmnist_<scale>_<arm>`` otherwise (``fmnist_long_kd``).
 
 The run folders (``--work``, default ``runs/accuracy``) must still hold the deploy checkpoints;
 their results under ``benchmarks/accuracy/results/`` carry the figures and the sha256 that the
@@ -30,13 +35,14 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 sys.path.insert(0, str(ROOT))
+from repan_zoo import manifest  # noqa: E402
 from repan_zoo.checkpoint import sha256_file  # noqa: E402
 
 
-def best_runs(plan: str, models: Optional[List[str]] = None) -> Dict[str, Dict]:
+def best_runs(plan: str, models: Optional[List[str]] = None, any_arm: bool = False) -> Dict[str, Dict]:
     """``{model: final.json + "run"}`` of the best-by-validation run of each model (RepAn runs
-    only, unless ``plan`` is a ship plan)."""
-    any_method = plan.endswith("/ship")
+    only, unless ``plan`` is a ship plan or ``any_arm``)."""
+    any_method = any_arm or plan.endswith("/ship")
     best: Dict[str, Dict] = {}
     for path in sorted((RESULTS / plan).glob("*/final.json")):
         final = json.loads(path.read_text())
@@ -51,7 +57,23 @@ def best_runs(plan: str, models: Optional[List[str]] = None) -> Dict[str, Dict]:
     return best
 
 
-def publish_command(final: Dict, work: Path, plan: str) -> List[str]:
+def run_arm(final: Dict) -> str:
+    """The arm of a run: the middle of its ``<model>__<arm>__<seed|ship>`` name, else from its method
+    and teacher."""
+    parts = final["run"].split("__")
+    if len(parts) == 3:
+        return parts[1]
+    return final.get("method", "run") + ("_kd" if final["recipe"].get("teacher") and final.get("method") == "repan" else "")
+
+
+def ship_tag(plan: str, arm: str) -> str:
+    scale = plan.split("/")[0]
+    return f"fmnist_{arm}" if scale == "cpu" else f"fmnist_{scale}_{arm}"
+
+
+def publish_command(final: Dict, work: Path, plan: str, replace: bool = False) -> List[str]:
+    """The ``repan-publish --bundle`` command for ``final``'s run; ``replace``: as the model's default
+    tag, superseding its other manifest entries."""
     run_dir = work / plan / final["run"]
     ckpt = run_dir / "deploy.safetensors"
     if not ckpt.is_file():
@@ -59,12 +81,16 @@ def publish_command(final: Dict, work: Path, plan: str) -> List[str]:
     if sha256_file(ckpt) != final["checkpoint"]["sha256"]:
         raise SystemExit(f"{ckpt} does not match the sha256 in its final.json: the run folder was overwritten; "
                          "re-run that sweep run before shipping it")
-    arm = ("repan" if final.get("method") == "repan" else final.get("method", "run")) \
-        + ("_kd" if final["recipe"].get("teacher") and final.get("method") == "repan" else "")
+    arm = run_arm(final)
+    tag = ship_tag(plan, arm)
     metrics_file = run_dir / "publish_metrics.json"
     metrics_file.write_text(json.dumps(with_arm_metrics(final, plan.split("/")[0], arm), indent=1) + "\n")
-    return [sys.executable, "-m", "repan_zoo.publish_cli", str(ckpt), "--metrics", str(metrics_file),
-            "--tag", f"fmnist_{arm}", "--bundle"]
+    cmd = [sys.executable, "-m", "repan_zoo.publish_cli", str(ckpt), "--metrics", str(metrics_file),
+           "--tag", tag, "--bundle"]
+    if replace:
+        old = [e.tag for e in manifest.entries_for(final["model"]) if e.tag != tag]
+        cmd += ["--default"] + (["--supersede", *old] if old else [])
+    return cmd
 
 
 def with_arm_metrics(final: Dict, scale: str, arm: str) -> Dict:
@@ -87,13 +113,17 @@ def main(argv=None) -> int:
                    help="the sweep's run folders")
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--publish", action="store_true", help="run repan-publish --bundle for each choice")
+    p.add_argument("--any-arm", action="store_true",
+                   help="choose among all arms of a comparison plan (baseline and KD too), not only RepAn's")
+    p.add_argument("--replace", action="store_true",
+                   help="publish as the model's default tag and supersede its other manifest entries")
     a = p.parse_args(argv)
-    best = best_runs(a.plan, a.models)
+    best = best_runs(a.plan, a.models, any_arm=a.any_arm)
     if not best:
-        print(f"no RepAn results under {RESULTS / a.plan}", file=sys.stderr)
+        print(f"no {'' if a.any_arm else 'RepAn '}results under {RESULTS / a.plan}", file=sys.stderr)
         return 1
     for model, final in sorted(best.items()):
-        cmd = publish_command(final, Path(a.work), a.plan)
+        cmd = publish_command(final, Path(a.work), a.plan, replace=a.replace)
         print(f"{model}: {final['run']} (val {final['val_top1']:.2f}, test {final['test_top1']:.2f})")
         print("  " + " ".join(cmd[1:]), flush=True)
         if a.publish:

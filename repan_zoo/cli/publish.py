@@ -5,6 +5,8 @@ Hub, or into the package, and record it in the weights manifest.
 
     repan publish runs/a0/deploy.safetensors --metrics runs/a0/final.json --repo ORG/repan_repvgg_a0 --tag fmnist
     repan publish runs/a0/deploy.safetensors --metrics runs/a0/final.json --bundle --tag fmnist
+    repan publish runs/a0/deploy.safetensors --metrics runs/a0/final.json --bundle --tag fmnist_long \
+        --default --supersede fmnist                     # the new weights replace the old ones
 
 The Hub is reached through huggingface_hub: ``HF_TOKEN`` (or ``hf auth login``) authenticates,
 ``HF_ENDPOINT`` picks the server. Refuses without metrics and a passing exactness certificate
@@ -35,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true", help="Hub mode: create the repo private")
     p.add_argument("--commit-message", help="Hub mode: commit message")
     p.add_argument("--dry-run", action="store_true", help="Hub mode: check and stage only (no upload, no manifest change)")
+    p.add_argument("--default", action="store_true",
+                   help="list the new weights first: timm.create_model(MODEL, pretrained=True) with no tag loads them")
+    p.add_argument("--supersede", nargs="+", default=[], metavar="TAG",
+                   help="tags of the same model that the new weights replace: checked first, then taken out of the "
+                        "manifest (their bundled files deleted) once the new entry is written")
     p.add_argument("--max-bundle-mb", type=number(float, 0.0, lo_open=True), default=8.0, help="bundle mode: size limit in MiB")
 
 
@@ -46,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
         result = bundle(
             args.checkpoint, args.metrics, tag=args.tag, license=args.license, family=args.family,
             manifest_dir=args.manifest_dir, max_bytes=int(args.max_bundle_mb * (1 << 20)),
+            default=args.default, supersede=args.supersede,
         )
     else:
         result = publish(
             args.checkpoint, args.metrics, args.repo, tag=args.tag, license=args.license, family=args.family,
             manifest_dir=args.manifest_dir, out_dir=args.out, private=args.private,
-            commit_message=args.commit_message, dry_run=args.dry_run,
+            commit_message=args.commit_message, dry_run=args.dry_run, default=args.default, supersede=args.supersede,
         )
     entry = result.entry
     print(f"{entry.name}: {entry.size} bytes, sha256 {entry.sha256}")
@@ -62,5 +70,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"uploaded to {entry.hf_hub_id}@{result.commit}")
     if result.manifest_file is not None:
-        print(f"manifest entry written to {result.manifest_file}")
+        print(f"manifest entry written to {result.manifest_file}" + (" (listed first: the default)" if args.default else ""))
+    for old in result.superseded:
+        print(f"superseded {old.name}" + (f" (bundled file {old.filename} deleted unless still listed)"
+                                          if old.source == "bundled" else " (its Hub revision stays downloadable)"))
     return 0

@@ -4,7 +4,8 @@ weights that work offline, and publishing.
 * :func:`load_pretrained` — what ``pretrained=True`` calls (resolve → download → verify → load).
 * :func:`fetch_weights` / :func:`list_pretrained` — the verified file of ``'model.tag'``, and what exists.
 * :func:`publish` / :func:`bundle` — put a deploy checkpoint on the Hub (or in the package) and
-  record it in the manifest (console script ``repan-publish``).
+  record it in the manifest (console script ``repan-publish``); :func:`retire` takes superseded
+  weights out of it.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from typing import List, Optional
 from .. import manifest
 from .download import fetch
 from .load import load_pretrained
-from .publish import bundle, publish
+from .publish import bundle, publish, retire
 from .resolve import WeightSource, resolve_source
 
-__all__ = ["load_pretrained", "fetch_weights", "list_pretrained", "resolve_source", "WeightSource", "publish", "bundle"]
+__all__ = ["load_pretrained", "fetch_weights", "list_pretrained", "resolve_source", "WeightSource", "publish", "bundle", "retire"]
 
 
 def fetch_weights(name: str, *, cache_dir: Optional[str] = None) -> Path:

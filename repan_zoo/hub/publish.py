@@ -32,7 +32,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from .. import manifest
 from ..checkpoint import load_into, read_checkpoint, state_dict_form
@@ -44,7 +44,7 @@ from .card import model_card
 from .integrity import git_blob_sha1, sha256_file
 from .resolve import DEFAULT_FILENAME
 
-__all__ = ["RunRecord", "read_run", "check_exactness", "prepare", "publish", "bundle", "PublishResult"]
+__all__ = ["RunRecord", "read_run", "check_exactness", "prepare", "publish", "bundle", "retire", "PublishResult"]
 
 _METRIC_NAMES = {"top1", "top5", "test_top1", "test_top5", "val_top1", "val_top5", "loss", "test_loss", "val_loss"}
 _ERROR_FIELDS = ("model_rel_error", "max_rel_error", "worst_block_rel_error")
@@ -322,6 +322,8 @@ class PublishResult:
     manifest_file: Optional[Path]
     folder: Path
     commit: Optional[str] = None
+    #: the entries taken out of the manifest (``supersede``)
+    superseded: List[WeightEntry] = dataclasses.field(default_factory=list)
 
 
 def publish(
@@ -339,15 +341,20 @@ def publish(
     endpoint: Optional[str] = None,
     commit_message: Optional[str] = None,
     dry_run: bool = False,
+    default: bool = False,
+    supersede: Sequence[str] = (),
 ) -> PublishResult:
     """Check, stage, upload with ``HfApi`` (create_repo + create_commit), verify the Hub's copy and write the
-    manifest entry (pinned to the new commit). ``dry_run``: stage into ``out_dir`` only."""
+    manifest entry (pinned to the new commit). ``dry_run``: stage into ``out_dir`` only. ``default``: list the
+    new entry first (timm's default tag); ``supersede``: tags of the same model that the new entry replaces,
+    checked before anything is uploaded and taken out of the manifest (:func:`retire`) once it is written."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_hf_file_metadata, hf_hub_url
 
     if not manifest.is_valid_repo_id(repo_id):
         raise PublishError(f"repo id {repo_id!r} must be 'org/name'")
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="repan-publish-"))
     p = prepare(Path(checkpoint), metrics_json, tag=tag, license=license, repo_id=repo_id, folder=folder)
+    _check_supersede(p.run.model, tag, supersede, manifest_dir)
     if dry_run:
         entry = _entry(p, source="hub", hf_hub_id=repo_id, revision="0" * 40, filename=DEFAULT_FILENAME)
         return PublishResult(entry, None, folder)
@@ -380,8 +387,8 @@ def publish(
             "Publish again"
         )
     entry = _entry(p, source="hub", hf_hub_id=repo_id, revision=commit, filename=DEFAULT_FILENAME)
-    file = manifest.write_entry(entry, family=family, directory=manifest_dir)
-    return PublishResult(entry, file, folder, commit)
+    file = manifest.write_entry(entry, family=family, directory=manifest_dir, default=default)
+    return PublishResult(entry, file, folder, commit, retire(p.run.model, supersede, manifest_dir=manifest_dir))
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -406,10 +413,12 @@ def bundle(
     family: Optional[str] = None,
     manifest_dir=None,
     max_bytes: int = 8 << 20,
+    default: bool = False,
+    supersede: Sequence[str] = (),
 ) -> PublishResult:
     """Copy a small deploy checkpoint into the package (:func:`repan_zoo.manifest.bundled_dir`,
     ``repan_zoo/weights/``) and write a ``source: bundled`` manifest entry: ``pretrained=True`` then
-    works with no network."""
+    works with no network. ``default`` and ``supersede`` as in :func:`publish`."""
     checkpoint = Path(checkpoint)
     size = checkpoint.stat().st_size if checkpoint.is_file() else 0
     if size > max_bytes:
@@ -419,10 +428,37 @@ def bundle(
         )
     with tempfile.TemporaryDirectory(prefix="repan-bundle-") as tmp:
         p = prepare(checkpoint, metrics_json, tag=tag, license=license, repo_id="<bundled>/<bundled>", folder=Path(tmp))
+        _check_supersede(p.run.model, tag, supersede, manifest_dir)
         target_dir = manifest.bundled_dir()
         filename = f"{p.run.model}-{tag}.safetensors"
         data = p.weights.read_bytes()
         atomic_write(target_dir / filename, lambda t: Path(t).write_bytes(data))
         entry = _entry(p, source="bundled", filename=filename)
-        file = manifest.write_entry(entry, family=family, directory=manifest_dir)
-        return PublishResult(entry, file, target_dir)
+        file = manifest.write_entry(entry, family=family, directory=manifest_dir, default=default)
+        return PublishResult(entry, file, target_dir, None, retire(p.run.model, supersede, manifest_dir=manifest_dir))
+
+
+def _check_supersede(model: str, tag: str, supersede: Sequence[str], manifest_dir) -> None:
+    listed = {e.tag for e in manifest.entries_for(model, manifest_dir)}
+    if tag in supersede:
+        raise PublishError(f"--supersede names the tag being published ({model}.{tag}); publishing under the same "
+                           "tag already replaces that entry")
+    missing = [t for t in supersede if t not in listed]
+    if missing:
+        raise PublishError(f"cannot supersede {', '.join(f'{model}.{t}' for t in missing)}: not in the weights manifest "
+                           f"(listed tags of {model}: {', '.join(sorted(listed)) or 'none'}); nothing was published")
+
+
+def retire(model: str, tags: Sequence[str], *, manifest_dir=None) -> List[WeightEntry]:
+    """Take ``model.<tag>`` for each of ``tags`` out of the manifest
+    (:func:`repan_zoo.manifest.remove_entry`) and delete the bundled files that no remaining entry
+    names. A Hub entry's files stay on the Hub, reachable by their pinned revision. Returns the
+    removed entries. Raises :class:`~repan_zoo.errors.ManifestError` for a tag that is not listed
+    (the tags before it are already removed)."""
+    removed = [manifest.remove_entry(model, t, directory=manifest_dir)[0] for t in tags]
+    still = {e.filename for e in manifest.load_manifest(manifest_dir).values() if e.source == "bundled"}
+    for entry in removed:
+        path = manifest.bundled_dir() / entry.filename
+        if entry.source == "bundled" and entry.filename not in still and path.is_file():
+            path.unlink()
+    return removed
