@@ -1,6 +1,6 @@
 """INT8 vs fp32 test top-1 of every shipped checkpoint (issue 18), re-runnable for whatever is shipped.
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/int8_accuracy.py [--update-manifest]
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/int8_accuracy.py [--update-manifest] [--only MODEL.TAG ...]
 
 For each entry of ``weights_manifest/`` (those whose weights load: bundled always, Hub ones when
 cached or online) the script builds ``timm.create_model("<model>.<tag>", pretrained=True)``,
@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--update-manifest", action="store_true", help="write metrics.fashion_mnist_int8 of each entry")
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--only", nargs="+", default=None, metavar="MODEL.TAG",
+                   help="measure these entries only; the rows of the other listed entries are kept from --out "
+                        "(rows of entries no longer in the manifest are dropped)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     import torchao
@@ -77,7 +80,21 @@ def main(argv=None) -> int:
     test = load_splits("fashion_mnist", a.data_dir, val_size=5000, split_seed=0, seed=0, flip=False).test
     test_images, test_labels = test[torch.arange(len(test))]
     rows, failed = [], False
-    for entry in load_manifest().values():
+    entries = list(load_manifest().values())
+    kept = {}
+    if a.only:
+        unknown = sorted(set(a.only) - {e.name for e in entries})
+        if unknown:
+            p.error(f"--only: {', '.join(unknown)} not in the weights manifest (listed: "
+                    f"{', '.join(e.name for e in entries)})")
+        if a.out.is_file():
+            kept = {r["model"]: r for r in json.loads(a.out.read_text())["rows"]}
+    for entry in entries:
+        if a.only and entry.name not in a.only:
+            if entry.name in kept:
+                rows.append(kept[entry.name])
+                failed |= not kept[entry.name].get("within_bar", True)
+            continue
         row: Dict[str, Any] = {"model": entry.name, "source": entry.source,
                                "manifest_fp32_test_top1": entry.metrics.get("fashion_mnist", {}).get("test_top1")}
         try:
