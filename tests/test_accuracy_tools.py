@@ -72,6 +72,11 @@ def test_ship_picks_the_best_validation_repan_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="missing"):
         ship.publish_command(best["m"], tmp_path / "work", "cpu/main")
     assert ship.best_runs("cpu/main", any_arm=True)["m"]["run"] == "m__baseline__s0"
+    for name, loss in [("m__repan__s3", 0.30), ("m__repan__s4", 0.25)]:  # a tie on top-1: the lower loss
+        write_run(plan, name, "m", "repan", int(name[-1]), 86.0, 80.0)
+        final_path = plan / name / "final.json"
+        final_path.write_text(json.dumps(dict(json.loads(final_path.read_text()), val_loss=loss)))
+    assert ship.best_runs("cpu/main")["m"]["run"] == "m__repan__s4"
 
 
 def test_ship_replace_supersedes_the_models_other_tags(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ run's validation and test top-1, the mean ± std of its arm over the seeds of ``
 they exist, and the recipe with the teacher named by sha256 and manifest tag.
 
 The test set plays no part in the choice (it is only reported), so the shipped test accuracy is
-an honest estimate. Ties on validation go to the lower seed.
+an honest estimate. Ties on validation top-1 go to the lower validation loss, then the lower seed.
 
     python benchmarks/accuracy/ship.py --plan cpu/main                  # print the choice and the commands
     python benchmarks/accuracy/ship.py --plan cpu/main --publish        # run them (writes the manifest)
@@ -50,11 +50,16 @@ def best_runs(plan: str, models: Optional[List[str]] = None, any_arm: bool = Fal
                 or (models and final["model"] not in models):
             continue
         final["run"] = path.parent.name
-        key = (final["val_top1"], -final["recipe"]["seed"])
         cur = best.get(final["model"])
-        if cur is None or key > (cur["val_top1"], -cur["recipe"]["seed"]):
+        if cur is None or _rank(final) > _rank(cur):
             best[final["model"]] = final
     return best
+
+
+def _rank(final: Dict) -> tuple:
+    """Validation only: top-1, then (a tie) the lower validation loss, then the lower seed."""
+    loss = final.get("val_loss")
+    return final["val_top1"], -(loss if loss is not None else float("inf")), -final["recipe"]["seed"]
 
 
 def run_arm(final: Dict) -> str:
