@@ -233,3 +233,19 @@ def test_retire_keeps_a_bundled_file_another_entry_names(hub, run):
     assert [e.tag for e in removed] == ["a"] and (manifest.bundled_dir() / a.entry.filename).is_file()
     retire(MODEL, ["b"])
     assert not (manifest.bundled_dir() / a.entry.filename).exists() and manifest.entries_for(MODEL) == []
+
+
+def test_a_final_json_with_extra_figures_keeps_them(hub, run):
+    """ship.py hands publishing the run's final.json plus ``metrics`` holding the arm's seed
+    statistics (mean ± std); the manifest entry keeps them beside the run's own figures, and a
+    figure that contradicts the run's measured one is refused."""
+    checkpoint, metrics, _ = run
+    doc = dict(json.loads(metrics.read_text()), versions={"torch": torch.__version__})  # the trainer's final.json
+    extra = {"test_top1": 87.25, "arm_test_mean": 86.9, "arm_test_std": 0.31, "arm_seeds": 3}
+    metrics.write_text(json.dumps(dict(doc, metrics={"fashion_mnist": extra})))
+    entry = bundle(checkpoint, metrics, tag="arm").entry
+    assert entry.metrics["fashion_mnist"] == {"top1": 87.25, "test_top1": 87.25, "val_top1": 88.5,
+                                              "arm_test_mean": 86.9, "arm_test_std": 0.31, "arm_seeds": 3}
+    metrics.write_text(json.dumps(dict(doc, metrics={"fashion_mnist": dict(extra, test_top1=99.0)})))
+    with pytest.raises(PublishError, match="test_top1.*99.0.*87.25"):
+        bundle(checkpoint, metrics, tag="arm2")

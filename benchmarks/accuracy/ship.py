@@ -100,14 +100,15 @@ def publish_command(final: Dict, work: Path, plan: str, replace: bool = False) -
 
 def with_arm_metrics(final: Dict, scale: str, arm: str) -> Dict:
     """``final`` with ``metrics.fashion_mnist`` = this run's val/test top-1 plus the mean ± std of its
-    arm over the seeds of ``<scale>/main`` (``arm_test_mean``, ``arm_test_std``, ``arm_val_mean``,
-    ``arm_seeds``) where that plan has them."""
+    arm over the seeds of ``<scale>/main`` (``arm_test_mean``, ``arm_val_mean``, ``arm_seeds``, and from
+    two seeds on ``arm_test_std``, ``arm_val_std``) where that plan has them."""
     runs = [json.loads(p.read_text()) for p in sorted((RESULTS / scale / "main").glob(f"{final['model']}__{arm}__s*/final.json"))]
     figures = {"top1": final["test_top1"], "test_top1": final["test_top1"], "val_top1": final["val_top1"]}
     if runs:
         tests, vals = [r["test_top1"] for r in runs], [r["val_top1"] for r in runs]
-        figures.update(arm_test_mean=statistics.fmean(tests), arm_val_mean=statistics.fmean(vals), arm_seeds=len(runs),
-                       arm_test_std=statistics.stdev(tests) if len(tests) > 1 else 0.0)
+        figures.update(arm_test_mean=statistics.fmean(tests), arm_val_mean=statistics.fmean(vals), arm_seeds=len(runs))
+        if len(runs) > 1:  # a spread needs two seeds
+            figures.update(arm_test_std=statistics.stdev(tests), arm_val_std=statistics.stdev(vals))
     return {**final, "metrics": {"fashion_mnist": figures}}
 
 

@@ -11,7 +11,9 @@ run's metrics JSON: the trainer's ``final.json``, read as the typed
 ``test_top1`` (+ ``val_top1``, ...)  one dataset's figures at the top level (the trainer's), the dataset named by
                               ``dataset`` / ``data.dataset`` / ``recipe.dataset``; or ``metrics``:
                               ``{dataset: top1 | {"top1": .., ...}}`` or one dataset's ``{"test_top1": .., ...}``.
-                              **Required.**
+                              **Required.** A trainer's ``final.json`` may carry ``metrics`` as well: its further
+                              figures (an arm's seed mean ± std) are recorded beside the run's own; one that
+                              contradicts them is refused.
 ``exactness``                 the certificate: ``tolerance`` and ``model_rel_error`` (or ``max_rel_error``),
                               optionally ``worst_block_rel_error``; every error ≤ tolerance. Else the checkpoint's
                               own ``exactness`` metadata. **Required.**
@@ -84,6 +86,18 @@ def _normalise_metrics(raw: Any, dataset: Optional[str], where: str) -> Dict[str
     return out
 
 
+def _merge_figures(measured: Dict[str, Dict[str, Any]], extra: Dict[str, Dict[str, Any]], where: str) -> None:
+    """Add ``extra``'s figures (e.g. an arm's seed mean ± std, ``benchmarks/accuracy/ship.py``) to the
+    run's ``measured`` ones, refusing one that contradicts a measured figure."""
+    for name, figures in extra.items():
+        mine = measured.setdefault(name, {})
+        for key, value in figures.items():
+            if key in mine and not math.isclose(mine[key], value, abs_tol=1e-9):
+                raise PublishError(f"{where}: metrics[{name!r}][{key!r}] = {value} contradicts the run's own "
+                                   f"{key} = {mine[key]}; remove it from 'metrics' (the run's figures are recorded)")
+            mine[key] = value
+
+
 def check_exactness(cert: Any, where: str) -> Dict[str, Any]:
     """The certificate, if it proves fused == trained within its tolerance; else :class:`PublishError`."""
     if isinstance(cert, str):
@@ -133,6 +147,7 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
             raise PublishError(str(exc)) from None
         metrics = _normalise_metrics({"test_top1": summary.test_top1, "val_top1": summary.val_top1},
                                      summary.dataset, str(path))
+        _merge_figures(metrics, _normalise_metrics(doc.get("metrics"), summary.dataset, str(path)), str(path))
         return RunRecord(summary.model, dict(summary.create_kwargs), metrics,
                          check_exactness(summary.exactness, str(path)),
                          _published_recipe(dict(summary.recipe), summary.teacher), dict(summary.data))
