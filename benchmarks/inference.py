@@ -231,7 +231,7 @@ def main(argv=None) -> Dict:
                              "(trained weights for the self-check; 0: random weights)")
     parser.add_argument("--fit-size", type=int, default=0,
                         help="with --fit-steps: the training input side (0: --size; smaller is cheaper but transfers "
-                             "badly: fitted at 64², RepVGG-A0 / MobileOne-S0 reached 21 % / 8 % at 224²)")
+                             "badly: fitted at 64², RepVGG-A0 / MobileOne-S0 reached 21 %% / 8 %% at 224²)")
     parser.add_argument("--fit-batch", type=int, default=16, help="with --fit-steps: images per step")
     parser.add_argument("--fit-more", type=int, default=0,
                         help="with --fit-steps: continue the (cached) fit this many steps more, a second cosine cycle")
