@@ -331,17 +331,15 @@ def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: 
     if not _NAME.match(family):
         raise ManifestError(f"family {family!r} is not a valid file name (letters, digits, '_', '-')")
     file = folder / f"{family}.json"
-    for other in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if other != file and any(
-            (e.get("model"), e.get("tag")) == (entry.model, entry.tag) for e in _read_document(other)["entries"]
-        ):
-            raise ManifestError(
-                f"{entry.name} is already listed in {other.name}; update it there (pass that family) or use another tag"
-            )
+    other = _file_listing(folder, entry.model, entry.tag)
+    if other is not None and other != file:
+        raise ManifestError(
+            f"{entry.name} is already listed in {other.name}; update it there (pass that family) or use another tag"
+        )
     doc = _read_document(file) if file.exists() else {"family": family, "entries": []}
     new = entry.as_dict()
     rows = doc["entries"]
-    same = [i for i, row in enumerate(rows) if (row.get("model"), row.get("tag")) == (entry.model, entry.tag)]
+    same = [i for i, row in enumerate(rows) if _is_row(row, entry.model, entry.tag)]
     if default:
         rows[:] = [row for i, row in enumerate(rows) if i not in same]
         first = next((i for i, row in enumerate(rows) if row.get("model") == entry.model), len(rows))
@@ -364,17 +362,28 @@ def remove_entry(model: str, tag: str, *, directory: Optional[os.PathLike] = Non
         ManifestError: ``model.tag`` is not listed (the message names the tags that are).
     """
     folder = Path(directory or manifest_dir())
+    file = _file_listing(folder, model, tag)
+    if file is None:
+        listed = sorted(t for (m, t) in load_manifest(folder) if m == model)
+        raise ManifestError(f"{model}.{tag} is not in the weights manifest ({folder}); listed tags of {model}: "
+                            f"{', '.join(listed) or 'none'}")
+    doc = _read_document(file)
+    i = next(i for i, row in enumerate(doc["entries"]) if _is_row(row, model, tag))
+    removed = WeightEntry.from_dict(doc["entries"].pop(i), where=file.name)
+    _write_document(file, doc, folder)
+    return removed, file
+
+
+def _is_row(row: Dict[str, Any], model: str, tag: str) -> bool:
+    return (row.get("model"), row.get("tag")) == (model, tag)
+
+
+def _file_listing(folder: Path, model: str, tag: str) -> Optional[Path]:
+    """The family file of ``folder`` whose entries hold ``model.tag`` (None: no file does)."""
     for file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        doc = _read_document(file)
-        for i, row in enumerate(doc["entries"]):
-            if (row.get("model"), row.get("tag")) == (model, tag):
-                removed = WeightEntry.from_dict(row, where=file.name)
-                del doc["entries"][i]
-                _write_document(file, doc, folder)
-                return removed, file
-    listed = sorted(t for (m, t) in load_manifest(folder) if m == model)
-    raise ManifestError(f"{model}.{tag} is not in the weights manifest ({folder}); listed tags of {model}: "
-                        f"{', '.join(listed) or 'none'}")
+        if any(_is_row(row, model, tag) for row in _read_document(file)["entries"]):
+            return file
+    return None
 
 
 def _write_document(file: Path, doc: Dict[str, Any], folder: Path) -> None:
