@@ -25,7 +25,8 @@ repan_repvgg_a1_w025, seed 0: k = 1..5 (Table 5), KD α/T (Table 4), λ schedule
 own branch kinds, 5 × 20 cycles, half the later peak LR); ``ablations_extra`` = restore modes, new-branch
 γ, cycle length at the same budget and Expand before cycle 1 (the paper's literal Algorithm 1);
 ``bf16`` = main's baseline arm in bf16 autocast; ``expansion`` = main's RepAn arm expanding each block's
-own kinds at γ = 0; ``ship`` = each model's best arm of main (by validation), 2× the budget.
+own kinds at γ = 0; ``layouts`` = MobileOne-S0's ImageNet layout vs a half-width small-input layout
+(baseline arm, probe budget); ``ship`` = each model's best arm of main (by validation), 2× the budget.
 Model selection is by validation accuracy (a split carved from the training set); the test set is
 only reported.
 """
@@ -99,7 +100,13 @@ TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}, "epoch_factor": 3}
 #: 150 epochs on the same 55,000 images
 TEACHERS = {"long": {"model": "repan_resnet18_w025", "kwargs": {}, "epochs": 150}}
 SEEDS = [0, 1, 2]
-PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion", "ship")
+PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion", "layouts", "ship")
+#: the ``layouts`` plan: MobileOne-S0 at timm's ImageNet layout (28→14→7→4→2→1 at 28×28: the last 11
+#: blocks run at 2×2 and 1×1) against the small-input layout (first strided stage at stride 1:
+#: 28→14→14→7→4→2) at half width, which costs about the same per training step; the baseline arm of
+#: the scale's recipe on a probe budget (20,000 training images, 10 epochs, seed 0)
+LAYOUTS = {"default": {}, "w050_small": {"width_mult": 0.5, "small_input": True}}
+LAYOUT_MODEL, LAYOUT_SUBSET, LAYOUT_EPOCHS = "repan_mobileone_s0", 20000, 10
 #: the ship plan trains each model's best arm of ``<scale>/main`` (by mean validation top-1) once more
 #: with this many times the comparison budget (same cycle count, longer cycles), seed 0
 SHIP_BUDGET_FACTOR = 2
@@ -213,6 +220,13 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         # the same with half the peak LR in cycle 2 (the warm restart is the other cause of a drop)
         runs.append(_run(f"{MODELS[0]}__repan_arch_halflr__s0", _model_args(MODELS[0]) + common + ["--seed", "0"]
                          + cyc + ["--method", "repan"] + REPAN_ARCH + ["--later-lr", "0.1"]))
+    elif plan == "layouts":
+        probe = _merge(common, MODEL_RECIPE.get(LAYOUT_MODEL, []) + ["--train-subset", str(LAYOUT_SUBSET)])
+        if LAYOUT_MODEL in FP32_MODELS:
+            probe = [a for a in probe if a != "--amp"]
+        for name, kwargs in LAYOUTS.items():
+            runs.append(_run(f"{LAYOUT_MODEL}__{name}__s0", _model_args(LAYOUT_MODEL, kwargs) + probe + [
+                "--seed", "0", "--method", "baseline", "--cycles", "1", "--epochs", str(LAYOUT_EPOCHS)]))
     elif plan == "ship":
         runs.append(teacher)
         runs += ship_runs(scale, plan_runs("main", scale))
