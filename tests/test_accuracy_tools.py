@@ -167,6 +167,41 @@ def test_ship_plan_trains_each_models_best_arm_by_validation_longer(tmp_path, mo
     assert m["arm_test_mean"] == pytest.approx(90.0) and m["arm_test_std"] == pytest.approx(0.2)
 
 
+def test_ship_plan_trains_mobileone_in_its_small_input_layout(tmp_path, monkeypatch):
+    """MobileOne-S0's best arm is trained as the registered half-width small-input variant; the recipe
+    (fp32, lr 0.1 with warm-up, the arm's method) is main's."""
+    sweep = load("sweep")
+    main = tmp_path / "long" / "main"
+    write_run(main, "repan_mobileone_s0__kd__s0", "repan_mobileone_s0", "kd", 0, 91.0, 90.5)
+    write_run(main, "repan_mobileone_s0__baseline__s0", "repan_mobileone_s0", "baseline", 0, 90.0, 90.0)
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path)
+    runs = {r["name"]: r for r in sweep.plan_runs("ship", "long")}
+    assert set(runs) == {"teacher", "repan_mobileone_s0_w050__kd__ship"}
+    args = runs["repan_mobileone_s0_w050__kd__ship"]["args"]
+    src = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_mobileone_s0__kd__s0")["args"]
+    assert args[args.index("--model") + 1] == "repan_mobileone_s0_w050" and args.count("--model") == 1
+    assert "--amp" not in args and args[args.index("--lr") + 1] == "0.1" and "--warmup-epochs" in args
+    assert args[args.index("--epochs") + 1] == "200" and runs["repan_mobileone_s0_w050__kd__ship"]["needs"] == "teacher"
+    assert [a for a in args if a not in ("repan_mobileone_s0_w050", "200")] == [
+        a for a in src if a not in ("repan_mobileone_s0", "100")]
+
+
+def test_layouts_plan_compares_mobileone_layouts_on_the_same_probe():
+    sweep = load("sweep")
+    runs = {r["name"]: r["args"] for r in sweep.plan_runs("layouts", "long")}
+    assert set(runs) == {"repan_mobileone_s0__default__s0", "repan_mobileone_s0__w050_small__s0"}
+    a, b = runs["repan_mobileone_s0__default__s0"], runs["repan_mobileone_s0__w050_small__s0"]
+    assert json.loads(b[b.index("--model-kwargs") + 1]) == {"width_mult": 0.5, "small_input": True}
+    assert "--model-kwargs" not in a and b[:2] + b[4:] == a  # the same recipe apart from the layout
+    assert a[a.index("--train-subset") + 1] == "20000" and a[a.index("--epochs") + 1] == "10"
+    # the registered variant the ship plan trains is exactly the probe's layout
+    import timm
+    import repan_zoo  # noqa: F401
+    x = timm.create_model("repan_mobileone_s0_w050").state_dict()
+    y = timm.create_model("repan_mobileone_s0", width_mult=0.5, small_input=True, in_chans=1, num_classes=10).state_dict()
+    assert {k: v.shape for k, v in x.items()} == {k: v.shape for k, v in y.items()}
+
+
 def test_status_counts_done_and_estimates_time_left(tmp_path, monkeypatch):
     sweep = load("sweep")
     monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")

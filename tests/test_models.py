@@ -47,7 +47,8 @@ def test_registry_lists_every_family():
         [f"repan_repvgg_{v}" for v in ("a0", "a1", "a2", "b0", "b1", "b2", "b3")]
         + [f"repan_resnet{d}{s}" for d in (18, 34, 50) for s in ("", "_dbb", "_acb")]
         + ["repan_mobilenet"] + [f"repan_mobileone_s{i}" for i in range(5)]
-        + ["repan_repvgg_a0_w025", "repan_repvgg_a1_w025", "repan_resnet18_dbb_w025", "repan_resnet18_acb_w025"]
+        + ["repan_repvgg_a0_w025", "repan_repvgg_a1_w025", "repan_resnet18_dbb_w025", "repan_resnet18_acb_w025",
+           "repan_mobileone_s0_w050"]
     ):
         assert required in NAMES, required
 

@@ -18,7 +18,8 @@
 
 Narrow ``_w025`` variants: width × 0.25 (the paper's CIFAR setting) in the small-input
 layout (:meth:`NetCfg.for_small_input`) with a Fashion-MNIST default config (1×28×28,
-10 classes). ``repan_repvgg_a1_w025`` is the network of ``findings-cpu-scale.md``: stage widths
+10 classes); ``repan_mobileone_s0_w050`` likewise at width × 0.5 (stage widths 24, 64, 128, 512,
+maps 28→14→14→7→4→2; 0.28 M deploy parameters with 10 classes). ``repan_repvgg_a1_w025`` is the network of ``findings-cpu-scale.md``: stage widths
 16, 16, 32, 64, 320, depths 1, 2, 4, 14, 1, maps 28→14→14→7→4→2.
 """
 from __future__ import annotations
@@ -84,8 +85,8 @@ def mobileone(wf: Sequence[float], conv_branches: int = 1, se: Sequence[int] = (
     )
 
 
-def _narrow(cfg: NetCfg) -> NetCfg:
-    return cfg.with_width(0.25).for_small_input()
+def _narrow(cfg: NetCfg, width: float = 0.25) -> NetCfg:
+    return cfg.with_width(width).for_small_input()
 
 
 _A, _B = (2, 4, 14, 1), (4, 6, 16, 1)
@@ -127,6 +128,11 @@ def _models() -> Dict[str, ModelDef]:
     models["repan_mobilenet"] = ModelDef(mobilenet_v1(), description="MobileNet-v1")
     for v, cfg in _MOBILEONE.items():
         models[f"repan_mobileone_{v}"] = ModelDef(cfg, description=f"MobileOne-{v.upper()}")
+    # half width, small-input layout: about the training step time of MobileOne-S0's ImageNet layout at
+    # 28×28 (whose last 11 blocks run at 2×2 and 1×1) with a quarter of the parameters; the sweep's
+    # ``layouts`` plan compares the two
+    models["repan_mobileone_s0_w050"] = ModelDef(_narrow(_MOBILEONE["s0"], 0.5), small=True,
+                                                 description="MobileOne-S0 0.5×")
     return models
 
 
