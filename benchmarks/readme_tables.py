@@ -93,7 +93,7 @@ def cycle_overhead() -> List[str]:
 
 
 #: plan folders in reading order: the default sweep (cpu scale) first
-_PLAN_ORDER = ("long/ship", "long/main", "long/ablations", "cpu/main", "cpu/ablations", "cpu/expansion", "cpu/bf16",
+_PLAN_ORDER = ("long/ship", "long/main", "long/ablations", "long/layouts", "cpu/main", "cpu/ablations", "cpu/expansion", "cpu/bf16",
                "cpu/ablations_extra", "small/main", "full/main", "full/ablations")
 
 
