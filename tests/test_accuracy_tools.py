@@ -105,6 +105,33 @@ def test_ship_replace_supersedes_the_models_other_tags(tmp_path, monkeypatch):
     assert "--default" not in ship.publish_command(final, tmp_path / "work", "long/main")
 
 
+def test_ship_replace_supersedes_the_layout_a_model_is_shipped_in_place_of(tmp_path, monkeypatch):
+    """MobileOne-S0 ships as ``repan_mobileone_s0_w050`` (sweep.SHIP_MODEL): ``--replace`` takes the
+    ImageNet-layout entries out too, as ``MODEL.TAG``; no arm statistics (main has no run of that layout)."""
+    ship = load("ship")
+    shipped = "repan_mobileone_s0_w050"
+    write_run(tmp_path / "long" / "ship", f"{shipped}__kd__ship", shipped, "kd", 0, 93.9, 93.7)
+    write_run(tmp_path / "long" / "main", "repan_mobileone_s0__kd__s0", "repan_mobileone_s0", "kd", 0, 92.0, 91.8)
+    monkeypatch.setattr(ship, "RESULTS", tmp_path)
+    run_dir = tmp_path / "work" / "long" / "ship" / f"{shipped}__kd__ship"
+    run_dir.mkdir(parents=True)
+    (run_dir / "deploy.safetensors").write_bytes(b"weights")
+    final = ship.best_runs("long/ship")[shipped]
+    final["checkpoint"]["sha256"] = ship.sha256_file(run_dir / "deploy.safetensors")
+
+    class Entry:
+        def __init__(self, tag):
+            self.tag = tag
+    listed = {"repan_mobileone_s0": [Entry("fmnist_repan_kd")], shipped: []}
+    monkeypatch.setattr(ship.manifest, "entries_for", lambda model: listed.get(model, []))
+    assert ship.replaced_layouts(shipped) == ["repan_mobileone_s0"] and ship.replaced_layouts("x") == []
+    cmd = ship.publish_command(final, tmp_path / "work", "long/ship", replace=True)
+    assert cmd[cmd.index("--tag") + 1] == "fmnist_long_kd"
+    assert cmd[cmd.index("--default"):] == ["--default", "--supersede", "repan_mobileone_s0.fmnist_repan_kd"]
+    figures = json.loads((run_dir / "publish_metrics.json").read_text())["metrics"]["fashion_mnist"]
+    assert "arm_seeds" not in figures and figures["val_top1"] == 93.9
+
+
 def test_sweep_plans_keep_equal_budgets_and_order(monkeypatch):
     sweep = load("sweep")
     runs = sweep.plan_runs("main", "cpu")

@@ -224,6 +224,29 @@ def test_default_and_supersede_replace_old_weights(hub, run, tmp_path, capsys):
         retire(MODEL, ["old"])
 
 
+def test_supersede_names_another_models_entry_as_model_dot_tag(hub, run, tmp_path, capsys):
+    """Weights of another layout of the family (``MODEL.TAG``, timm's tag syntax) are replaced the same
+    way; an unlisted one is refused before anything is written, naming that model's tags."""
+    checkpoint, metrics, _ = run
+    other = register_test_model("hubtest_tiny_other")
+    ckpt_o, metrics_o, _ = make_deploy_run(tmp_path / "other", model=other, seed=7)
+    assert main([str(ckpt_o), "--metrics", str(metrics_o), "--bundle", "--tag", "layout1"]) == 0
+    old_file = manifest.bundled_dir() / manifest.find_entry(other, "layout1").filename
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in manifest.manifest_dir().glob("*.json")}
+    code = main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "new", "--supersede", f"{other}.nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{other}.nope" in err and f"listed tags of {other}: layout1" in err
+    assert {p: p.read_bytes() for p in manifest.manifest_dir().glob("*.json")} == before
+    code = main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "new", "--supersede",
+                 f"{other}.layout1"])
+    assert code == 0 and f"superseded {other}.layout1" in capsys.readouterr().out
+    assert manifest.entries_for(other) == [] and not old_file.exists()
+    assert [e.tag for e in manifest.entries_for(MODEL)] == ["new"]
+    code = main([str(checkpoint), "--metrics", str(metrics), "--bundle", "--tag", "new2", "--supersede", f"{MODEL}.new2"])
+    assert code == 2 and "names the tag being published" in capsys.readouterr().err
+
+
 def test_retire_keeps_a_bundled_file_another_entry_names(hub, run):
     checkpoint, metrics, _ = run
     a = bundle(checkpoint, metrics, tag="a")

@@ -13,7 +13,8 @@ an honest estimate. Ties on validation top-1 go to the lower validation loss, th
     python benchmarks/accuracy/ship.py --plan long/ship --work ~/.cache/repan/runs/accuracy --publish
     python benchmarks/accuracy/ship.py --plan long/main --any-arm --replace --publish
                                       # any arm of the comparison; the new weights become the default tag
-                                      # and the model's older entries are taken out of the manifest
+                                      # and the model's older entries are taken out of the manifest (with
+                                      # those of a model it is shipped in place of: sweep.SHIP_MODEL)
 
 Tags: ``fmnist_<arm>`` at the ``cpu`` scale, ``fmnist_<scale>_<arm>`` otherwise (``fmnist_long_kd``).
 
@@ -94,8 +95,18 @@ def publish_command(final: Dict, work: Path, plan: str, replace: bool = False) -
            "--tag", tag, "--bundle"]
     if replace:
         old = [e.tag for e in manifest.entries_for(final["model"]) if e.tag != tag]
+        old += [f"{m}.{e.tag}" for m in replaced_layouts(final["model"]) for e in manifest.entries_for(m)]
         cmd += ["--default"] + (["--supersede", *old] if old else [])
     return cmd
+
+
+def replaced_layouts(model: str) -> List[str]:
+    """The models whose shipped weights ``model``'s replace: those the sweep's ship plan trains in
+    ``model``'s layout instead (``sweep.SHIP_MODEL``, e.g. MobileOne-S0 → ``repan_mobileone_s0_w050``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import sweep  # noqa: E402  (same folder: the ship plan is defined there)
+
+    return sorted(src for src, shipped in sweep.SHIP_MODEL.items() if shipped == model)
 
 
 def with_arm_metrics(final: Dict, scale: str, arm: str) -> Dict:
@@ -122,7 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--any-arm", action="store_true",
                    help="choose among all arms of a comparison plan (baseline and KD too), not only RepAn's")
     p.add_argument("--replace", action="store_true",
-                   help="publish as the model's default tag and supersede its other manifest entries")
+                   help="publish as the model's default tag and supersede its other manifest entries (and those "
+                        "of the model it is shipped in place of, sweep.SHIP_MODEL)")
     a = p.parse_args(argv)
     best = best_runs(a.plan, a.models, any_arm=a.any_arm)
     if not best:

@@ -40,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default", action="store_true",
                    help="list the new weights first: timm.create_model(MODEL, pretrained=True) with no tag loads them")
     p.add_argument("--supersede", nargs="+", default=[], metavar="TAG",
-                   help="tags of the same model that the new weights replace: checked first, then taken out of the "
-                        "manifest (their bundled files deleted) once the new entry is written")
+                   help="the entries the new weights replace: tags of the same model, or MODEL.TAG of another (e.g. "
+                        "another layout of the family); checked first, then taken out of the manifest (their bundled "
+                        "files deleted) once the new entry is written")
     p.add_argument("--max-bundle-mb", type=number(float, 0.0, lo_open=True), default=8.0, help="bundle mode: size limit in MiB")
 
 

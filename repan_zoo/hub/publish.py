@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import manifest
 from ..checkpoint import load_into, read_checkpoint, state_dict_form
@@ -361,8 +361,9 @@ def publish(
 ) -> PublishResult:
     """Check, stage, upload with ``HfApi`` (create_repo + create_commit), verify the Hub's copy and write the
     manifest entry (pinned to the new commit). ``dry_run``: stage into ``out_dir`` only. ``default``: list the
-    new entry first (timm's default tag); ``supersede``: tags of the same model that the new entry replaces,
-    checked before anything is uploaded and taken out of the manifest (:func:`retire`) once it is written."""
+    new entry first (timm's default tag); ``supersede``: the entries the new one replaces (tags of the same model, or
+    ``MODEL.TAG`` of another), checked before anything is uploaded and taken out of the manifest
+    (:func:`retire`) once it is written."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_hf_file_metadata, hf_hub_url
 
     if not manifest.is_valid_repo_id(repo_id):
@@ -453,24 +454,36 @@ def bundle(
         return PublishResult(entry, file, target_dir, None, retire(p.run.model, supersede, manifest_dir=manifest_dir))
 
 
+def superseded_names(model: str, supersede: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(model, tag)`` of each ``supersede`` item: a bare ``TAG`` is a tag of ``model``; ``MODEL.TAG``
+    (timm's pretrained-tag syntax) names another model's entry, e.g. weights of a layout that the new
+    model's replace (``repan_mobileone_s0.fmnist_repan_kd`` by ``repan_mobileone_s0_w050``)."""
+    return [tuple(item.split(".", 1)) if "." in item else (model, item) for item in supersede]
+
+
 def _check_supersede(model: str, tag: str, supersede: Sequence[str], manifest_dir) -> None:
-    listed = {e.tag for e in manifest.entries_for(model, manifest_dir)}
-    if tag in supersede:
+    names = superseded_names(model, supersede)
+    if (model, tag) in names:
         raise PublishError(f"--supersede names the tag being published ({model}.{tag}); publishing under the same "
                            "tag already replaces that entry")
-    missing = [t for t in supersede if t not in listed]
+    listed = {(e.model, e.tag) for e in manifest.load_manifest(manifest_dir).values()}
+    missing = [n for n in names if n not in listed]
     if missing:
-        raise PublishError(f"cannot supersede {', '.join(f'{model}.{t}' for t in missing)}: not in the weights manifest "
-                           f"(listed tags of {model}: {', '.join(sorted(listed)) or 'none'}); nothing was published")
+        tags_of = {m: sorted(t for (lm, t) in listed if lm == m) for m, _ in missing}
+        raise PublishError(
+            f"cannot supersede {', '.join(f'{m}.{t}' for m, t in missing)}: not in the weights manifest ("
+            + "; ".join(f"listed tags of {m}: {', '.join(tags) or 'none'}" for m, tags in tags_of.items())
+            + "); nothing was published")
 
 
 def retire(model: str, tags: Sequence[str], *, manifest_dir=None) -> List[WeightEntry]:
-    """Take ``model.<tag>`` for each of ``tags`` out of the manifest
-    (:func:`repan_zoo.manifest.remove_entry`) and delete the bundled files that no remaining entry
-    names. A Hub entry's files stay on the Hub, reachable by their pinned revision. Returns the
-    removed entries. Raises :class:`~repan_zoo.errors.ManifestError` for a tag that is not listed
-    (the tags before it are already removed)."""
-    removed = [manifest.remove_entry(model, t, directory=manifest_dir)[0] for t in tags]
+    """Take each of ``tags`` out of the manifest (:func:`repan_zoo.manifest.remove_entry`): a bare tag
+    is ``model.<tag>``, ``MODEL.TAG`` another model's entry (:func:`superseded_names`). Then delete the
+    bundled files that no remaining entry names. A Hub entry's files stay on the Hub, reachable by
+    their pinned revision. Returns the removed entries. Raises
+    :class:`~repan_zoo.errors.ManifestError` for an entry that is not listed (the ones before it are
+    already removed)."""
+    removed = [manifest.remove_entry(m, t, directory=manifest_dir)[0] for m, t in superseded_names(model, tags)]
     still = {e.filename for e in manifest.load_manifest(manifest_dir).values() if e.source == "bundled"}
     for entry in removed:
         path = manifest.bundled_dir() / entry.filename
