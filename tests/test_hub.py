@@ -220,6 +220,22 @@ def test_unknown_tag_and_no_weights(hub, published):
     assert hub.file_requests() == []
 
 
+def test_no_weights_names_the_variants_that_have_some():
+    """A model without weights of its own, whose narrow / small-input variant has some (the shipped
+    manifest: ResNet-18 0.25×), is told which; a model with no such variant is not."""
+    manifest.reload_manifest()
+    with_weights = {e.model for e in manifest.load_manifest().values()}
+    assert "repan_resnet18_w025" in with_weights and "repan_resnet18" not in with_weights
+    with pytest.raises(WeightsNotFoundError, match="no pretrained weights") as info:
+        timm.create_model("repan_resnet18", pretrained=True)
+    tag = manifest.entries_for("repan_resnet18_w025")[0].tag
+    assert f"repan_resnet18_w025.{tag} (1×28×28, 10 classes)" in str(info.value)
+    assert "Variants of it have" in str(info.value) and "pretrained=False" in str(info.value)
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model("repan_mobileone_s1", pretrained=True)
+    assert "Variants" not in str(info.value) and "pretrained=False" in str(info.value)
+
+
 # -- offline ---------------------------------------------------------------------------------------
 def test_offline_with_empty_cache_raises(hub, published, monkeypatch):
     offline(monkeypatch)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import manifest
 from ..errors import UnknownTagError, WeightsNotFoundError
@@ -132,6 +132,13 @@ def _describe(entry: WeightEntry) -> str:
     return f"{entry.tag} ({'×'.join(map(str, entry.input_size))}, {entry.num_classes} classes)"
 
 
+def _related(model: str) -> List[WeightEntry]:
+    """Manifest entries of the model's other variants (names one ``_suffix`` apart: ``repan_mobileone_s0``
+    ↔ ``repan_mobileone_s0_w050``, ``repan_resnet18`` ↔ ``repan_resnet18_w025``)."""
+    return [e for e in manifest.load_manifest().values()
+            if e.model != model and (e.model.startswith(model + "_") or model.startswith(e.model + "_"))]
+
+
 def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = None) -> WeightSource:
     """The weights a ``pretrained_cfg`` asks for (see the module docstring for the order); ``user``:
     the caller's own ``file`` / ``url`` / ``hf_hub_id`` (:func:`user_source`), loaded as given."""
@@ -185,8 +192,11 @@ def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = N
             "or pretrained=False",
             model=model, available=[e.tag for e in manifest.entries_for(model)],
         )
+    related = _related(model)
     raise WeightsNotFoundError(
-        f"{model} has no pretrained weights in the weights manifest ({where}). Use pretrained=False, "
-        "load a checkpoint with repan_zoo.checkpoint, or publish weights with `repan-publish`",
+        f"{model} has no pretrained weights in the weights manifest ({where}). "
+        + (f"Variants of it have: {', '.join(f'{e.model}.{_describe(e)}' for e in related)}; e.g. "
+           f"timm.create_model('{related[0].model}.{related[0].tag}', pretrained=True). Or use " if related else "Use ")
+        + "pretrained=False, load a checkpoint with repan_zoo.checkpoint, or publish weights with `repan-publish`",
         model=model,
     )
