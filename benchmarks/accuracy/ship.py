@@ -101,7 +101,7 @@ def publish_command(final: Dict, work: Path, plan: str, replace: bool = False) -
 
 
 def replaced_layouts(model: str) -> List[str]:
-    """The models whose shipped weights ``model``'s replace: those the sweep's ship plan trains in
+    """The models whose shipped weights ``model``'s weights replace: those the sweep's ship plan trains in
     ``model``'s layout instead (``sweep.SHIP_MODEL``, e.g. MobileOne-S0 → ``repan_mobileone_s0_w050``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import sweep  # noqa: E402  (same folder: the ship plan is defined there)

@@ -456,8 +456,8 @@ def bundle(
 
 def superseded_names(model: str, supersede: Sequence[str]) -> List[Tuple[str, str]]:
     """``(model, tag)`` of each ``supersede`` item: a bare ``TAG`` is a tag of ``model``; ``MODEL.TAG``
-    (timm's pretrained-tag syntax) names another model's entry, e.g. weights of a layout that the new
-    model's replace (``repan_mobileone_s0.fmnist_repan_kd`` by ``repan_mobileone_s0_w050``)."""
+    (timm's pretrained-tag syntax) names another model's entry, e.g. the weights of a layout that the new
+    model's weights replace (``repan_mobileone_s0.fmnist_repan_kd`` by ``repan_mobileone_s0_w050``)."""
     return [tuple(item.split(".", 1)) if "." in item else (model, item) for item in supersede]
 
 

@@ -19,8 +19,9 @@
 Narrow ``_w025`` variants: width × 0.25 (the paper's CIFAR setting) in the small-input
 layout (:meth:`NetCfg.for_small_input`) with a Fashion-MNIST default config (1×28×28,
 10 classes); ``repan_mobileone_s0_w050`` likewise at width × 0.5 (stage widths 24, 64, 128, 512,
-maps 28→14→14→7→4→2; 0.28 M deploy parameters with 10 classes). ``repan_repvgg_a1_w025`` is the network of ``findings-cpu-scale.md``: stage widths
-16, 16, 32, 64, 320, depths 1, 2, 4, 14, 1, maps 28→14→14→7→4→2.
+maps 28→14→14→7→4→2; 0.28 M deploy parameters with 10 classes). ``repan_repvgg_a1_w025`` is the
+network of ``findings-cpu-scale.md``: stage widths 16, 16, 32, 64, 320, depths 1, 2, 4, 14, 1,
+maps 28→14→14→7→4→2.
 """
 from __future__ import annotations
 
