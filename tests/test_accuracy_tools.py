@@ -172,6 +172,8 @@ def test_long_plan_is_the_issue_14_comparison():
     names = {r["name"]: r["args"] for r in sweep.plan_runs("ablations", "long")}
     assert names["cycles5x20"][names["cycles5x20"].index("--cycles") + 1] == "5"
     assert names["generic_pair"][names["generic_pair"].index("--branches") + 1] == "conv_kxk,conv_1x1"
+    assert names["cycle_warmup1"][names["cycle_warmup1"].index("--warmup-epochs") + 1] == "1"
+    assert names["cycle_warmup1"][:names["cycle_warmup1"].index("--warmup-epochs")] == names["reference"]
 
 
 def test_ship_plan_trains_each_models_best_arm_by_validation_longer(tmp_path, monkeypatch):
