@@ -247,3 +247,21 @@ def test_status_counts_done_and_estimates_time_left(tmp_path, monkeypatch):
     # 5 epochs left of the partial run at its median 35 s, 8 of the pending one at the same model's 35 s
     assert st["hours_left"] == pytest.approx((5 + 8) * 35.0 / 3600)
     assert sweep.status("cpu/main", runs, work, jobs=2)["hours_left"] == pytest.approx((5 + 8) * 35.0 / 7200)
+
+
+def test_status_borrows_epoch_times_of_main_runs_of_the_same_kind(tmp_path, monkeypatch):
+    """Before its first epoch, an ablation run is timed by main's runs of the same model, method and
+    training-set size; a run of another size (the layouts probe) is not."""
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    work = tmp_path / "work"
+    for name, times in [("repan_repvgg_a1_w025__repan__s0", (80.0, 90.0, 85.0)),
+                        ("repan_mobileone_s0__baseline__s0", (200.0,))]:
+        (work / "long" / "main" / name).mkdir(parents=True)
+        (work / "long" / "main" / name / "metrics.json").write_text(json.dumps([{"epoch_time_s": t} for t in times]))
+    ablations = sweep.plan_runs("ablations", "long")
+    st = sweep.status("long/ablations", ablations, work)
+    assert {r["epoch_s"] for r in st["rows"]} == {85.0} and st["unknown_eta"] == 0
+    assert st["hours_left"] == pytest.approx(len(ablations) * 100 * 85.0 / 3600)
+    st = sweep.status("long/layouts", sweep.plan_runs("layouts", "long"), work)
+    assert st["unknown_eta"] == 2 and st["hours_left"] == 0

@@ -360,10 +360,22 @@ def _epochs_of(args: List[str]) -> int:
     return int(_arg(args, "--cycles")) * int(_arg(args, "--epochs"))
 
 
+def _timing_key(args: List[str]) -> tuple:
+    """What sets a run's epoch time: model and layout, method, a teacher, the training-set size."""
+    return (_arg(args, "--model"), _arg(args, "--model-kwargs"), _arg(args, "--method", "repan"), "--teacher" in args,
+            _arg(args, "--train-subset"))
+
+
+def _epoch_times(metrics: Path) -> List[float]:
+    history = json.loads(metrics.read_text()) if metrics.is_file() else []
+    return [r["epoch_time_s"] for r in history if r.get("epoch_time_s")]
+
+
 def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
     """What is done, what remains and the estimated time left: epochs left of each run times the
-    median epoch time of that run (or, before its first epoch, of the finished or running runs of
-    the same model and method in this plan's folders), divided over ``jobs`` parallel runs."""
+    median epoch time of that run (or, before its first epoch, of the finished or running runs with
+    the same model, layout, method, teacher and training-set size in this plan's folders, then in
+    ``<scale>/main``'s), divided over ``jobs`` parallel runs."""
     rows, seconds, unknown = [], 0.0, 0
     epoch_times: Dict[tuple, List[float]] = {}
     state = []
@@ -372,15 +384,23 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
         metrics = work / home / run["name"] / "metrics.json"
-        history = json.loads(metrics.read_text()) if metrics.is_file() else []
-        times = [r["epoch_time_s"] for r in history if r.get("epoch_time_s")]
-        key = (_arg(run["args"], "--model"), _arg(run["args"], "--method", "repan"), "--teacher" in run["args"])
+        trained = len(json.loads(metrics.read_text())) if metrics.is_file() else 0
+        times = _epoch_times(metrics)
+        key = _timing_key(run["args"])
         if times:
             epoch_times.setdefault(key, []).append(_median(times))
-        state.append((run, total, done, len(history), times, key))
+        state.append((run, total, done, trained, times, key))
+    scale, name = plan.split("/")
+    main_times: Dict[tuple, List[float]] = {}
+    if name != "main":
+        for run in plan_runs("main", scale):
+            times = _epoch_times(work / _home_plan(f"{scale}/main", run) / run["name"] / "metrics.json")
+            if times:
+                main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
     for run, total, done, trained, times, key in state:
         left = 0 if done else total - trained
-        per = _median(times) if times else (_median(epoch_times[key]) if epoch_times.get(key) else None)
+        similar = epoch_times.get(key) or main_times.get(key)
+        per = _median(times) if times else (_median(similar) if similar else None)
         if left and per is None:
             unknown += 1
         seconds += left * (per or 0.0)
