@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         "--method", "repan", "--model", a.model, "--dataset", "fashion_mnist",
         "--cycles", "2", "--epochs", "1", "--first-cycle", "plain",
         "--train-subset", "2000" if a.quick else "10000", "--val-size", "1000", "--test-subset", "2000",
-        "--batch-size", "128", "--lr", "0.1", "--calib-batches", "3", "--seed", "0",
+        "--batch-size", "32" if a.quick else "128", "--lr", "0.1", "--calib-batches", "3", "--seed", "0",
         "--out", str(out / "run"), "--device", "cpu", "--no-progress",
     ]
     if a.data_dir:
@@ -66,7 +66,6 @@ def main(argv=None) -> int:
         # 2,000 images at batch 128 are 16 steps an epoch: too few to leave chance at lr 0.1, and the
         # cycle-2 restart then diverged (test ~10 %). Batch 32 gives 63 steps; a 0.2-epoch linear warmup
         # keeps the first steps of each cycle stable (test ~71 % in ~10 s of training on one core).
-        train_args[train_args.index("--batch-size") + 1] = "32"
         train_args += ["--warmup-epochs", "0.2"]
     run_dir = out / "run"
     if (run_dir / "final.json").exists():  # a finished earlier demo: train again from scratch

@@ -134,6 +134,13 @@ def _merge(args: List[str], changes: List[str]) -> List[str]:
     return out
 
 
+def _model_recipe(model: str, common: List[str], changes: List[str] = ()) -> List[str]:
+    """``common`` with the model's own changes (``MODEL_RECIPE``) and ``changes`` set, in fp32 for
+    ``FP32_MODELS`` (no ``--amp``)."""
+    args = _merge(common, MODEL_RECIPE.get(model, []) + list(changes))
+    return [a for a in args if a != "--amp"] if model in FP32_MODELS else args
+
+
 def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
     args = ["--model", model]
     if kwargs:
@@ -178,9 +185,7 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
             for model in MODELS:
                 if model != MODELS[0] and seed not in sc.get("seeds_others", SEEDS):
                     continue
-                base = _model_args(model) + _merge(common, MODEL_RECIPE.get(model, [])) + ["--seed", str(seed)]
-                if model in FP32_MODELS:
-                    base = [a for a in base if a != "--amp"]
+                base = _model_args(model) + _model_recipe(model, common) + ["--seed", str(seed)]
                 one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
                 runs.append(_run(f"{model}__baseline__s{seed}", base + one + ["--method", "baseline"]))
                 runs.append(_run(f"{model}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
@@ -228,9 +233,7 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         runs.append(_run(f"{MODELS[0]}__repan_arch_halflr__s0", _model_args(MODELS[0]) + common + ["--seed", "0"]
                          + cyc + ["--method", "repan"] + REPAN_ARCH + ["--later-lr", "0.1"]))
     elif plan == "layouts":
-        probe = _merge(common, MODEL_RECIPE.get(LAYOUT_MODEL, []) + ["--train-subset", str(LAYOUT_SUBSET)])
-        if LAYOUT_MODEL in FP32_MODELS:
-            probe = [a for a in probe if a != "--amp"]
+        probe = _model_recipe(LAYOUT_MODEL, common, ["--train-subset", str(LAYOUT_SUBSET)])
         for name, kwargs in LAYOUTS.items():
             runs.append(_run(f"{LAYOUT_MODEL}__{name}__s0", _model_args(LAYOUT_MODEL, kwargs) + probe + [
                 "--seed", "0", "--method", "baseline", "--cycles", "1", "--epochs", str(LAYOUT_EPOCHS)]))
@@ -366,8 +369,12 @@ def _timing_key(args: List[str]) -> tuple:
             _arg(args, "--train-subset"))
 
 
-def _epoch_times(metrics: Path) -> List[float]:
-    history = json.loads(metrics.read_text()) if metrics.is_file() else []
+def _history(metrics: Path) -> List[Dict]:
+    """A run's per-epoch records (its ``metrics.json``; empty before the first epoch)."""
+    return json.loads(metrics.read_text()) if metrics.is_file() else []
+
+
+def _epoch_times(history: List[Dict]) -> List[float]:
     return [r["epoch_time_s"] for r in history if r.get("epoch_time_s")]
 
 
@@ -383,18 +390,17 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
         total = _epochs_of(run["args"])
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
-        metrics = work / home / run["name"] / "metrics.json"
-        trained = len(json.loads(metrics.read_text())) if metrics.is_file() else 0
-        times = _epoch_times(metrics)
+        history = _history(work / home / run["name"] / "metrics.json")
+        times = _epoch_times(history)
         key = _timing_key(run["args"])
         if times:
             epoch_times.setdefault(key, []).append(_median(times))
-        state.append((run, total, done, trained, times, key))
+        state.append((run, total, done, len(history), times, key))
     scale, name = plan.split("/")
     main_times: Dict[tuple, List[float]] = {}
     if name != "main":
         for run in plan_runs("main", scale):
-            times = _epoch_times(work / _home_plan(f"{scale}/main", run) / run["name"] / "metrics.json")
+            times = _epoch_times(_history(work / _home_plan(f"{scale}/main", run) / run["name"] / "metrics.json"))
             if times:
                 main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
     for run, total, done, trained, times, key in state:
