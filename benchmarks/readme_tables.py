@@ -115,7 +115,9 @@ def long_plan() -> List[str]:
            "training images (5,000 held out for validation), crop + flip + random erasing, label smoothing 0.1, "
            "lr 0.1, wd 5e-4, bf16 autocast; a 100-epoch budget per run: baseline and KD 1 × 100, RepAn 4 × 25 "
            "re-adding each block's own branch kinds at γ = 0; KD α = 0.9, T = 10 from a ResNet-18 0.25× teacher trained "
-           f"150 epochs on the same split. {len(runs)} runs (3 seeds of RepVGG-A1 0.25×, one of the others); "
+           f"150 epochs on the same split. {len(runs)} runs (3 seeds of RepVGG-A1 0.25×, one of ResNet-18-ACB 0.25× and "
+           f"one of MobileOne-S0 as `{sweep.variant('long', 'repan_mobileone_s0')}`, its half-width small-input "
+           "layout, in fp32 at lr 0.1 with a 1-epoch warm-up); "
            f"**{len(done)} finished so far**" + (": " + ", ".join(f"`{n}`" for n in done) if done else "") + ".", ""]
     return out
 

@@ -106,18 +106,15 @@ def test_ship_replace_supersedes_the_models_other_tags(tmp_path, monkeypatch):
 
 
 def test_ship_replace_supersedes_the_layout_a_model_is_shipped_in_place_of(tmp_path, monkeypatch):
-    """MobileOne-S0 ships as ``repan_mobileone_s0_w050`` (sweep.SHIP_MODEL): ``--replace`` takes the
-    ImageNet-layout entries out too, as ``MODEL.TAG``; no arm statistics (main has no run of that layout)."""
+    """The long scale trains MobileOne-S0 as ``repan_mobileone_s0_w050`` (sweep.SCALES variants): ``--replace``
+    takes the ImageNet-layout entries out too, as ``MODEL.TAG``, whether the weights come from the ship plan
+    or straight from main; the arm statistics are those of main's runs of the shipped layout."""
     ship = load("ship")
     shipped = "repan_mobileone_s0_w050"
     write_run(tmp_path / "long" / "ship", f"{shipped}__kd__ship", shipped, "kd", 0, 93.9, 93.7)
-    write_run(tmp_path / "long" / "main", "repan_mobileone_s0__kd__s0", "repan_mobileone_s0", "kd", 0, 92.0, 91.8)
+    write_run(tmp_path / "long" / "main", f"{shipped}__kd__s0", shipped, "kd", 0, 92.0, 91.8)
+    write_run(tmp_path / "long" / "main", "repan_mobileone_s0__kd__s0", "repan_mobileone_s0", "kd", 0, 99.0, 99.0)
     monkeypatch.setattr(ship, "RESULTS", tmp_path)
-    run_dir = tmp_path / "work" / "long" / "ship" / f"{shipped}__kd__ship"
-    run_dir.mkdir(parents=True)
-    (run_dir / "deploy.safetensors").write_bytes(b"weights")
-    final = ship.best_runs("long/ship")[shipped]
-    final["checkpoint"]["sha256"] = ship.sha256_file(run_dir / "deploy.safetensors")
 
     class Entry:
         def __init__(self, tag):
@@ -125,11 +122,18 @@ def test_ship_replace_supersedes_the_layout_a_model_is_shipped_in_place_of(tmp_p
     listed = {"repan_mobileone_s0": [Entry("fmnist_repan_kd")], shipped: []}
     monkeypatch.setattr(ship.manifest, "entries_for", lambda model: listed.get(model, []))
     assert ship.replaced_layouts(shipped) == ["repan_mobileone_s0"] and ship.replaced_layouts("x") == []
-    cmd = ship.publish_command(final, tmp_path / "work", "long/ship", replace=True)
-    assert cmd[cmd.index("--tag") + 1] == "fmnist_long_kd"
-    assert cmd[cmd.index("--default"):] == ["--default", "--supersede", "repan_mobileone_s0.fmnist_repan_kd"]
-    figures = json.loads((run_dir / "publish_metrics.json").read_text())["metrics"]["fashion_mnist"]
-    assert "arm_seeds" not in figures and figures["val_top1"] == 93.9
+    for plan, run, val in [("long/ship", f"{shipped}__kd__ship", 93.9), ("long/main", f"{shipped}__kd__s0", 92.0)]:
+        run_dir = tmp_path / "work" / plan / run
+        run_dir.mkdir(parents=True)
+        (run_dir / "deploy.safetensors").write_bytes(b"weights")
+        final = ship.best_runs(plan, any_arm=True)[shipped]
+        assert final["run"] == run
+        final["checkpoint"]["sha256"] = ship.sha256_file(run_dir / "deploy.safetensors")
+        cmd = ship.publish_command(final, tmp_path / "work", plan, replace=True)
+        assert cmd[cmd.index("--tag") + 1] == "fmnist_long_kd"
+        assert cmd[cmd.index("--default"):] == ["--default", "--supersede", "repan_mobileone_s0.fmnist_repan_kd"]
+        figures = json.loads((run_dir / "publish_metrics.json").read_text())["metrics"]["fashion_mnist"]
+        assert (figures["val_top1"], figures["arm_seeds"], figures["arm_val_mean"]) == (val, 1, 92.0)
 
 
 def test_sweep_plans_keep_equal_budgets_and_order(monkeypatch):
@@ -196,23 +200,35 @@ def test_ship_plan_trains_each_models_best_arm_by_validation_longer(tmp_path, mo
     assert m["arm_test_mean"] == pytest.approx(90.0) and m["arm_test_std"] == pytest.approx(0.2)
 
 
-def test_ship_plan_trains_mobileone_in_its_small_input_layout(tmp_path, monkeypatch):
-    """MobileOne-S0's best arm is trained as the registered half-width small-input variant; the recipe
-    (fp32, lr 0.1 with warm-up, the arm's method) is main's."""
+def test_long_scale_trains_mobileone_in_its_small_input_layout(tmp_path, monkeypatch):
+    """At the long scale MobileOne-S0's rows are the registered half-width small-input variant with
+    MobileOne's recipe (fp32, lr 0.1 with warm-up); the ship plan trains its best arm in that layout;
+    the cpu scale keeps the ImageNet layout."""
     sweep = load("sweep")
-    main = tmp_path / "long" / "main"
-    write_run(main, "repan_mobileone_s0__kd__s0", "repan_mobileone_s0", "kd", 0, 91.0, 90.5)
-    write_run(main, "repan_mobileone_s0__baseline__s0", "repan_mobileone_s0", "baseline", 0, 90.0, 90.0)
+    main = {r["name"]: r["args"] for r in sweep.plan_runs("main", "long")}
+    assert not [n for n in main if n.startswith("repan_mobileone_s0__")]
+    for arm in ("baseline", "kd", "repan", "repan_kd"):
+        args = main[f"repan_mobileone_s0_w050__{arm}__s0"]
+        assert args[args.index("--model") + 1] == "repan_mobileone_s0_w050" and args.count("--model") == 1
+        assert "--amp" not in args and args[args.index("--lr") + 1] == "0.1" and "--warmup-epochs" in args
+    cpu = {r["name"]: r["args"] for r in sweep.plan_runs("main", "cpu")}
+    assert "repan_mobileone_s0__kd__s0" in cpu and not [n for n in cpu if "_w050" in n]
+    assert sweep.variant("long", "repan_mobileone_s0") == "repan_mobileone_s0_w050"
+    assert sweep.variant("cpu", "repan_mobileone_s0") == "repan_mobileone_s0"
+    assert sweep.replaced_by("repan_mobileone_s0_w050") == ["repan_mobileone_s0"]
+
+    results = tmp_path / "long" / "main"
+    write_run(results, "repan_mobileone_s0_w050__kd__s0", "repan_mobileone_s0_w050", "kd", 0, 91.0, 90.5)
+    write_run(results, "repan_mobileone_s0_w050__baseline__s0", "repan_mobileone_s0_w050", "baseline", 0, 90.0, 90.0)
+    # results of a layout main no longer trains do not enter the ship plan
+    write_run(results, "repan_mobileone_s0__baseline__s0", "repan_mobileone_s0", "baseline", 0, 95.0, 95.0)
     monkeypatch.setattr(sweep, "RESULTS", tmp_path)
     runs = {r["name"]: r for r in sweep.plan_runs("ship", "long")}
     assert set(runs) == {"teacher", "repan_mobileone_s0_w050__kd__ship"}
     args = runs["repan_mobileone_s0_w050__kd__ship"]["args"]
-    src = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_mobileone_s0__kd__s0")["args"]
-    assert args[args.index("--model") + 1] == "repan_mobileone_s0_w050" and args.count("--model") == 1
-    assert "--amp" not in args and args[args.index("--lr") + 1] == "0.1" and "--warmup-epochs" in args
+    src = main["repan_mobileone_s0_w050__kd__s0"]
     assert args[args.index("--epochs") + 1] == "200" and runs["repan_mobileone_s0_w050__kd__ship"]["needs"] == "teacher"
-    assert [a for a in args if a not in ("repan_mobileone_s0_w050", "200")] == [
-        a for a in src if a not in ("repan_mobileone_s0", "100")]
+    assert [a for a in args if a != "200"] == [a for a in src if a != "100"]
 
 
 def test_layouts_plan_compares_mobileone_layouts_on_the_same_probe():
@@ -223,7 +239,7 @@ def test_layouts_plan_compares_mobileone_layouts_on_the_same_probe():
     assert json.loads(b[b.index("--model-kwargs") + 1]) == {"width_mult": 0.5, "small_input": True}
     assert "--model-kwargs" not in a and b[:2] + b[4:] == a  # the same recipe apart from the layout
     assert a[a.index("--train-subset") + 1] == "20000" and a[a.index("--epochs") + 1] == "10"
-    # the registered variant the ship plan trains is exactly the probe's layout
+    # the registered variant the long scale trains is exactly the probe's layout
     import timm
     import repan_zoo  # noqa: F401
     x = timm.create_model("repan_mobileone_s0_w050").state_dict()

@@ -14,7 +14,7 @@ an honest estimate. Ties on validation top-1 go to the lower validation loss, th
     python benchmarks/accuracy/ship.py --plan long/main --any-arm --replace --publish
                                       # any arm of the comparison; the new weights become the default tag
                                       # and the model's older entries are taken out of the manifest (with
-                                      # those of a model it is shipped in place of: sweep.SHIP_MODEL)
+                                      # those of a model it is shipped in place of: sweep.replaced_by)
 
 Tags: ``fmnist_<arm>`` at the ``cpu`` scale, ``fmnist_<scale>_<arm>`` otherwise (``fmnist_long_kd``).
 
@@ -101,12 +101,13 @@ def publish_command(final: Dict, work: Path, plan: str, replace: bool = False) -
 
 
 def replaced_layouts(model: str) -> List[str]:
-    """The models whose shipped weights ``model``'s weights replace: those the sweep's ship plan trains in
-    ``model``'s layout instead (``sweep.SHIP_MODEL``, e.g. MobileOne-S0 → ``repan_mobileone_s0_w050``)."""
+    """The models whose shipped weights ``model``'s weights replace: those a sweep scale trains in
+    ``model``'s layout instead (``sweep.replaced_by``; e.g. ``repan_mobileone_s0_w050`` for MobileOne-S0
+    at the ``long`` scale)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import sweep  # noqa: E402  (same folder: the ship plan is defined there)
+    import sweep  # noqa: E402  (same folder: the plans are defined there)
 
-    return sorted(src for src, shipped in sweep.SHIP_MODEL.items() if shipped == model)
+    return sweep.replaced_by(model)
 
 
 def with_arm_metrics(final: Dict, scale: str, arm: str) -> Dict:
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
                    help="choose among all arms of a comparison plan (baseline and KD too), not only RepAn's")
     p.add_argument("--replace", action="store_true",
                    help="publish as the model's default tag and supersede its other manifest entries (and those "
-                        "of the model it is shipped in place of, sweep.SHIP_MODEL)")
+                        "of the model it is shipped in place of, sweep.replaced_by)")
     a = p.parse_args(argv)
     best = best_runs(a.plan, a.models, any_arm=a.any_arm)
     if not best:

@@ -26,7 +26,8 @@ own branch kinds, 5 × 20 cycles, half the later peak LR, a 1-epoch LR warm-up p
 γ, cycle length at the same budget and Expand before cycle 1 (the paper's literal Algorithm 1);
 ``bf16`` = main's baseline arm in bf16 autocast; ``expansion`` = main's RepAn arm expanding each block's
 own kinds at γ = 0; ``layouts`` = MobileOne-S0's ImageNet layout vs a half-width small-input layout
-(baseline arm, probe budget); ``ship`` = each model's best arm of main (by validation), 2× the budget.
+(baseline arm, probe budget; ``long`` trains the latter, ``SCALES["long"]["variants"]``); ``ship`` = each
+model's best arm of main (by validation), 2× the budget.
 Model selection is by validation accuracy (a split carved from the training set); the test set is
 only reported.
 """
@@ -72,7 +73,12 @@ SCALES = {
     "small": {"cycles": 2, "epochs": 6, "train_subset": 20000, "extra": []},
     "full": {"cycles": 3, "epochs": 8, "train_subset": None, "extra": []},
     "long": {"cycles": 4, "epochs": 25, "train_subset": None, "extra": LONG_RECIPE,
-             "repan": "arch", "teacher": "long", "seeds_others": [0]},
+             "repan": "arch", "teacher": "long", "seeds_others": [0],
+             # MobileOne-S0's ImageNet layout runs its last 11 blocks at 2×2 and 1×1 on 28×28 inputs; its
+             # half-width small-input variant scored 2.3 validation points more on the ``layouts`` probe at
+             # about the same step time, so the long comparison (and the ship plan after it) trains that
+             # variant: the rows are then checkpoints of the layout the zoo ships
+             "variants": {"repan_mobileone_s0": "repan_mobileone_s0_w050"}},
 }
 DEFAULT_SCALE = "cpu"
 CYCLES, EPOCHS = SCALES[DEFAULT_SCALE]["cycles"], SCALES[DEFAULT_SCALE]["epochs"]
@@ -110,10 +116,6 @@ LAYOUT_MODEL, LAYOUT_SUBSET, LAYOUT_EPOCHS = "repan_mobileone_s0", 20000, 10
 #: the ship plan trains each model's best arm of ``<scale>/main`` (by mean validation top-1) once more
 #: with this many times the comparison budget (same cycle count, longer cycles), seed 0
 SHIP_BUDGET_FACTOR = 2
-#: the ship plan trains these models' best arm in another registered layout of the same family: MobileOne-S0's
-#: ImageNet layout runs its last 11 blocks at 2×2 and 1×1 on 28×28 inputs; the half-width small-input layout
-#: scored 2.3 validation points more on the ``layouts`` plan's probe at about the same step time
-SHIP_MODEL = {"repan_mobileone_s0": "repan_mobileone_s0_w050"}
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
 
 
@@ -139,6 +141,19 @@ def _model_recipe(model: str, common: List[str], changes: List[str] = ()) -> Lis
     ``FP32_MODELS`` (no ``--amp``)."""
     args = _merge(common, MODEL_RECIPE.get(model, []) + list(changes))
     return [a for a in args if a != "--amp"] if model in FP32_MODELS else args
+
+
+def variant(scale: str, model: str) -> str:
+    """The registered model that ``scale`` trains for ``model``'s rows: ``SCALES[scale]["variants"]``
+    (a layout of the same family, e.g. MobileOne-S0 → ``repan_mobileone_s0_w050`` at ``long``), else
+    ``model`` itself."""
+    return SCALES[scale].get("variants", {}).get(model, model)
+
+
+def replaced_by(model: str) -> List[str]:
+    """The models some scale trains as ``model`` instead (the inverse of :func:`variant`): weights of
+    ``model`` from that scale ship in their place."""
+    return sorted({src for sc in SCALES.values() for src, v in sc.get("variants", {}).items() if v == model})
 
 
 def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
@@ -185,13 +200,14 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
             for model in MODELS:
                 if model != MODELS[0] and seed not in sc.get("seeds_others", SEEDS):
                     continue
-                base = _model_args(model) + _model_recipe(model, common) + ["--seed", str(seed)]
+                trained = variant(scale, model)  # the registered layout this scale trains (recipe: model's)
+                base = _model_args(trained) + _model_recipe(model, common) + ["--seed", str(seed)]
                 one = ["--cycles", "1", "--epochs", str(CYCLES * EPOCHS)]
-                runs.append(_run(f"{model}__baseline__s{seed}", base + one + ["--method", "baseline"]))
-                runs.append(_run(f"{model}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
+                runs.append(_run(f"{trained}__baseline__s{seed}", base + one + ["--method", "baseline"]))
+                runs.append(_run(f"{trained}__kd__s{seed}", base + one + ["--method", "kd"] + KD + kd_teacher,
                                  needs=teacher_name))
-                runs.append(_run(f"{model}__repan__s{seed}", base + cyc + ["--method", "repan"] + repan))
-                runs.append(_run(f"{model}__repan_kd__s{seed}", base + cyc + ["--method", "repan"] + repan + KD
+                runs.append(_run(f"{trained}__repan__s{seed}", base + cyc + ["--method", "repan"] + repan))
+                runs.append(_run(f"{trained}__repan_kd__s{seed}", base + cyc + ["--method", "repan"] + repan + KD
                                  + kd_teacher, needs=teacher_name))
     elif plan == "ablations" and scale == "long":
         # around the long plan's RepAn arm (seed 0): the expansion of cycles 2..R — the architecture's own
@@ -268,18 +284,18 @@ def best_arms(scale: str) -> Dict[str, Dict]:
 
 
 def ship_runs(scale: str, main_runs: List[Dict]) -> List[Dict]:
-    """The ship plan: for each model, its best arm (:func:`best_arms`) at seed 0 with
-    ``SHIP_BUDGET_FACTOR`` × the epochs per cycle, in the layout of ``SHIP_MODEL`` where one is named
-    (the same recipe otherwise), named ``<shipped model>__<arm>__ship``."""
+    """The ship plan: for each model of main (in the layout main trains, :func:`variant`), its best arm
+    (:func:`best_arms`) at seed 0 with ``SHIP_BUDGET_FACTOR`` × the epochs per cycle, named
+    ``<model>__<arm>__ship``."""
     out = []
     for model, choice in best_arms(scale).items():
-        src = next(r for r in main_runs if r["name"] == f"{model}__{choice['arm']}__s0")
+        src = next((r for r in main_runs if r["name"] == f"{model}__{choice['arm']}__s0"), None)
+        if src is None:  # results of a model or layout the plan no longer trains
+            continue
         args = list(src["args"])
         i = args.index("--epochs") + 1
         args[i] = str(int(args[i]) * SHIP_BUDGET_FACTOR)
-        shipped = SHIP_MODEL.get(model, model)
-        args[args.index("--model") + 1] = shipped
-        out.append(_run(f"{shipped}__{choice['arm']}__ship", args, needs=src["needs"]))
+        out.append(_run(f"{model}__{choice['arm']}__ship", args, needs=src["needs"]))
     return out
 
 
