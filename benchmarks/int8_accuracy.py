@@ -12,9 +12,10 @@ INT8 top-1 on the full Fashion-MNIST *test* set with the entry's mean/std. ``--s
 eager INT8 graph for several calibration sizes (the remedy that mattered for MobileOne-S0). Arms:
 
 ``int8``              the shipped recipe (:func:`~repan_zoo.quantize.quantize`'s defaults: constant-channel
-                      folding, activation equalization with alpha 0.5);
-``int8_no_fold``      the same without folding, and
-``int8_no_equalize``  without equalization (``--arms``), both measured with the self-check's thresholds
+                      folding, activation equalization at alpha 0.5 or none, whichever the probe prefers);
+``int8_no_fold``      the same without folding,
+``int8_equalize``     always equalized (alpha 0.5), and
+``int8_no_equalize``  never equalized (``--arms``), all three measured with the self-check's thresholds
                       lifted so that a refused model can still be scored (its check is recorded).
 
 Writes ``benchmarks/results/int8_accuracy.json``; ``--update-manifest`` records the ``int8`` arm as
@@ -44,7 +45,8 @@ from repan_zoo.quantize import calibration_data, quantize
 
 OUT = Path(__file__).resolve().parent / "results" / "int8_accuracy.json"
 #: arm → quantize() options; every arm but the shipped one is scored with the self-check's thresholds lifted
-ARMS = {"int8": {}, "int8_no_fold": {"fold_constants": False}, "int8_no_equalize": {"equalize": None}}
+ARMS = {"int8": {}, "int8_no_fold": {"fold_constants": False}, "int8_equalize": {"equalize": 0.5},
+        "int8_no_equalize": {"equalize": None}}
 COMMAND = "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/int8_accuracy.py --update-manifest"
 
 
@@ -170,16 +172,19 @@ def _record(entry: Any, row: Dict[str, Any], torchao_version: str, a: argparse.N
 def markdown(result: Dict[str, Any]) -> str:
     """The README table: fp32 and INT8 test top-1 per shipped checkpoint."""
     sizes = sorted({int(k) for r in result["rows"] for k in r.get("calibration_sweep", {})})
-    lines = ["| checkpoint | fp32 test top-1 | INT8 test top-1 | drop (points) | INT8 without folding "
-             "| INT8 without equalization | agreement / rel. error (probe) |"
+    lines = ["| checkpoint | fp32 test top-1 | INT8 test top-1 | drop (points) | equalization (chosen on the probe) "
+             "| INT8 without folding | INT8 always equalized (α 0.5) | INT8 never equalized "
+             "| agreement / rel. error (probe) |"
              + "".join(f" eager INT8, {n} calib. images |" for n in sizes),
-             "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(sizes)]
+             "|---|---:|---:|---:|---|---:|---:|---:|---:|" + "---:|" * len(sizes)]
     for r in result["rows"]:
         if r.get("status") != "ok" or "int8" not in r:
             continue
-        arms = [r.get(arm, {}).get("test_top1") for arm in ("int8_no_fold", "int8_no_equalize")]
+        arms = [r.get(arm, {}).get("test_top1") for arm in ("int8_no_fold", "int8_equalize", "int8_no_equalize")]
         c = r["int8"]["check"]
+        alpha = c.get("equalize_alpha")
         lines.append(f"| {r['model']} | {r['fp32_test_top1']:.2f} | {r['int8']['test_top1']:.2f} | {r['int8']['drop']:.2f} "
+                     + f"| {'none' if alpha is None else f'α {alpha}'} "
                      + "".join(f"| {'—' if v is None else f'{v:.2f}'} " for v in arms)
                      + f"| {c['top1_agreement']:.3f} / {c['rel_error']:.3f} |"
                      + "".join(f" {r['calibration_sweep'][str(n)]['test_top1']:.2f} |" if str(n) in r.get("calibration_sweep", {})

@@ -245,7 +245,7 @@ def markdown(result: Dict) -> str:
              "|---|---:|---:|"]
     names = {"all:equalize=None": "INT8, constant channels folded (no equalization)",
              "split_diagonals": "as the default, square 1×1 convs split: off-diagonal conv + diagonal as a depthwise 1×1 conv",
-             "all:equalize=0.5": "INT8, folded + activations equalized (α 0.5, the default)"}
+             "all:equalize=0.5": "INT8, folded + activations equalized (α 0.5, the default: `auto` keeps it here)"}
     for key, row in res.items():
         if key == "weights_only":
             continue

@@ -58,7 +58,8 @@ def main(argv=None) -> Dict:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--calib-batches", type=int, default=8, help="calibration batches of 64 training images")
     ap.add_argument("--transforms", action=argparse.BooleanOptionalAction, default=True,
-                    help="fold constant channels and equalize activations (as repan_zoo.quantize does) before export")
+                    help="fold constant channels and equalize activations at alpha 0.5 (repan_zoo.quantize's pre-steps, "
+                         "with its equalized candidate) before export")
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -74,7 +75,7 @@ def main(argv=None) -> Dict:
                                 batch_size=64, probe_images=512)
         x = data["probe"][:args.batch].contiguous()
         exported = model
-        if args.transforms:  # quantize()'s exact pre-steps: constant channels folded, activations equalized
+        if args.transforms:  # quantize()'s pre-steps: constant channels folded, activations equalized (alpha 0.5)
             import copy
 
             exported = copy.deepcopy(model)

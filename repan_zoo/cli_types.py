@@ -69,20 +69,26 @@ def _bound_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
 
 
 def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
-           none: bool = False) -> Callable[[str], Any]:
+           none: bool = False, words: Sequence[str] = ()) -> Callable[[str], Any]:
     """An argparse ``type=`` that parses ``kind`` (int or float) and refuses NaN, ±inf and values
     outside ``[lo, hi]`` (``lo_open`` / ``hi_open``: the bound itself is excluded) with a message
-    that states the allowed range. ``none=True`` also accepts none/all/'' (→ ``None``: no limit)."""
+    that states the allowed range. ``none=True`` also accepts none/all/'' (→ ``None``: no limit);
+    each of ``words`` (e.g. ``"auto"``) is accepted in any case and returned as written in ``words``."""
     rule = _bound_text(lo, hi, lo_open, hi_open)
+    alternatives = "".join(f" or {w!r}" for w in words)
 
     def parse(text: str):
         if none and text.strip().lower() in ("", "none", "all"):
             return None
+        for word in words:
+            if text.strip().lower() == word.lower():
+                return word
         try:
             value = kind(text)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}{' ' + rule if rule else ''}, got {text!r}"
+                f"expected {'an integer' if kind is int else 'a number'}{' ' + rule if rule else ''}{alternatives}, "
+                f"got {text!r}"
             ) from None
         if kind is float and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number{' ' + rule if rule else ''}, got {text!r}")

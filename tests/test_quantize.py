@@ -231,8 +231,9 @@ def test_equalize_activations_is_exact_and_fixes_a_wide_range_channel():
     layers = {r["layer"]: r["sqnr_db"] for r in q.layer_errors(bad, probe)}
     assert list(layers) == ["stem", "dw", "pw", "conv", "head"]
     assert layers["stem"] > 30 and layers["dw"] < 10
-    ok = q.quantize(net, calib, probe=probe, compile=False)  # equalized by default
+    ok = q.quantize(net, calib, probe=probe, compile=False, equalize=0.5)
     assert ok.check["passed"] and ok.check["equalize_alpha"] == 0.5 and len(ok.check["equalized"]) == 3
+    assert "equalize_trials" not in ok.check  # a given strength is used as it is
     assert min(r["sqnr_db"] for r in q.layer_errors(ok, probe)) > 20
     with pytest.raises(ValueError, match=r"alpha=1.5.*\[0, 1\]"):
         q.equalize_activations(WideRangeNet().eval(), calib, alpha=1.5)
@@ -332,6 +333,42 @@ def test_cli_names_the_missing_extra(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "x.pt2").exists()
 
 
+class PlainNet(nn.Module):
+    """conv → ReLU → conv → pool → linear with even channel ranges: nothing for equalization to fix."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.stem, self.conv, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 10)
+        with torch.no_grad():
+            for m in (self.stem, self.conv, self.head):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(torch.relu(self.stem(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net,kept", [(WideRangeNet, 0.5), (PlainNet, None)], ids=["wide_range", "plain"])
+def test_equalize_auto_keeps_the_strength_closer_to_fp32_on_the_probe(net, kept):
+    """The default ``equalize="auto"`` quantizes each candidate and keeps the one with the lowest probe error:
+    equalized where one channel's range would swamp the others, off where equalizing only adds error (the
+    shipped RepVGG-A1 0.25× lost 0.9 test points to α = 0.5); the kept model is the one that strength gives."""
+    calib, probe = _batches(), _batches(1, 32, seed=9)[0]
+    model = net().eval()
+    auto = q.quantize(model, calib, probe=probe, compile=False, min_agreement=0.0, max_rel_error=9.0)
+    trials = auto.check["equalize_trials"]
+    assert auto.check["equalize"] == "auto" and [t["equalize_alpha"] for t in trials] == list(q.EQUALIZE_CANDIDATES)
+    best = min(trials, key=lambda t: t["rel_error"])
+    assert auto.check["equalize_alpha"] == best["equalize_alpha"] == kept
+    assert max(t["rel_error"] for t in trials) > best["rel_error"]
+    fixed = q.quantize(model, calib, probe=probe, compile=False, equalize=kept, min_agreement=0.0, max_rel_error=9.0)
+    assert auto.check["rel_error"] == pytest.approx(best["rel_error"]) == pytest.approx(fixed.check["rel_error"])
+    assert len(auto.check["equalized"]) == len(fixed.check["equalized"]) and (not auto.check["equalized"]) == (kept is None)
+    with pytest.raises(ValueError, match="equalize='best'.*'auto'"):
+        q.quantize(model, calib, probe=probe, compile=False, equalize="best")
+
+
 def test_cli_int8_options_parse_and_reach_export(monkeypatch, tmp_path, capsys):
     """`repan export --int8 --equalize none --fp32-module NAME` reaches export_int8; a strength outside [0, 1] is refused."""
     from repan_zoo.cli import build_parser, main
@@ -339,10 +376,14 @@ def test_cli_int8_options_parse_and_reach_export(monkeypatch, tmp_path, capsys):
     args = build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2", "--equalize", "none",
                                       "--fp32-module", "stem", "--fp32-module", "head"])
     assert args.equalize is None and args.fp32_modules == ["stem", "head"]
-    assert build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2"]).equalize == 0.5
+    assert build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2"]).equalize == "auto"
+    assert build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2", "--equalize", "AUTO"]).equalize == "auto"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2", "--equalize", "1.5"])
     assert "--equalize" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["export", "m", "--int8", "--out", "x.pt2", "--equalize", "best"])
+    assert "or 'auto'" in capsys.readouterr().err
     seen = {}
     monkeypatch.setattr(q, "calibration_data", lambda *a, **k: {"calibration": _batches(1, 4), "probe": _batches(1, 4)[0],
                                                                  "split": {}})

@@ -36,8 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--calib-batch-size", type=number(int, 1), default=64)
     q.add_argument("--probe-images", type=number(int, 2), default=512,
                    help="held-out validation images of the self-check")
-    q.add_argument("--equalize", type=number(float, 0.0, 1.0, none=True), default=0.5, metavar="ALPHA",
-                   help="SmoothQuant strength of the activation equalization in [0, 1], or 'none' (default 0.5)")
+    q.add_argument("--equalize", type=number(float, 0.0, 1.0, none=True, words=("auto",)), default="auto",
+                   metavar="ALPHA", help="SmoothQuant strength of the activation equalization in [0, 1], 'none', or "
+                                         "'auto' (the default: 0.5 or none, whichever is closer to fp32 on the probe)")
     q.add_argument("--fp32-module", dest="fp32_modules", action="append", default=[], metavar="NAME",
                    help="leave this submodule in fp32 (repeatable; names as in the deploy model's named_modules())")
 

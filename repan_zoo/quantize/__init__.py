@@ -15,14 +15,17 @@
    INT8 the constant is rounded to the per-tensor activation step (error × 500 on the output)
    and the column sets the per-output-channel weight scale (the real weights, ~0.7, round to
    zero). The fold removes both;
-3. **equalize activations** (:func:`equalize_activations`, on by default, ``equalize=0.5``): every
+3. **equalize activations** (:func:`equalize_activations`; ``equalize=0.5`` or ``None`` (off), or by
+   default ``"auto"``: both are quantized and the one closer to fp32 on the probe is kept): every
    ``conv A → ReLU → conv B`` activation is rescaled per channel (A's output channel divided by
    ``s_c``, B's input channel multiplied by it; exact because ReLU is positively homogeneous), so
    that one per-tensor uint8 scale fits all its channels: ``s_c`` is the activation range for a
    depthwise B (whose per-channel weight scale absorbs it at no cost) and SmoothQuant's balance
    ``r_c^α / w_c^(1−α)`` for a dense B. On a fitted MobileOne-S0 at 224² it raised the
    propagated SQNR after the first depthwise → pointwise pair from 16 to 28 dB
-   (``benchmarks/int8_sensitivity.py``). The float64 check of step 2 covers it;
+   (``benchmarks/int8_sensitivity.py``); on the shipped RepVGG-A1 0.25× at 28² it *cost* 0.9 test
+   points (``benchmarks/int8_accuracy.py``), hence the choice per model. The float64 check of step 2
+   covers it;
 4. ``torch.export.export`` (dynamic batch axis) → ``prepare_pt2e`` with torchao's
    ``X86InductorQuantizer`` (its default config: per-channel symmetric int8 weights, per-tensor
    affine uint8 activations with histogram observers) → calibrate on ``calibration_batches``
@@ -55,7 +58,8 @@ where it is exact) and its cross-layer equalization through ReLU (Sec. 4.1); Xia
 """
 from . import core  # noqa: F401  (the module, e.g. for tests that replace its torchao loader)
 from .core import (
-    BACKENDS, DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, Int8Model, agreement, calibration_data, layer_errors, quantize,
+    BACKENDS, DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, EQUALIZE_CANDIDATES, Int8Model, agreement, calibration_data,
+    layer_errors, quantize,
 )
 from .folding import equalize_activations, fold_constant_channels
 from .program import export_int8, load_int8
@@ -64,6 +68,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_MIN_AGREEMENT",
     "DEFAULT_MAX_REL_ERROR",
+    "EQUALIZE_CANDIDATES",
     "Int8Model",
     "quantize",
     "agreement",

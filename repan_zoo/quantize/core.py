@@ -5,7 +5,7 @@ import contextlib
 import copy
 import functools
 import math
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,11 @@ BACKENDS = ("x86_inductor",)
 #: self-check thresholds: top-1 agreement with fp32 on the probe, and ‖q − f‖₂ / ‖f‖₂ of the logits.
 DEFAULT_MIN_AGREEMENT = 0.9
 DEFAULT_MAX_REL_ERROR = 0.25
+#: the SmoothQuant strengths ``equalize="auto"`` tries (``None``: no equalization); the one whose eager INT8
+#: graph has the lowest relative error of the logits on the probe is kept. Neither wins everywhere: on the
+#: shipped checkpoints α = 0.5 gave 0.082 vs 0.104 (MobileOne-S0) but 0.095 vs 0.030 (RepVGG-A1 0.25×,
+#: test top-1 93.05 vs 93.93), benchmarks/results/int8_accuracy.json
+EQUALIZE_CANDIDATES: Tuple[Optional[float], ...] = (0.5, None)
 _EXTRA_HINT = "pip install 'repan-zoo[quant]' (or pip install -c constraints.txt 'torchao>=0.18,<0.19')"
 
 
@@ -217,78 +222,43 @@ def _calibration(batches: Iterable[Any]) -> List[torch.Tensor]:
     return out
 
 
-def quantize(
-    model: nn.Module,
-    calibration_batches: Iterable[Any],
-    *,
-    backend: str = "x86_inductor",
-    probe: Optional[torch.Tensor] = None,
-    fold_constants: bool = True,
-    equalize: Optional[float] = 0.5,
-    fp32_modules: Sequence[str] = (),
-    compile: bool = True,
-    min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    max_rel_error: float = DEFAULT_MAX_REL_ERROR,
-) -> Int8Model:
-    """An INT8 CPU model of ``model`` through torchao's PT2E flow, self-checked (module docstring).
-
-    ``calibration_batches``: ``N×C×H×W`` float tensors (or ``(images, labels)`` pairs) of
-    normalised *training* images; every one is run through the observers. ``probe``: the
-    ``N×C×H×W`` batch of the self-check (held-out images, e.g. a validation split; default:
-    the calibration images). ``fold_constants``: :func:`fold_constant_channels` first.
-    ``equalize``: the SmoothQuant strength α of :func:`equalize_activations` (exact
-    per-channel rescaling of every ``conv → ReLU → conv`` activation; ``None``: off).
-    ``fp32_modules``: names of submodules (``model.named_modules()``)
-    left in fp32, e.g. the first convolution and the classifier, a standard remedy for layers
-    that lose most under INT8. ``backend``: one of :data:`BACKENDS`. ``compile``: wrap the
-    converted graph in ``torch.compile(..., dynamic=False)`` with inductor freezing (each new batch size compiles:
-    tens of seconds on a small CPU). The caller's model is not changed.
-
-    Returns an :class:`Int8Model` whose ``check`` holds the agreement (:func:`agreement`), the
-    thresholds, the folded channels and the calibration size. Raises
-    :class:`~repan_zoo.errors.MissingExtraError` without torchao,
-    :class:`~repan_zoo.errors.QuantizationError` for a multi-branch model, unusable
-    calibration batches, or a self-check below ``min_agreement`` / above ``max_rel_error``;
-    ``ValueError`` for an unknown backend.
-    """
-    api = _torchao()
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
-    deploy = _deploy_copy(model)
-    unknown = sorted(set(fp32_modules) - {n for n, _ in deploy.named_modules()})
-    if unknown:
-        raise QuantizationError(f"fp32_modules names no submodule of the deploy model: {unknown}; "
-                                "use names from reparameterize(model).named_modules()")
-    batches = _calibration(calibration_batches)
-    probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
+def _transform(deploy: nn.Module, batches: List[torch.Tensor], fold_constants: bool,
+               alpha: Optional[float]) -> Dict[str, Any]:
+    """Steps 2-3 in place on ``deploy``: fold constant channels, equalize activations at strength
+    ``alpha`` (``None``: off); returns what was done (``folded``, ``equalize_alpha``, ``equalized`` and
+    the float64 check's figures). Raises :class:`QuantizationError` when they changed the model by more
+    than fp32 evaluation itself does."""
+    facts: Dict[str, Any] = {"folded": [], "equalize_alpha": alpha, "equalized": []}
+    if not fold_constants and alpha is None:
+        return facts
+    # judged against the unchanged model computed in float64: folding and equalizing may change
+    # the fp32 model by about as much as fp32 evaluation already does (a model with large
+    # cancelling weights and biases, the very pattern folding removes, rounds far above 1e-5),
+    # never by more
     with torch.no_grad():
-        reference = deploy(probe)
-    folded: List[Dict[str, Any]] = []
-    equalized: List[Dict[str, Any]] = []
-    fold_figures: Dict[str, float] = {}
-    if fold_constants or equalize is not None:
-        # judged against the unchanged model computed in float64: folding and equalizing may change
-        # the fp32 model by about as much as fp32 evaluation already does (a model with large
-        # cancelling weights and biases, the very pattern folding removes, rounds far above 1e-5),
-        # never by more
-        with torch.no_grad():
-            exact = copy.deepcopy(deploy).double()
-            ref64 = [exact(b.double()) for b in batches]
-            del exact
-            own = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
-        if fold_constants:
-            folded = fold_constant_channels(deploy, batches)
-        if equalize is not None:
-            equalized = equalize_activations(deploy, batches, alpha=equalize)
-        with torch.no_grad():
-            fold_err = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
-        limit = max(_FOLD_TOLERANCE, 4 * own)
-        fold_figures = {"fold_rel_error": fold_err, "fp32_rel_error": own, "fold_limit": limit}
-        if fold_err > limit:
-            raise QuantizationError(f"folding constant channels / equalizing activations changed the fp32 model by "
-                                    f"{fold_err:.3g} (relative to the unchanged model in float64; fp32 evaluation "
-                                    f"itself: {own:.3g}, limit {limit:.3g}); quantize with fold_constants=False, "
-                                    "equalize=None and report the model")
+        exact = copy.deepcopy(deploy).double()
+        ref64 = [exact(b.double()) for b in batches]
+        del exact
+        own = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
+    if fold_constants:
+        facts["folded"] = fold_constant_channels(deploy, batches)
+    if alpha is not None:
+        facts["equalized"] = equalize_activations(deploy, batches, alpha=alpha)
+    with torch.no_grad():
+        fold_err = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
+    limit = max(_FOLD_TOLERANCE, 4 * own)
+    facts.update(fold_rel_error=fold_err, fp32_rel_error=own, fold_limit=limit)
+    if fold_err > limit:
+        raise QuantizationError(f"folding constant channels / equalizing activations changed the fp32 model by "
+                                f"{fold_err:.3g} (relative to the unchanged model in float64; fp32 evaluation "
+                                f"itself: {own:.3g}, limit {limit:.3g}); quantize with fold_constants=False, "
+                                "equalize=None and report the model")
+    return facts
+
+
+def _convert(api: Dict[str, Any], deploy: nn.Module, batches: List[torch.Tensor], fp32_modules: Sequence[str],
+             backend: str) -> torch.fx.GraphModule:
+    """Step 4: ``torch.export`` (dynamic batch axis) → ``prepare_pt2e`` → calibration → ``convert_pt2e``."""
     example = torch.cat(batches)[:2]
     graph = torch.export.export(deploy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
     try:
@@ -301,14 +271,81 @@ def quantize(
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
-    converted = _drop_unused_parameters(api["convert_pt2e"](prepared))
+    return _drop_unused_parameters(api["convert_pt2e"](prepared))
+
+
+def quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[Any],
+    *,
+    backend: str = "x86_inductor",
+    probe: Optional[torch.Tensor] = None,
+    fold_constants: bool = True,
+    equalize: Union[float, None, str] = "auto",
+    fp32_modules: Sequence[str] = (),
+    compile: bool = True,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    max_rel_error: float = DEFAULT_MAX_REL_ERROR,
+) -> Int8Model:
+    """An INT8 CPU model of ``model`` through torchao's PT2E flow, self-checked (module docstring).
+
+    ``calibration_batches``: ``N×C×H×W`` float tensors (or ``(images, labels)`` pairs) of
+    normalised *training* images; every one is run through the observers. ``probe``: the
+    ``N×C×H×W`` batch of the self-check (held-out images, e.g. a validation split; default:
+    the calibration images). ``fold_constants``: :func:`fold_constant_channels` first.
+    ``equalize``: the SmoothQuant strength α of :func:`equalize_activations` (exact
+    per-channel rescaling of every ``conv → ReLU → conv`` activation; ``None``: off), or ``"auto"``
+    (the default): each of :data:`EQUALIZE_CANDIDATES` is quantized and the one whose eager INT8
+    graph has the lowest relative error on the probe is kept (``check["equalize_trials"]`` holds
+    each one's figures; the probe, never the test set, decides).
+    ``fp32_modules``: names of submodules (``model.named_modules()``)
+    left in fp32, e.g. the first convolution and the classifier, a standard remedy for layers
+    that lose most under INT8. ``backend``: one of :data:`BACKENDS`. ``compile``: wrap the
+    converted graph in ``torch.compile(..., dynamic=False)`` with inductor freezing (each new batch size compiles:
+    tens of seconds on a small CPU). The caller's model is not changed.
+
+    Returns an :class:`Int8Model` whose ``check`` holds the agreement (:func:`agreement`), the
+    thresholds, the folded channels and the calibration size. Raises
+    :class:`~repan_zoo.errors.MissingExtraError` without torchao,
+    :class:`~repan_zoo.errors.QuantizationError` for a multi-branch model, unusable
+    calibration batches, or a self-check below ``min_agreement`` / above ``max_rel_error``;
+    ``ValueError`` for an unknown backend or an ``equalize`` string other than ``"auto"``.
+    """
+    api = _torchao()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
+    if isinstance(equalize, str) and equalize != "auto":
+        raise ValueError(f"equalize={equalize!r}: give a SmoothQuant strength in [0, 1], None (off) or 'auto'")
+    deploy = _deploy_copy(model)
+    unknown = sorted(set(fp32_modules) - {n for n, _ in deploy.named_modules()})
+    if unknown:
+        raise QuantizationError(f"fp32_modules names no submodule of the deploy model: {unknown}; "
+                                "use names from reparameterize(model).named_modules()")
+    batches = _calibration(calibration_batches)
+    probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
+    with torch.no_grad():
+        reference = deploy(probe)
+    alphas = EQUALIZE_CANDIDATES if equalize == "auto" else (equalize,)
+    trials = []
+    for alpha in alphas:
+        model_t = copy.deepcopy(deploy) if len(alphas) > 1 else deploy
+        facts = _transform(model_t, batches, fold_constants, alpha)
+        converted = _convert(api, model_t, batches, fp32_modules, backend)
+        if len(alphas) > 1:  # judged on the eager INT8 graph: the compiled one computes the same to rounding
+            with torch.no_grad():
+                facts["probe"] = agreement(reference, converted(probe))
+        trials.append((facts, model_t, converted))
+    facts, deploy, converted = min(trials, key=lambda t: t[0].get("probe", {}).get("rel_error", 0.0))
+    choice = ({"equalize": "auto", "equalize_trials": [
+        {"equalize_alpha": f["equalize_alpha"], **{k: f["probe"][k] for k in ("top1_agreement", "rel_error")}}
+        for f, _, _ in trials]} if len(alphas) > 1 else {})
+    facts.pop("probe", None)
     runner = torch.compile(converted, dynamic=False) if compile else converted  # static kernels per batch size
     with torch.no_grad(), _freezing():
         out = runner(probe)  # the first call compiles
     check = dict(agreement(reference, out), min_agreement=min_agreement, max_rel_error_allowed=max_rel_error,
                  backend=backend, compiled=bool(compile), calibration_images=sum(len(b) for b in batches),
-                 calibration_batches=len(batches), fp32_modules=list(fp32_modules), folded=folded, equalize_alpha=equalize,
-                 equalized=equalized, **fold_figures)
+                 calibration_batches=len(batches), fp32_modules=list(fp32_modules), **facts, **choice)
     _judge(check, "the INT8 model")
     return Int8Model(converted, runner, check, reference, float_model=deploy)
 

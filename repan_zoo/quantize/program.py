@@ -7,7 +7,7 @@ import io
 import json
 import os
 import zipfile
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -75,7 +75,7 @@ def export_int8(
     *,
     probe: Optional[torch.Tensor] = None,
     fold_constants: bool = True,
-    equalize: Optional[float] = 0.5,
+    equalize: Union[float, None, str] = "auto",
     fp32_modules: Sequence[str] = (),
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     max_rel_error: float = DEFAULT_MAX_REL_ERROR,
