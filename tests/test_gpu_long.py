@@ -1,9 +1,14 @@
-"""train_scripts/gpu_long.py: what a GPU call leaves in $OUT (no GPU needed for these parts)."""
+"""train_scripts/gpu_long.py: what a GPU call leaves in $OUT and how it is put in place here (no
+GPU needed for these parts)."""
 import importlib.util
+import json
 import tarfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+PLAN = "long/main"
 
 
 def load():
@@ -13,22 +18,92 @@ def load():
     return module
 
 
-def test_deploy_files_are_packed_in_chunks_that_come_back(tmp_path, monkeypatch):
-    g = load()
-    monkeypatch.setattr(g, "CHUNK", 3000)
-    work, out = tmp_path / "runs", tmp_path / "out"
-    out.mkdir()
-    for i in range(5):
-        d = work / "long" / "main" / f"run{i}"
-        d.mkdir(parents=True)
-        (d / "deploy.safetensors").write_bytes(bytes([i]) * 1200)
-        (d / "checkpoints").mkdir()
-        (d / "checkpoints" / "model.safetensors").write_bytes(b"x" * 5000)  # never packed
-    names = g._pack_deploy(work, out, max_files=6)
-    assert names == ["deploy-0.tgz", "deploy-1.tgz", "deploy-2.tgz"]  # 2 + 2 + 1 files under the chunk size
-    members = []
+def finished_run(work, results, name, size=1200):
+    d = work / PLAN / name
+    (d / "checkpoints" / "ep0100").mkdir(parents=True)
+    (d / "deploy.safetensors").write_bytes(b"d" * size)
+    (d / "checkpoints" / "ep0100" / "model.safetensors").write_bytes(b"x" * 5000)  # never packed
+    (results / PLAN / name).mkdir(parents=True)
+    (results / PLAN / name / "final.json").write_text(json.dumps({"val_top1": 90.0}))
+
+
+def stopped_run(work, name, epoch, size=1000):
+    d = work / PLAN / name
+    ck = d / "checkpoints" / f"ep{epoch:04d}"
+    ck.mkdir(parents=True)
+    (ck / "model.safetensors").write_bytes(b"m" * size)
+    (ck / "state.pt").write_bytes(b"s" * size)
+    (d / "checkpoints" / "latest.json").write_text(json.dumps({"dir": ck.name, "progress": {"global_epoch": epoch}}))
+    for n in ("recipe.json", "metrics.json", "log.txt"):
+        (d / n).write_text("[]" if n == "metrics.json" else n)
+    (d / ".repan.lock").write_text("123")  # never packed
+
+
+def members(out, names):
+    found = []
     for n in names:
         with tarfile.open(out / n) as tar:
-            members += tar.getnames()
-    assert sorted(members) == [f"long/main/run{i}/deploy.safetensors" for i in range(5)]
-    assert g._pack_deploy(work, tmp_path, max_files=1) == ["deploy-0.tgz"]  # the file limit of a call's $OUT
+            found += tar.getnames()
+    return sorted(found)
+
+
+def test_finished_runs_send_their_deploy_weights_and_stopped_runs_their_last_checkpoint(tmp_path):
+    g = load()
+    work, results, out = tmp_path / "runs", tmp_path / "results", tmp_path / "out"
+    out.mkdir()
+    finished_run(work, results, "a")
+    stopped_run(work, "b", 37)
+    placed = g.pack_runs(work, results, PLAN, ["a", "b", "c"], out)
+    assert placed == {"a": "runs-0.tgz", "b": "runs-0.tgz", "c": "nothing to pack"}
+    assert members(out, ["runs-0.tgz"]) == sorted([
+        f"{PLAN}/a/deploy.safetensors", f"{PLAN}/b/checkpoints/latest.json",
+        f"{PLAN}/b/checkpoints/ep0037/model.safetensors", f"{PLAN}/b/checkpoints/ep0037/state.pt",
+        f"{PLAN}/b/recipe.json", f"{PLAN}/b/metrics.json", f"{PLAN}/b/log.txt"])
+
+
+def test_runs_are_packed_in_priority_order_within_the_size_limits_and_never_split(tmp_path):
+    g = load()
+    work, results, out = tmp_path / "runs", tmp_path / "results", tmp_path / "out"
+    out.mkdir()
+    for i in range(5):
+        stopped_run(work, f"r{i}", 10 + i, size=1000)  # about 2,000 bytes each
+    placed = g.pack_runs(work, results, PLAN, [f"r{i}" for i in range(5)], out, chunk=4500, total=7000, max_chunks=2)
+    assert placed == {"r0": "runs-0.tgz", "r1": "runs-0.tgz", "r2": "runs-1.tgz",
+                      "r3": "left: size limit", "r4": "left: size limit"}  # r3 would pass the total
+    for name in ("r0", "r1", "r2"):
+        assert f"{PLAN}/{name}/checkpoints/ep{10 + int(name[1]):04d}/state.pt" in members(out, ["runs-0.tgz", "runs-1.tgz"])
+    assert not (out / "runs-2.tgz").exists()
+
+
+def test_unpack_puts_results_and_runs_in_place_and_keeps_a_local_run_that_got_further(tmp_path):
+    g = load()
+    work, results, out = tmp_path / "gpu" / "runs", tmp_path / "gpu" / "results", tmp_path / "out"
+    out.mkdir()
+    finished_run(work, results, "done_run")
+    stopped_run(work, "behind_here", 60)
+    stopped_run(work, "ahead_here", 20)
+    with tarfile.open(out / "results.tgz", "w:gz") as tar:
+        tar.add(results / PLAN / "done_run", arcname=f"results/{PLAN}/done_run")
+    g.pack_runs(work, results, PLAN, ["done_run", "behind_here", "ahead_here"], out)
+    here_results, here_runs = tmp_path / "here" / "results", tmp_path / "here" / "runs"
+    stopped_run(here_runs, "behind_here", 6)
+    stopped_run(here_runs, "ahead_here", 40)
+    log = g.unpack(out, results=here_results, runs_root=here_runs)
+    assert json.loads((here_results / PLAN / "done_run" / "final.json").read_text()) == {"val_top1": 90.0}
+    assert (here_runs / PLAN / "done_run" / "deploy.safetensors").read_bytes() == b"d" * 1200
+    assert g._epochs_done(here_runs / PLAN / "behind_here") == 60  # the GPU's run replaced the local one
+    assert g._epochs_done(here_runs / PLAN / "behind_here.before-gpu") == 6
+    assert g._epochs_done(here_runs / PLAN / "ahead_here") == 40  # the local run got further: kept
+    assert not (here_runs / PLAN / "behind_here" / ".repan.lock").exists()
+    assert any("kept local" in line for line in log)
+    # unpacking again changes nothing and keeps the results that are there
+    again = g.unpack(out, results=here_results, runs_root=here_runs)
+    assert any(line.startswith("kept existing results") for line in again)
+    assert g._epochs_done(here_runs / PLAN / "behind_here") == 60
+
+
+def test_runs_outside_the_plan_are_refused_with_the_names_to_choose_from(tmp_path):
+    g = load()
+    with pytest.raises(SystemExit, match="not in the long/main plan; choose from"):
+        g.main(["--out", str(tmp_path), "--runs", "repan_repvgg_a1_w025__nope__s0", "--device", "cpu",
+                "--budget", "1"])

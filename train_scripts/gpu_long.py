@@ -1,24 +1,32 @@
-"""The ``long`` accuracy plan (issue #14) on a lent GPU machine, one call at a time.
+"""The ``long`` accuracy plan (issue #14) on a lent GPU machine, one budgeted call at a time.
 
-A call runs for at most ``--budget`` seconds and leaves in ``--out`` what is to be committed:
-``results.tgz`` (the plan's result folders: final.json, metrics, curves, command) and
-``deploy-<n>.tgz`` (deploy checkpoints of the finished runs, chunked under 15 MB, for shipping and
-for the teacher). Each GPU machine starts bare, so a call completes whole runs: phase 1 trains the
-teacher and every run that needs no teacher; phase 2 (the teacher's ``deploy.safetensors`` given by
-``--teacher``) the distillation runs. Runs still going at the budget are stopped and lost there; a
-later call starts them again. The plan's runs share the GPU (``--jobs``), each with its dataset on
-the device (no per-batch host work).
+A call trains the chosen runs of the plan side by side on the GPU (``--runs``, in priority order;
+default: every run without results) until ``--budget`` seconds, then leaves in ``--out`` what comes
+back (at most 8 files, 16 MiB each, 64 MiB together):
 
-Here, once: ``mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/`` (ignored by git;
-carry it). On the device machine (nothing can be installed there; torch, timm, safetensors and
-huggingface_hub are)::
+* ``results.tgz``: the result folders of the runs that finished (final.json, metrics, curve, command);
+* ``runs-<n>.tgz``: per run, in priority order while the size limits allow, either its
+  ``deploy.safetensors`` (finished: for shipping) or its last epoch checkpoint with its metrics and
+  recipe (stopped at the budget: it resumes *here*, on the CPU, where the GPU left it; the run's
+  ``resume.json`` then records the device change, and ``--amp`` is bf16 here against fp16 there);
+* ``summary.json`` (per run: state, epochs done, median epoch seconds, what was packed) and ``sweep.log``.
 
-    PYTHONPATH=$PWD python3 train_scripts/gpu_long.py --out $OUT --data-dir .fmnist --budget 540
+Each GPU machine starts bare: nothing can be installed there; torch, timm, safetensors and
+huggingface_hub are (carry this repo's timm as a wheel when the versions differ). The dataset and
+the KD teacher travel as ignored folders. Here, once per call::
+
+    mkdir -p .fmnist .gpu_state/teacher && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
+    cp ~/.cache/repan/runs/accuracy/long/main/teacher/{deploy.safetensors,final.json} .gpu_state/teacher/
+
+There (``carry``: ``.fmnist``, ``.gpu_state``)::
+
     PYTHONPATH=$PWD python3 train_scripts/gpu_long.py --out $OUT --data-dir .fmnist --budget 540 \\
-        --teacher .gpu_state/teacher/deploy.safetensors                      # phase 2
+        --teacher .gpu_state/teacher/deploy.safetensors --mps --runs NAME,NAME,...
 
-Here, afterwards: unpack ``results.tgz`` into the work tree and commit it; keep the deploy files
-under the runs root (``~/.cache/repan/runs/accuracy``) for ``benchmarks/accuracy/ship.py``.
+Here, afterwards: ``python train_scripts/gpu_long.py --unpack FOLDER`` puts the finished results
+into ``benchmarks/accuracy/results/`` (commit them) and the run folders under the runs root
+(``~/.cache/repan/runs/accuracy``), where ``sweep.py`` continues the stopped runs and
+``ship.py`` finds the deploy weights.
 """
 from __future__ import annotations
 
@@ -31,73 +39,226 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
-CHUNK = 15 * 2 ** 20
+sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
+import sweep  # noqa: E402
+
+#: what comes back from a call: files of at most 16 MiB, 64 MiB together, 8 files (the device
+#: tool's limits), with room left for the archive headers, results.tgz, summary.json and sweep.log
+CHUNK = 16 * 2 ** 20 - 2 ** 16
+TOTAL = 61 * 2 ** 20
+MAX_CHUNKS = 5
+#: files of a stopped run that travel with its checkpoint (the lock and the deploy file do not)
+RUN_FILES = ("recipe.json", "metrics.json", "metrics.csv", "log.txt")
 
 
-def _pack_deploy(work: Path, out: Path, max_files: int = 6) -> list:
-    files = sorted(work.rglob("deploy.safetensors"))
-    chunks, current, size = [], [], 0
-    for f in files:
-        if current and size + f.stat().st_size > CHUNK:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(f)
-        size += f.stat().st_size
-    if current:
-        chunks.append(current)
-    written = []
-    for i, chunk in enumerate(chunks[:max_files]):
-        path = out / f"deploy-{i}.tgz"
-        with tarfile.open(path, "w:gz") as tar:
-            for f in chunk:
+def _epochs_done(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "checkpoints" / "latest.json").read_text())["progress"]["global_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _run_files(run_dir: Path, finished: bool) -> List[Path]:
+    """What of a run folder comes back: a finished run's deploy weights; a stopped run's last
+    checkpoint (``latest.json`` and the folder it names) with its metrics and recipe."""
+    if finished:
+        return [run_dir / "deploy.safetensors"]
+    ck = run_dir / "checkpoints"
+    latest = ck / json.loads((ck / "latest.json").read_text())["dir"]
+    return ([ck / "latest.json"] + sorted(p for p in latest.iterdir() if p.is_file())
+            + [run_dir / n for n in RUN_FILES if (run_dir / n).is_file()])
+
+
+def pack_runs(work: Path, results: Path, plan: str, names: List[str], out: Path,
+              chunk: int = CHUNK, total: int = TOTAL, max_chunks: int = MAX_CHUNKS) -> Dict[str, str]:
+    """Pack the run folders of ``names`` (priority order) into ``out/runs-<n>.tgz`` chunks of at
+    most ``chunk`` bytes, ``total`` bytes and ``max_chunks`` files together; a run is never split.
+    Returns, per run, ``"<file>"`` where it went or why it stayed (``"nothing to pack"``,
+    ``"left: size limit"``)."""
+    placed: Dict[str, str] = {}
+    chunks: List[List[Path]] = []
+    sizes: List[int] = []
+    used = 0
+    for name in names:
+        run_dir = work / plan / name
+        finished = (results / plan / name / "final.json").is_file() and (run_dir / "deploy.safetensors").is_file()
+        if not finished and not (run_dir / "checkpoints" / "latest.json").is_file():
+            placed[name] = "nothing to pack"
+            continue
+        files = _run_files(run_dir, finished)
+        size = sum(f.stat().st_size for f in files)
+        if used + size > total or size > chunk:
+            placed[name] = "left: size limit"
+            continue
+        i = next((i for i, s in enumerate(sizes) if s + size <= chunk), None)
+        if i is None:
+            if len(chunks) >= max_chunks:
+                placed[name] = "left: size limit"
+                continue
+            chunks.append([])
+            sizes.append(0)
+            i = len(chunks) - 1
+        chunks[i] += files
+        sizes[i] += size
+        used += size
+        placed[name] = f"runs-{i}.tgz"
+    for i, files in enumerate(chunks):
+        with tarfile.open(out / f"runs-{i}.tgz", "w:gz", compresslevel=1) as tar:
+            for f in files:
                 tar.add(f, arcname=str(f.relative_to(work)))
-        written.append(path.name)
-    return written
+    return placed
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder whose files come back ($OUT)")
-    p.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's four IDX files")
-    p.add_argument("--budget", type=float, default=540.0, help="seconds for the whole call, packing included")
-    p.add_argument("--jobs", type=int, default=12, help="runs sharing the GPU at once")
-    p.add_argument("--plan", default="main", help="sweep plan at the long scale (main | ablations)")
-    p.add_argument("--teacher", default=None, help="phase 2: the teacher's deploy.safetensors from phase 1")
-    p.add_argument("--device", default="cuda")
-    a = p.parse_args(argv)
+def _median_epoch_s(run_dir: Path) -> Optional[float]:
+    times = sweep._epoch_times(sweep._history(run_dir / "metrics.json"))
+    return round(sweep._median(times), 2) if times else None
+
+
+def _start_mps(env: Dict[str, str]) -> str:
+    """Start CUDA MPS (kernels of the runs' processes then share the GPU at once instead of taking
+    turns) and check that a CUDA process starts under it; stop it again when one does not."""
+    ctl = shutil.which("nvidia-cuda-mps-control")
+    if ctl is None:
+        return "no nvidia-cuda-mps-control: runs take turns on the GPU"
+    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+        env[key] = os.environ[key] = str(Path("/tmp") / key.lower())
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    if subprocess.run([ctl, "-d"], env=env).returncode == 0:
+        probe = [sys.executable, "-c", "import torch; x = torch.ones(8, device='cuda'); print(float(x.sum()))"]
+        try:
+            if subprocess.run(probe, env=env, timeout=90, capture_output=True).returncode == 0:
+                return "MPS on"
+        except subprocess.TimeoutExpired:
+            pass
+        subprocess.run([ctl], input=b"quit\n", env=env)
+    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+        env.pop(key, None)
+        os.environ.pop(key, None)
+    return "MPS did not start: runs take turns on the GPU"
+
+
+def train(a: argparse.Namespace) -> int:
     t0 = time.time()
+    all_runs = [r["name"] for r in sweep.plan_runs(a.plan, "long")]
+    names = [n for n in (a.runs.split(",") if a.runs else all_runs) if n]
+    unknown = sorted(set(names) - set(all_runs))
+    if unknown:
+        raise SystemExit(f"--runs: {', '.join(unknown)} not in the long/{a.plan} plan; choose from {', '.join(all_runs)}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     work, results = tmp / "repan-runs", tmp / "repan-results"
-    env = dict(os.environ, REPAN_RESULTS=str(results), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "sweep.py"), "--scale", "long", "--plan", a.plan,
-           "--device", a.device, "--jobs", str(a.jobs), "--work", str(work),
-           "--deadline", str(max(30.0, a.budget - 60 - (time.time() - t0)))]
-    if a.teacher:  # phase 2: the teacher's weights where the sweep looks for them, its results beside
+    plan = f"long/{a.plan}"
+    if not results.is_dir():  # the committed results: runs that have them are skipped, the teacher's is there
+        shutil.copytree(sweep.RESULTS, results)
+    path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)  # and the carried wheels
+    env = dict(os.environ, REPAN_RESULTS=str(results), PYTHONPATH=path, PYTHONUNBUFFERED="1")
+    mps = _start_mps(env) if a.mps else "not asked"
+    print(mps, flush=True)
+    if a.teacher:  # the teacher's weights where the sweep looks for them
         dest = work / "long" / "main" / "teacher"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy2(a.teacher, dest / "deploy.safetensors")
-        final = Path(a.teacher).with_name("final.json")
-        tdir = results / "long" / "main" / "teacher"
-        tdir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(final if final.is_file() else ROOT / "benchmarks" / "accuracy" / "results" / "long" / "main"
-                     / "teacher" / "final.json", tdir / "final.json")
-    # phase 1: the teacher and the runs that need none; phase 2: the distillation runs
-    cmd += ["--kd-runs", "only" if a.teacher else "skip"]
+    names = [n for n in names if n != "teacher" and not (results / plan / n / "final.json").is_file()]
+    jobs = a.jobs or max(1, len(names))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "sweep.py"), "--scale", "long", "--plan", a.plan,
+           "--device", a.device, "--jobs", str(jobs), "--work", str(work), "--only", ",".join(names),
+           "--deadline", str(max(30.0, a.budget - a.pack_s - (time.time() - t0)))]
     extra = ["--", "--no-progress", "--keep-checkpoints", "1"] + (["--data-dir", a.data_dir] if a.data_dir else [])
-    proc = subprocess.run(cmd + extra, cwd=ROOT, env=env)
+    with open(out / "sweep.log", "w") as log:
+        proc = subprocess.Popen(cmd + extra, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            log.write(line)
+        proc.wait()
+    if a.mps and mps == "MPS on":
+        subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env=env)
+    finished = [n for n in names if (results / plan / n / "final.json").is_file()]
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
-        if results.is_dir():
-            tar.add(results, arcname="results")
-    packed = _pack_deploy(work, out)
-    summary = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "deploy_files": packed,
-               "phase": 2 if a.teacher else 1}
+        for n in finished:
+            tar.add(results / plan / n, arcname=f"results/{plan}/{n}")
+    packed = pack_runs(work, results, plan, names, out)
+    summary = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "mps": mps, "device": a.device,
+               "runs": {n: {"state": "finished" if n in finished else "stopped",
+                            "epochs_done": _epochs_done(work / plan / n),
+                            "epoch_s": _median_epoch_s(work / plan / n), "packed": packed.get(n)} for n in names}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(json.dumps(summary))
+    print(json.dumps(summary, indent=1))
     return 0 if proc.returncode == 0 else 1
+
+
+def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.RUNS_ROOT) -> List[str]:
+    """Put a call's files in place here: finished results into ``results`` (existing ones are kept),
+    run files under ``runs_root``. A stopped run replaces the local folder of the same run only when
+    it got further (the local one is then renamed ``<run>.before-gpu``). Returns what was done."""
+    done: List[str] = []
+    res = folder / "results.tgz"
+    if res.is_file():
+        with tarfile.open(res) as tar:
+            staging = folder.parent / (folder.name + ".unpacked")
+            tar.extractall(staging, filter="data")
+        for final in sorted((staging / "results").glob("*/*/*/final.json")):
+            rel = final.parent.relative_to(staging / "results")
+            dest = results / rel
+            if (dest / "final.json").is_file():
+                done.append(f"kept existing results {rel}")
+                continue
+            shutil.copytree(final.parent, dest, dirs_exist_ok=True)
+            done.append(f"results {rel}")
+        shutil.rmtree(staging)
+    for chunk in sorted(folder.glob("runs-*.tgz")):
+        staging = folder.parent / (folder.name + "." + chunk.stem)
+        with tarfile.open(chunk) as tar:
+            tar.extractall(staging, filter="data")
+        for run_dir in sorted(p.parent for p in staging.glob("*/*/*/recipe.json")) + sorted(
+                p.parent for p in staging.glob("*/*/*/deploy.safetensors")):
+            rel = run_dir.relative_to(staging)
+            dest = runs_root / rel
+            if (run_dir / "deploy.safetensors").is_file():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run_dir / "deploy.safetensors", dest / "deploy.safetensors")
+                done.append(f"deploy {rel}")
+                continue
+            here, there = _epochs_done(dest), _epochs_done(run_dir)
+            if dest.exists() and here >= there:
+                done.append(f"kept local {rel} ({here} epochs; GPU {there})")
+                continue
+            if dest.exists():
+                backup = dest.with_name(dest.name + ".before-gpu")
+                shutil.rmtree(backup, ignore_errors=True)
+                dest.rename(backup)
+            shutil.copytree(run_dir, dest)
+            done.append(f"checkpoint {rel} ({there} epochs)" + (f"; local {here} epochs kept as {dest.name}.before-gpu"
+                                                               if here else ""))
+        shutil.rmtree(staging)
+    return done
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", help="folder whose files come back ($OUT)")
+    p.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's four IDX files")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for the whole call, packing included")
+    p.add_argument("--pack-s", type=float, default=45.0, help="seconds kept for packing at the end of the budget")
+    p.add_argument("--jobs", type=int, default=0, help="runs sharing the GPU at once (default: all chosen runs)")
+    p.add_argument("--plan", default="main", help="sweep plan at the long scale (main | ablations)")
+    p.add_argument("--runs", default=None, help="comma-separated run names in priority order (default: all without results)")
+    p.add_argument("--teacher", default=None, help="the teacher's deploy.safetensors (for the KD runs)")
+    p.add_argument("--mps", action="store_true", help="share the GPU through CUDA MPS (falls back to turns)")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--unpack", metavar="FOLDER", default=None, help="here: put a call's returned files in place")
+    a = p.parse_args(argv)
+    if a.unpack:
+        for line in unpack(Path(a.unpack)):
+            print(line)
+        return 0
+    if not a.out:
+        p.error("--out is required (or --unpack FOLDER)")
+    return train(a)
 
 
 if __name__ == "__main__":

@@ -449,7 +449,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--work", default=str(RUNS_ROOT), help="run folders (checkpoints; outside the work tree, not committed)")
-    p.add_argument("--only", default=None, help="substring filter on run names")
+    p.add_argument("--only", default=None,
+                   help="run-name filter: comma-separated substrings, a run matching any of them is kept")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--deadline", type=float, default=None,
                    help="seconds from now: start no run after it and stop running ones there (they resume later)")
@@ -459,7 +460,8 @@ def main(argv=None) -> int:
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more train_cli arguments for every run")
     a = p.parse_args(argv)
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
-    runs = [r for r in plan_runs(a.plan, a.scale) if not a.only or a.only in r["name"]]
+    wanted = [w for w in (a.only or "").split(",") if w]
+    runs = [r for r in plan_runs(a.plan, a.scale) if not wanted or any(w in r["name"] for w in wanted)]
     if a.kd_runs != "all":
         runs = [r for r in runs if bool(r["needs"]) == (a.kd_runs == "only")]
     needed = {r["needs"] for r in runs if r["needs"]}
