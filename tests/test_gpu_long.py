@@ -102,6 +102,19 @@ def test_unpack_puts_results_and_runs_in_place_and_keeps_a_local_run_that_got_fu
     assert g._epochs_done(here_runs / PLAN / "behind_here") == 60
 
 
+def test_unpack_of_a_call_where_no_run_finished(tmp_path):
+    g = load()
+    work, results, out = tmp_path / "gpu" / "runs", tmp_path / "gpu" / "results", tmp_path / "out"
+    out.mkdir()
+    stopped_run(work, "r", 12)
+    with tarfile.open(out / "results.tgz", "w:gz"):
+        pass  # what a call leaves when every run stopped at the budget
+    g.pack_runs(work, results, PLAN, ["r"], out)
+    here_runs = tmp_path / "here" / "runs"
+    assert g.unpack(out, results=tmp_path / "here" / "results", runs_root=here_runs) == [f"checkpoint {PLAN}/r (12 epochs)"]
+    assert g._epochs_done(here_runs / PLAN / "r") == 12
+
+
 def test_runs_outside_the_plan_are_refused_with_the_names_to_choose_from(tmp_path):
     g = load()
     with pytest.raises(SystemExit, match="not in the long/main plan; choose from"):

@@ -74,6 +74,7 @@ def test_end_to_end_repan_deploy_checkpoint_reproduces_accuracy(tmp_path):
     rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("cycle,epoch,global_epoch") and len(rows) == 5
     assert [r["cycle"] for r in json.loads((out / "metrics.json").read_text())] == [1, 1, 2, 2]
+    assert {r["device"] for r in json.loads((out / "metrics.json").read_text())} == {"cpu"}  # per epoch
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     # the deploy checkpoint loads into a fresh deploy-form timm model and gives the recorded accuracy

@@ -209,7 +209,7 @@ def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.
                 continue
             shutil.copytree(final.parent, dest, dirs_exist_ok=True)
             done.append(f"results {rel}")
-        shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)  # no folder when no run finished
     for chunk in sorted(folder.glob("runs-*.tgz")):
         staging = folder.parent / (folder.name + "." + chunk.stem)
         with tarfile.open(chunk) as tar:

@@ -294,6 +294,7 @@ class RepAnTrainer(CycleRun):
             "val_loss": val["loss"], "val_top1": val["top1"], "test_top1": test["top1"],
             "steps": stats["steps"], "images": stats["images"],
             "epoch_time_s": time.perf_counter() - started, "time_s": time.time() - self._t0,
+            "device": self.device.type,  # a run resumed on another device (GPU → CPU) keeps that record per epoch
         }
         test_part = f"test {row['test_top1']:.2f}  " if row["test_top1"] is not None else ""
         self.log(
