@@ -136,6 +136,37 @@ def train_throughput() -> List[str]:
         out.append(f"| {r['model']} | {r['form']} | {r['option']} | {r['step']['median_ms']:.0f} | "
                    f"{r['images_per_s']:.0f} | {r['speedup_vs_fp32']:.2f} |")
     out.append("")
+    return out + gpu_throughput()
+
+
+#: images per training epoch of the long plan: 55,000 training images in whole batches of 128
+LONG_EPOCH_IMAGES = (55000 // 128) * 128
+
+
+def gpu_throughput() -> List[str]:
+    """The long plan's GPU calls (``train_scripts/gpu_long.py``; their summaries under
+    ``benchmarks/accuracy/results/long/gpu_calls``): median epoch time per run while the call's runs
+    shared the GPU, and what the runs trained together."""
+    calls = sorted((ROOT / "benchmarks" / "accuracy" / "results" / "long" / "gpu_calls").glob("*.json"))
+    if not calls:
+        return []
+    out = ["GPU: measured inside the `long` plan's calls on a lent GPU machine (`train_scripts/gpu_long.py`: "
+           "every run of a call trains at once, one process each, dataset on the GPU, eager PyTorch, fp16 autocast "
+           "for the `--amp` models; an epoch includes the validation pass). Median epoch time of each run over "
+           "its GPU epochs; images/s per run = 54,912 training images per epoch / that time; a call's runs "
+           "together trained the sum.", "",
+           "| call | GPU | sharing | runs | epoch s per run (median, range) | images/s per run | images/s, runs together |",
+           "|---|---|---|---|---|---|---|"]
+    for path in calls:
+        c = json.loads(path.read_text())
+        times = sorted(r["epoch_s"] for r in c["runs"].values() if r.get("epoch_s"))
+        if not times:
+            continue
+        mid = times[len(times) // 2]
+        total = sum(LONG_EPOCH_IMAGES / t for t in times)
+        out.append(f"| `{path.stem}` | {c.get('gpu', c['device'])} | {c['mps']} | {len(times)} | "
+                   f"{mid:.1f} ({times[0]:.1f}–{times[-1]:.1f}) | {LONG_EPOCH_IMAGES / mid:.0f} | {total:.0f} |")
+    out.append("")
     return out
 
 

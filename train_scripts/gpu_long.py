@@ -117,6 +117,16 @@ def _median_epoch_s(run_dir: Path) -> Optional[float]:
     return round(sweep._median(times), 2) if times else None
 
 
+def _gpu_name() -> str:
+    """The GPU as ``nvidia-smi`` names it (with the driver), or ``"none"``."""
+    try:
+        got = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "none"
+    return got.stdout.strip().replace("\n", "; ") if got.returncode == 0 and got.stdout.strip() else "none"
+
+
 def _start_mps(env: Dict[str, str]) -> str:
     """Start CUDA MPS (kernels of the runs' processes then share the GPU at once instead of taking
     turns) and check that a CUDA process starts under it; stop it again when one does not."""
@@ -182,7 +192,8 @@ def train(a: argparse.Namespace) -> int:
         for n in finished:
             tar.add(results / plan / n, arcname=f"results/{plan}/{n}")
     packed = pack_runs(work, results, plan, names, out)
-    summary = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "mps": mps, "device": a.device,
+    summary = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
+               "device": a.device,
                "runs": {n: {"state": "finished" if n in finished else "stopped",
                             "epochs_done": _epochs_done(work / plan / n),
                             "epoch_s": _median_epoch_s(work / plan / n), "packed": packed.get(n)} for n in names}}
