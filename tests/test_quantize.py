@@ -314,10 +314,15 @@ def test_cli_export_int8(tmp_path, capsys):
     from repan_zoo.cli import main
 
     out = tmp_path / "tiny.pt2"
+    # an untrained model's logits are nearly tied, so its INT8 top-1 agreement is a draw of its random init
+    # (0.64 < 0.9 in about one of ten unseeded runs): a fixed init (agreement 1.000; seed 0 gives 0.922, near the
+    # 0.9 bar) makes this a test of the CLI, not of luck
+    torch.manual_seed(1)
     rc = main(["export", "repan_repvgg_a0_w025", "--input-size", "1", "28", "28", "--num-classes", "10", "--int8",
                "--out", str(out), "--calib-batches", "2", "--calib-batch-size", "32", "--probe-images", "64"])
-    text = capsys.readouterr().out
-    assert rc == 0 and out.is_file(), text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert rc == 0 and out.is_file(), text + captured.err
     assert "64 held-out images" in text and "calibrated on 64 training images" in text
     assert q.load_int8(out)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 

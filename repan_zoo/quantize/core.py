@@ -222,26 +222,32 @@ def _calibration(batches: Iterable[Any]) -> List[torch.Tensor]:
     return out
 
 
-def _transform(deploy: nn.Module, batches: List[torch.Tensor], fold_constants: bool,
-               alpha: Optional[float]) -> Dict[str, Any]:
-    """Steps 2-3 in place on ``deploy``: fold constant channels, equalize activations at strength
-    ``alpha`` (``None``: off); returns what was done (``folded``, ``equalize_alpha``, ``equalized`` and
-    the float64 check's figures). Raises :class:`QuantizationError` when they changed the model by more
-    than fp32 evaluation itself does."""
-    facts: Dict[str, Any] = {"folded": [], "equalize_alpha": alpha, "equalized": []}
-    if not fold_constants and alpha is None:
-        return facts
-    # judged against the unchanged model computed in float64: folding and equalizing may change
-    # the fp32 model by about as much as fp32 evaluation already does (a model with large
-    # cancelling weights and biases, the very pattern folding removes, rounds far above 1e-5),
-    # never by more
+def _reference64(deploy: nn.Module, batches: List[torch.Tensor]) -> Tuple[List[torch.Tensor], float]:
+    """The unchanged ``deploy`` model's outputs on ``batches`` computed in float64, and the largest
+    relative error of its own fp32 evaluation against them: what folding and equalizing are judged by
+    (they may change the fp32 model by about as much as fp32 evaluation already does — a model with
+    large cancelling weights and biases, the very pattern folding removes, rounds far above 1e-5 —
+    never by more)."""
     with torch.no_grad():
         exact = copy.deepcopy(deploy).double()
         ref64 = [exact(b.double()) for b in batches]
         del exact
         own = max(relative_error(r, deploy(b)) for r, b in zip(ref64, batches))
-    if fold_constants:
-        facts["folded"] = fold_constant_channels(deploy, batches)
+    return ref64, own
+
+
+def _transform(deploy: nn.Module, batches: List[torch.Tensor], folded: List[Any], alpha: Optional[float],
+               reference64: Optional[Tuple[List[torch.Tensor], float]]) -> Dict[str, Any]:
+    """Step 3 in place on ``deploy`` (its constant channels already folded: ``folded``): equalize
+    activations at strength ``alpha`` (``None``: off), then check both steps against
+    ``reference64`` (:func:`_reference64` of the model before folding; ``None``: nothing was
+    changed). Returns what was done (``folded``, ``equalize_alpha``, ``equalized`` and the float64
+    check's figures). Raises :class:`QuantizationError` when the steps changed the model by more
+    than fp32 evaluation itself does."""
+    facts: Dict[str, Any] = {"folded": list(folded), "equalize_alpha": alpha, "equalized": []}
+    if reference64 is None:
+        return facts
+    ref64, own = reference64
     if alpha is not None:
         facts["equalized"] = equalize_activations(deploy, batches, alpha=alpha)
     with torch.no_grad():
@@ -326,10 +332,14 @@ def quantize(
     with torch.no_grad():
         reference = deploy(probe)
     alphas = EQUALIZE_CANDIDATES if equalize == "auto" else (equalize,)
+    # steps 2-3: the float64 reference and the folding are the same for every candidate: done once
+    changes = fold_constants or any(a is not None for a in alphas)
+    reference64 = _reference64(deploy, batches) if changes else None
+    folded = fold_constant_channels(deploy, batches) if fold_constants else []
     trials = []
     for alpha in alphas:
         model_t = copy.deepcopy(deploy) if len(alphas) > 1 else deploy
-        facts = _transform(model_t, batches, fold_constants, alpha)
+        facts = _transform(model_t, batches, folded, alpha, reference64)
         converted = _convert(api, model_t, batches, fp32_modules, backend)
         if len(alphas) > 1:  # judged on the eager INT8 graph: the compiled one computes the same to rounding
             with torch.no_grad():
