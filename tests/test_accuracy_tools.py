@@ -281,3 +281,31 @@ def test_status_borrows_epoch_times_of_main_runs_of_the_same_kind(tmp_path, monk
     assert st["hours_left"] == pytest.approx(len(ablations) * 100 * 85.0 / 3600)
     st = sweep.status("long/layouts", sweep.plan_runs("layouts", "long"), work)
     assert st["unknown_eta"] == 2 and st["hours_left"] == 0
+
+
+def test_runs_trained_partly_on_a_gpu_say_how_many_epochs_were_there(tmp_path):
+    """A run started in a GPU call and resumed here: its epochs per device come from the rows'
+    ``device`` where recorded, else from the calls' summaries (committed under <scale>/gpu_calls)."""
+    agg = load("aggregate")
+    plan = tmp_path / "long" / "main"
+    calls = tmp_path / "long" / "gpu_calls"
+    calls.mkdir(parents=True)
+    (calls / "a.json").write_text(json.dumps({"plan": "long/main", "runs": {"m__baseline__s0": {"epochs_done": 3}}}))
+    (calls / "b.json").write_text(json.dumps({"plan": "long/main", "runs": {"m__baseline__s0": {"epochs_done": 6}}}))
+    (calls / "other.json").write_text(json.dumps({"plan": "long/ablations", "runs": {"m__baseline__s0": {"epochs_done": 9}}}))
+    assert agg.gpu_call_epochs(plan) == {"m__baseline__s0": 6}
+    legacy = [{"val_top1": 50.0}] * 10  # rows written before the device was recorded
+    assert agg.epoch_devices(legacy, "cpu", gpu_epochs=6) == {"cuda": 6, "cpu": 4}
+    recorded = [{"device": "cuda"}] * 2 + [{"device": "cpu"}] * 3
+    assert agg.epoch_devices(recorded, "cpu", gpu_epochs=0) == {"cuda": 2, "cpu": 3}
+    assert agg.epoch_devices(legacy[:2], "cuda:0") == {"cuda": 2}
+    for name, epochs in (("m__baseline__s0", 10), ("m__kd__s0", 10)):
+        d = plan / name
+        d.mkdir(parents=True)
+        (d / "final.json").write_text(json.dumps({"model": "m", "device": "cpu", "test_top1": 90.0, "val_top1": 90.0,
+                                                  "recipe": {"seed": 0, "cycles": 1, "epochs": epochs}}))
+        (d / "metrics.json").write_text(json.dumps(legacy))
+    summary = agg.summarize(plan)
+    assert summary["devices"] == ["cpu", "cuda"]
+    assert summary["partly_on_gpu"] == {"m__baseline__s0": {"cuda": 6, "cpu": 4}}
+    assert "`m__baseline__s0` (6 of 10 epochs on the GPU)" in agg.markdown(summary)

@@ -192,7 +192,7 @@ def train(a: argparse.Namespace) -> int:
         for n in finished:
             tar.add(results / plan / n, arcname=f"results/{plan}/{n}")
     packed = pack_runs(work, results, plan, names, out)
-    summary = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
+    summary = {"plan": plan, "rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
                "device": a.device,
                "runs": {n: {"state": "finished" if n in finished else "stopped",
                             "epochs_done": _epochs_done(work / plan / n),

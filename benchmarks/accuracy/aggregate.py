@@ -48,6 +48,31 @@ def cycle_start_drop(history: List[Dict]) -> Optional[float]:
     return max(drops) if drops else None
 
 
+def gpu_call_epochs(plan_dir: Path) -> Dict[str, int]:
+    """Per run of a plan, the epochs it trained in the GPU calls of ``train_scripts/gpu_long.py``
+    (their summaries, committed under ``<scale>/gpu_calls/``; the most any call reports)."""
+    out: Dict[str, int] = {}
+    plan = f"{plan_dir.parent.name}/{plan_dir.name}"
+    for path in sorted((plan_dir.parent / "gpu_calls").glob("*.json")):
+        call = json.loads(path.read_text())
+        if call.get("plan") != plan:
+            continue
+        for name, run in call.get("runs", {}).items():
+            out[name] = max(out.get(name, 0), int(run.get("epochs_done") or 0))
+    return out
+
+
+def epoch_devices(history: List[Dict], final_device: Optional[str], gpu_epochs: int = 0) -> Dict[str, int]:
+    """Epochs trained per device type (``{"cuda": 62, "cpu": 38}``): a history row's ``device``
+    where recorded; a row without one is among the first ``gpu_epochs`` (:func:`gpu_call_epochs`)
+    on ``cuda``, else on the type of the device ``final.json`` names."""
+    out: Dict[str, int] = defaultdict(int)
+    last = str(final_device or "unrecorded").split(":")[0]
+    for i, row in enumerate(history):
+        out[row.get("device") or ("cuda" if i < gpu_epochs else last)] += 1
+    return dict(out)
+
+
 def _label(final: Dict, run: str = "") -> str:
     parts = run.split("__")
     if len(parts) == 3:  # <model>__<arm>__s<seed>
@@ -62,6 +87,7 @@ def _label(final: Dict, run: str = "") -> str:
 
 def summarize(plan_dir: Path) -> Dict:
     runs = []
+    on_gpu = gpu_call_epochs(plan_dir)
     for final_path in sorted(plan_dir.glob("*/final.json")):
         final = json.loads(final_path.read_text())
         recipe = final.get("recipe", {})
@@ -80,6 +106,7 @@ def summarize(plan_dir: Path) -> Dict:
             "val_top1": final["val_top1"],
             "train_time_s": final.get("train_time_s"),
             "device": final.get("device"),
+            "epoch_devices": epoch_devices(history, final.get("device"), on_gpu.get(final_path.parent.name, 0)),
             "exactness": final.get("exactness", {}).get("model_rel_error"),
             "k": recipe.get("k"),
             "lam_schedule": recipe.get("lam_schedule"),
@@ -123,7 +150,10 @@ def summarize(plan_dir: Path) -> Dict:
             r["paired_with"] = f"{plan_dir.parent.name}/main {paired_arm}"
     return {"plan": f"{plan_dir.parent.name}/{plan_dir.name}", "groups": table, "runs": runs, "paired_with": paired_arm,
             "total_train_time_s": sum(r["train_time_s"] or 0.0 for r in runs),
-            "devices": sorted({str(r["device"]) for r in runs})}
+            "devices": sorted({str(r["device"]) for r in runs} | {d for r in runs for d in r["epoch_devices"]
+                                                                  if d != "unrecorded"}),
+            "partly_on_gpu": {r["run"]: r["epoch_devices"] for r in runs
+                              if "cuda" in r["epoch_devices"] and len(r["epoch_devices"]) > 1}}
 
 
 def _pm(stats: Dict[str, float], signed: bool = False) -> str:
@@ -150,6 +180,12 @@ def markdown(summary: Dict) -> str:
         lines.append(f"| {g['model']} | {g['method']} | {g['schedule']} | {g['epochs_trained']} | "
                      f"{len(g['seeds'])} | {_pm(g['val_top1'])} | {_pm(g['test_top1'])} | "
                      f"{_pm(d, signed=True) if d else '—'} | {_pm(drop) if drop else '—'} |")
+    mixed = summary.get("partly_on_gpu") or {}
+    if mixed:
+        lines += ["", "Trained partly on a GPU (the first epochs in `train_scripts/gpu_long.py` calls with fp16 autocast, "
+                  "the rest resumed here from their checkpoints, bf16 on CPU): " + "; ".join(
+                      f"`{run}` ({devs.get('cuda', 0)} of {sum(devs.values())} epochs on the GPU)"
+                      for run, devs in sorted(mixed.items())) + "."]
     return "\n".join(lines) + "\n"
 
 
