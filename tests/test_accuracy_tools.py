@@ -309,3 +309,11 @@ def test_runs_trained_partly_on_a_gpu_say_how_many_epochs_were_there(tmp_path):
     assert summary["devices"] == ["cpu", "cuda"]
     assert summary["partly_on_gpu"] == {"m__baseline__s0": {"cuda": 6, "cpu": 4}}
     assert "`m__baseline__s0` (6 of 10 epochs on the GPU)" in agg.markdown(summary)
+
+
+def test_a_run_resumed_on_another_device_is_timed_by_its_epochs_on_this_one():
+    sweep = load("sweep")
+    history = [{"epoch_time_s": 10.0}] * 60 + [{"epoch_time_s": 120.0, "device": "cpu"}] * 3  # 60 GPU rows, legacy
+    assert sweep._epoch_times(history, "cpu") == [120.0] * 3
+    assert sweep._epoch_times(history[:60], "cpu") == [10.0] * 60  # nothing recorded here yet: all epochs
+    assert sweep._epoch_times(history, None) == [10.0] * 60 + [120.0] * 3

@@ -390,13 +390,17 @@ def _history(metrics: Path) -> List[Dict]:
     return json.loads(metrics.read_text()) if metrics.is_file() else []
 
 
-def _epoch_times(history: List[Dict]) -> List[float]:
-    return [r["epoch_time_s"] for r in history if r.get("epoch_time_s")]
+def _epoch_times(history: List[Dict], device: Optional[str] = None) -> List[float]:
+    """A run's epoch times; with ``device`` (a device type) only the epochs recorded on it when it
+    has any (a run started on a GPU and resumed here is timed by its epochs here)."""
+    rows = [r for r in history if r.get("epoch_time_s")]
+    same = [r for r in rows if device is not None and r.get("device") == device]
+    return [r["epoch_time_s"] for r in (same or rows)]
 
 
-def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
+def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str = "cpu") -> Dict:
     """What is done, what remains and the estimated time left: epochs left of each run times the
-    median epoch time of that run (or, before its first epoch, of the finished or running runs with
+    median epoch time of that run on ``device`` where its epochs record one (:func:`_epoch_times`; or, before its first epoch, of the finished or running runs with
     the same model, layout, method, teacher and training-set size in this plan's folders, then in
     ``<scale>/main``'s), divided over ``jobs`` parallel runs."""
     rows, seconds, unknown = [], 0.0, 0
@@ -407,7 +411,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
         history = _history(work / home / run["name"] / "metrics.json")
-        times = _epoch_times(history)
+        times = _epoch_times(history, device.split(":")[0])
         key = _timing_key(run["args"])
         if times:
             epoch_times.setdefault(key, []).append(_median(times))
@@ -416,7 +420,8 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1) -> Dict:
     main_times: Dict[tuple, List[float]] = {}
     if name != "main":
         for run in plan_runs("main", scale):
-            times = _epoch_times(_history(work / _home_plan(f"{scale}/main", run) / run["name"] / "metrics.json"))
+            times = _epoch_times(_history(work / _home_plan(f"{scale}/main", run) / run["name"] / "metrics.json"),
+                                 device.split(":")[0])
             if times:
                 main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
     for run, total, done, trained, times, key in state:
@@ -472,7 +477,7 @@ def main(argv=None) -> int:
     runs.sort(key=_order)
     plan = f"{a.scale}/{a.plan}"
     work = Path(a.work)
-    _print_status(plan, status(plan, runs, work, a.jobs), a.jobs)
+    _print_status(plan, status(plan, runs, work, a.jobs, a.device), a.jobs)
     if a.status:
         return 0
     start = time.time()
@@ -490,7 +495,7 @@ def main(argv=None) -> int:
         for name, fut in futures.items():
             print(fut.result(), flush=True)
             if not a.dry_run:
-                st = status(plan, runs, work, a.jobs)
+                st = status(plan, runs, work, a.jobs, a.device)
                 print(f"  {st['done']}/{st['total']} done, about {st['hours_left']:.1f} h left", flush=True)
     if not a.dry_run:
         print(f"plan {plan}: {len(runs)} runs, wall {time.time() - start:.0f}s", flush=True)
