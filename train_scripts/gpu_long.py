@@ -7,21 +7,25 @@ back (at most 8 files, 16 MiB each, 64 MiB together):
 * ``results.tgz``: the result folders of the runs that finished (final.json, metrics, curve, command);
 * ``runs-<n>.tgz``: per run, in priority order while the size limits allow, either its
   ``deploy.safetensors`` (finished: for shipping) or its last epoch checkpoint with its metrics and
-  recipe (stopped at the budget: it resumes *here*, on the CPU, where the GPU left it; the run's
-  ``resume.json`` then records the device change, and ``--amp`` is bf16 here against fp16 there);
+  recipe (stopped at the budget: it resumes *here*, on the CPU, where the GPU left it, with
+  ``--amp`` bf16 here against fp16 there; each epoch's ``device`` is in the run's ``metrics.json``,
+  and for runs older than that record, ``aggregate.py`` reads the GPU epochs from the summaries);
 * ``summary.json`` (per run: state, epochs done, median epoch seconds, what was packed) and ``sweep.log``.
 
 Each GPU machine starts bare: nothing can be installed there; torch, timm, safetensors and
-huggingface_hub are (carry this repo's timm as a wheel when the versions differ). The dataset and
-the KD teacher travel as ignored folders. Here, once per call::
+huggingface_hub are (this repo's timm travels as a wheel: the device image's may differ). The
+dataset and the KD teacher travel as ignored folders. Here, once per session::
 
     mkdir -p .fmnist .gpu_state/teacher && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
     cp ~/.cache/repan/runs/accuracy/long/main/teacher/{deploy.safetensors,final.json} .gpu_state/teacher/
+    echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: -d .whl timm==1.0.31
 
-There (``carry``: ``.fmnist``, ``.gpu_state``)::
+There (``carry``: ``.fmnist``, ``.gpu_state``, ``.whl``; as run on 2026-11-30, two calls of 561 s
+and 240 s, the second on the still-warm machine continuing the first's runs from /tmp)::
 
-    PYTHONPATH=$PWD python3 train_scripts/gpu_long.py --out $OUT --data-dir .fmnist --budget 540 \\
-        --teacher .gpu_state/teacher/deploy.safetensors --mps --runs NAME,NAME,...
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    PYTHONUNBUFFERED=1 python3 train_scripts/gpu_long.py --out $OUT --data-dir .fmnist --budget 560 \
+        --pack-s 30 --teacher .gpu_state/teacher/deploy.safetensors --mps --runs NAME,NAME,...
 
 Here, afterwards: ``python train_scripts/gpu_long.py --unpack FOLDER`` puts the finished results
 into ``benchmarks/accuracy/results/`` (commit them) and the run folders under the runs root
