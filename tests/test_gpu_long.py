@@ -110,9 +110,14 @@ def test_unpack_of_a_call_where_no_run_finished(tmp_path):
     with tarfile.open(out / "results.tgz", "w:gz"):
         pass  # what a call leaves when every run stopped at the budget
     g.pack_runs(work, results, PLAN, ["r"], out)
-    here_runs = tmp_path / "here" / "runs"
-    assert g.unpack(out, results=tmp_path / "here" / "results", runs_root=here_runs) == [f"checkpoint {PLAN}/r (12 epochs)"]
+    (out / "summary.json").write_text(json.dumps({"plan": PLAN, "finished_at": "2026-11-30T20:40:00Z",
+                                                  "runs": {"r": {"epochs_done": 12}}}))
+    here_runs, here_results = tmp_path / "here" / "runs", tmp_path / "here" / "results"
+    assert g.unpack(out, results=here_results, runs_root=here_runs) == [
+        "call summary long/gpu_calls/20261130T204000Z.json", f"checkpoint {PLAN}/r (12 epochs)"]
     assert g._epochs_done(here_runs / PLAN / "r") == 12
+    assert json.loads((here_results / "long" / "gpu_calls" / "20261130T204000Z.json").read_text())["runs"] == {
+        "r": {"epochs_done": 12}}  # what aggregate.py reads the GPU epochs from
 
 
 def test_runs_outside_the_plan_are_refused_with_the_names_to_choose_from(tmp_path):

@@ -28,6 +28,7 @@ and 240 s, the second on the still-warm machine continuing the first's runs from
         --pack-s 30 --teacher .gpu_state/teacher/deploy.safetensors --mps --runs NAME,NAME,...
 
 Here, afterwards: ``python train_scripts/gpu_long.py --unpack FOLDER`` puts the finished results
+and the call's summary (``long/gpu_calls/<finished_at>.json``: the epochs each run trained there)
 into ``benchmarks/accuracy/results/`` (commit them) and the run folders under the runs root
 (``~/.cache/repan/runs/accuracy``), where ``sweep.py`` continues the stopped runs and
 ``ship.py`` finds the deploy weights.
@@ -196,7 +197,7 @@ def train(a: argparse.Namespace) -> int:
         for n in finished:
             tar.add(results / plan / n, arcname=f"results/{plan}/{n}")
     packed = pack_runs(work, results, plan, names, out)
-    summary = {"plan": plan, "rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
+    summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
                "device": a.device,
                "runs": {n: {"state": "finished" if n in finished else "stopped",
                             "epochs_done": _epochs_done(work / plan / n),
@@ -207,10 +208,19 @@ def train(a: argparse.Namespace) -> int:
 
 
 def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.RUNS_ROOT) -> List[str]:
-    """Put a call's files in place here: finished results into ``results`` (existing ones are kept),
-    run files under ``runs_root``. A stopped run replaces the local folder of the same run only when
+    """Put a call's files in place here: its ``summary.json`` into ``results/<scale>/gpu_calls/``,
+    finished results into ``results`` (existing ones are kept), run files under ``runs_root``. A stopped run replaces the local folder of the same run only when
     it got further (the local one is then renamed ``<run>.before-gpu``). Returns what was done."""
     done: List[str] = []
+    summary = folder / "summary.json"
+    if summary.is_file():  # the call's record (epochs per run on the GPU, timings): committed beside the results
+        call = json.loads(summary.read_text())
+        stamp = call.get("finished_at", "").replace(":", "").replace("-", "") or f"{int(summary.stat().st_mtime)}"
+        dest = results / call.get("plan", "long/main").split("/")[0] / "gpu_calls" / f"{stamp}.json"
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(summary, dest)
+            done.append(f"call summary {dest.relative_to(results)}")
     res = folder / "results.tgz"
     if res.is_file():
         with tarfile.open(res) as tar:
