@@ -153,7 +153,7 @@ def gpu_throughput() -> List[str]:
     out = ["GPU: measured inside the `long` plan's calls on a lent GPU machine (`train_scripts/gpu_long.py`: "
            "every run of a call trains at once, one process each, dataset on the GPU, eager PyTorch, fp16 autocast "
            "for the `--amp` models; an epoch includes the validation pass). Median epoch time of each run over "
-           "its GPU epochs; images/s per run = 54,912 training images per epoch / that time; a call's runs "
+           f"its GPU epochs; images/s per run = {LONG_EPOCH_IMAGES:,} training images per epoch / that time; a call's runs "
            "together trained the sum.", "",
            "| call | GPU | sharing | runs | epoch s per run (median, range) | images/s per run | images/s, runs together |",
            "|---|---|---|---|---|---|---|"]

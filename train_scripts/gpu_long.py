@@ -49,6 +49,7 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
 import sweep  # noqa: E402
+from repan_zoo.runtime.checkpointing import Checkpointer  # noqa: E402
 
 #: what comes back from a call: files of at most 16 MiB, 64 MiB together, 8 files (the device
 #: tool's limits), with room left for the archive headers, results.tgz, summary.json and sweep.log
@@ -71,9 +72,8 @@ def _run_files(run_dir: Path, finished: bool) -> List[Path]:
     checkpoint (``latest.json`` and the folder it names) with its metrics and recipe."""
     if finished:
         return [run_dir / "deploy.safetensors"]
-    ck = run_dir / "checkpoints"
-    latest = ck / json.loads((ck / "latest.json").read_text())["dir"]
-    return ([ck / "latest.json"] + sorted(p for p in latest.iterdir() if p.is_file())
+    ck = Checkpointer(run_dir)
+    return ([ck.pointer] + sorted(p for p in ck.latest_dir().iterdir() if p.is_file())
             + [run_dir / n for n in RUN_FILES if (run_dir / n).is_file()])
 
 
@@ -132,14 +132,19 @@ def _gpu_name() -> str:
     return got.stdout.strip().replace("\n", "; ") if got.returncode == 0 and got.stdout.strip() else "none"
 
 
+#: where the MPS daemon and its clients meet (set in the runs' environment)
+MPS_DIRS = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+
+
 def _start_mps(env: Dict[str, str]) -> str:
     """Start CUDA MPS (kernels of the runs' processes then share the GPU at once instead of taking
-    turns) and check that a CUDA process starts under it; stop it again when one does not."""
+    turns) with its folders set in ``env``, and check that a CUDA process starts under it; stop it
+    again (and take the folders out of ``env``) when one does not."""
     ctl = shutil.which("nvidia-cuda-mps-control")
     if ctl is None:
         return "no nvidia-cuda-mps-control: runs take turns on the GPU"
-    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
-        env[key] = os.environ[key] = str(Path("/tmp") / key.lower())
+    for key in MPS_DIRS:
+        env[key] = str(Path("/tmp") / key.lower())
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     if subprocess.run([ctl, "-d"], env=env).returncode == 0:
         probe = [sys.executable, "-c", "import torch; x = torch.ones(8, device='cuda'); print(float(x.sum()))"]
@@ -148,11 +153,14 @@ def _start_mps(env: Dict[str, str]) -> str:
                 return "MPS on"
         except subprocess.TimeoutExpired:
             pass
-        subprocess.run([ctl], input=b"quit\n", env=env)
-    for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
-        env.pop(key, None)
-        os.environ.pop(key, None)
+        _stop_mps(env)
+    for key in MPS_DIRS:
+        env.pop(key)
     return "MPS did not start: runs take turns on the GPU"
+
+
+def _stop_mps(env: Dict[str, str]) -> None:
+    subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env=env)
 
 
 def train(a: argparse.Namespace) -> int:
@@ -190,14 +198,15 @@ def train(a: argparse.Namespace) -> int:
             print(line, end="", flush=True)
             log.write(line)
         proc.wait()
-    if a.mps and mps == "MPS on":
-        subprocess.run(["nvidia-cuda-mps-control"], input=b"quit\n", env=env)
+    if mps == "MPS on":
+        _stop_mps(env)
     finished = [n for n in names if (results / plan / n / "final.json").is_file()]
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
         for n in finished:
             tar.add(results / plan / n, arcname=f"results/{plan}/{n}")
     packed = pack_runs(work, results, plan, names, out)
-    summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
+    summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
                "device": a.device,
                "runs": {n: {"state": "finished" if n in finished else "stopped",
                             "epochs_done": _epochs_done(work / plan / n),
@@ -209,8 +218,9 @@ def train(a: argparse.Namespace) -> int:
 
 def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.RUNS_ROOT) -> List[str]:
     """Put a call's files in place here: its ``summary.json`` into ``results/<scale>/gpu_calls/``,
-    finished results into ``results`` (existing ones are kept), run files under ``runs_root``. A stopped run replaces the local folder of the same run only when
-    it got further (the local one is then renamed ``<run>.before-gpu``). Returns what was done."""
+    finished results into ``results`` (existing ones are kept), run files under ``runs_root``. A
+    stopped run replaces the local folder of the same run only when it got further (the local one
+    is then renamed ``<run>.before-gpu``). Returns what was done."""
     done: List[str] = []
     summary = folder / "summary.json"
     if summary.is_file():  # the call's record (epochs per run on the GPU, timings): committed beside the results

@@ -400,10 +400,12 @@ def _epoch_times(history: List[Dict], device: Optional[str] = None) -> List[floa
 
 def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str = "cpu") -> Dict:
     """What is done, what remains and the estimated time left: epochs left of each run times the
-    median epoch time of that run on ``device`` where its epochs record one (:func:`_epoch_times`; or, before its first epoch, of the finished or running runs with
-    the same model, layout, method, teacher and training-set size in this plan's folders, then in
-    ``<scale>/main``'s), divided over ``jobs`` parallel runs."""
+    median epoch time of that run on ``device`` where its epochs record one (:func:`_epoch_times`;
+    or, before its first epoch, of the finished or running runs with the same model, layout,
+    method, teacher and training-set size in this plan's folders, then in ``<scale>/main``'s),
+    divided over ``jobs`` parallel runs."""
     rows, seconds, unknown = [], 0.0, 0
+    kind = device.split(":")[0]  # the device type epochs record ("cuda:1" → "cuda")
     epoch_times: Dict[tuple, List[float]] = {}
     state = []
     for run in runs:
@@ -411,7 +413,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
         history = _history(work / home / run["name"] / "metrics.json")
-        times = _epoch_times(history, device.split(":")[0])
+        times = _epoch_times(history, kind)
         key = _timing_key(run["args"])
         if times:
             epoch_times.setdefault(key, []).append(_median(times))
@@ -420,8 +422,8 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     main_times: Dict[tuple, List[float]] = {}
     if name != "main":
         for run in plan_runs("main", scale):
-            times = _epoch_times(_history(work / _home_plan(f"{scale}/main", run) / run["name"] / "metrics.json"),
-                                 device.split(":")[0])
+            home = _home_plan(f"{scale}/main", run)
+            times = _epoch_times(_history(work / home / run["name"] / "metrics.json"), kind)
             if times:
                 main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
     for run, total, done, trained, times, key in state:
