@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -24,6 +24,12 @@ def _load(name: str) -> Optional[dict]:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> List[str]:
+    """A markdown table: the header line, its rule, then one line per row of already formatted cells."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
 def exactness() -> List[str]:
     d = _load("exactness.json")
     if not d:
@@ -32,9 +38,9 @@ def exactness() -> List[str]:
     out = ["### Exactness of fusion, per branch kind", "",
            f"`python benchmarks/exactness.py` — {d['metric']}; {s['seeds']} seeds, {s['channels']} channels, "
            f"k = 3 and 5, stride 1/2, groups 1/depthwise, random BN statistics, {s['dtype']} on {s['device']}.", "",
-           "| branches | cases | fused vs train | train vs fp64 | fused vs fp64 |", "|---|---|---|---|---|"]
-    for kind, r in d["results"].items():
-        out.append(f"| {kind} | {r['cases']} | {r['worst_rel_error']:.2e} | {r['train_vs_fp64']:.2e} | {r['fused_vs_fp64']:.2e} |")
+           *_table(("branches", "cases", "fused vs train", "train vs fp64", "fused vs fp64"),
+                   ((kind, r["cases"], f"{r['worst_rel_error']:.2e}", f"{r['train_vs_fp64']:.2e}", f"{r['fused_vs_fp64']:.2e}")
+                    for kind, r in d["results"].items()))]
     out += ["", f"Worst: {d['worst_rel_error']:.2e}. 3×3 blocks stay below 1e-6; at 5×5 the fp32 convolution of the "
             "*train form itself* is up to ~1e-6 away from float64, which bounds the comparison (fusion is done in float64).", ""]
     return out
@@ -47,16 +53,16 @@ def inference() -> List[str]:
     c = d["config"]
     out = ["### Deploy inference speed vs timm's reparameterized twin and the plain-conv limit", "",
            f"`python benchmarks/inference.py` — batch {c['batch']} at {'×'.join(map(str, c['input']))}, {c['threads']} thread, "
-           f"median of {c['repeats']} rounds (random order per round); torch {c['torch']}, timm {c['timm']}, CPU {c['cpu']}.", "",
-           "| model | timm twin | deploy img/s | timm img/s | plain limit img/s | train form img/s | deploy / timm | deploy / plain |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in d["results"]:
-        ips = r["images_per_s"]
-        p = r.get("paired", r)
-        out.append(f"| {r['model']} | {r.get('timm_twin') or '–'} | {ips['deploy']:.1f} | {ips.get('timm', float('nan')):.1f} | "
-                   f"{ips['plain']:.1f} | {ips['train']:.1f} | {p.get('deploy_vs_timm', float('nan')):.3f} | {p['deploy_vs_plain']:.3f} |")
-    out.append("")
-    return out
+           f"median of {c['repeats']} rounds (random order per round); torch {c['torch']}, timm {c['timm']}, CPU {c['cpu']}.", ""]
+
+    def row(r: dict) -> tuple:
+        ips, p = r["images_per_s"], r.get("paired", r)
+        return (r["model"], r.get("timm_twin") or "–", f"{ips['deploy']:.1f}", f"{ips.get('timm', float('nan')):.1f}",
+                f"{ips['plain']:.1f}", f"{ips['train']:.1f}", f"{p.get('deploy_vs_timm', float('nan')):.3f}",
+                f"{p['deploy_vs_plain']:.3f}")
+
+    return out + _table(("model", "timm twin", "deploy img/s", "timm img/s", "plain limit img/s", "train form img/s",
+                         "deploy / timm", "deploy / plain"), map(row, d["results"])) + [""]
 
 
 def forms() -> List[str]:
@@ -66,16 +72,16 @@ def forms() -> List[str]:
     m = d["machine"]
     out = ["### Train form vs deploy form", "",
            f"`python benchmarks/forms.py` — parameters, FLOPs (`torch.utils.flop_counter`, multiply-add = 2) and CPU latency "
-           f"({m['threads']} thread, {m['cpu']}; {m.get('note', '')}).", "",
-           "| model | batch | params train → deploy (M) | GFLOPs train → deploy | latency train → deploy (ms) |",
-           "|---|---|---|---|---|"]
-    for r in d["rows"]:
+           f"({m['threads']} thread, {m['cpu']}; {m.get('note', '')}).", ""]
+
+    def row(r: dict) -> tuple:
         t, dep = r["train"], r["deploy"]
-        out.append(f"| {r['model']} | {r['batch_size']} | {t['params'] / 1e6:.2f} → {dep['params'] / 1e6:.2f} | "
-                   f"{t['flops'] / 1e9:.3f} → {dep['flops'] / 1e9:.3f} | "
-                   f"{t['latency']['median_ms']:.1f} → {dep['latency']['median_ms']:.1f} |")
-    out.append("")
-    return out
+        return (r["model"], r["batch_size"], f"{t['params'] / 1e6:.2f} → {dep['params'] / 1e6:.2f}",
+                f"{t['flops'] / 1e9:.3f} → {dep['flops'] / 1e9:.3f}",
+                f"{t['latency']['median_ms']:.1f} → {dep['latency']['median_ms']:.1f}")
+
+    return out + _table(("model", "batch", "params train → deploy (M)", "GFLOPs train → deploy",
+                         "latency train → deploy (ms)"), map(row, d["rows"])) + [""]
 
 
 def cycle_overhead() -> List[str]:
@@ -84,11 +90,10 @@ def cycle_overhead() -> List[str]:
         return []
     out = ["### RepAn cycle overhead (Rep + Expand + Restore + Calibrate) vs one training epoch", "",
            "`python benchmarks/cycle_overhead.py [--device cuda]`", "",
-           "| model | device | train images | epoch (s) | cycle overhead (s) | fraction |", "|---|---|---|---|---|---|"]
-    for d in rows:
-        out.append(f"| {d['model']} | {d['device']} | {d['train_images']} | {d['epoch_train_s']:.1f} | "
-                   f"{d['cycle_overhead_s_median']:.2f} | {100 * d['overhead_fraction_of_epoch']:.2f} % |")
-    out.append("")
+           *_table(("model", "device", "train images", "epoch (s)", "cycle overhead (s)", "fraction"),
+                   ((d["model"], d["device"], d["train_images"], f"{d['epoch_train_s']:.1f}",
+                     f"{d['cycle_overhead_s_median']:.2f}", f"{100 * d['overhead_fraction_of_epoch']:.2f} %")
+                    for d in rows)), ""]
     return out
 
 
@@ -131,11 +136,9 @@ def train_throughput() -> List[str]:
            f"`python benchmarks/train_throughput.py` — {d['what']}; {m['threads']} thread, {m['cpu']}"
            + (f", {m['gpu']}" if m.get("gpu") else "") + (f"; {m['note']}" if m.get("note") else "")
            + f". The sweep uses {d['sweep_uses']}.", "",
-           "| model | form | option | step ms (median) | images/s | × fp32 |", "|---|---|---|---|---|---|"]
-    for r in d["rows"]:
-        out.append(f"| {r['model']} | {r['form']} | {r['option']} | {r['step']['median_ms']:.0f} | "
-                   f"{r['images_per_s']:.0f} | {r['speedup_vs_fp32']:.2f} |")
-    out.append("")
+           *_table(("model", "form", "option", "step ms (median)", "images/s", "× fp32"),
+                   ((r["model"], r["form"], r["option"], f"{r['step']['median_ms']:.0f}", f"{r['images_per_s']:.0f}",
+                     f"{r['speedup_vs_fp32']:.2f}") for r in d["rows"])), ""]
     return out + gpu_throughput()
 
 
@@ -154,9 +157,8 @@ def gpu_throughput() -> List[str]:
            "every run of a call trains at once, one process each, dataset on the GPU, eager PyTorch, fp16 autocast "
            "for the `--amp` models; an epoch includes the validation pass). Median epoch time of each run over "
            f"its GPU epochs; images/s per run = {LONG_EPOCH_IMAGES:,} training images per epoch / that time; a call's runs "
-           "together trained the sum.", "",
-           "| call | GPU | sharing | runs | epoch s per run (median, range) | images/s per run | images/s, runs together |",
-           "|---|---|---|---|---|---|---|"]
+           "together trained the sum.", ""]
+    rows = []
     for path in calls:
         c = json.loads(path.read_text())
         times = sorted(r["epoch_s"] for r in c["runs"].values() if r.get("epoch_s"))
@@ -164,10 +166,10 @@ def gpu_throughput() -> List[str]:
             continue
         mid = times[len(times) // 2]
         total = sum(LONG_EPOCH_IMAGES / t for t in times)
-        out.append(f"| `{path.stem}` | {c.get('gpu', c['device'])} | {c['mps']} | {len(times)} | "
-                   f"{mid:.1f} ({times[0]:.1f}–{times[-1]:.1f}) | {LONG_EPOCH_IMAGES / mid:.0f} | {total:.0f} |")
-    out.append("")
-    return out
+        rows.append((f"`{path.stem}`", c.get("gpu", c["device"]), c["mps"], len(times),
+                     f"{mid:.1f} ({times[0]:.1f}–{times[-1]:.1f})", f"{LONG_EPOCH_IMAGES / mid:.0f}", f"{total:.0f}"))
+    return out + _table(("call", "GPU", "sharing", "runs", "epoch s per run (median, range)", "images/s per run",
+                         "images/s, runs together"), rows) + [""]
 
 
 def accuracy() -> List[str]:
@@ -208,13 +210,10 @@ def step_time() -> List[str]:
 
 def step_time_table(rows) -> List[str]:
     """The markdown table of ``benchmarks/step_time.py`` rows (that script prints it too)."""
-    out = ["| model | form | trainable params | step ms (median) | p25–p75 | images/s | × train form |",
-           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        t = r["step"]
-        out.append(f"| {r['model']} | {r['form']} | {r['params'] / 1e6:.2f} M | {t['median_ms']:.0f} | "
-                   f"{t['p25_ms']:.0f}–{t['p75_ms']:.0f} | {r['images_per_s']:.0f} | {r['vs_train']:.2f} |")
-    return out
+    return _table(("model", "form", "trainable params", "step ms (median)", "p25–p75", "images/s", "× train form"),
+                  ((r["model"], r["form"], f"{r['params'] / 1e6:.2f} M", f"{r['step']['median_ms']:.0f}",
+                    f"{r['step']['p25_ms']:.0f}–{r['step']['p75_ms']:.0f}", f"{r['images_per_s']:.0f}",
+                    f"{r['vs_train']:.2f}") for r in rows))
 
 
 def shipped() -> List[str]:
@@ -224,11 +223,9 @@ def shipped() -> List[str]:
     out = ["### Shipped weights, re-measured through timm", "",
            f"`{d['command']}` — `timm.create_model(name, pretrained=True)` with no network, top-1 on the "
            f"Fashion-MNIST test set vs the manifest (tolerance {d['tolerance']} pt).", "",
-           "| model.tag | source | manifest test top-1 | measured | difference | status |", "|---|---|---|---|---|---|"]
-    for r in d["rows"]:
-        out.append(f"| {r['model']} | {r['source']} | {r['manifest_test_top1']:.2f} | {r['measured_test_top1']:.2f} | "
-                   f"{r['difference']:+.2f} | {r['status']} |")
-    out.append("")
+           *_table(("model.tag", "source", "manifest test top-1", "measured", "difference", "status"),
+                   ((r["model"], r["source"], f"{r['manifest_test_top1']:.2f}", f"{r['measured_test_top1']:.2f}",
+                     f"{r['difference']:+.2f}", r["status"]) for r in d["rows"])), ""]
     return out
 
 
@@ -239,25 +236,23 @@ def detection() -> List[str]:
     out = ["### Detection (torchvision RetinaNet / Faster R-CNN on a Rep backbone)", "",
            "`python benchmarks/detection.py --parts latency` — one 96×96 image through the whole detector, and the "
            f"backbone+FPN at batch 8; 1 thread, medians of interleaved rounds, CPU {d['machine']['cpu']}.", "",
-           "| detector | backbone | form | branches | params | detector ms (1 img) | backbone+FPN ms (batch 8) |",
-           "|---|---|---|---|---|---|---|"]
-    for row in d["latency"]["rows"]:
-        for form, f in row["forms"].items():
-            out.append(f"| {row['detector']} | {row['backbone']} | {form} | {f['rep_branches']} | {f['params'] / 1e6:.2f} M | "
-                       f"{f['detector_latency_1img']['median_ms']:.1f} | {f['backbone_fpn_latency_batch8']['median_ms']:.1f} |")
+           *_table(("detector", "backbone", "form", "branches", "params", "detector ms (1 img)",
+                    "backbone+FPN ms (batch 8)"),
+                   ((row["detector"], row["backbone"], form, f["rep_branches"], f"{f['params'] / 1e6:.2f} M",
+                     f"{f['detector_latency_1img']['median_ms']:.1f}", f"{f['backbone_fpn_latency_batch8']['median_ms']:.1f}")
+                    for row in d["latency"]["rows"] for form, f in row["forms"].items()))]
     m = d.get("map")
     if m:
         out += ["", f"mAP, baseline-trained vs RepAn-trained backbone (`{m.get('command', 'benchmarks/detection.py')}`)"
                 + (": **smoke run only** (a few steps on 64 canvases), so these figures say nothing about RepAn yet; "
-                   "the real comparison is still to be run." if m.get("smoke") else ":"), "",
-                "| backbone training | seeds | val mAP (deploy) | val mAP50 (deploy) | val mAP (train form) |",
-                "|---|---|---|---|---|"]
-        for method, runs in m.get("runs", {}).items():
-            dep = [r["val_deploy"]["mAP"] for r in runs]
-            dep50 = [r["val_deploy"]["mAP50"] for r in runs]
-            tr = [r["val_train_form"]["mAP"] for r in runs]
-            out.append(f"| {method} | {len(runs)} | {sum(dep) / len(dep):.4f} | {sum(dep50) / len(dep50):.4f} | "
-                       f"{sum(tr) / len(tr):.4f} |")
+                   "the real comparison is still to be run." if m.get("smoke") else ":"), ""]
+
+        def mean(runs: list, form: str, metric: str) -> str:
+            return f"{sum(r[form][metric] for r in runs) / len(runs):.4f}"
+
+        out += _table(("backbone training", "seeds", "val mAP (deploy)", "val mAP50 (deploy)", "val mAP (train form)"),
+                      ((method, len(runs), mean(runs, "val_deploy", "mAP"), mean(runs, "val_deploy", "mAP50"),
+                        mean(runs, "val_train_form", "mAP")) for method, runs in m.get("runs", {}).items()))
         if all(len(r) == 1 for r in m.get("runs", {}).values()):
             out += ["", "One seed per backbone: no spread was measured, so a difference this small is not evidence either way."]
     out.append("")
