@@ -70,6 +70,16 @@ def test_garbled_pointer_falls_back_to_the_newest_complete_epoch(tmp_path, garba
     assert loaded.directory.name == "ep0002" and loaded.state["progress"]["epoch"] == 2
 
 
+@pytest.mark.parametrize("garbage", ["", "{not json", "[]", '{"dir": "ep0001", "progress": [1]}'])
+def test_progress_reads_the_pointer_and_is_empty_when_there_is_none(tmp_path, garbage):
+    cp = Checkpointer(tmp_path / "run")
+    assert cp.progress() == {}
+    cp.save(tiny(), progress_state(2), tag="ep0002", architecture="tinyrep_test")
+    assert cp.progress() == progress_state(2)["progress"]
+    cp.pointer.write_text(garbage)
+    assert cp.progress() == {}
+
+
 def test_garbled_pointer_without_any_complete_epoch_says_what_to_do(tmp_path):
     cp = Checkpointer(tmp_path / "run")
     cp.root.mkdir(parents=True)

@@ -62,8 +62,8 @@ RUN_FILES = ("recipe.json", "metrics.json", "metrics.csv", "log.txt")
 
 def _epochs_done(run_dir: Path) -> int:
     try:
-        return int(json.loads((run_dir / "checkpoints" / "latest.json").read_text())["progress"]["global_epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(Checkpointer(run_dir).progress().get("global_epoch", 0))
+    except (TypeError, ValueError):
         return 0
 
 

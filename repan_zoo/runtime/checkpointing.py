@@ -71,6 +71,16 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.pointer.is_file()
 
+    def progress(self) -> Dict[str, Any]:
+        """Where the run stands, as the pointer records it (``cycle_index``, ``cycle``, ``epoch``,
+        ``epochs``, ``global_epoch``; see the trainer's state): ``{}`` when the run has no readable
+        pointer yet. Reads only ``latest.json``, not the checkpoint."""
+        try:
+            progress = json.loads(self.pointer.read_text()).get("progress", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        return progress if isinstance(progress, dict) else {}
+
     def _pointed_dir(self) -> Optional[Path]:
         """The folder ``latest.json`` names, or None when the pointer is unreadable (garbled,
         empty, a name outside the checkpoints folder) or names a folder that is not there."""
