@@ -317,3 +317,27 @@ def test_a_run_resumed_on_another_device_is_timed_by_its_epochs_on_this_one():
     assert sweep._epoch_times(history, "cpu") == [120.0] * 3
     assert sweep._epoch_times(history[:60], "cpu") == [10.0] * 60  # nothing recorded here yet: all epochs
     assert sweep._epoch_times(history, None) == [10.0] * 60 + [120.0] * 3
+    # rows written before the device was recorded: the GPU calls' summaries say which ran there
+    assert sweep._epoch_times(history[:60], "cpu", gpu_epochs=60) == []
+    assert sweep._epoch_times(history[:60], "cuda", gpu_epochs=60) == [10.0] * 60
+    assert sweep._epoch_times(history[:60], "cpu", gpu_epochs=50) == [10.0] * 10
+
+
+def test_status_does_not_time_a_run_here_by_its_epochs_in_a_gpu_call(tmp_path, monkeypatch):
+    """A run that trained its first epochs in a GPU call (rows without a device, counted in the
+    call's summary) and has not resumed here yet is timed by the same kind of run on this device."""
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    calls = tmp_path / "results" / "long" / "gpu_calls"
+    calls.mkdir(parents=True)
+    runs = [r for r in sweep.plan_runs("main", "long") if r["name"].startswith("repan_resnet18_acb_w025__repan")]
+    gpu_run, cpu_run = runs  # repan__s0 and repan_kd__s0 share no timing key (a teacher)
+    (calls / "c.json").write_text(json.dumps({"plan": "long/main", "runs": {gpu_run["name"]: {"epochs_done": 60}}}))
+    work = tmp_path / "work"
+    for run, rows in ((gpu_run, [{"epoch_time_s": 11.0}] * 60), (cpu_run, [{"epoch_time_s": 160.0}] * 10)):
+        (work / "long" / "main" / run["name"]).mkdir(parents=True)
+        (work / "long" / "main" / run["name"] / "metrics.json").write_text(json.dumps(rows))
+    st = sweep.status("long/main", runs, work)
+    assert [r["epoch_s"] for r in st["rows"]] == [None, 160.0] and st["unknown_eta"] == 1
+    assert st["hours_left"] == pytest.approx(90 * 160.0 / 3600)
+    assert sweep.status("long/main", runs, work, device="cuda")["rows"][0]["epoch_s"] == 11.0

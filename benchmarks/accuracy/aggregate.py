@@ -62,14 +62,19 @@ def gpu_call_epochs(plan_dir: Path) -> Dict[str, int]:
     return out
 
 
-def epoch_devices(history: List[Dict], final_device: Optional[str], gpu_epochs: int = 0) -> Dict[str, int]:
-    """Epochs trained per device type (``{"cuda": 62, "cpu": 38}``): a history row's ``device``
-    where recorded; a row without one is among the first ``gpu_epochs`` (:func:`gpu_call_epochs`)
-    on ``cuda``, else on the type of the device ``final.json`` names."""
-    out: Dict[str, int] = defaultdict(int)
+def row_devices(history: List[Dict], final_device: Optional[str] = None, gpu_epochs: int = 0) -> List[str]:
+    """The device type each history row (epoch) trained on: the row's ``device`` where recorded; a
+    row without one is among the first ``gpu_epochs`` (:func:`gpu_call_epochs`) on ``cuda``, else on
+    the type of the device ``final.json`` names (``"unrecorded"`` without one)."""
     last = str(final_device or "unrecorded").split(":")[0]
-    for i, row in enumerate(history):
-        out[row.get("device") or ("cuda" if i < gpu_epochs else last)] += 1
+    return [row.get("device") or ("cuda" if i < gpu_epochs else last) for i, row in enumerate(history)]
+
+
+def epoch_devices(history: List[Dict], final_device: Optional[str], gpu_epochs: int = 0) -> Dict[str, int]:
+    """Epochs trained per device type (``{"cuda": 62, "cpu": 38}``), by :func:`row_devices`."""
+    out: Dict[str, int] = defaultdict(int)
+    for device in row_devices(history, final_device, gpu_epochs):
+        out[device] += 1
     return dict(out)
 
 

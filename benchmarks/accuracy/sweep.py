@@ -46,6 +46,8 @@ from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aggregate import gpu_call_epochs, row_devices  # noqa: E402  (same folder)
 from repan_zoo.runtime.report import portable, write_json  # noqa: E402
 
 RESULTS = Path(os.environ.get("REPAN_RESULTS", Path(__file__).resolve().parent / "results"))
@@ -390,12 +392,16 @@ def _history(metrics: Path) -> List[Dict]:
     return json.loads(metrics.read_text()) if metrics.is_file() else []
 
 
-def _epoch_times(history: List[Dict], device: Optional[str] = None) -> List[float]:
-    """A run's epoch times; with ``device`` (a device type) only the epochs recorded on it when it
-    has any (a run started on a GPU and resumed here is timed by its epochs here)."""
-    rows = [r for r in history if r.get("epoch_time_s")]
-    same = [r for r in rows if device is not None and r.get("device") == device]
-    return [r["epoch_time_s"] for r in (same or rows)]
+def _epoch_times(history: List[Dict], device: Optional[str] = None, gpu_epochs: int = 0) -> List[float]:
+    """A run's epoch times. With ``device`` (a device type): its epochs on that device when it has
+    any, else its epochs on no known device (rows from before the device was recorded), never those
+    known to be elsewhere: a run started on a GPU and resumed here is timed by its epochs here, and
+    ``gpu_epochs`` first rows without a device count as GPU epochs (:func:`aggregate.row_devices`)."""
+    rows = [(r["epoch_time_s"], d) for r, d in zip(history, row_devices(history, gpu_epochs=gpu_epochs))
+            if r.get("epoch_time_s")]
+    if device is None:
+        return [t for t, _ in rows]
+    return [t for t, d in rows if d == device] or [t for t, d in rows if d == "unrecorded"]
 
 
 def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str = "cpu") -> Dict:
@@ -406,6 +412,13 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     divided over ``jobs`` parallel runs."""
     rows, seconds, unknown = [], 0.0, 0
     kind = device.split(":")[0]  # the device type epochs record ("cuda:1" → "cuda")
+    on_gpu: Dict[str, Dict[str, int]] = {}  # per plan folder: each run's epochs in the GPU calls
+
+    def times_here(home: str, name: str, history: List[Dict]) -> List[float]:
+        if home not in on_gpu:
+            on_gpu[home] = gpu_call_epochs(RESULTS / home)
+        return _epoch_times(history, kind, on_gpu[home].get(name, 0))
+
     epoch_times: Dict[tuple, List[float]] = {}
     state = []
     for run in runs:
@@ -413,7 +426,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
         history = _history(work / home / run["name"] / "metrics.json")
-        times = _epoch_times(history, kind)
+        times = times_here(home, run["name"], history)
         key = _timing_key(run["args"])
         if times:
             epoch_times.setdefault(key, []).append(_median(times))
@@ -423,7 +436,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     if name != "main":
         for run in plan_runs("main", scale):
             home = _home_plan(f"{scale}/main", run)
-            times = _epoch_times(_history(work / home / run["name"] / "metrics.json"), kind)
+            times = times_here(home, run["name"], _history(work / home / run["name"] / "metrics.json"))
             if times:
                 main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
     for run, total, done, trained, times, key in state:
