@@ -116,6 +116,37 @@ def test_resume_removes_stale_temp_files_and_refuses_another_model_without_writi
     assert not stale.exists()
 
 
+def test_resume_position_continues_the_plan_or_names_the_options_that_changed_it():
+    from repan_zoo.annealing.cycles import CyclePlan, resume_position
+    from repan_zoo.errors import RecipeError
+
+    plan = [CyclePlan(1, False, 25)] + [CyclePlan(r, True, 25) for r in (2, 3, 4)]
+    at = lambda ci, epoch, epochs=25: {"cycle_index": ci, "cycle": ci + 1, "epoch": epoch, "epochs": epochs}  # noqa: E731
+    assert resume_position(plan, at(1, 7)) == (1, 7)
+    assert resume_position(plan, at(1, 25)) == (2, 0)  # a finished cycle: the next starts afresh
+    assert resume_position(plan, at(3, 25)) == (4, 0)  # the last one: nothing left to train
+    assert resume_position(plan, {"cycle": 2, "epoch": 3}) == (1, 3)  # detection's older progress records
+    for progress, new_plan in [(at(3, 10), plan[:2]),  # --cycles 2 after cycle 4 started
+                               (at(1, 10), [CyclePlan(1, False, 100)]),  # --method baseline
+                               (at(1, 10), [CyclePlan(r, True, 30) for r in (1, 2, 3, 4)]),  # --epochs 30
+                               (at(0, 10, 100), plan)]:  # a baseline run resumed as RepAn
+        with pytest.raises(RecipeError, match="--cycles, --epochs and --first-cycle must stay"):
+            resume_position(new_plan, progress)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_resume_with_another_cycle_plan_is_refused_without_writing(tmp_path):
+    from repan_zoo.train_cli import main
+
+    out = tmp_path / "run"
+    recipe = [*SMALL, "--out", str(out), "--method", "repan", "--cycles", "2"]
+    assert main(recipe) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for change in (["--cycles", "1"], ["--epochs", "2"], ["--method", "baseline"]):
+        assert main([*recipe, "--resume", *change]) == 2, change
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_offline_hf_hub_name_raises_the_typed_offline_error(hub, monkeypatch):
     from huggingface_hub import constants
 

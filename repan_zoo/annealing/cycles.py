@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -41,7 +41,7 @@ import torch.nn as nn
 from ..blocks import rep_blocks
 from ..checkpoint import model_form
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
-from ..errors import ReparameterizationError, TrainingDivergedError
+from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
 from ..runtime.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
 from ..verify import exact_fp32, relative_error
@@ -49,7 +49,7 @@ from .engine import NonFiniteLoss, train_steps
 from .schedules import LambdaSchedule, cosine_lr
 from .task import CyclePlan, CycleTask, ExpansionGroup
 
-__all__ = ["CyclePlan", "CycleRun", "CycleTask", "ExpansionGroup", "plan_offsets"]
+__all__ = ["CyclePlan", "CycleRun", "CycleTask", "ExpansionGroup", "plan_offsets", "resume_position"]
 
 def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
     """Epochs trained before each cycle of ``plan``."""
@@ -58,6 +58,27 @@ def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
         offsets.append(total)
         total += cp.epochs
     return offsets
+
+
+def resume_position(plan: Sequence[CyclePlan], progress: Dict[str, Any]) -> Tuple[int, int]:
+    """Where a resumed run continues in ``plan``: ``(cycle index, epochs of it already trained)``,
+    from a run checkpoint's ``progress`` (``cycle_index``, ``cycle``, ``epoch``, ``epochs``); a
+    finished cycle continues at the start of the next (index ``len(plan)``: nothing left to train).
+    Raises :class:`~repan_zoo.errors.RecipeError` when the saved cycle is not at that place of the
+    plan, or has another length: a resume that changed ``--method``, ``--cycles``, ``--epochs`` or
+    ``--first-cycle`` would otherwise index past the plan or restart a cycle's schedule mid-way."""
+    cycle, epoch = int(progress["cycle"]), int(progress["epoch"])
+    ci = int(progress.get("cycle_index", cycle - 1))
+    saved = progress.get("epochs")
+    here = plan[ci] if 0 <= ci < len(plan) else None
+    if here is None or here.index != cycle or (saved is not None and here.epochs != int(saved)):
+        shape = " + ".join(f"{cp.epochs}" for cp in plan)
+        raise RecipeError(
+            f"the run stopped after epoch {epoch}" + (f"/{saved}" if saved is not None else "")
+            + f" of cycle {cycle}, but the recipe now plans {len(plan)} cycle(s) of {shape} epochs, which has no "
+            "such cycle: --method, --cycles, --epochs and --first-cycle must stay as the run was started. "
+            "Resume without changing them, or choose a new --out to train the new plan")
+    return (ci + 1, 0) if epoch >= here.epochs else (ci, epoch)
 
 
 class CycleRun(CycleTask):
@@ -189,10 +210,9 @@ class CycleRun(CycleTask):
         state = self.resume() if resume else None
         start_ci, start_epoch = 0, 0
         if state is not None:
-            p = state["progress"]
-            start_ci, start_epoch = int(p["cycle_index"]), int(p["epoch"])
-            if start_epoch >= plan[start_ci].epochs:
-                start_ci, start_epoch, state = start_ci + 1, 0, None
+            start_ci, start_epoch = resume_position(plan, state["progress"])
+            if start_epoch == 0:  # the saved cycle was finished: the next one starts afresh
+                state = None
         else:
             self.initialise()  # line 1
             self.place()
@@ -320,8 +340,6 @@ class CycleRun(CycleTask):
 
     def resume(self) -> Optional[Dict[str, Any]]:
         """Load the last completed epoch's checkpoint; returns its state (None: nothing to resume)."""
-        from ..errors import RecipeError
-
         if self.checkpointer is None:
             raise RecipeError("--resume needs --out (the run directory)")
         ck = self.checkpointer.load()

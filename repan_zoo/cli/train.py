@@ -112,10 +112,12 @@ def check_recipe(cfg) -> None:
 
 def _check_resumable(cfg, data, out: Path) -> None:
     """Load the run's last checkpoint into the model the (resolved) recipe builds, so that a
-    recipe that does not fit the run (another --model, other model kwargs) is refused before
+    recipe that does not fit the run (another --model, other model kwargs, a cycle plan without the
+    cycle where it stopped: :func:`~repan_zoo.annealing.cycles.resume_position`) is refused before
     ``recipe.json`` is touched. Raises :class:`~repan_zoo.errors.RecipeError` /
     :class:`~repan_zoo.errors.CheckpointError`."""
     from ..runtime.checkpointing import Checkpointer
+    from ..annealing.cycles import resume_position
     from ..annealing.trainer import build_model
     from ..checkpoint import load_into
     from ..errors import CheckpointError, RecipeError
@@ -133,6 +135,7 @@ def _check_resumable(cfg, data, out: Path) -> None:
     except CheckpointError as exc:
         raise RecipeError(f"the recipe does not fit the run in {out}: {exc}. Resume without changing the "
                           "model options, or choose a new --out") from None
+    resume_position(cfg.plan(), ck.state["progress"])  # the cycle plan must still hold where the run stopped
 
 
 def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
