@@ -34,6 +34,7 @@ from .datasets import (  # noqa: F401 (the readers' public names, re-exported: t
     FASHION_MNIST_DIR,
     FASHION_MNIST_FILES,
     DatasetArrays,
+    dataset_key,
     get_dataset,
     load_fashion_mnist,
     read_idx,
@@ -263,7 +264,7 @@ def load_splits(
             reader's files are missing or unreadable.
         ValueError: ``val_size``, ``train_subset`` or ``test_subset`` out of range.
     """
-    name = name.lower().replace("-", "_")
+    name = dataset_key(name)
     arrays = get_dataset(name)(data_dir, img_size=img_size)
     info: Dict[str, object] = {"split_seed": split_seed, "source": arrays.source}
     classes = tuple(arrays.classes)

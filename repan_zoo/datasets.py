@@ -46,6 +46,7 @@ __all__ = [
     "DATASET_READERS",
     "register_dataset",
     "get_dataset",
+    "dataset_key",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_FILES",
     "FASHION_MNIST_CLASSES",
@@ -98,16 +99,22 @@ class DatasetArrays:
 DATASET_READERS: Dict[str, Callable[..., DatasetArrays]] = {}
 
 
+def dataset_key(name: str) -> str:
+    """The registry key of a dataset name: lower case, ``-`` as ``_`` (``Fashion-MNIST`` →
+    ``fashion_mnist``); every lookup and registration goes through it."""
+    return name.lower().replace("-", "_")
+
+
 def register_dataset(name: str) -> Callable[[Callable[..., DatasetArrays]], Callable[..., DatasetArrays]]:
     """Decorator: make ``read(data_dir, *, img_size) -> DatasetArrays`` the dataset ``name``
-    (``--dataset name``, ``load_splits(name, data_dir)``). ``data_dir`` is ``--data-dir`` (``None``
+    (``--dataset name``, ``load_splits(name, data_dir)``; matched by :func:`dataset_key`). ``data_dir`` is ``--data-dir`` (``None``
     when not given); ``img_size`` is ``--img-size`` (for readers that resize).
 
     Raises:
         ValueError: ``name`` is already registered.
     """
 
-    return lambda read: add(DATASET_READERS, name, read, what="dataset")
+    return lambda read: add(DATASET_READERS, dataset_key(name), read, what="dataset")
 
 
 def get_dataset(name: str) -> Callable[..., DatasetArrays]:
@@ -116,7 +123,7 @@ def get_dataset(name: str) -> Callable[..., DatasetArrays]:
     Raises:
         DatasetNotFoundError: no such dataset; the message names the registered ones.
     """
-    return lookup(DATASET_READERS, name, what="dataset", error=DatasetNotFoundError,
+    return lookup(DATASET_READERS, dataset_key(name), what="dataset", error=DatasetNotFoundError,
                   how="register new ones with repan_zoo.datasets.register_dataset")
 
 

@@ -89,6 +89,24 @@ def test_a_dataset_from_an_import_plugin_is_accepted_on_the_command_line(tmp_pat
     assert main(["--dataset", "toy_unknown", *common, "--out", str(tmp_path / "b")]) == 2  # named, one line
 
 
+def test_dataset_names_are_matched_the_same_way_everywhere():
+    """``--dataset Fashion-MNIST`` is fashion_mnist for the recipe check, the registry and the loader,
+    and a reader registered as ``Toy-Named`` is found as ``toy_named``."""
+    from repan_zoo.annealing.config import TrainConfig
+    from repan_zoo.cli.train import check_recipe
+    from repan_zoo.datasets import dataset_key, get_dataset
+
+    check_recipe(TrainConfig(dataset="Fashion-MNIST"))
+    assert get_dataset("fashion-mnist") is get_dataset("fashion_mnist")
+    register_dataset("Toy-Named")(read := lambda data_dir, *, img_size: None)
+    try:
+        assert dataset_key("Toy-Named") == "toy_named" in DATASETS and get_dataset("TOY_NAMED") is read
+        with pytest.raises(ValueError, match="already registered"):
+            register_dataset("toy-named")(read)
+    finally:
+        DATASET_READERS.pop("toy_named", None)
+
+
 def test_unknown_dataset_names_the_registered_ones():
     with pytest.raises(DatasetNotFoundError, match="fashion_mnist.*register_dataset"):
         load_splits("no_such_set")

@@ -95,9 +95,10 @@ def check_recipe(cfg) -> None:
         UnknownTagError: a pretrained tag the model does not have.
     """
     from ..data import DATASETS
+    from ..datasets import dataset_key
     from ..errors import RecipeError
 
-    if cfg.dataset not in DATASETS:  # checked here, after --import plugins may have registered more
+    if dataset_key(cfg.dataset) not in DATASETS:  # checked here, after --import plugins may have registered more
         raise RecipeError(f"--dataset {cfg.dataset!r}: registered datasets are {sorted(DATASETS)}; register another "
                           "with repan_zoo.datasets.register_dataset (e.g. in an --import plugin)")
 
