@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from .augment import AugmentPolicy, get_augment_policy, mix_seed
+from .errors import RecipeError
 from .datasets import (  # noqa: F401 (the readers' public names, re-exported: their home is repan_zoo.datasets)
     DATASET_READERS,
     FASHION_MNIST_CLASSES,
@@ -262,7 +263,7 @@ def load_splits(
     Raises:
         DatasetNotFoundError: unknown ``name`` (the message lists the registered ones), or the
             reader's files are missing or unreadable.
-        ValueError: ``val_size``, ``train_subset`` or ``test_subset`` out of range.
+        RecipeError: ``val_size``, ``train_subset`` or ``test_subset`` out of range (a ``ValueError``).
     """
     name = dataset_key(name)
     arrays = get_dataset(name)(data_dir, img_size=img_size)
@@ -281,17 +282,20 @@ def load_splits(
 
     n = len(full_train)
     if not 0 < val_size < n:
-        raise ValueError(f"val_size={val_size} must be between 1 and {n - 1} (the training set has {n} images)")
+        raise RecipeError(f"--val-size {val_size} must be between 1 and {n - 1}: the training set of {name} has "
+                          f"{n} images, and the validation split is carved from it")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_pos, train_pos = perm[:val_size], perm[val_size:]
     if train_subset is not None:
         if not 0 < train_subset <= len(train_pos):
-            raise ValueError(f"train_subset={train_subset} must be between 1 and {len(train_pos)}")
+            raise RecipeError(f"--train-subset {train_subset} must be between 1 and {len(train_pos)} (the training "
+                              f"images of {name} left after --val-size {val_size}), or none for all of them")
         train_pos = train_pos[:train_subset]
     test = full_test
     if test_subset is not None:
         if not 0 < test_subset <= len(full_test):
-            raise ValueError(f"test_subset={test_subset} must be between 1 and {len(full_test)}")
+            raise RecipeError(f"--test-subset {test_subset} must be between 1 and {len(full_test)} (the test set of "
+                              f"{name}), or none for all of it")
         test = full_test.subset(torch.arange(test_subset))
     return DataSplits(
         name=name,

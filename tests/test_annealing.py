@@ -125,6 +125,21 @@ def test_teacher_from_local_checkpoint(tmp_path):
         assert relative_error(src(x), teacher(x)) < 1e-6
     with pytest.raises(RecipeError, match="no weights"):
         build_teacher("tinyrep_test", num_classes=10, in_chans=1)
+    with pytest.raises(RecipeError, match="--teacher 'no_such_teacher' is not a timm model"):
+        build_teacher("no_such_teacher", num_classes=10, in_chans=1, checkpoint=str(path))
+
+
+def test_a_teacher_that_fails_for_another_reason_is_not_called_an_unknown_name(monkeypatch):
+    """Only timm's "Unknown model" becomes the unknown-name error; a failed download keeps its own."""
+    import timm
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("could not fetch the pretrained weights: network unreachable")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(RuntimeError, match="network unreachable") as info:
+        build_teacher("tinyrep_test", num_classes=10, in_chans=1, pretrained=True)
+    assert not isinstance(info.value, RecipeError)
 
 
 # ----------------------------------------------------------------------------- Algorithm 1

@@ -75,6 +75,12 @@ TRAIN_CASES = [
     ("init-checkpoint-missing", ["--init-checkpoint", "{tmp}/none.safetensors"], "--init-checkpoint"),
     ("teacher-checkpoint-missing", ["--method", "kd", "--teacher", "tinyrep_test", "--teacher-checkpoint",
                                     "{tmp}/none.safetensors"], "--teacher-checkpoint"),
+    ("teacher-without-weights", ["--method", "kd", "--teacher", "tinyrep_test"], "--teacher-checkpoint"),
+    ("repan-kd-teacher-without-weights", ["--method", "repan", "--cycles", "2", "--teacher", "tinyrep_test"],
+     "--teacher-pretrained"),
+    ("val-size-above-the-training-set", ["--train-subset", "none", "--val-size", "60000"], "--val-size"),
+    ("train-subset-above-the-split", ["--train-subset", "59999"], "--train-subset"),
+    ("test-subset-above-the-test-set", ["--test-subset", "10001"], "--test-subset"),
     ("import-missing-module", ["--import", "no_such_plugin_module"], "--import"),
     ("import-missing-file", ["--import", "{tmp}/none.py"], "--import"),
 ]

@@ -13,8 +13,15 @@ __all__ = ["build_model", "versions"]
 
 
 def build_model(name: str, *, num_classes: int, in_chans: int, model_kwargs: Optional[Dict[str, Any]] = None,
-                deploy: bool = False) -> nn.Module:
-    """``timm.create_model(name, num_classes=..., in_chans=..., **model_kwargs)`` (+ ``deploy=True``)."""
+                deploy: bool = False, pretrained: bool = False, option: str = "--model") -> nn.Module:
+    """``timm.create_model(name, pretrained=..., num_classes=..., in_chans=..., **model_kwargs)``
+    (+ ``deploy=True``).
+
+    Raises:
+        RecipeError: ``name`` is not a timm model (the message names ``option``, e.g. ``--teacher``,
+            and lists the zoo's models). Any other failure of timm (a download, a size mismatch)
+            propagates as it is.
+    """
     import timm
 
     from .. import models  # noqa: F401  (registers the zoo's repan_* models with timm)
@@ -23,11 +30,11 @@ def build_model(name: str, *, num_classes: int, in_chans: int, model_kwargs: Opt
     if deploy:
         kwargs["deploy"] = True
     try:
-        return timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise RecipeError(
-                f"--model {name!r} is not a timm model; the zoo's models: {timm.list_models('repan_*')}"
+                f"{option} {name!r} is not a timm model; the zoo's models: {timm.list_models('repan_*')}"
             ) from exc
         raise
 

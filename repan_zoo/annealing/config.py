@@ -150,6 +150,10 @@ class TrainConfig:
             bad("--first-cycle plain with --cycles 1 never anneals; use --cycles ≥ 2 or --method baseline")
         if self.method == "kd" and not self.teacher:
             bad("--method kd needs --teacher MODEL (and --teacher-checkpoint FILE)")
+        if self.uses_teacher() and not (self.teacher_checkpoint or self.teacher_pretrained):
+            bad(f"--teacher {self.teacher} has no weights and would teach noise: pass --teacher-checkpoint "
+                "FILE.safetensors (e.g. the deploy checkpoint of a baseline run on the same dataset) or "
+                "--teacher-pretrained")
         if self.method == "baseline" and self.teacher:
             bad("--method baseline trains without a teacher; use --method kd for distillation")
         if self.teacher and not (0.0 <= self.kd_alpha <= 1.0):

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import RecipeError
+from .build import build_model
 
 __all__ = ["KDLoss", "build_teacher"]
 
@@ -58,9 +59,12 @@ def build_teacher(
     (train or deploy form, or a plain state dict: :func:`repan_zoo.checkpoint.load_into`), or
     timm's own pretrained weights (``pretrained=True``). A teacher without weights would teach
     noise, so one of the two is required. Returned in eval mode with ``requires_grad=False`` everywhere; it never trains.
-    """
-    import timm
 
+    Raises:
+        RecipeError: no weights given, or ``name`` is not a timm model
+            (:func:`~repan_zoo.annealing.build.build_model`).
+        CheckpointError: the checkpoint does not fit the model.
+    """
     from ..checkpoint import load_into, read_checkpoint
 
     kwargs = dict(model_kwargs or {})
@@ -69,11 +73,8 @@ def build_teacher(
             f"teacher {name!r} has no weights: pass --teacher-checkpoint FILE.safetensors (e.g. the deploy "
             "checkpoint of a baseline run on the same dataset) or --teacher-pretrained"
         )
-    try:
-        teacher = timm.create_model(name, pretrained=pretrained and not checkpoint, num_classes=num_classes,
-                                    in_chans=in_chans, **kwargs)
-    except RuntimeError as exc:  # timm: "Unknown model"
-        raise RecipeError(f"teacher {name!r}: {exc}. Give a timm model name (timm.list_models())") from exc
+    teacher = build_model(name, num_classes=num_classes, in_chans=in_chans, model_kwargs=kwargs,
+                          pretrained=pretrained and not checkpoint, option="--teacher")
     if checkpoint:
         state, meta = read_checkpoint(checkpoint)
         load_into(teacher, state, meta, what=f"teacher checkpoint {checkpoint}")
