@@ -260,6 +260,19 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, splits, 
     assert not (tmp_path / "deploy.safetensors").exists()
 
 
+def test_a_loss_that_failed_on_another_process_is_not_quoted_as_this_one(tmp_path, splits, monkeypatch):
+    """Under DDP every process stops when any loss is non-finite; a process whose own loss was finite
+    says the loss failed on another process instead of quoting its finite value as the divergence."""
+    cfg = tiny_cfg(method="baseline", cycles=1, epochs=2)
+    trainer = RepAnTrainer(cfg, splits, out=tmp_path, plot=False)
+    monkeypatch.setattr(trainer.ctx, "any_true", lambda flag: True)  # another rank's loss is non-finite
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.run()
+    msg = str(info.value)
+    assert "non-finite on another process" in msg and "step " in msg, msg
+    assert not any(c.isdigit() for c in msg.split("the loss became ")[1].split(" at ")[0]), msg
+
+
 def test_run_checkpoints_are_atomic_pairs_and_pruned(tmp_path, splits):
     cfg = tiny_cfg(cycles=1, epochs=3)
     RepAnTrainer(cfg, splits, out=tmp_path, plot=False, keep_checkpoints=2).run()

@@ -299,7 +299,8 @@ class CycleRun(CycleTask):
                 else "No epoch had completed, so there is no checkpoint")
         lam = self.current_lambda()
         msg = (
-            f"training diverged: the loss became {exc.value} at {where} (lr {lr:.4g}"
+            f"training diverged: the loss became {'non-finite on another process' if exc.value is None else exc.value} "
+            f"at {where} (lr {lr:.4g}"
             + (f", λ {lam:.3g}" if lam is not None else "") + f", amp {'on' if self.amp else 'off'}). "
             f"The weights were not updated by this step. {kept}. Likely fixes: a lower --lr (now {self.peak_lr(cp.index):g})"
             + (", --amp off" if self.amp else "") + ", --clip-grad 5"

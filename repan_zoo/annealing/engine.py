@@ -20,10 +20,11 @@ __all__ = ["train_steps", "train_one_epoch", "classification_step", "classificat
 
 
 class NonFiniteLoss(Exception):
-    """Raised inside the loop when the loss is NaN/inf on any process (``step`` is 1-based)."""
+    """Raised inside the loop when the loss is NaN/inf on any process (``step`` is 1-based;
+    ``value`` is this process's loss, None when it was finite here and failed on another process)."""
 
-    def __init__(self, step: int, value: float):
-        super().__init__(f"non-finite loss {value} at step {step}")
+    def __init__(self, step: int, value: Optional[float]):
+        super().__init__(f"non-finite loss {'on another process' if value is None else value} at step {step}")
         self.step = step
         self.value = value
 
@@ -100,7 +101,7 @@ def train_steps(
         loss, figures = step_loss(batch)
         value = float(loss.detach())
         if ctx.any_true(not math.isfinite(value)):
-            raise NonFiniteLoss(step, value)
+            raise NonFiniteLoss(step, None if math.isfinite(value) else value)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
