@@ -38,8 +38,9 @@ def progress_state(epoch: int) -> dict:
 
 
 # -- point 3: faults handled and explained ---------------------------------------------------------
-def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, monkeypatch):
-    cp = Checkpointer(tmp_path / "run")
+@pytest.mark.parametrize("command", ["repan-train", "repan-detect"])
+def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, monkeypatch, command):
+    cp = Checkpointer(tmp_path / "run", resume_command=command)
     model = tiny()
     cp.save(model, progress_state(1), tag="ep0001", architecture="tinyrep_test")
 
@@ -51,7 +52,7 @@ def test_disk_full_while_checkpointing_names_the_last_good_checkpoint(tmp_path, 
     with pytest.raises(CheckpointError) as info:
         cp.save(model, progress_state(2), tag="ep0002", architecture="tinyrep_test")
     msg = str(info.value)
-    assert "ep0001" in msg and "--resume" in msg and "ep0002" in msg
+    assert "ep0001" in msg and f"`{command} --out {tmp_path / 'run'} --resume`" in msg and "ep0002" in msg
     assert cp.latest_dir().name == "ep0001" and not (cp.root / "ep0002").exists()
     assert not list(cp.root.rglob("*.tmp"))
 

@@ -109,7 +109,7 @@ class _Run(CycleRun):
         self.ctx = ctx
         self.out = Path(cfg.out)
         self.device = ctx.device
-        self.checkpointer = Checkpointer(self.out, keep=2)
+        self.checkpointer = Checkpointer(self.out, keep=2, resume_command="repan-detect")
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.lam_schedule = LambdaSchedule(cfg.lam_schedule, cfg.lam_start, cfg.lam_end, cfg.lam_warmup, per_iter=True)
         self.sync_bn = cfg.sync_bn and ctx.distributed

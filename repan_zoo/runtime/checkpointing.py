@@ -58,11 +58,13 @@ class RunCheckpoint:
 
 
 class Checkpointer:
-    """Writes and finds the per-epoch checkpoints of one run directory."""
+    """Writes and finds the per-epoch checkpoints of one run directory. ``resume_command`` is the
+    console command that continues such a run (named in the errors: ``repan-train``, ``repan-detect``)."""
 
-    def __init__(self, out: Path, keep: int = 2):
+    def __init__(self, out: Path, keep: int = 2, resume_command: str = "repan-train"):
         self.root = Path(out) / "checkpoints"
         self.keep = max(1, int(keep))
+        self.resume_command = resume_command
 
     @property
     def pointer(self) -> Path:
@@ -137,7 +139,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"writing the checkpoint {folder} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
                 f"{good}. Free disk space (or fix the I/O problem), then continue with "
-                f"`repan-train --out {self.root.parent} --resume`"
+                f"`{self.resume_command} --out {self.root.parent} --resume`"
             ) from exc
         self._prune(keep_tag=tag)
         return folder
