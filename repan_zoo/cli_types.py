@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Union
@@ -73,9 +74,26 @@ def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_op
     """An argparse ``type=`` that parses ``kind`` (int or float) and refuses NaN, ±inf and values
     outside ``[lo, hi]`` (``lo_open`` / ``hi_open``: the bound itself is excluded) with a message
     that states the allowed range. ``none=True`` also accepts none/all/'' (→ ``None``: no limit);
-    each of ``words`` (e.g. ``"auto"``) is accepted in any case and returned as written in ``words``."""
+    each of ``words`` (e.g. ``"auto"``) is accepted in any case and returned as written in ``words``.
+    The returned function has ``.check(value)``: the same rule for a value already parsed (the
+    Python API, a saved recipe), raising ``argparse.ArgumentTypeError`` and returning the value
+    (:func:`check_fields` applies it to every option field of a config)."""
     rule = _bound_text(lo, hi, lo_open, hi_open)
     alternatives = "".join(f" or {w!r}" for w in words)
+    expected = f"expected {'an integer' if kind is int else 'a number'}{' ' + rule if rule else ''}{alternatives}"
+
+    def check(value, shown=None):
+        shown = repr(value) if shown is None else shown
+        if (value is None and none) or (isinstance(value, str) and value in words):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+            raise argparse.ArgumentTypeError(f"{expected}, got {shown}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + rule if rule else ''}, got {shown}")
+        if ((lo is not None and (value < lo or (lo_open and value == lo)))
+                or (hi is not None and (value > hi or (hi_open and value == hi)))):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {shown}")
+        return value
 
     def parse(text: str):
         if none and text.strip().lower() in ("", "none", "all"):
@@ -86,18 +104,11 @@ def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_op
         try:
             value = kind(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}{' ' + rule if rule else ''}{alternatives}, "
-                f"got {text!r}"
-            ) from None
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number{' ' + rule if rule else ''}, got {text!r}")
-        if ((lo is not None and (value < lo or (lo_open and value == lo)))
-                or (hi is not None and (value > hi or (hi_open and value == hi)))):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
-        return value
+            raise argparse.ArgumentTypeError(f"{expected}, got {text!r}") from None
+        return check(value, repr(text))
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    parse.check = check
     return parse
 
 
@@ -256,6 +267,23 @@ def option(help: Optional[str] = None, **kwargs: Any) -> Dict[str, Option]:
         ``{CLI_KEY: Option(...)}``, to pass as ``dataclasses.field(metadata=...)``.
     """
     return {CLI_KEY: Option(help, **kwargs)}
+
+
+def check_fields(config: Any, error: Callable[[str], Exception]) -> None:
+    """Check every field of the dataclass ``config`` whose :class:`Option` type has a ``check``
+    (:func:`number`) against that rule, so that a config built in Python or read from a saved
+    recipe holds what the command line enforces (``None`` passes where it is the field's default).
+    Raises ``error("--flag must be …, got …")``."""
+    for f in dataclasses.fields(config):
+        spec = f.metadata.get(CLI_KEY)
+        check = getattr(getattr(spec, "type", None), "check", None)
+        value = getattr(config, f.name)
+        if check is None or (value is None and f.default is None):  # None as the default: "not given"
+            continue
+        try:
+            check(value)
+        except argparse.ArgumentTypeError as exc:
+            raise error(f"{spec.flag or '--' + f.name.replace('_', '-')} {exc}") from None
 
 
 def no_option() -> Dict[str, None]:

@@ -318,6 +318,20 @@ def test_bad_recipes_are_typed_errors():
         RepAnTrainer(tiny_cfg(batch_size=33), synthetic_splits(), ctx=DistContext(world_size=2))
 
 
+@pytest.mark.parametrize("field,value,flag", [
+    ("wd", -1e-4, "--wd"), ("label_smoothing", 1.0, "--label-smoothing"), ("calib_batch_size", 1, "--calib-batch-size"),
+    ("eval_batch_size", 0, "--eval-batch-size"), ("seed", -1, "--seed"), ("warmup_epochs", float("nan"), "--warmup-epochs"),
+    ("min_lr", -0.1, "--min-lr"), ("clip_grad", 0.0, "--clip-grad"), ("later_lr", 0.0, "--later-lr"),
+    ("train_subset", 1, "--train-subset"), ("cycles", 2.5, "--cycles"), ("momentum", 1.0, "--momentum"),
+])
+def test_the_python_api_and_a_saved_recipe_check_each_option_like_the_command_line(field, value, flag):
+    """Every range an option's command-line type enforces holds for TrainConfig too (the Python API,
+    and ``recipe.json`` on --resume): a RecipeError naming the option and its range."""
+    with pytest.raises(RecipeError, match=f"^{flag} "):
+        tiny_cfg(**{field: value})
+    tiny_cfg(train_subset=None, later_lr=None, clip_grad=None, seed=2 ** 32, label_smoothing=0.1)  # still accepted
+
+
 def test_lambda_per_iteration_inside_the_epoch(monkeypatch, splits):
     events, spies, _ = _spy(monkeypatch)
     trainer = RepAnTrainer(tiny_cfg(cycles=1, epochs=2, lam_per_iter=True, lam_warmup=0.5, max_steps_per_epoch=2), splits)

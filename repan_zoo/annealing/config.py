@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..cli_types import SEED_MAX, json_dict, number, option
+from ..cli_types import SEED_MAX, check_fields, json_dict, number, option
 from ..errors import RecipeError
 from ..expansion import Expansion, ExpansionError, flat_fields
 from .task import CyclePlan
@@ -144,8 +144,6 @@ class TrainConfig:
             bad(f"--method {self.method!r}: choose one of {METHODS}")
         if self.first_cycle not in FIRST_CYCLE_MODES:
             bad(f"--first-cycle {self.first_cycle!r}: choose one of {FIRST_CYCLE_MODES}")
-        if self.cycles < 1 or self.epochs < 1:
-            bad(f"--cycles {self.cycles} / --epochs {self.epochs}: both must be ≥ 1")
         if self.method == "repan" and self.first_cycle == "plain" and self.cycles < 2:
             bad("--first-cycle plain with --cycles 1 never anneals; use --cycles ≥ 2 or --method baseline")
         if self.method == "kd" and not self.teacher:
@@ -156,22 +154,15 @@ class TrainConfig:
                 "--teacher-pretrained")
         if self.method == "baseline" and self.teacher:
             bad("--method baseline trains without a teacher; use --method kd for distillation")
-        if self.teacher and not (0.0 <= self.kd_alpha <= 1.0):
-            bad(f"--kd-alpha {self.kd_alpha} must be in [0, 1]")
-        if self.kd_T <= 0:
-            bad(f"--kd-T {self.kd_T} must be > 0")
         if self.precise_bn < 0:
             bad("--precise-bn must be ≥ 0 (batches; 0 = off, the paper)")
         if self.calib_batches < 0:
             bad("--calib-batches must be ≥ 0 (0 = inherit the restored BN statistics, no calibration)")
         if self.batch_size < 2:
             bad("--batch-size must be ≥ 2 (BatchNorm needs more than one image)")
-        if self.lr <= 0 or (self.later_lr is not None and self.later_lr <= 0):
-            bad("--lr must be > 0")
         if self.momentum < 0 or (self.nesterov and self.momentum == 0):
             bad("--momentum must be ≥ 0, and > 0 with Nesterov (use --no-nesterov)")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            bad("--max-steps-per-epoch must be ≥ 1")
+        check_fields(self, RecipeError)  # every option's range, as on the command line (cli_types.number)
         self.lambda_schedule()  # validates name and values
         policy = self.augment_policy()
         if self.augment is not None and policy.flip and not self.flip:
