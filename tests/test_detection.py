@@ -388,3 +388,16 @@ def test_finetune_script_end_to_end_and_resume(tmp_path, tiny_set):
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert _finetune(tiny_set, out, *args, "--resume", "--fpn-channels", "24") == 2
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+@pytest.mark.parametrize("field,value,flag", [("lr", 0.0, "--lr"), ("cycles", 0, "--cycles"), ("min_lr", -1.0, "--min-lr"),
+                                              ("score_thresh", 2.0, "--score-thresh"), ("eval_every", 0, "--eval-every")])
+def test_a_finetune_config_built_in_python_checks_each_option_like_the_command_line(tmp_path, field, value, flag):
+    from repan_zoo.detection.config import FinetuneConfig
+    from repan_zoo.errors import RecipeError
+
+    paths = dict(out=str(tmp_path), train_images="a", train_annotations="a.json", val_images="b",
+                 val_annotations="b.json")
+    FinetuneConfig(**paths).check()
+    with pytest.raises(RecipeError, match=f"^{flag} "):
+        FinetuneConfig(**paths, **{field: value}).check()

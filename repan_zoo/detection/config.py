@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..cli_types import SEED_MAX, csv_list, int_list, json_dict, no_option, number, option
+from ..cli_types import SEED_MAX, check_fields, csv_list, int_list, json_dict, no_option, number, option
 from ..errors import RecipeError
 from ..expansion import Expansion, flat_fields
 
@@ -93,10 +93,10 @@ class FinetuneConfig:
             self.expansion = Expansion.of(self.expansion)
 
     def check(self) -> None:
-        if self.cycles < 1 or self.epochs < 1:
-            raise RecipeError(f"cycles={self.cycles}, epochs={self.epochs}: both must be ≥ 1")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise RecipeError(f"batch_size={self.batch_size}, lr={self.lr}: need batch_size ≥ 1 and lr > 0")
+        """Raises :class:`RecipeError`: an option outside its range (as on the command line:
+        :func:`~repan_zoo.cli_types.check_fields`), an unknown optimizer or export format, or both
+        --backbone-checkpoint and --pretrained."""
+        check_fields(self, RecipeError)
         if self.optimizer not in ("adamw", "sgd"):
             raise RecipeError(f"optimizer={self.optimizer!r}: choose adamw or sgd")
         bad = [f for f in self.export if f not in ("torchscript", "onnx")]
