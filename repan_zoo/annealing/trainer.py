@@ -39,6 +39,10 @@ from .kd import KDLoss, build_teacher
 
 __all__ = ["RepAnTrainer", "TrainResult", "build_model"]
 
+#: training batches that estimate a freshly initialised network's BN statistics before its first
+#: Rep (Alg. 1 line 2) when ``--calib-batches`` is 0 (otherwise that many)
+INITIAL_BN_BATCHES = 5
+
 
 @dataclass
 class TrainResult:
@@ -198,16 +202,23 @@ class RepAnTrainer(CycleRun):
         layer (repan_repvgg_a1_w025 on Fashion-MNIST: loss 3e8 at the first step, NaN with AMP).
         With the data's statistics the fused network is the one that trains.
         """
-        self._update_bn(self.cfg.calib_batches or 5, cycle=0, step="initial_bn_statistics", log_cycle=0)
+        self._update_bn(self.cfg.calib_batches or INITIAL_BN_BATCHES, cycle=0, step="initial_bn_statistics",
+                        log_cycle=0)
+
+    def _calibration_inputs(self, n: int, cycle: int) -> List[torch.Tensor]:
+        """``n`` training batches of ``--calib-batch-size`` (default ``--batch-size``) images, drawn
+        for ``cycle`` without augmentation (:func:`calibration_batches`), normalised, on the device."""
+        cfg = self.cfg
+        batches = calibration_batches(self.data.train, n, cfg.calib_batch_size or cfg.batch_size, seed=cfg.seed,
+                                      cycle=cycle)
+        return [self.normalize(b.to(self.device)) for b in batches]
 
     def _update_bn(self, n: int, *, cycle: int, step: str, log_cycle: int) -> None:
         from torch.optim.swa_utils import update_bn
 
-        cfg = self.cfg
-        batches = calibration_batches(self.data.train, n, cfg.calib_batch_size or cfg.batch_size, seed=cfg.seed,
-                                      cycle=cycle)
-        update_bn([self.normalize(b.to(self.device)) for b in batches], self.model)
-        self.cycle_log.append({"cycle": log_cycle, "step": step, "images": sum(len(b) for b in batches)})
+        inputs = self._calibration_inputs(n, cycle)
+        update_bn(inputs, self.model)
+        self.cycle_log.append({"cycle": log_cycle, "step": step, "images": sum(len(b) for b in inputs)})
 
     def place(self) -> None:
         """``model`` on the run's device and in its memory format (Rep and Expand create new
@@ -229,22 +240,18 @@ class RepAnTrainer(CycleRun):
         recipe's expansion (``("arch",)``: each its own kinds, resolved by :func:`repan_zoo.unfold`),
         the others — and every block when no kinds are named — are restored only."""
         cfg = self.cfg
-        exp = cfg.expansion
-        restore_only = exp.replace(branches=(), k=0, residual=False)
+        restore_only = cfg.expansion.replace(branches=(), k=0, residual=False)
+        chosen = cfg.expansion if cfg.expansion.branches else restore_only
         if not cfg.expand_blocks:
-            return [(exp if exp.branches else restore_only, None)]
+            return [(chosen, None)]
         pattern = re.compile(cfg.expand_blocks)
-        return [(exp if exp.branches else restore_only, lambda n, _b: bool(pattern.search(n))),
-                (restore_only, lambda n, _b: not pattern.search(n))]
+        return [(chosen, lambda n, _b: bool(pattern.search(n))), (restore_only, lambda n, _b: not pattern.search(n))]
 
     def calibration(self, cycle: int) -> Tuple[nn.Module, List[torch.Tensor]]:
         """Line 6: ``calib_batches`` training batches (0: keep the restored statistics)."""
-        cfg = self.cfg
-        if cfg.calib_batches <= 0:
+        if self.cfg.calib_batches <= 0:
             return self.model, []
-        batches = calibration_batches(self.data.train, cfg.calib_batches, cfg.calib_batch_size or cfg.batch_size,
-                                      seed=cfg.seed, cycle=cycle)
-        return self.model, [self.normalize(b.to(self.device)) for b in batches]
+        return self.model, self._calibration_inputs(self.cfg.calib_batches, cycle)
 
     def prepare(self) -> None:
         """The KD teacher (after line 1 or a resume)."""
