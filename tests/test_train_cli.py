@@ -207,6 +207,16 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert diff <= 1e-5, diff
 
 
+def test_train_leaves_the_process_torch_settings_as_it_found_them(tmp_path, monkeypatch):
+    """--threads and --deterministic are set for the run only (an in-process caller keeps its own)."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    threads = torch.get_num_threads()
+    assert main(["--method", "baseline", "--cycles", "1", "--epochs", "1", "--max-steps-per-epoch", "1",
+                 "--deterministic", "--out", str(tmp_path), *SMALL, "--threads", str(threads + 1)]) == 0
+    assert torch.backends.cudnn.benchmark and torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_divergence_exit_code_and_message(tmp_path, capsys):
     rc = main(["--method", "baseline", "--cycles", "1", "--epochs", "3", "--max-steps-per-epoch", "2",
                "--model-kwargs", '{"nan_after": 3}', "--out", str(tmp_path), *SMALL])

@@ -212,6 +212,7 @@ def train(args: argparse.Namespace):
 
     threads_before = torch.get_num_threads()
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    benchmark_before = torch.backends.cudnn.benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.deterministic:
@@ -259,8 +260,6 @@ def train(args: argparse.Namespace):
                 f"writing the run's files failed ({exc}); every completed epoch in {out / 'checkpoints'} is intact. "
                 f"Fix the cause (disk space, permissions), then continue with `repan-train --out {out} --resume`"
             ) from exc
-        if ctx.is_main:
-            write_json(out / "recipe.json", cfg.as_dict())
         return result
     finally:
         lock.release(discard_dir=not started)
@@ -268,6 +267,7 @@ def train(args: argparse.Namespace):
         torch.set_num_threads(threads_before)
         if args.deterministic:
             torch.use_deterministic_algorithms(deterministic_before)
+            torch.backends.cudnn.benchmark = benchmark_before
 
 
 def run(args: argparse.Namespace) -> int:
