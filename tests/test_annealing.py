@@ -370,3 +370,15 @@ def test_new_network_gets_data_bn_statistics_before_line2_and_precise_bn(splits)
         steps = [r["step"] for r in trainer.cycle_log]
         assert steps.count("precise_bn") == (1 if n else 0) and steps[-1] == "rep"
     assert not torch.allclose(fused[0], fused[2]), "precise BN re-estimates the statistics Rep fuses"
+
+
+@pytest.mark.parametrize("name", ["checkpointing", "distributed", "report"])
+def test_moved_run_modules_still_import_with_a_deprecation_warning(name):
+    import importlib
+    import sys
+
+    sys.modules.pop(f"repan_zoo.annealing.{name}", None)
+    with pytest.warns(DeprecationWarning, match=f"repan_zoo.runtime.{name}"):
+        old = importlib.import_module(f"repan_zoo.annealing.{name}")
+    new = importlib.import_module(f"repan_zoo.runtime.{name}")
+    assert old.__all__ == new.__all__ and all(getattr(old, n) is getattr(new, n) for n in new.__all__)

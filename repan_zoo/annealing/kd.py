@@ -8,7 +8,6 @@ without KD (Table 4, row 2).
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, Optional
 
 import torch
@@ -78,7 +77,6 @@ def build_teacher(
     if checkpoint:
         state, meta = read_checkpoint(checkpoint)
         load_into(teacher, state, meta, what=f"teacher checkpoint {checkpoint}")
-        teacher.repan_teacher_source = {"model": name, "checkpoint": str(checkpoint), "kwargs": json.dumps(kwargs)}
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
