@@ -124,11 +124,10 @@ class ImageSet(Dataset):
     def flip_mask(self) -> torch.Tensor:
         return self.draws()["flip"] if self.flip else torch.zeros(len(self), dtype=torch.bool)
 
-    def subset(self, positions: torch.Tensor, *, flip: Optional[bool] = None,
-               augment: Union[None, str, AugmentPolicy] = None) -> "ImageSet":
+    def subset(self, positions: torch.Tensor, *, augment: Union[None, str, AugmentPolicy] = None) -> "ImageSet":
         """The images at ``positions`` of this set (a view sharing the storage), with this set's
-        augmentation unless ``augment`` (or ``flip=False``: none) is given."""
-        policy = augment if augment is not None else ("none" if flip is False else self.augment)
+        augmentation unless ``augment`` is given (``"none"``: the images as they are)."""
+        policy = augment if augment is not None else self.augment
         return ImageSet(self.labels, self.images, fetch=self.fetch, indices=self.indices[positions],
                         augment=policy, seed=self.seed)
 
@@ -300,7 +299,7 @@ def load_splits(
     return DataSplits(
         name=name,
         train=full_train.subset(train_pos),
-        val=full_train.subset(val_pos, flip=False),
+        val=full_train.subset(val_pos, augment="none"),
         test=test,
         num_classes=int(max(int(train_labels.max()), int(test_labels.max())) + 1) if not classes else len(classes),
         in_chans=int(input_size[0]),
@@ -351,14 +350,14 @@ def eval_loader(
 
 
 def calibration_batches(dataset: ImageSet, num_batches: int, batch_size: int, *, seed: int, cycle: int) -> List[torch.Tensor]:
-    """``num_batches`` batches of training images (uint8, no flip) for BN calibration
+    """``num_batches`` batches of training images (uint8, no augmentation) for BN calibration
     (Algorithm 1, line 6), drawn without replacement from a permutation seeded by
     ``(seed, cycle)``: the same on every process."""
     if num_batches <= 0:
         return []
     gen = torch.Generator().manual_seed(mix_seed(seed, cycle, 0xCA1B))
     perm = torch.randperm(len(dataset), generator=gen)
-    plain = dataset.subset(torch.arange(len(dataset)), flip=False)
+    plain = dataset.subset(torch.arange(len(dataset)), augment="none")
     out = []
     for b in range(num_batches):
         pos = perm[b * batch_size:(b + 1) * batch_size]

@@ -1,6 +1,7 @@
 """Run infrastructure shared by every training task (classification and detection alike):
 the process group (:mod:`.distributed`), per-epoch checkpoints that a killed run resumes from
-(:mod:`.checkpointing`) and run reports (:mod:`.report`). Nothing here knows a task."""
+(:mod:`.checkpointing`), run reports (:mod:`.report`: JSON files, metrics tables, learning
+curves) and the typed ``final.json`` of a classification run (:mod:`.summary`)."""
 from .checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
 from .distributed import DistContext, convert_sync_bn, init_distributed, unwrap, wrap_ddp
 from .report import plot_learning_curve, write_json, write_metrics
