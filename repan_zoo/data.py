@@ -131,14 +131,21 @@ class ImageSet(Dataset):
         return ImageSet(self.labels, self.images, fetch=self.fetch, indices=self.indices[positions],
                         augment=policy, seed=self.seed)
 
-    def to(self, device: Union[str, torch.device]) -> "ImageSet":
+    def to(self, device: Union[str, torch.device], moved: Optional[Dict[int, torch.Tensor]] = None) -> "ImageSet":
         """Move in-memory images, labels and the epoch's augmentation draws to ``device`` (a GPU:
         batches are then gathered and augmented there, with no per-batch host work). Sets built
-        on a ``fetch`` function stay where they are."""
+        on a ``fetch`` function stay where they are. ``moved`` (tensor id → its copy) lets sets
+        that share their images (the subsets of one set) share the copy too
+        (:meth:`DataSplits.to`)."""
         if self.images is not None:
-            self.images = self.images.to(device)
-            self.labels = self.labels.to(device)
-            self.indices = self.indices.to(device)
+            memo = {} if moved is None else moved
+
+            def move(t: torch.Tensor) -> torch.Tensor:
+                if id(t) not in memo:
+                    memo[id(t)] = t.to(device)
+                return memo[id(t)]
+
+            self.images, self.labels, self.indices = move(self.images), move(self.labels), move(self.indices)
             self._draws = None
         return self
 
@@ -199,6 +206,14 @@ class DataSplits:
     std: Tuple[float, ...]
     classes: Tuple[str, ...] = ()
     info: Dict[str, object] = field(default_factory=dict)
+
+    def to(self, device: Union[str, torch.device]) -> "DataSplits":
+        """Move the three sets to ``device`` (:meth:`ImageSet.to`), each shared tensor once: train
+        and val are subsets of one training set and keep sharing its images there."""
+        moved: Dict[int, torch.Tensor] = {}
+        for split in (self.train, self.val, self.test):
+            split.to(device, moved)
+        return self
 
     def normalizer(self, memory_format: torch.memory_format = torch.contiguous_format) -> Normalize:
         return Normalize(self.mean, self.std, memory_format)

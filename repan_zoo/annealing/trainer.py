@@ -118,8 +118,7 @@ class RepAnTrainer(CycleRun):
         self._probe: Optional[torch.Tensor] = None
         self._t0 = time.time()
         if self.device.type == "cuda" and workers == 0:  # the dataset on the GPU: batches gathered and augmented there
-            for split in (data.train, data.val, data.test):
-                split.to(self.device)
+            data.to(self.device)
         pin = self.device.type == "cuda" and data.train.device.type == "cpu"
         self._pin = pin
         self.val_loader = eval_loader(data.val, cfg.eval_batch_size, rank=self.ctx.rank,
