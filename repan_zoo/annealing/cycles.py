@@ -259,12 +259,7 @@ class CycleRun(CycleTask):
             def lr_at(step: int, done_before=done_before) -> float:
                 return cosine_lr(done_before + step - 1, total, peak, warmup=warmup, floor=self.min_lr)
 
-            lam_at: Optional[Callable[[int], float]] = None
-            if cp.expand:  # line 8, before the epoch trains (per iteration: the first step's value)
-                first = (1, spe) if self.lam_schedule.per_iter else (None, None)
-                self.set_lambda(self.lam_schedule.value(cp.index, epoch, cp.epochs, *first))
-                if self.lam_schedule.per_iter:
-                    lam_at = functools.partial(self.lam_schedule.value, cp.index, epoch, cp.epochs, steps_per_epoch=spe)
+            lam_at = self.epoch_lambda(cp, epoch, spe)
             self.train_mode(net)
             try:
                 steps, sums = train_steps(  # line 9
@@ -280,6 +275,18 @@ class CycleRun(CycleTask):
             self.history.append(row)
             self.save(self.checkpoint_state(cp, ci, epoch, global_epoch, optimizer, scaler), tag=f"ep{global_epoch:04d}")
             self.after_epoch_saved()
+
+    def epoch_lambda(self, cp: CyclePlan, epoch: int, spe: int) -> Optional[Callable[[int], float]]:
+        """Line 8 for an epoch of an expanded cycle: set λ = Θ(r, e) before the epoch trains (per
+        iteration: the first step's value) and return λ per step (``None``: λ stays for the epoch,
+        and in a cycle without Expand it is not touched)."""
+        if not cp.expand:
+            return None
+        schedule = self.lam_schedule
+        self.set_lambda(schedule.value(cp.index, epoch, cp.epochs, 1, spe))  # step ignored unless per_iter
+        if not schedule.per_iter:
+            return None
+        return functools.partial(schedule.value, cp.index, epoch, cp.epochs, steps_per_epoch=spe)
 
     def load_optimizer(self, optimizer, scaler, state: Dict[str, Any]) -> None:
         from ..errors import CheckpointError
