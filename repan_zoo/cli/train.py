@@ -29,13 +29,14 @@ uninterrupted run would give).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from ..cli_types import given_options, number
 from .options import add_config_options, add_run_options, check_files_exist, check_min_lr, check_model_names
@@ -186,6 +187,28 @@ def _record_overrides(out: Path, overrides: Dict[str, Any]) -> None:
     write_json(out / "resume.json", history + [{"overrides": overrides}])
 
 
+@contextlib.contextmanager
+def _torch_settings(threads: Optional[int], deterministic: bool):
+    """The process-wide torch settings of a run (``--threads``, ``--deterministic``), restored on
+    exit: an in-process caller keeps its own."""
+    import torch
+
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        if deterministic:
+            torch.use_deterministic_algorithms(before[1])
+            torch.backends.cudnn.benchmark = before[2]
+
+
 def train(args: argparse.Namespace):
     """Train as the parsed options say.
 
@@ -199,8 +222,6 @@ def train(args: argparse.Namespace):
         RepanError: typed subclasses (recipe, data, checkpoint, divergence …), before anything is
             written where the options themselves are at fault.
     """
-    import torch
-
     _import_plugins(args.imports)
     from ..annealing.config import TrainConfig
     from ..runtime.distributed import init_distributed
@@ -210,64 +231,52 @@ def train(args: argparse.Namespace):
     from ..data import load_splits
     from ..runlock import RunLock
 
-    threads_before = torch.get_num_threads()
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    benchmark_before = torch.backends.cudnn.benchmark
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    ctx = init_distributed(args.device)
-    lock = RunLock(args.out, command="repan-train")
-    started = False
-    try:
-        def log(msg: str) -> None:
-            if ctx.is_main:
-                print(msg, flush=True)
-
-        out = Path(args.out)
-        if ctx.is_main:
-            lock.acquire()  # one writer per run directory (the other ranks write nothing)
-        recipe = _resolve_recipe(args, out, log)
-        cfg = TrainConfig.from_dict(recipe)
-        check_recipe(cfg)
-        data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset,
-                           test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed,
-                           augment=cfg.augment_policy(),
-                           img_size=cfg.img_size)
-        if args.resume:
-            _check_resumable(cfg, data, out)
-        started = True
-        if ctx.is_main:
-            if args.resume:
-                remove_stale_temps(out)  # left by a killed write; this process is the only writer
-            if getattr(args, "recipe_overrides", None):
-                _record_overrides(out, args.recipe_overrides)
-            write_json(out / "recipe.json", cfg.as_dict())
-        progress = args.progress if args.progress is not None else sys.stderr.isatty()
-        log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
-            f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")
-        trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
-                               keep_checkpoints=args.keep_checkpoints, plot=args.plot)
+    with _torch_settings(args.threads, args.deterministic):
+        ctx = init_distributed(args.device)
+        lock = RunLock(args.out, command="repan-train")
+        started = False
         try:
-            result = trainer.run(resume=args.resume)
-        except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file
-            from ..errors import CheckpointError
+            def log(msg: str) -> None:
+                if ctx.is_main:
+                    print(msg, flush=True)
 
-            raise CheckpointError(
-                f"writing the run's files failed ({exc}); every completed epoch in {out / 'checkpoints'} is intact. "
-                f"Fix the cause (disk space, permissions), then continue with `repan-train --out {out} --resume`"
-            ) from exc
-        return result
-    finally:
-        lock.release(discard_dir=not started)
-        ctx.close()
-        torch.set_num_threads(threads_before)
-        if args.deterministic:
-            torch.use_deterministic_algorithms(deterministic_before)
-            torch.backends.cudnn.benchmark = benchmark_before
+            out = Path(args.out)
+            if ctx.is_main:
+                lock.acquire()  # one writer per run directory (the other ranks write nothing)
+            recipe = _resolve_recipe(args, out, log)
+            cfg = TrainConfig.from_dict(recipe)
+            check_recipe(cfg)
+            data = load_splits(cfg.dataset, cfg.data_dir, val_size=cfg.val_size, train_subset=cfg.train_subset,
+                               test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed,
+                               augment=cfg.augment_policy(),
+                               img_size=cfg.img_size)
+            if args.resume:
+                _check_resumable(cfg, data, out)
+            started = True
+            if ctx.is_main:
+                if args.resume:
+                    remove_stale_temps(out)  # left by a killed write; this process is the only writer
+                if getattr(args, "recipe_overrides", None):
+                    _record_overrides(out, args.recipe_overrides)
+                write_json(out / "recipe.json", cfg.as_dict())
+            progress = args.progress if args.progress is not None else sys.stderr.isatty()
+            log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
+                f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")
+            trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
+                                   keep_checkpoints=args.keep_checkpoints, plot=args.plot)
+            try:
+                result = trainer.run(resume=args.resume)
+            except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file
+                from ..errors import CheckpointError
+
+                raise CheckpointError(
+                    f"writing the run's files failed ({exc}); every completed epoch in {out / 'checkpoints'} is intact. "
+                    f"Fix the cause (disk space, permissions), then continue with `repan-train --out {out} --resume`"
+                ) from exc
+            return result
+        finally:
+            lock.release(discard_dir=not started)
+            ctx.close()
 
 
 def run(args: argparse.Namespace) -> int:
