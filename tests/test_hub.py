@@ -376,3 +376,28 @@ def test_no_torch_load_without_weights_only():
                 if is_torch_load and id(node) not in safe_calls:
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == [], f"torch.load without weights_only=True: {offenders}"
+
+
+@pytest.mark.parametrize("ours,theirs", [("repan_repvgg_a0", "repvgg_a0"), ("repan_resnet18_dbb", "resnet18")])
+def test_a_model_without_zoo_weights_names_timms_imagenet_weights_and_that_route_works(hub, ours, theirs):
+    """A ``repan_*`` model with a timm twin and no manifest weights: the error names the call that
+    loads timm's own weights (converted by timm_compat.checkpoint_filter), and that call works,
+    here against the loopback Hub holding a timm-format state dict under timm's repo id."""
+    from safetensors.torch import save
+    from timm.models import get_pretrained_cfg
+
+    from helpers import randomize_bn
+
+    hub_id = get_pretrained_cfg(theirs).hf_hub_id
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model(ours, pretrained=True)
+    call = f"timm.create_model('{ours}', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id='{hub_id}'))"
+    assert call in str(info.value), str(info.value)
+    src = randomize_bn(timm.create_model(theirs), torch.Generator().manual_seed(3)).eval()
+    hub.create(hub_id)
+    hub.commit(hub_id, {FILE: save({k: v.contiguous() for k, v in src.state_dict().items()})})
+    model = eval(call, {"timm": timm}).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert rel_err(src(x), model(x)) <= 1e-5
+    assert model.repan_weights["hf_hub_id"] == hub_id

@@ -193,10 +193,28 @@ def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = N
             model=model, available=[e.tag for e in manifest.entries_for(model)],
         )
     related = _related(model)
+    twin = _timm_twin_weights(model)
     raise WeightsNotFoundError(
         f"{model} has no pretrained weights in the weights manifest ({where}). "
         + (f"Variants of it have: {', '.join(f'{e.model}.{_describe(e)}' for e in related)}; e.g. "
-           f"timm.create_model('{related[0].model}.{related[0].tag}', pretrained=True). Or use " if related else "Use ")
+           f"timm.create_model('{related[0].model}.{related[0].tag}', pretrained=True). " if related else "")
+        + (f"timm's own ImageNet weights of {twin[0]} load into it, converted to its form "
+           f"(repan_zoo.models.timm_compat): timm.create_model('{model}', pretrained=True, "
+           f"pretrained_cfg_overlay=dict(hf_hub_id='{twin[1]}')). " if twin else "")
+        + ("Or use " if related or twin else "Use ")
         + "pretrained=False, load a checkpoint with repan_zoo.checkpoint, or publish weights with `repan-publish`",
         model=model,
     )
+
+
+def _timm_twin_weights(model: str) -> Optional[Tuple[str, str]]:
+    """``(timm model, its default weights' hf_hub_id)`` for a ``repan_*`` architecture that has a
+    timm twin (:class:`repan_zoo.models.families.ModelDef`) with weights on the Hub; else None."""
+    from timm.models import get_pretrained_cfg
+
+    from ..models.families import MODELS
+
+    mdef = MODELS.get(model)
+    twin = mdef.timm_twin if mdef is not None else None
+    cfg = get_pretrained_cfg(twin) if twin else None
+    return (twin, cfg.hf_hub_id) if cfg is not None and cfg.hf_hub_id else None

@@ -26,7 +26,7 @@ maps 28→14→14→7→4→2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from .config import BranchRule, NetCfg, StageCfg
 
@@ -40,11 +40,14 @@ ACB_BRANCHES = ("conv_kx1", "conv_1xk")
 @dataclass(frozen=True)
 class ModelDef:
     """A registered architecture: its network and which default config it gets
-    (``small``: Fashion-MNIST 1×28×28 / 10 classes; else ImageNet 3×224×224 / 1000)."""
+    (``small``: Fashion-MNIST 1×28×28 / 10 classes; else ImageNet 3×224×224 / 1000).
+    ``timm_twin``: timm's model of the same architecture, whose weights load into this one
+    (:mod:`repan_zoo.models.timm_compat`; None: no such model)."""
 
     cfg: NetCfg
     small: bool = False
     description: str = ""
+    timm_twin: Optional[str] = None
 
 
 def repvgg(depths: Sequence[int], a: float, b: float) -> NetCfg:
@@ -114,21 +117,21 @@ _MOBILEONE = {
 def _models() -> Dict[str, ModelDef]:
     models: Dict[str, ModelDef] = {}
     for v, cfg in _REPVGG.items():
-        models[f"repan_repvgg_{v}"] = ModelDef(cfg, description=f"RepVGG-{v.upper()}")
+        models[f"repan_repvgg_{v}"] = ModelDef(cfg, description=f"RepVGG-{v.upper()}", timm_twin=f"repvgg_{v}")
     for v in ("a0", "a1", "b1", "b3"):  # the paper's CIFAR models (Table 1) at 0.25× width
         models[f"repan_repvgg_{v}_w025"] = ModelDef(_narrow(_REPVGG[v]), small=True, description=f"RepVGG-{v.upper()} 0.25×")
     for depth, (block, depths) in _RESNET_DEPTHS.items():
         for suffix, kinds in _RESNET_VARIANTS.items():
-            models[f"repan_resnet{depth}{suffix}"] = ModelDef(
-                resnet(block, depths, kinds), description=f"ResNet-{depth}{suffix.replace('_', ' ').upper()}"
-            )
+            models[f"repan_resnet{depth}{suffix}"] = ModelDef(  # timm's resnet weights start every variant
+                resnet(block, depths, kinds), description=f"ResNet-{depth}{suffix.replace('_', ' ').upper()}",
+                timm_twin=f"resnet{depth}")
     for suffix, kinds in _RESNET_VARIANTS.items():
         models[f"repan_resnet18{suffix}_w025"] = ModelDef(
             _narrow(resnet("basic", (2, 2, 2, 2), kinds)), small=True, description=f"ResNet-18{suffix.upper()} 0.25×"
         )
     models["repan_mobilenet"] = ModelDef(mobilenet_v1(), description="MobileNet-v1")
     for v, cfg in _MOBILEONE.items():
-        models[f"repan_mobileone_{v}"] = ModelDef(cfg, description=f"MobileOne-{v.upper()}")
+        models[f"repan_mobileone_{v}"] = ModelDef(cfg, description=f"MobileOne-{v.upper()}", timm_twin=f"mobileone_{v}")
     # half width, small-input layout: about the training step time of MobileOne-S0's ImageNet layout at
     # 28×28 (whose last 11 blocks run at 2×2 and 1×1) with a quarter of the parameters; the sweep's
     # ``layouts`` plan compares the two
