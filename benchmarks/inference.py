@@ -58,14 +58,12 @@ import torch.nn.functional as F
 import repan_zoo
 from repan_zoo.checkpoint import atomic_write
 from repan_zoo.models import RepConvAct, checkpoint_filter
+from repan_zoo.models.families import MODELS
 from repan_zoo.verify import relative_error
 
-TWINS = {
-    "repan_repvgg_a0": "repvgg_a0",
-    "repan_repvgg_a1": "repvgg_a1",
-    "repan_mobileone_s0": "mobileone_s0",
-    "repan_mobileone_s1": "mobileone_s1",
-}
+#: the models timed against their timm twin (models.families.ModelDef.timm_twin)
+TWINS = {name: MODELS[name].timm_twin for name in
+         ("repan_repvgg_a0", "repan_repvgg_a1", "repan_mobileone_s0", "repan_mobileone_s1")}
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 
 
