@@ -10,6 +10,7 @@ certificate, reloaded into ``timm.create_model(..., deploy=True)`` and checked).
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -258,7 +259,7 @@ class RepAnTrainer(CycleRun):
         if self.teacher is None and cfg.uses_teacher():
             self.teacher = build_teacher(cfg.teacher, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
                                          checkpoint=cfg.teacher_checkpoint, pretrained=cfg.teacher_pretrained,
-                                         model_kwargs=cfg.teacher_kwargs, device=self.device)
+                                         model_kwargs=cfg.teacher_kwargs)
             self.teacher = self.teacher.to(device=self.device, memory_format=self.memory_format)
 
     def make_optimizer(self, cycle: int) -> torch.optim.Optimizer:
@@ -304,7 +305,7 @@ class RepAnTrainer(CycleRun):
         }
         test_part = f"test {row['test_top1']:.2f}  " if row["test_top1"] is not None else ""
         self.log(
-            f"cycle {cp.index}/{cfg.cycles if cfg.method == 'repan' else 1} epoch {epoch}/{cp.epochs}: "
+            f"cycle {cp.index}/{len(self.cycle_plan())} epoch {epoch}/{cp.epochs}: "
             f"loss {row['train_loss']:.4f}  val {row['val_top1']:.2f}  {test_part}"
             f"λ {row['lam'] if row['lam'] is not None else '-'}  lr {row['lr'] or 0:.4g}  "
             f"({row['epoch_time_s']:.1f} s)"
@@ -404,12 +405,12 @@ class RepAnTrainer(CycleRun):
             CheckpointError: the reloaded model does not reproduce the trained one.
         """
         cfg = self.cfg
+        build = functools.partial(build_model, cfg.model, num_classes=self.data.num_classes,
+                                  in_chans=self.data.in_chans, model_kwargs=cfg.model_kwargs)
         try:
-            fresh = build_model(cfg.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
-                                model_kwargs=cfg.model_kwargs, deploy=True)
+            fresh = build(deploy=True)
         except TypeError:  # a model without a deploy kwarg: load_into converts from train form
-            fresh = build_model(cfg.model, num_classes=self.data.num_classes, in_chans=self.data.in_chans,
-                                model_kwargs=cfg.model_kwargs)
+            fresh = build()
         state, meta = read_checkpoint(path)
         load_into(fresh, state, meta, what=str(path))
         fresh = fresh.to(device=self.device, memory_format=self.memory_format)  # the trained model's computation
