@@ -88,7 +88,11 @@ def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_op
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise argparse.ArgumentTypeError(f"{expected}, got {shown}")
-        if not math.isfinite(value):
+        try:  # an int stands for itself, exactly, unless a float is wanted and it has none
+            finite = math.isfinite(float(value)) if kind is float or isinstance(value, float) else True
+        except OverflowError:
+            finite = False
+        if not finite:
             raise argparse.ArgumentTypeError(f"must be a finite number{' ' + rule if rule else ''}, got {shown}")
         if ((lo is not None and (value < lo or (lo_open and value == lo)))
                 or (hi is not None and (value > hi or (hi_open and value == hi)))):

@@ -131,19 +131,20 @@ class ImageSet(Dataset):
         return ImageSet(self.labels, self.images, fetch=self.fetch, indices=self.indices[positions],
                         augment=policy, seed=self.seed)
 
-    def to(self, device: Union[str, torch.device], moved: Optional[Dict[int, torch.Tensor]] = None) -> "ImageSet":
+    def to(self, device: Union[str, torch.device],
+           moved: Optional[Dict[int, Tuple[torch.Tensor, torch.Tensor]]] = None) -> "ImageSet":
         """Move in-memory images, labels and the epoch's augmentation draws to ``device`` (a GPU:
         batches are then gathered and augmented there, with no per-batch host work). Sets built
-        on a ``fetch`` function stay where they are. ``moved`` (tensor id → its copy) lets sets
+        on a ``fetch`` function stay where they are. ``moved`` (tensor id → (tensor, its copy)) lets sets
         that share their images (the subsets of one set) share the copy too
         (:meth:`DataSplits.to`)."""
         if self.images is not None:
             memo = {} if moved is None else moved
 
             def move(t: torch.Tensor) -> torch.Tensor:
-                if id(t) not in memo:
-                    memo[id(t)] = t.to(device)
-                return memo[id(t)]
+                if id(t) not in memo:  # the original is kept with its copy, so its id stays its own
+                    memo[id(t)] = (t, t.to(device))
+                return memo[id(t)][1]
 
             self.images, self.labels, self.indices = move(self.images), move(self.labels), move(self.indices)
             self._draws = None
@@ -210,7 +211,7 @@ class DataSplits:
     def to(self, device: Union[str, torch.device]) -> "DataSplits":
         """Move the three sets to ``device`` (:meth:`ImageSet.to`), each shared tensor once: train
         and val are subsets of one training set and keep sharing its images there."""
-        moved: Dict[int, torch.Tensor] = {}
+        moved: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         for split in (self.train, self.val, self.test):
             split.to(device, moved)
         return self
@@ -301,8 +302,8 @@ def load_splits(
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_pos, train_pos = perm[:val_size], perm[val_size:]
     if train_subset is not None:
-        if not 0 < train_subset <= len(train_pos):
-            raise RecipeError(f"--train-subset {train_subset} must be between 1 and {len(train_pos)} (the training "
+        if not 2 <= train_subset <= len(train_pos):
+            raise RecipeError(f"--train-subset {train_subset} must be between 2 and {len(train_pos)} (the training "
                               f"images of {name} left after --val-size {val_size}), or none for all of them")
         train_pos = train_pos[:train_subset]
     test = full_test

@@ -323,6 +323,8 @@ def test_bad_recipes_are_typed_errors():
     ("eval_batch_size", 0, "--eval-batch-size"), ("seed", -1, "--seed"), ("warmup_epochs", float("nan"), "--warmup-epochs"),
     ("min_lr", -0.1, "--min-lr"), ("clip_grad", 0.0, "--clip-grad"), ("later_lr", 0.0, "--later-lr"),
     ("train_subset", 1, "--train-subset"), ("cycles", 2.5, "--cycles"), ("momentum", 1.0, "--momentum"),
+    ("batch_size", None, "--batch-size"), ("precise_bn", "2", "--precise-bn"), ("branch_gamma", -1.0, "--branch-gamma"),
+    ("seed", 10 ** 400, "--seed"), ("lr", 10 ** 400, "--lr"),
 ])
 def test_the_python_api_and_a_saved_recipe_check_each_option_like_the_command_line(field, value, flag):
     """Every range an option's command-line type enforces holds for TrainConfig too (the Python API,

@@ -273,3 +273,14 @@ def test_run_options_parse_the_same_in_train_and_detect(tmp_path):
     for k in ("out", "device", "workers", "threads", "resume"):
         assert getattr(t, k) == getattr(d, k), k
     assert isinstance(t, argparse.Namespace) and t.progress is None and d.progress is True  # their own defaults
+
+
+@pytest.mark.parametrize("value,expected", [("0", None), ("none", None), ("2.5", 2.5)])
+def test_detect_clip_grad_zero_or_none_turns_clipping_off_and_the_config_checks(tmp_path, value, expected):
+    from repan_zoo.cli.detect import config_from_args
+
+    args = detect_cli.build_parser().parse_args(["--out", str(tmp_path / "o"), "--data-root", str(tmp_path),
+                                                 "--clip-grad", value])
+    cfg = config_from_args(args)
+    cfg.check()
+    assert cfg.clip_grad == expected

@@ -81,6 +81,7 @@ TRAIN_CASES = [
     ("val-size-above-the-training-set", ["--train-subset", "none", "--val-size", "60000"], "--val-size"),
     ("train-subset-above-the-split", ["--train-subset", "59999"], "--train-subset"),
     ("test-subset-above-the-test-set", ["--test-subset", "10001"], "--test-subset"),
+    ("seed-beyond-any-float", ["--seed", "1" + "0" * 400], "--seed"),
     ("import-missing-module", ["--import", "no_such_plugin_module"], "--import"),
     ("import-missing-file", ["--import", "{tmp}/none.py"], "--import"),
 ]

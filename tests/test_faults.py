@@ -131,8 +131,16 @@ def test_resume_position_continues_the_plan_or_names_the_options_that_changed_it
                                (at(1, 10), [CyclePlan(1, False, 100)]),  # --method baseline
                                (at(1, 10), [CyclePlan(r, True, 30) for r in (1, 2, 3, 4)]),  # --epochs 30
                                (at(0, 10, 100), plan)]:  # a baseline run resumed as RepAn
-        with pytest.raises(RecipeError, match="--cycles, --epochs and --first-cycle must stay"):
+        with pytest.raises(RecipeError, match="--cycles, --epochs and --first-cycle; repan-detect"):
             resume_position(new_plan, progress)
+    # a change that keeps every cycle's length but not its Expand (--first-cycle, or baseline ↔ repan --cycles 1)
+    expanding = [CyclePlan(r, True, 25) for r in (1, 2, 3, 4)]
+    assert resume_position(expanding, {**at(0, 10), "expand": True}) == (0, 10)
+    with pytest.raises(RecipeError, match=r"cycle 1 \(with Expand\).*25 \(no Expand\)"):
+        resume_position(plan, {**at(0, 10), "expand": True})
+    with pytest.raises(RecipeError, match="without Expand"):
+        resume_position([CyclePlan(1, True, 100)], {**at(0, 10, 100), "expand": False})
+    assert resume_position(plan, at(0, 10)) == (0, 10)  # checkpoints before "expand" was recorded
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")

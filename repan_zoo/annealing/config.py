@@ -140,6 +140,8 @@ class TrainConfig:
         def bad(msg: str) -> None:
             raise RecipeError(msg)
 
+        check_fields(self, RecipeError)  # every option's type and range, as on the command line (cli_types.number)
+        check_fields(self.expansion, RecipeError)
         if self.method not in METHODS:
             bad(f"--method {self.method!r}: choose one of {METHODS}")
         if self.first_cycle not in FIRST_CYCLE_MODES:
@@ -154,15 +156,8 @@ class TrainConfig:
                 "--teacher-pretrained")
         if self.method == "baseline" and self.teacher:
             bad("--method baseline trains without a teacher; use --method kd for distillation")
-        if self.precise_bn < 0:
-            bad("--precise-bn must be ≥ 0 (batches; 0 = off, the paper)")
-        if self.calib_batches < 0:
-            bad("--calib-batches must be ≥ 0 (0 = inherit the restored BN statistics, no calibration)")
-        if self.batch_size < 2:
-            bad("--batch-size must be ≥ 2 (BatchNorm needs more than one image)")
-        if self.momentum < 0 or (self.nesterov and self.momentum == 0):
-            bad("--momentum must be ≥ 0, and > 0 with Nesterov (use --no-nesterov)")
-        check_fields(self, RecipeError)  # every option's range, as on the command line (cli_types.number)
+        if self.nesterov and self.momentum == 0:
+            bad("--momentum must be > 0 with Nesterov (use --no-nesterov)")
         self.lambda_schedule()  # validates name and values
         policy = self.augment_policy()
         if self.augment is not None and policy.flip and not self.flip:

@@ -62,22 +62,28 @@ def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
 
 def resume_position(plan: Sequence[CyclePlan], progress: Dict[str, Any]) -> Tuple[int, int]:
     """Where a resumed run continues in ``plan``: ``(cycle index, epochs of it already trained)``,
-    from a run checkpoint's ``progress`` (``cycle_index``, ``cycle``, ``epoch``, ``epochs``); a
-    finished cycle continues at the start of the next (index ``len(plan)``: nothing left to train).
-    Raises :class:`~repan_zoo.errors.RecipeError` when the saved cycle is not at that place of the
-    plan, or has another length: a resume that changed ``--method``, ``--cycles``, ``--epochs`` or
-    ``--first-cycle`` would otherwise index past the plan or restart a cycle's schedule mid-way."""
+    from a run checkpoint's ``progress`` (``cycle_index``, ``cycle``, ``epoch``, ``epochs``,
+    ``expand``; older checkpoints lack the last ones); a finished cycle continues at the start of
+    the next (index ``len(plan)``: nothing left to train). Raises
+    :class:`~repan_zoo.errors.RecipeError` when the saved cycle is not at that place of the plan,
+    has another length or another Expand: a resume with other plan options (``repan-train``:
+    ``--method``, ``--cycles``, ``--epochs``, ``--first-cycle``; ``repan-detect``: ``--cycles``,
+    ``--epochs``, ``--unfold``) would otherwise index past the plan, restart a cycle's schedule
+    mid-way or train a cycle without its λ."""
     cycle, epoch = int(progress["cycle"]), int(progress["epoch"])
-    ci = int(progress.get("cycle_index", cycle - 1))
-    saved = progress.get("epochs")
+    ci = int(progress.get("cycle_index", cycle - 1))  # detection checkpoints before the shared driver
+    saved, expand = progress.get("epochs"), progress.get("expand")
     here = plan[ci] if 0 <= ci < len(plan) else None
-    if here is None or here.index != cycle or (saved is not None and here.epochs != int(saved)):
-        shape = " + ".join(f"{cp.epochs}" for cp in plan)
+    if (here is None or here.index != cycle or (saved is not None and here.epochs != int(saved))
+            or (expand is not None and here.expand != bool(expand))):
+        shape = " + ".join(f"{cp.epochs}{'' if cp.expand else ' (no Expand)'}" for cp in plan)
         raise RecipeError(
             f"the run stopped after epoch {epoch}" + (f"/{saved}" if saved is not None else "")
-            + f" of cycle {cycle}, but the recipe now plans {len(plan)} cycle(s) of {shape} epochs, which has no "
-            "such cycle: --method, --cycles, --epochs and --first-cycle must stay as the run was started. "
-            "Resume without changing them, or choose a new --out to train the new plan")
+            + f" of cycle {cycle}" + ("" if expand is None else f" ({'with' if expand else 'without'} Expand)")
+            + f", but the recipe now plans {len(plan)} cycle(s) of {shape} epochs, which has no such cycle: the "
+            "options that shape the plan (repan-train: --method, --cycles, --epochs and --first-cycle; "
+            "repan-detect: --cycles, --epochs and --unfold) must stay as the run was started. Resume without "
+            "changing them, or choose a new --out to train the new plan")
     return (ci + 1, 0) if epoch >= here.epochs else (ci, epoch)
 
 
@@ -327,7 +333,7 @@ class CycleRun(CycleTask):
             dist.all_gather_object(per_rank, rng)
         return {
             "progress": {"cycle_index": ci, "cycle": cp.index, "epoch": epoch, "epochs": cp.epochs,
-                         "global_epoch": global_epoch, "global_step": self.global_step},
+                         "expand": cp.expand, "global_epoch": global_epoch, "global_step": self.global_step},
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
             "rng": rng,
@@ -361,7 +367,6 @@ class CycleRun(CycleTask):
         self.history = list(state.get("history", []))
         self.cycle_log = list(state.get("cycle_log", []))
         p = state["progress"]
-        p.setdefault("cycle_index", int(p["cycle"]) - 1)  # detection checkpoints before the shared driver
         self.global_step = int(p.get("global_step", 0))
         self.last_checkpoint = ck.directory
         self.log(f"resuming from {ck.directory} (cycle {p['cycle']}, epoch {p['epoch']}"

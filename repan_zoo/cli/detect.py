@@ -73,7 +73,7 @@ def config_from_args(args: argparse.Namespace):
         args: the namespace of ``repan detect``'s parser.
 
     Returns:
-        The config (``--clip-grad 0`` means no clipping: ``clip_grad=None``).
+        The config (``--clip-grad 0`` or ``none`` means no clipping: ``clip_grad=None``).
 
     Raises:
         RecipeError: no data given; an invalid expansion (e.g. an unknown ``--restore`` rule).

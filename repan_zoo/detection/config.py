@@ -69,7 +69,7 @@ class FinetuneConfig:
     momentum: float = field(default=0.9, metadata=option("SGD momentum", type=number(float, 0.0, 1.0, hi_open=True)))
     wd: float = field(default=1e-4, metadata=option("weight decay", type=number(float, 0.0)))
     clip_grad: Optional[float] = field(default=10.0, metadata=option(
-        "gradient-norm clip (0: off)", type=number(float, 0.0)))
+        "gradient-norm clip (0 or none: off)", type=number(float, 0.0, none=True)))
     freeze_bn: bool = field(default=False, metadata=option("keep BatchNorm statistics fixed while training"))
     sync_bn: bool = field(default=False, metadata=option("synchronise BatchNorm over processes"))
     flip: bool = field(default=True, metadata=option("random horizontal flip", negatable=True))
