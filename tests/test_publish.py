@@ -189,6 +189,9 @@ def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(
     out = _published_recipe({"teacher": "x", "teacher_checkpoint": str(f)}, None)
     assert out["teacher_weights"]["manifest"] is None and len(out["teacher_weights"]["sha256"]) == 64
     assert _published_recipe({"teacher": None, "teacher_checkpoint": None}, None) == {"teacher": None}
+    # where the data lay on the training machine is not part of the recipe either (the dataset name is)
+    assert _published_recipe({"teacher": None, "dataset": "fashion_mnist", "data_dir": ".fmnist"}, None) == {
+        "teacher": None, "dataset": "fashion_mnist"}
 
 
 def test_default_and_supersede_replace_old_weights(hub, run, tmp_path, capsys):

@@ -181,8 +181,11 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
 def _published_recipe(recipe: Dict[str, Any], teacher: Any) -> Dict[str, Any]:
     """The recipe as published: the teacher named by content and, where the zoo ships it, by
     manifest name (``teacher_weights``: model, sha256, ``model.tag``) instead of
-    ``teacher_checkpoint``, a path on the training machine that no reader can follow."""
+    ``teacher_checkpoint``, a path on the training machine that no reader can follow; and no
+    ``data_dir`` (where the dataset lay there, e.g. a copy of Debian's Fashion-MNIST files beside a
+    GPU machine's checkout: ``dataset`` names the data)."""
     recipe = dict(recipe)
+    recipe.pop("data_dir", None)
     path = recipe.pop("teacher_checkpoint", None)
     if not recipe.get("teacher"):
         return recipe
