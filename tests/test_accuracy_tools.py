@@ -341,3 +341,23 @@ def test_status_does_not_time_a_run_here_by_its_epochs_in_a_gpu_call(tmp_path, m
     assert [r["epoch_s"] for r in st["rows"]] == [None, 160.0] and st["unknown_eta"] == 1
     assert st["hours_left"] == pytest.approx(90 * 160.0 / 3600)
     assert sweep.status("long/main", runs, work, device="cuda")["rows"][0]["epoch_s"] == 11.0
+
+
+def test_a_fresh_runs_root_gets_the_published_teacher_back_instead_of_training_it(tmp_path, monkeypatch):
+    """A machine whose runs root is empty (a new checkout) must not spend 150 epochs retraining the
+    long scale's teacher: its committed final.json names the sha256 of weights the zoo ships."""
+    sweep = load("sweep")
+    teacher = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "teacher")
+    monkeypatch.setattr(sweep.subprocess, "Popen", None)  # anything that would train fails the test
+    msg = sweep._execute("long/main", teacher, tmp_path, "cpu", 1, [], dry=False)
+    assert msg == "skip teacher (done)"
+    restored = tmp_path / "long/main/teacher/deploy.safetensors"
+    recorded = json.loads((sweep.RESULTS / "long/main/teacher/final.json").read_text())["checkpoint"]["sha256"]
+    from repan_zoo.fileio import sha256_file
+
+    assert sha256_file(restored) == recorded
+    # results without published weights: nothing to restore, the run would train again
+    final = tmp_path / "final.json"
+    final.write_text(json.dumps({"checkpoint": {"sha256": "0" * 64}}))
+    assert sweep.restore_published(final, tmp_path / "x.safetensors") is None
+    assert not (tmp_path / "x.safetensors").exists()

@@ -324,6 +324,10 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
     plan = _home_plan(plan, run)
     out = work / plan / run["name"]
     done = _result_dir(plan, run["name"]) / "final.json"
+    if done.exists() and run["home"] and not (out / "deploy.safetensors").exists() and not dry:
+        restored = restore_published(done, out / "deploy.safetensors")
+        if restored:
+            print(f"{run['name']}: weights restored from the published {restored} (same sha256)", flush=True)
     if done.exists() and (not run["home"] or (out / "deploy.safetensors").exists()):
         return f"skip {run['name']} (done)"  # a teacher is done only while its weights are there
     args = list(run["args"])
@@ -360,6 +364,35 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
             shutil.copy2(out / name, dest / name)
     (dest / "command.txt").write_text(portable(" ".join(["python", *cmd[1:]]), roots) + "\n")
     return f"done {run['name']} in {time.time() - start:.0f}s"
+
+
+def restore_published(final_json: Path, dest: Path) -> Optional[str]:
+    """Put the published weights of a finished run back into its run folder (a fresh machine's runs
+    root is empty, and a teacher is needed as a file by the runs it teaches): the manifest entry whose
+    sha256 is the run's ``final.json`` ``checkpoint.sha256``, fetched and verified as ``pretrained=True``
+    does (bundled, Hub cache or download), then copied atomically to ``dest``.
+
+    Returns:
+        ``'model.tag'`` of the restored weights; ``None`` when no manifest entry has that sha256 (the
+        run then trains again).
+
+    Raises:
+        RuntimeError: the copy's sha256 differs from the recorded one (a corrupt source).
+    """
+    from repan_zoo import manifest
+    from repan_zoo.fileio import atomic_write, sha256_file
+    from repan_zoo.hub import fetch_weights
+
+    sha = (json.loads(final_json.read_text()).get("checkpoint") or {}).get("sha256")
+    names = [f"{m}.{t}" for (m, t), e in manifest.load_manifest().items() if sha and e.sha256 == sha]
+    if not names:
+        return None
+    atomic_write(dest, lambda tmp: shutil.copyfile(fetch_weights(names[0]), tmp))
+    if sha256_file(dest) != sha:
+        dest.unlink()
+        raise RuntimeError(f"{dest}: restored from {names[0]} but its sha256 is not {sha} from {final_json}; "
+                           "delete the Hub cache entry of that file and run again")
+    return names[0]
 
 
 def _roots(work: Path) -> Dict[str, str]:
