@@ -263,6 +263,11 @@ def test_status_counts_done_and_estimates_time_left(tmp_path, monkeypatch):
     # 5 epochs left of the partial run at its median 35 s, 8 of the pending one at the same model's 35 s
     assert st["hours_left"] == pytest.approx((5 + 8) * 35.0 / 3600)
     assert sweep.status("cpu/main", runs, work, jobs=2)["hours_left"] == pytest.approx((5 + 8) * 35.0 / 7200)
+    # a finished run whose run folder is gone (a fresh machine) is timed by its committed history
+    committed = tmp_path / "results" / "cpu" / "main" / done["name"] / "metrics.json"
+    committed.write_text(json.dumps([{"epoch_time_s": t} for t in (50.0, 60.0, 70.0)]))
+    rows = {r["run"]: r["epoch_s"] for r in sweep.status("cpu/main", runs, work)["rows"]}
+    assert rows[done["name"]] == 60.0
 
 
 def test_status_borrows_epoch_times_of_main_runs_of_the_same_kind(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ huggingface_hub are (this repo's timm travels as a wheel: the device image's may
 dataset and the KD teacher travel as ignored folders. Here, once per session::
 
     mkdir -p .fmnist .gpu_state/teacher && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
-    cp ~/.cache/repan/runs/accuracy/long/main/teacher/{deploy.safetensors,final.json} .gpu_state/teacher/
+    cp repan_zoo/weights/repan_resnet18_w025-fmnist_long.safetensors .gpu_state/teacher/deploy.safetensors
     echo /.whl/ >> .git/info/exclude && python3 -m pip download --no-deps --only-binary=:all: -d .whl timm==1.0.31
 
 There (``carry``: ``.fmnist``, ``.gpu_state``, ``.whl``; as run on 2026-11-30, two calls of 561 s

@@ -458,7 +458,9 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
         total = _epochs_of(run["args"])
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
-        history = _history(work / home / run["name"] / "metrics.json")
+        # a finished run's committed history times it where its run folder is gone (a fresh machine)
+        history = (_history(work / home / run["name"] / "metrics.json")
+                   or (_history(_result_dir(home, run["name"]) / "metrics.json") if done else []))
         times = times_here(home, run["name"], history)
         key = _timing_key(run["args"])
         if times:
