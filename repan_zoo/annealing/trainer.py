@@ -29,6 +29,7 @@ from ..errors import RecipeError
 from ..fileio import sha256_file
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
+from ..runtime.onednn import guard_strided_1x1
 from ..runtime.report import plot_learning_curve, write_json, write_metrics
 from ..runtime.summary import RunSummary
 from ..verify import eval_mode, exact_fp32
@@ -222,8 +223,12 @@ class RepAnTrainer(CycleRun):
 
     def place(self) -> None:
         """``model`` on the run's device and in its memory format (Rep and Expand create new
-        convs, so this follows every conversion too)."""
+        convs, so this follows every conversion too). In channels-last on a CPU, the strided 1×1
+        convolutions of few input channels compute in NCHW (:mod:`repan_zoo.runtime.onednn`: a
+        oneDNN bug corrupts the heap in their backward pass)."""
         self.model.to(device=self.device, memory_format=self.memory_format)
+        if self.memory_format == torch.channels_last and self.device.type == "cpu":
+            guard_strided_1x1(self.model)
 
     def before_rep(self, cycle: int) -> None:
         """Optional (``precise_bn`` batches, default off = the paper): before the Rep that ends a

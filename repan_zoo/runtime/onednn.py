@@ -1,0 +1,77 @@
+"""A guard against a oneDNN CPU bug that the Rep stems of this zoo hit in channels-last training.
+
+oneDNN's 1×1 convolution ``backward_weights`` with a stride > 1 and a channels-last (nhwc) fp32
+source writes past its reduce-to-unit-stride workspace when the input has fewer channels than the
+kernel's channel block (8 on AVX2, 16 on AVX-512): uxlfoundation/oneDNN#6035, open, reproduced with
+PyTorch 2.14.1 on an AVX2 EPYC (``tests/test_onednn_guard.py``). The heap corruption ends the
+process with ``SIGSEGV`` / ``corrupted size vs. prev_size`` / ``free(): invalid next size``, or
+later, or not at all. The stride-2 stems of RepVGG, MobileOne and DBB carry exactly such a branch
+(the 1×1 of a 3- or 2-channel input), so ``--channels-last`` training on a CPU hits it for any
+image with 2–15 channels (1-channel images are laid out identically in both formats and pass;
+bf16 autocast takes another kernel and passes).
+
+:func:`guard_strided_1x1` makes each such convolution compute in NCHW (its input and weight
+re-strided by a forward pre-hook; the weight's values and its ``Parameter`` are kept): a few
+microseconds per step for one small convolution; the rest of the network stays channels-last.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["at_risk", "guard_strided_1x1"]
+
+#: the widest channel block of oneDNN's x64 1×1 backward-weights kernels (AVX-512; AVX2: 8)
+CHANNEL_BLOCK = 16
+_HOOKED = "_repan_onednn_guard"
+
+
+def at_risk(conv: nn.Module) -> bool:
+    """A dense ``nn.Conv2d`` with a 1×1 kernel, a stride > 1 and 2–15 input channels: the
+    convolution whose weight gradient oneDNN computes out of bounds from a channels-last input."""
+    return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) != (1, 1)
+            and conv.groups == 1 and 1 < conv.in_channels < CHANNEL_BLOCK)
+
+
+def _contiguous_strides(shape: torch.Size) -> Tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(int(size), 1)
+    return tuple(reversed(strides))
+
+
+def _nchw(module: nn.Conv2d, args: tuple) -> Optional[tuple]:
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or x.dim() != 4:
+        return None
+    w = module.weight
+    if w.stride() != _contiguous_strides(w.shape):  # a 1×1 kernel is "contiguous" in both formats
+        with torch.no_grad():
+            w.data = w.data.clone(memory_format=torch.contiguous_format)
+    if x.stride() != _contiguous_strides(x.shape):
+        return (x.clone(memory_format=torch.contiguous_format),) + tuple(args[1:])
+    return None
+
+
+def guard_strided_1x1(model: nn.Module) -> List[str]:
+    """Hook every :func:`at_risk` convolution of ``model`` so that on a CPU it computes in NCHW
+    whatever memory format the model and its input are in (idempotent; call it again after a
+    conversion that builds new convolutions: Rep, Expand, ``unfold``).
+
+    Args:
+        model: any module; it is changed in place (hooks only: no parameter is replaced).
+
+    Returns:
+        The names of the guarded convolutions (those already guarded included).
+    """
+    names = []
+    for name, module in model.named_modules():
+        if at_risk(module):
+            if not getattr(module, _HOOKED, False):
+                module.register_forward_pre_hook(_nchw)
+                setattr(module, _HOOKED, True)
+            names.append(name)
+    return names
