@@ -260,6 +260,33 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(tmp_path, splits, 
     assert not (tmp_path / "deploy.safetensors").exists()
 
 
+def test_a_finite_loss_that_leaves_non_finite_bn_statistics_stops_the_run_by_name(tmp_path, splits, monkeypatch):
+    """Overflowing activations can leave BN running statistics at inf while the batch-normalised loss
+    stays finite; the run then evaluated at chance and failed later in Rep with an error that blamed
+    the fusion. It stops at the end of that epoch instead, naming the tensors, without saving it."""
+    import repan_zoo.annealing.cycles as cycles
+
+    real, calls = cycles.train_steps, []
+
+    def overflowing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_var.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(cycles, "train_steps", overflowing)
+    cfg = tiny_cfg(method="baseline", cycles=1, epochs=3)
+    trainer = RepAnTrainer(cfg, splits, out=tmp_path, plot=False)
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.run()
+    msg = str(info.value)
+    assert "running_var" in msg and "loss stayed finite" in msg and "cycle 1, epoch 2/3" in msg, msg
+    assert "This epoch was not saved" in msg and "lower --lr" in msg
+    assert Checkpointer(tmp_path).latest_dir() == info.value.checkpoint == tmp_path / "checkpoints" / "ep0001"
+
+
 def test_a_loss_that_failed_on_another_process_is_not_quoted_as_this_one(tmp_path, splits, monkeypatch):
     """Under DDP every process stops when any loss is non-finite; a process whose own loss was finite
     says the loss failed on another process instead of quoting its finite value as the divergence."""

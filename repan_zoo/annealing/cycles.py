@@ -45,7 +45,7 @@ from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
 from ..runtime.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
 from ..verify import exact_fp32, relative_error
-from .engine import NonFiniteLoss, train_steps
+from .engine import NonFiniteLoss, non_finite_state, train_steps
 from .schedules import LambdaSchedule, cosine_lr
 from .task import CyclePlan, CycleTask, ExpansionGroup
 
@@ -276,6 +276,9 @@ class CycleRun(CycleTask):
                 )
             except NonFiniteLoss as exc:
                 raise self.diverged(cp, epoch, exc, lr_at(exc.step)) from None
+            bad = non_finite_state(self.model)
+            if self.ctx.any_true(bool(bad)):  # the loss stayed finite, the state did not (BN statistics)
+                raise self.diverged(cp, epoch, NonFiniteLoss(steps, None), lr_at(steps), state=bad) from None
             self.global_step += steps
             row = self.end_epoch(cp, epoch, global_epoch, steps, sums, lr_at(steps) if steps else None, t_epoch)
             self.history.append(row)
@@ -305,17 +308,26 @@ class CycleRun(CycleTask):
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
 
-    def diverged(self, cp: CyclePlan, epoch: int, exc: NonFiniteLoss, lr: float) -> TrainingDivergedError:
+    def diverged(self, cp: CyclePlan, epoch: int, exc: NonFiniteLoss, lr: float,
+                 state: Optional[List[str]] = None) -> TrainingDivergedError:
+        """The error of a run whose loss (``exc``), or with ``state`` whose weights or BN statistics
+        (their names; empty: on another process), became NaN/inf in ``epoch`` of cycle ``cp``."""
         where = f"cycle {cp.index}, epoch {epoch}/{cp.epochs}, step {exc.step}"
         kept = (f"The last good checkpoint {self.last_checkpoint} (end of the previous epoch) is untouched; "
                 "continue from it with --resume after changing the recipe" if self.last_checkpoint is not None
                 else "No epoch had completed, so there is no checkpoint")
         lam = self.current_lambda()
+        if state is None:
+            what = f"the loss became {'non-finite on another process' if exc.value is None else exc.value}"
+            done = "The weights were not updated by this step."
+        else:
+            names = ", ".join(state[:3]) + (f" and {len(state) - 3} more" if len(state) > 3 else "")
+            what = f"the model holds NaN/inf in {names or 'its state on another process'} (the loss stayed finite)"
+            done = "This epoch was not saved."
         msg = (
-            f"training diverged: the loss became {'non-finite on another process' if exc.value is None else exc.value} "
-            f"at {where} (lr {lr:.4g}"
+            f"training diverged: {what} at {where} (lr {lr:.4g}"
             + (f", λ {lam:.3g}" if lam is not None else "") + f", amp {'on' if self.amp else 'off'}). "
-            f"The weights were not updated by this step. {kept}. Likely fixes: a lower --lr (now {self.peak_lr(cp.index):g})"
+            f"{done} {kept}. Likely fixes: a lower --lr (now {self.peak_lr(cp.index):g})"
             + (", --amp off" if self.amp else "") + ", --clip-grad 5"
             + (", or a smaller --branch-gamma / a slower --lam-schedule" if cp.expand else "")
         )
