@@ -22,7 +22,7 @@ from .blocks import RepBlock, bn_params, check_lambda, rep_blocks
 from .expansion import ARCH_BRANCHES, DEFAULT_BRANCHES, GENERIC_BRANCHES, Expansion
 from .errors import CalibrationError, NoRepBlocksError, RepanError, ReparameterizationError, UnfusableBranchError
 from .verify import (
-    ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, probe_input,
+    ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, non_finite_state, probe_input,
 )
 
 __all__ = [
@@ -90,6 +90,14 @@ def _checked_conversion(
         probe = probe_input(work, example_input)
         block_inputs: Dict[str, torch.Tensor] = {}
         ref = capture(work, probe, names, record_inputs=block_inputs)
+        if not all(bool(torch.isfinite(t).all()) for t in ref[0] if t.is_floating_point()):
+            bad = non_finite_state(model)
+            raise ReparameterizationError(
+                f"{call} cannot check its conversion: the model's own output on the probe is NaN/inf"
+                + (f" (NaN/inf in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''})" if bad else "")
+                + ". Its weights or BN statistics are broken (a diverged training run?), not the fusion; "
+                "load the last good checkpoint. The model was left unchanged",
+                model_rel_error=float("nan"), tolerance=tol)
         convert(work)
         new = capture(work, probe, names, block_inputs=block_inputs)  # each block on its reference input
         shape = list(probe.shape) if isinstance(probe, torch.Tensor) else []

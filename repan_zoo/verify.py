@@ -12,6 +12,7 @@ are registered by :mod:`repan_zoo.probe_adapters`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -23,6 +24,7 @@ from .registry import add
 
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "non_finite_state",
     "ExactnessReport",
     "relative_error",
     "flatten_tensors",
@@ -173,6 +175,14 @@ def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2
 
 
 @torch.no_grad()
+def non_finite_state(model: nn.Module) -> List[str]:
+    """Names of ``model``'s floating-point parameters and buffers that hold a NaN or inf: what a
+    finite loss can leave behind (BN running statistics of overflowing activations, an update that
+    overflowed on the last step of an epoch)."""
+    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 def capture(
     model: nn.Module,
     inputs: Any,

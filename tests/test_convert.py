@@ -125,6 +125,23 @@ def test_calibrate_on_deploy_model_is_a_typed_error(tiny_net, tiny_input):
         rz.calibrate_bn(rz.reparameterize(tiny_net), [tiny_input])
 
 
+@pytest.mark.parametrize("call", ["reparameterize", "unfold"])
+def test_a_model_with_non_finite_state_is_named_not_blamed_on_the_fusion(tiny_net, tiny_input, call):
+    """A diverged run's model (a NaN BN statistic) used to fail Rep with 'changed the model's function:
+    block X has relative error 5e-07 (whole model: nan)', pointing at the fusion; the error now says the
+    model itself is broken and names the tensor."""
+    net = tiny_net if call == "reparameterize" else rz.reparameterize(tiny_net)
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    name = next(n for n, m in net.named_modules() if m is bn)
+    bn.running_mean[0] = float("nan")
+    before = snapshot(net)
+    with pytest.raises(ReparameterizationError, match="model's own output on the probe is NaN/inf") as info:
+        getattr(rz, call)(net)
+    assert f"{name}.running_mean" in str(info.value) and "last good checkpoint" in str(info.value)
+    after = snapshot(net)
+    assert after.keys() == before.keys() and all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)
+
+
 @pytest.mark.parametrize("inplace", [False, True])
 def test_broken_block_raises_and_leaves_model_unchanged(tiny_net, tiny_input, monkeypatch, inplace):
     original = ConvKx1.kernel_bias  # only body.2 has a conv_kx1 branch

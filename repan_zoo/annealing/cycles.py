@@ -44,8 +44,8 @@ from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambd
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
 from ..runtime.checkpointing import Checkpointer, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
-from ..verify import exact_fp32, relative_error
-from .engine import NonFiniteLoss, non_finite_state, train_steps
+from ..verify import exact_fp32, non_finite_state, relative_error
+from .engine import NonFiniteLoss, train_steps
 from .schedules import LambdaSchedule, cosine_lr
 from .task import CyclePlan, CycleTask, ExpansionGroup
 

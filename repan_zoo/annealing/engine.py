@@ -6,9 +6,8 @@ them is only the plan of cycles around it (:mod:`repan_zoo.annealing.trainer`).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..runtime.distributed import DistContext
 
 __all__ = ["train_steps", "train_one_epoch", "classification_step", "classification_stats", "evaluate",
-           "NonFiniteLoss", "non_finite_state", "autocast"]
+           "NonFiniteLoss", "autocast"]
 
 
 class NonFiniteLoss(Exception):
@@ -28,14 +27,6 @@ class NonFiniteLoss(Exception):
         super().__init__(f"non-finite loss {'on another process' if value is None else value} at step {step}")
         self.step = step
         self.value = value
-
-
-def non_finite_state(model: nn.Module) -> List[str]:
-    """Names of ``model``'s floating-point parameters and buffers that hold a NaN or inf: what a
-    finite loss can leave behind (BN running statistics of overflowing activations, an update that
-    overflowed on the last step of an epoch)."""
-    tensors = itertools.chain(model.named_parameters(), model.named_buffers())
-    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def autocast(device: torch.device, enabled: bool):
