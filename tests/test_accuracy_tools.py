@@ -286,6 +286,11 @@ def test_status_borrows_epoch_times_of_main_runs_of_the_same_kind(tmp_path, monk
     assert st["hours_left"] == pytest.approx(len(ablations) * 100 * 85.0 / 3600)
     st = sweep.status("long/layouts", sweep.plan_runs("layouts", "long"), work)
     assert st["unknown_eta"] == 2 and st["hours_left"] == 0
+    # no run of the same method yet: another method of the same model and teacher gives an estimate, marked
+    rows = {r["run"]: r for r in sweep.status("long/main", sweep.plan_runs("main", "long"), work)["rows"]}
+    assert rows["repan_repvgg_a1_w025__repan__s1"]["epoch_s"] == 85.0 and not rows["repan_repvgg_a1_w025__repan__s1"]["approx"]
+    assert rows["repan_repvgg_a1_w025__baseline__s0"]["epoch_s"] == 85.0 and rows["repan_repvgg_a1_w025__baseline__s0"]["approx"]
+    assert rows["repan_repvgg_a1_w025__kd__s0"]["epoch_s"] is None  # a teacher's forward pass: not the same cost
 
 
 def test_runs_trained_partly_on_a_gpu_say_how_many_epochs_were_there(tmp_path):

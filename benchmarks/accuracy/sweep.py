@@ -441,8 +441,9 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     """What is done, what remains and the estimated time left: epochs left of each run times the
     median epoch time of that run on ``device`` where its epochs record one (:func:`_epoch_times`;
     or, before its first epoch, of the finished or running runs with the same model, layout,
-    method, teacher and training-set size in this plan's folders, then in ``<scale>/main``'s),
-    divided over ``jobs`` parallel runs."""
+    method, teacher and training-set size in this plan's folders, then in ``<scale>/main``'s;
+    failing those, of any method with the same model, layout, teacher and size: an estimate,
+    marked ``approx``), divided over ``jobs`` parallel runs."""
     rows, seconds, unknown = [], 0.0, 0
     kind = device.split(":")[0]  # the device type epochs record ("cuda:1" → "cuda")
     on_gpu: Dict[str, Dict[str, int]] = {}  # per plan folder: each run's epochs in the GPU calls
@@ -474,22 +475,31 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
             times = times_here(home, run["name"], _history(work / home / run["name"] / "metrics.json"))
             if times:
                 main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
+    def coarse(key: tuple) -> tuple:  # the method left out: model, layout and teacher set most of the cost
+        return key[:2] + key[3:]
+
+    any_method: Dict[tuple, List[float]] = {}
+    for key, values in list(main_times.items()) + list(epoch_times.items()):
+        any_method.setdefault(coarse(key), []).extend(values)
     for run, total, done, trained, times, key in state:
         left = 0 if done else total - trained
         similar = epoch_times.get(key) or main_times.get(key)
+        approx = not times and not similar and bool(any_method.get(coarse(key)))
+        similar = similar or any_method.get(coarse(key))
         per = _median(times) if times else (_median(similar) if similar else None)
         if left and per is None:
             unknown += 1
         seconds += left * (per or 0.0)
         rows.append({"run": run["name"], "state": "done" if done else ("partial" if trained else "pending"),
-                     "epochs": f"{total - left}/{total}", "epoch_s": per})
+                     "epochs": f"{total - left}/{total}", "epoch_s": per, "approx": approx})
     return {"rows": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows),
             "hours_left": seconds / 3600 / max(1, jobs), "unknown_eta": unknown}
 
 
 def _print_status(plan: str, st: Dict, jobs: int) -> None:
     for r in st["rows"]:
-        per = f"{r['epoch_s']:.0f} s/epoch" if r["epoch_s"] else "no timing yet"
+        per = (f"{'~' if r.get('approx') else ''}{r['epoch_s']:.0f} s/epoch"
+               + (", from other methods of the same model" if r.get("approx") else "")) if r["epoch_s"] else "no timing yet"
         print(f"  {r['state']:8s} {r['epochs']:>8s}  {r['run']}  ({per})", flush=True)
     extra = f" + {st['unknown_eta']} run(s) not yet timed" if st["unknown_eta"] else ""
     print(f"plan {plan}: {st['done']}/{st['total']} runs done; about {st['hours_left']:.1f} h left with "
