@@ -11,8 +11,8 @@ image with 2–15 channels (1-channel images are laid out identically in both fo
 bf16 autocast takes another kernel and passes).
 
 :func:`guard_strided_1x1` makes each such convolution compute in NCHW (its input and weight
-re-strided by a forward pre-hook; the weight's values and its ``Parameter`` are kept): a few
-microseconds per step for one small convolution; the rest of the network stays channels-last.
+re-strided by a forward pre-hook; the weight's values and its ``Parameter`` are kept): in a Rep
+network that is the stem's 1×1 branch; the rest of the network stays channels-last.
 """
 from __future__ import annotations
 
