@@ -174,7 +174,6 @@ def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2
     return adapter.to_input(x) if adapter is not None else x
 
 
-@torch.no_grad()
 def non_finite_state(model: nn.Module) -> List[str]:
     """Names of ``model``'s floating-point parameters and buffers that hold a NaN or inf: what a
     finite loss can leave behind (BN running statistics of overflowing activations, an update that
@@ -183,6 +182,7 @@ def non_finite_state(model: nn.Module) -> List[str]:
     return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+@torch.no_grad()
 def capture(
     model: nn.Module,
     inputs: Any,
