@@ -45,6 +45,7 @@ __all__ = [
     "reload_manifest",
     "entries_for",
     "find_entry",
+    "name_for_sha256",
     "check_weights_available",
     "family_for",
     "write_entry",
@@ -308,6 +309,14 @@ def find_entry(model: str, tag: Optional[str] = None, directory: Optional[os.Pat
     if tag is None:
         return entries[0] if entries else None
     return next((e for e in entries if e.tag == tag), None)
+
+
+def name_for_sha256(sha256: Optional[str], directory: Optional[os.PathLike] = None) -> Optional[str]:
+    """``'model.tag'`` of the first entry whose file has this sha256 (the published name of a
+    checkpoint known by content, e.g. a KD teacher); ``None`` when none has, or ``sha256`` is empty."""
+    if not sha256:
+        return None
+    return next((f"{m}.{t}" for (m, t), e in load_manifest(directory).items() if e.sha256 == sha256), None)
 
 
 # -- writing ---------------------------------------------------------------------------------

@@ -384,15 +384,15 @@ def restore_published(final_json: Path, dest: Path) -> Optional[str]:
     from repan_zoo.hub import fetch_weights
 
     sha = (json.loads(final_json.read_text()).get("checkpoint") or {}).get("sha256")
-    names = [f"{m}.{t}" for (m, t), e in manifest.load_manifest().items() if sha and e.sha256 == sha]
-    if not names:
+    name = manifest.name_for_sha256(sha)
+    if name is None:
         return None
-    atomic_write(dest, lambda tmp: shutil.copyfile(fetch_weights(names[0]), tmp))
+    atomic_write(dest, lambda tmp: shutil.copyfile(fetch_weights(name), tmp))
     if sha256_file(dest) != sha:
         dest.unlink()
-        raise RuntimeError(f"{dest}: restored from {names[0]} but its sha256 is not {sha} from {final_json}; "
+        raise RuntimeError(f"{dest}: restored from {name} but its sha256 is not {sha} from {final_json}; "
                            "delete the Hub cache entry of that file and run again")
-    return names[0]
+    return name
 
 
 def _roots(work: Path) -> Dict[str, str]:

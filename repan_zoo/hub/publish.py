@@ -192,10 +192,7 @@ def _published_recipe(recipe: Dict[str, Any], teacher: Any) -> Dict[str, Any]:
     sha = teacher.get("checkpoint_sha256") if isinstance(teacher, dict) else None
     if path and not sha and Path(path).is_file():
         sha = sha256_file(path)
-    shipped = None
-    if sha:
-        shipped = next((f"{e.model}.{e.tag}" for e in manifest.load_manifest().values() if e.sha256 == sha), None)
-    recipe["teacher_weights"] = {"model": recipe["teacher"], "sha256": sha, "manifest": shipped}
+    recipe["teacher_weights"] = {"model": recipe["teacher"], "sha256": sha, "manifest": manifest.name_for_sha256(sha)}
     return recipe
 
 
