@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import Branch, RepBlock
-from .fileio import atomic_write, sha256_file
+from .fileio import atomic_write, file_facts
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
 from .verify import eval_mode, flatten_tensors, probe_input, relative_error
@@ -219,10 +219,6 @@ def _count_calls(model: nn.Module) -> Iterator[Counter]:
             h.remove()
 
 
-def _file_facts(path: str) -> Dict[str, Any]:
-    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
-
-
 def _report(prep: _Prepared, fmt: str, path: os.PathLike, facts: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
     return {
         "format": fmt,
@@ -327,7 +323,7 @@ def export_onnx(
         prep.check_graph(facts["convs"], facts["bns"], "the exported ONNX graph")
         facts["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         facts["rel_error"], facts["rel_error_source"] = prep.compare(_run_onnx(tmp, prep.inputs), "onnxruntime")
-        facts.update(_file_facts(tmp))
+        facts.update(file_facts(tmp))
 
     out = atomic_write(path, write)
     opset_used = facts.pop("opset")
@@ -373,7 +369,7 @@ def export_torchscript(
             prep.check_graph(facts["convs"], facts["bns"], "the traced TorchScript graph")
             outputs = [_Prepared._flat(loaded(x)) for x in prep.inputs]
         facts["rel_error"], facts["rel_error_source"] = prep.compare(outputs, "the TorchScript file")
-        facts.update(_file_facts(tmp))
+        facts.update(file_facts(tmp))
 
     out = atomic_write(path, write)
     return _report(prep, "torchscript", out, facts, exporter="torch.jit.trace")

@@ -10,9 +10,9 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, List, Union
+from typing import Callable, Dict, List, Union
 
-__all__ = ["PathLike", "TEMP_SUFFIX", "atomic_write", "remove_stale_temps", "sha256_file"]
+__all__ = ["PathLike", "TEMP_SUFFIX", "atomic_write", "file_facts", "remove_stale_temps", "sha256_file"]
 
 #: suffix of :func:`atomic_write`'s temp files (``.<name>.<random>.tmp`` beside the target)
 TEMP_SUFFIX = ".tmp"
@@ -37,6 +37,12 @@ def sha256_file(path: PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def file_facts(path: PathLike) -> Dict[str, Union[int, str]]:
+    """``{"bytes": size, "sha256": hex digest}`` of a file, as export reports and the manifest record
+    a written file. Raises ``OSError`` when the file cannot be read."""
+    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
 
 
 def _umask() -> int:

@@ -8,7 +8,13 @@ import json
 import math
 from typing import Any
 
-__all__ = ["dumps", "finite"]
+__all__ = ["dumps", "finite", "is_number"]
+
+
+def is_number(v: Any) -> bool:
+    """True for a finite int or float that is not a bool: a value a metric or count field may hold
+    (``True`` is an ``int`` in Python, and NaN/inf are not JSON numbers, see :func:`finite`)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def finite(obj: Any) -> Any:

@@ -25,7 +25,6 @@ or ``$REPAN_ZOO_WEIGHTS_DIR``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import warnings
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ManifestError
+from .jsonio import is_number
 
 __all__ = [
     "ManifestError",
@@ -162,7 +162,7 @@ def _validate(d: Dict[str, Any], label: str) -> None:
         fail(f"input_size is [C, H, W] of positive integers, got {size!r}")
     for key in ("mean", "std"):
         vals = d[key]
-        if not isinstance(vals, (list, tuple)) or len(vals) != size[0] or not all(_is_number(v) for v in vals):
+        if not isinstance(vals, (list, tuple)) or len(vals) != size[0] or not all(is_number(v) for v in vals):
             fail(f"{key} must hold C={size[0]} numbers (one per input channel), got {vals!r}")
     if any(float(v) <= 0 for v in d["std"]):
         fail("std values must be positive")
@@ -171,7 +171,7 @@ def _validate(d: Dict[str, Any], label: str) -> None:
         fail("metrics must map dataset → top-1 (a number, or an object with 'top1'); it is empty or not an object")
     for dataset, value in metrics.items():
         top1 = value.get("top1") if isinstance(value, dict) else value
-        if not _is_number(top1):
+        if not is_number(top1):
             fail(f"metrics[{dataset!r}] needs a numeric top-1, got {value!r}")
     for key in ("recipe", "exactness"):
         if not isinstance(d[key], dict):
@@ -188,10 +188,6 @@ def is_valid_tag(tag: Any) -> bool:
 def is_valid_repo_id(repo_id: Any) -> bool:
     """A Hub model repo id ``org/name``."""
     return isinstance(repo_id, str) and bool(_REPO_ID.match(repo_id))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # -- locations -------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import CocoFormatError, DatasetNotFoundError
+from ..jsonio import is_number
 
 __all__ = ["validate_coco", "load_coco_json", "CategoryMap", "CocoDetectionSet", "DetectionTransforms", "collate"]
 
@@ -44,10 +44,6 @@ def _fail(path: Path, field: str, problem: str) -> CocoFormatError:
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_list(path: Path, data: Dict[str, Any], key: str) -> List[Any]:
@@ -130,13 +126,13 @@ def validate_coco(data: Any, path: PathLike = "<memory>") -> None:
         if ann["category_id"] not in category_ids:
             raise _fail(path, f"{where}.category_id", f"{ann['category_id']!r} is not the id of an entry in 'categories'")
         bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(is_number(v) for v in bbox):
             raise _fail(path, f"{where}.bbox", f"must be [x, y, width, height] (4 finite numbers), got {bbox!r}")
         if bbox[2] < 0 or bbox[3] < 0:
             raise _fail(path, f"{where}.bbox", f"has a negative width or height: {bbox!r}")
         if "iscrowd" in ann and ann["iscrowd"] not in (0, 1):
             raise _fail(path, f"{where}.iscrowd", f"must be 0 or 1, got {ann['iscrowd']!r}")
-        if "area" in ann and (not _is_number(ann["area"]) or ann["area"] < 0):
+        if "area" in ann and (not is_number(ann["area"]) or ann["area"] < 0):
             raise _fail(path, f"{where}.area", f"must be a number ≥ 0, got {ann['area']!r}")
 
 

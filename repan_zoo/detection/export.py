@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..fileio import atomic_write, sha256_file
+from ..fileio import atomic_write, file_facts
 from ..convert import reparameterize
 from ..errors import ExportError
 from ..export import check_fully_fused, export_onnx, export_torchscript, onnx_op_counts
@@ -77,10 +77,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def _digest(path: str) -> Dict[str, Any]:
-    return {"bytes": os.path.getsize(path), "sha256": sha256_file(path)}
-
-
 def _deploy_copy(detector: nn.Module) -> nn.Module:
     deploy = reparameterize(detector, inplace=False, verify=True)  # the package's probe (verify.probe_input)
     check_fully_fused(deploy)
@@ -118,7 +114,7 @@ def _export_full_torchscript(detector: nn.Module, deploy: nn.Module, images: Lis
                      "feature_noise": feature_noise(detector, images), **match_detections(src, got)}
         _check(vs_deploy, "the TorchScript file", tolerance)
         _check(vs_source, "the TorchScript file (against the unfused detector)", tolerance)
-        facts.update(vs_deploy=vs_deploy, vs_source=vs_source, **_digest(tmp))
+        facts.update(vs_deploy=vs_deploy, vs_source=vs_source, **file_facts(tmp))
 
     atomic_write(path, write)
     return facts
@@ -182,7 +178,7 @@ def _export_full_onnx(detector: nn.Module, deploy: nn.Module, images: List[torch
                      "feature_noise": feature_noise(detector, images), **match_detections(src, got)}
         _check(vs_deploy, "the ONNX file (onnxruntime)", tolerance)
         _check(vs_source, "the ONNX file (onnxruntime, against the unfused detector)", tolerance)
-        facts.update(vs_deploy=vs_deploy, vs_source=vs_source, outputs=keys, **_digest(tmp))
+        facts.update(vs_deploy=vs_deploy, vs_source=vs_source, outputs=keys, **file_facts(tmp))
 
     atomic_write(path, write)
     return facts

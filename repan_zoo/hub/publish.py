@@ -40,6 +40,7 @@ from .. import manifest
 from ..checkpoint import load_into, read_checkpoint, state_dict_form
 from ..fileio import atomic_write
 from ..errors import CheckpointError, PublishError
+from ..jsonio import is_number
 from ..manifest import WeightEntry
 from ..runtime.summary import RunSummary, SummaryError
 from .card import model_card
@@ -64,10 +65,6 @@ class RunRecord:
     data: Dict[str, Any]
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _normalise_metrics(raw: Any, dataset: Optional[str], where: str) -> Dict[str, Dict[str, Any]]:
     if not isinstance(raw, dict) or not raw:
         return {}
@@ -77,12 +74,12 @@ def _normalise_metrics(raw: Any, dataset: Optional[str], where: str) -> Dict[str
         raw = {dataset: raw}
     out: Dict[str, Dict[str, Any]] = {}
     for name, value in raw.items():
-        figures = {"top1": value} if _is_number(value) else dict(value) if isinstance(value, dict) else {}
+        figures = {"top1": value} if is_number(value) else dict(value) if isinstance(value, dict) else {}
         if "top1" not in figures and "test_top1" in figures:
             figures["top1"] = figures["test_top1"]
-        if not _is_number(figures.get("top1")):
+        if not is_number(figures.get("top1")):
             raise PublishError(f"{where}: metrics[{name!r}] has no numeric top-1 ({value!r})")
-        out[str(name)] = {k: v for k, v in figures.items() if _is_number(v)}
+        out[str(name)] = {k: v for k, v in figures.items() if is_number(v)}
     return out
 
 
@@ -113,12 +110,12 @@ def check_exactness(cert: Any, where: str) -> Dict[str, Any]:
         )
     tol = cert.get("tolerance")
     errors = {k: cert[k] for k in _ERROR_FIELDS if cert.get(k) is not None}
-    if not _is_number(tol) or not errors:
+    if not is_number(tol) or not errors:
         raise PublishError(
             f"{where}: the exactness certificate needs a numeric 'tolerance' and 'model_rel_error' "
             f"(or 'max_rel_error'); got keys {sorted(cert)}"
         )
-    bad = {k: v for k, v in errors.items() if not _is_number(v) or v > tol}
+    bad = {k: v for k, v in errors.items() if not is_number(v) or v > tol}
     if bad:
         raise PublishError(
             f"{where}: the exactness certificate fails: {bad} exceed the tolerance {tol:g}. The deploy weights do not "
@@ -166,7 +163,7 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
     dataset = doc.get("dataset") or data.get("dataset") or recipe.get("dataset")
     metrics = _normalise_metrics(doc.get("metrics"), dataset, str(path))
     if not metrics:
-        top = {k: doc[k] for k in ("top1", "test_top1", "top5", "test_top5", "val_top1") if _is_number(doc.get(k))}
+        top = {k: doc[k] for k in ("top1", "test_top1", "top5", "test_top5", "val_top1") if is_number(doc.get(k))}
         metrics = _normalise_metrics(top, dataset, str(path))
     if not metrics:
         raise PublishError(

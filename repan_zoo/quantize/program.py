@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import QuantizationError
-from ..fileio import atomic_write, sha256_file
+from ..fileio import atomic_write, file_facts
 from ..verify import relative_error
 from .core import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, _calibration, _judge, agreement, quantize
 
@@ -115,7 +115,7 @@ def export_int8(
         check = dict(int8.check, **agreement(int8.reference, got[0]))
         _judge(check, "the saved INT8 program")
         facts["check"] = check
-        facts.update(bytes=os.path.getsize(tmp), sha256=sha256_file(tmp))
+        facts.update(file_facts(tmp))
 
     out = atomic_write(path, write)
     return {"format": "torch.export (INT8, PT2E x86_inductor)", "path": os.fspath(out),

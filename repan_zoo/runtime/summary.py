@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..errors import RepanError
+from ..jsonio import is_number
 
 __all__ = ["RunSummary", "SummaryError"]
 
 
 class SummaryError(RepanError, ValueError):
     """A ``final.json`` that is not a run summary (a missing or mistyped field); the message names it."""
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -86,7 +82,7 @@ class RunSummary:
         if missing:
             raise SummaryError(f"{where} is not a run summary: missing {missing}")
         for key in ("val_top1", "test_top1"):
-            if not _number(d[key]):
+            if not is_number(d[key]):
                 raise SummaryError(f"{where}: {key} must be a number, got {d[key]!r}")
         for key in ("create_kwargs", "recipe", "data", "exactness"):
             if not isinstance(d[key], Mapping):
