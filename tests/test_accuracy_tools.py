@@ -282,8 +282,9 @@ def test_status_borrows_epoch_times_of_main_runs_of_the_same_kind(tmp_path, monk
         (work / "long" / "main" / name / "metrics.json").write_text(json.dumps([{"epoch_time_s": t} for t in times]))
     ablations = sweep.plan_runs("ablations", "long")
     st = sweep.status("long/ablations", ablations, work)
-    assert {r["epoch_s"] for r in st["rows"]} == {85.0} and st["unknown_eta"] == 0
-    assert st["hours_left"] == pytest.approx(len(ablations) * 100 * 85.0 / 3600)
+    trained = [r for r in st["rows"] if not r.get("same_as")]  # the reference is main's run (copied)
+    assert {r["epoch_s"] for r in trained} == {85.0} and st["unknown_eta"] == 0
+    assert st["hours_left"] == pytest.approx(len(trained) * 100 * 85.0 / 3600)
     st = sweep.status("long/layouts", sweep.plan_runs("layouts", "long"), work)
     assert st["unknown_eta"] == 2 and st["hours_left"] == 0
     # no run of the same method yet: another method of the same model and teacher gives an estimate, marked
@@ -371,3 +372,52 @@ def test_a_fresh_runs_root_gets_the_published_teacher_back_instead_of_training_i
     final.write_text(json.dumps({"checkpoint": {"sha256": "0" * 64}}))
     assert sweep.restore_published(final, tmp_path / "x.safetensors") is None
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_an_ablation_run_equal_to_a_main_run_is_copied_not_trained_twice(tmp_path, monkeypatch):
+    """long/ablations' reference is main's RepAn arm, seed 0, with the same arguments (100 epochs):
+    the sweep copies that run's results once it has finished and trains nothing for it."""
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(sweep.subprocess, "Popen", None)  # anything that would train fails the test
+    ref = next(r for r in sweep.plan_runs("ablations", "long") if r["name"] == "reference")
+    assert ref["same_as"] == "repan_repvgg_a1_w025__repan__s0"
+    main_run = next(r for r in sweep.plan_runs("main", "long") if r["name"] == ref["same_as"])
+    assert sweep._options(ref["args"]) == sweep._options(main_run["args"])
+    msg = sweep._execute("long/ablations", ref, tmp_path / "work", "cpu", 1, [], dry=False)
+    assert msg.startswith("waiting reference") and not (tmp_path / "results/long/ablations").exists()
+    st = sweep.status("long/ablations", [ref], tmp_path / "work")
+    assert (st["rows"][0]["state"], st["hours_left"], st["unknown_eta"]) == ("in main", 0, 0)
+    write_run(tmp_path / "results/long/main", ref["same_as"], "repan_repvgg_a1_w025", "repan", 0, 92.9, 92.8)
+    assert sweep._execute("long/ablations", ref, tmp_path / "work", "cpu", 1, [], dry=False).startswith("done")
+    copied = tmp_path / "results/long/ablations/reference"
+    assert json.loads((copied / "final.json").read_text())["val_top1"] == 92.9
+    assert ref["same_as"] in (copied / "same_as.txt").read_text()
+    assert sweep.status("long/ablations", [ref], tmp_path / "work")["done"] == 1
+
+
+def test_a_same_as_run_whose_arguments_differ_from_its_main_run_is_refused():
+    sweep = load("sweep")
+    main_run = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_repvgg_a1_w025__repan__s0")
+    other = sweep._run("reference", main_run["args"] + ["--later-lr", "0.05"], same_as=main_run["name"])
+    with pytest.raises(ValueError, match="--later-lr"):
+        sweep._check_same_as([other], "long")
+    with pytest.raises(ValueError, match="does not have"):
+        sweep._check_same_as([sweep._run("x", main_run["args"], same_as="nope")], "long")
+    # the same options in another order are the same run
+    shuffled = main_run["args"][2:] + main_run["args"][:2]
+    assert sweep._check_same_as([sweep._run("r", shuffled, same_as=main_run["name"])], "long")
+
+
+def test_status_times_later_plans_by_main_runs_finished_on_another_machine(tmp_path, monkeypatch):
+    """A fresh runs root has no folders of main's finished runs: their committed histories still time
+    the ablation and ship runs of the same kind (was: 'no timing yet' for every one of them)."""
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    name = "repan_repvgg_a1_w025__repan__s0"
+    write_run(tmp_path / "results/long/main", name, "repan_repvgg_a1_w025", "repan", 0, 92.9, 92.8)
+    (tmp_path / "results/long/main" / name / "metrics.json").write_text(
+        json.dumps([{"epoch_time_s": t} for t in (50.0, 60.0, 70.0)]))
+    st = sweep.status("long/ablations", sweep.plan_runs("ablations", "long"), tmp_path / "empty_runs_root")
+    trained = [r for r in st["rows"] if not r.get("same_as")]
+    assert trained and all(r["epoch_s"] == 60.0 for r in trained) and st["unknown_eta"] == 0

@@ -22,7 +22,8 @@ replaced (``$REPAN_RUNS``, ``python``), ready to commit.
 Plans (see :func:`plan_runs`): ``main`` = 3 models × {baseline, kd, repan, repan_kd} × 3 seeds (at the
 ``long`` scale: 3 seeds of the first model, 1 of the others), plus one teacher; ``ablations`` = on
 repan_repvgg_a1_w025, seed 0: k = 1..5 (Table 5), KD α/T (Table 4), λ schedules (``long``: generic vs
-own branch kinds, 5 × 20 cycles, half the later peak LR, a 1-epoch LR warm-up per cycle); ``ablations_extra`` = restore modes, new-branch
+own branch kinds, 5 × 20 cycles, half the later peak LR, a 1-epoch LR warm-up per cycle, around main's
+RepAn arm of seed 0, whose results are copied as the reference, not trained twice); ``ablations_extra`` = restore modes, new-branch
 γ, cycle length at the same budget and Expand before cycle 1 (the paper's literal Algorithm 1);
 ``bf16`` = main's baseline arm in bf16 autocast; ``expansion`` = main's RepAn arm expanding each block's
 own kinds at γ = 0; ``layouts`` = MobileOne-S0's ImageNet layout vs a half-width small-input layout
@@ -165,10 +166,47 @@ def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
     return args
 
 
-def _run(name: str, args: List[str], needs: Optional[str] = None, home: Optional[str] = None) -> Dict:
+def _run(name: str, args: List[str], needs: Optional[str] = None, home: Optional[str] = None,
+         same_as: Optional[str] = None) -> Dict:
     """One training run; ``home`` = the plan whose folders hold it (the teacher lives in ``main``
-    and serves every plan)."""
-    return {"name": name, "args": args, "needs": needs, "home": home}
+    and serves every plan); ``same_as`` = the name of the run of the scale's ``main`` plan that has
+    the same arguments: its results are copied, it is not trained twice (:func:`_check_same_as`)."""
+    return {"name": name, "args": args, "needs": needs, "home": home, "same_as": same_as}
+
+
+def _options(args: List[str]) -> Dict[str, Optional[str]]:
+    """A run's arguments as option → value (``None`` for a flag): two runs with the same options in
+    another order are the same run."""
+    out: Dict[str, Optional[str]] = {}
+    i = 0
+    while i < len(args):
+        has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+        out[args[i]] = args[i + 1] if has_value else None
+        i += 1 + has_value
+    return out
+
+
+def _check_same_as(runs: List[Dict], scale: str) -> List[Dict]:
+    """``runs`` after checking that each ``same_as`` run has exactly the arguments of the ``main``
+    run it names (a plan edited on one side only would otherwise copy another run's results).
+
+    Raises:
+        ValueError: naming the run and the options that differ."""
+    main = None
+    for run in runs:
+        if not run.get("same_as"):
+            continue
+        main = main if main is not None else {r["name"]: r for r in plan_runs("main", scale)}
+        src = main.get(run["same_as"])
+        if src is None:
+            raise ValueError(f"run {run['name']!r} is declared the same as {scale}/main's {run['same_as']!r}, "
+                             "which that plan does not have: fix same_as in plan_runs")
+        a, b = _options(run["args"]), _options(src["args"])
+        diff = sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+        if diff or run["needs"] != src["needs"]:
+            raise ValueError(f"run {run['name']!r} is declared the same as {scale}/main's {run['same_as']!r} but "
+                             f"differs in {diff or ['the teacher']}: drop same_as (train it) or make the arguments equal")
+    return runs
 
 
 def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
@@ -214,7 +252,8 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
     elif plan == "ablations" and scale == "long":
         # around the long plan's RepAn arm (seed 0): the expansion of cycles 2..R — the architecture's own
         # branch kinds (reference) vs the generic conv_kxk + conv_1x1 pair — and the paper's 5 × 20 cycles
-        runs.append(_run("reference", base + cyc + repan))
+        # reference = main's RepAn arm, seed 0 (the same arguments): copied from there, not trained twice
+        runs.append(_run("reference", base + cyc + repan, same_as=f"{ABLATION_MODEL}__repan__s0"))
         runs.append(_run("generic_pair", base + cyc + with_("--branches", "conv_kxk,conv_1x1")))
         runs.append(_run("cycles5x20", base + repan + ["--cycles", "5", "--epochs", "20"]))
         # the other knob of the drop at a cycle start: the warm restart's peak LR (half in cycles 2..R)
@@ -267,7 +306,7 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         runs.append(_run("first_cycle_expand", base + cyc + with_("--first-cycle", "expand")))
     else:
         raise SystemExit(f"unknown plan {plan!r}: choose one of {', '.join(PLANS)}")
-    return runs
+    return _check_same_as(runs, scale)
 
 
 def best_arms(scale: str) -> Dict[str, Dict]:
@@ -319,8 +358,33 @@ def _median(values: List[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
+#: a finished run's small files, as committed under ``results/<scale>/<plan>/<run>/``
+RESULT_FILES = ("metrics.json", "final.json", "metrics.csv", "learning_curve.png", "command.txt")
+
+
+def _copy_same_as(plan: str, run: Dict) -> str:
+    """A ``same_as`` run: the committed results of the ``main`` run it names are copied into this
+    plan's folder (with ``same_as.txt`` saying so); nothing is trained. Before that run has finished,
+    this one waits (the main plan trains it)."""
+    src = _result_dir(f"{plan.split('/')[0]}/main", run["same_as"])
+    dest = _result_dir(plan, run["name"])
+    if not (src / "final.json").exists():
+        return f"waiting {run['name']}: it is {plan.split('/')[0]}/main's {run['same_as']}, not finished yet"
+    if (dest / "final.json").exists():
+        return f"skip {run['name']} (done)"
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+    (dest / "same_as.txt").write_text(f"copied from {plan.split('/')[0]}/main/{run['same_as']}: the same "
+                                      "arguments (benchmarks/accuracy/sweep.py, same_as)\n")
+    return f"done {run['name']} (copied from main's {run['same_as']})"
+
+
 def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra: List[str], dry: bool,
              deadline: Optional[float] = None) -> str:
+    if run.get("same_as"):
+        return f"{run['name']}: copied from main's {run['same_as']}" if dry else _copy_same_as(plan, run)
     plan = _home_plan(plan, run)
     out = work / plan / run["name"]
     done = _result_dir(plan, run["name"]) / "final.json"
@@ -425,6 +489,15 @@ def _history(metrics: Path) -> List[Dict]:
     return json.loads(metrics.read_text()) if metrics.is_file() else []
 
 
+def _run_history(work: Path, home: str, name: str) -> List[Dict]:
+    """A run's per-epoch records: its run folder's, else, once finished, its committed ones (a fresh
+    machine's runs root lacks the folders of runs finished elsewhere)."""
+    history = _history(work / home / name / "metrics.json")
+    if not history and (_result_dir(home, name) / "final.json").exists():
+        history = _history(_result_dir(home, name) / "metrics.json")
+    return history
+
+
 def _epoch_times(history: List[Dict], device: Optional[str] = None, gpu_epochs: int = 0) -> List[float]:
     """A run's epoch times. With ``device`` (a device type): its epochs on that device when it has
     any, else its epochs on no known device (rows from before the device was recorded), never those
@@ -459,9 +532,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
         total = _epochs_of(run["args"])
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
-        # a finished run's committed history times it where its run folder is gone (a fresh machine)
-        history = (_history(work / home / run["name"] / "metrics.json")
-                   or (_history(_result_dir(home, run["name"]) / "metrics.json") if done else []))
+        history = _run_history(work, home, run["name"])
         times = times_here(home, run["name"], history)
         key = _timing_key(run["args"])
         if times:
@@ -472,7 +543,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     if name != "main":
         for run in plan_runs("main", scale):
             home = _home_plan(f"{scale}/main", run)
-            times = times_here(home, run["name"], _history(work / home / run["name"] / "metrics.json"))
+            times = times_here(home, run["name"], _run_history(work, home, run["name"]))
             if times:
                 main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
     def coarse(key: tuple) -> tuple:  # the method left out: model, layout and teacher set most of the cost
@@ -482,6 +553,11 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     for key, values in list(main_times.items()) + list(epoch_times.items()):
         any_method.setdefault(coarse(key), []).extend(values)
     for run, total, done, trained, times, key in state:
+        if run.get("same_as"):  # trained (and timed) by the main plan, copied from there when it finishes
+            done = done or (_result_dir(f"{scale}/main", run["same_as"]) / "final.json").exists()
+            rows.append({"run": run["name"], "state": "done" if done else "in main", "epochs": f"{total}/{total}"
+                         if done else f"0/{total}", "epoch_s": None, "approx": False, "same_as": run["same_as"]})
+            continue
         left = 0 if done else total - trained
         similar = epoch_times.get(key) or main_times.get(key)
         approx = not times and not similar and bool(any_method.get(coarse(key)))
@@ -498,6 +574,10 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
 
 def _print_status(plan: str, st: Dict, jobs: int) -> None:
     for r in st["rows"]:
+        if r.get("same_as"):
+            print(f"  {r['state']:8s} {r['epochs']:>8s}  {r['run']}  (= main's {r['same_as']}: copied, not trained "
+                  "twice)", flush=True)
+            continue
         per = (f"{'~' if r.get('approx') else ''}{r['epoch_s']:.0f} s/epoch"
                + (", from other methods of the same model" if r.get("approx") else "")) if r["epoch_s"] else "no timing yet"
         print(f"  {r['state']:8s} {r['epochs']:>8s}  {r['run']}  ({per})", flush=True)
