@@ -231,3 +231,27 @@ def test_head_contract_as_timm_checks_its_own_models(name):
     } <= {n for n, _ in model.named_parameters() if n.startswith("head")}
     with pytest.raises(TypeError, match="not_a_timm_kwarg"):
         timm.create_model(name, not_a_timm_kwarg=1)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.parametrize("name", ["repan_repvgg_a0", "repan_resnet18_acb_w025", "repan_mobileone_s0", "repan_resnet18_dbb_w025"])
+def test_unfolded_and_pretrained_models_script_like_fresh_ones(name):
+    """Branches added by ``unfold`` / RepAn's Expand (the form ``pretrained=True`` hands back, and what
+    every RepAn cycle trains) carry an instance ``fresh`` flag; TorchScript must script them as it does
+    a freshly built model (was: "Unknown type annotation: 'bool'" from every unfolded model)."""
+    from repan_zoo import reparameterize, unfold
+    from repan_zoo.blocks.branches import BRANCH_KINDS
+
+    with set_scriptable(True):
+        model = timm.create_model(name).eval()
+    x = _randn(2, *_small_size(model.pretrained_cfg))
+    deploy = reparameterize(model, example_input=x)
+    for branches in (None, sorted(BRANCH_KINDS)):  # the architecture's own kinds, then every kind that fits
+        net = unfold(deploy, branches, lam=1.0, generator=torch.Generator().manual_seed(0), example_input=x).eval()
+        with torch.no_grad():
+            assert torch.allclose(torch.jit.script(net)(x), net(x), rtol=1e-4, atol=1e-5)
+    if name == "repan_resnet18_acb_w025":  # bundled Fashion-MNIST weights: offline
+        net = timm.create_model(name, pretrained=True).eval()
+        x = _randn(2, *net.pretrained_cfg["input_size"])
+        with torch.no_grad():
+            assert torch.allclose(torch.jit.script(net)(x), net(x), rtol=1e-4, atol=1e-5)

@@ -137,6 +137,10 @@ class Branch(nn.Module):
     #: set by ``init_branch_`` (``unfold``/expansion) for branches whose BNs have no function to keep
     #: yet: :func:`repan_zoo.calibrate_bn` gives them the batch statistics, then clears it.
     fresh: bool = False
+    #: bookkeeping no forward reads: TorchScript skips it (under ``from __future__ import annotations``
+    #: the class annotation is the string ``'bool'``, which ``torch.jit.script`` cannot resolve for an
+    #: instance attribute, so every branch ``init_branch_`` flagged made its model unscriptable)
+    __jit_ignored_attributes__ = ["fresh"]
 
     def __init__(self, spec: BlockSpec):
         super().__init__()
