@@ -421,3 +421,21 @@ def test_status_times_later_plans_by_main_runs_finished_on_another_machine(tmp_p
     st = sweep.status("long/ablations", sweep.plan_runs("ablations", "long"), tmp_path / "empty_runs_root")
     trained = [r for r in st["rows"] if not r.get("same_as")]
     assert trained and all(r["epoch_s"] == 60.0 for r in trained) and st["unknown_eta"] == 0
+
+
+def test_a_restarted_sweep_finishes_its_part_trained_runs_before_starting_new_ones(tmp_path):
+    """Processes end with the session: the next `--jobs 2` sweep must give its workers the runs that
+    hold checkpoints first (teachers still before everything), not new runs that come earlier in
+    the plan's seed-by-seed order."""
+    sweep = load("sweep")
+    runs = sweep.plan_runs("main", "long")
+    work = tmp_path / "work"
+    partial = ["repan_mobileone_s0_w050__kd__s0", "repan_mobileone_s0_w050__baseline__s0"]
+    for name in partial:
+        (work / "long" / "main" / name / "checkpoints").mkdir(parents=True)
+    order = [r["name"] for r in sweep.queue("long/main", runs, work)]
+    assert order[0] == "teacher"
+    assert set(order[1:3]) == set(partial)
+    assert order[3:] == [r["name"] for r in sorted(runs, key=sweep._order) if r["name"] not in partial + ["teacher"]]
+    assert [r["name"] for r in sweep.queue("long/main", runs, tmp_path / "empty")] == [
+        r["name"] for r in sorted(runs, key=sweep._order)]

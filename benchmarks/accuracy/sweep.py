@@ -15,7 +15,7 @@ Usage::
     python benchmarks/accuracy/aggregate.py                                      # tables + plots
 
 Run folders (checkpoints, deploy weights) live under ``--work`` (default ``$REPAN_RUNS`` or
-``~/.cache/repan/runs/accuracy``, outside the work tree); a stopped run resumes from its last
+``~/.cache/repan/runs/accuracy``, outside the work tree); a stopped run resumes (ahead of runs not yet started) from its last
 completed epoch, and a finished run's small files are written into ``results/`` with machine paths
 replaced (``$REPAN_RUNS``, ``python``), ready to commit.
 
@@ -474,6 +474,16 @@ def _order(run: Dict) -> tuple:
     return (seed, bool(run["needs"]))
 
 
+def queue(plan: str, runs: List[Dict], work: Path) -> List[Dict]:
+    """The order a sweep starts ``runs`` in: teachers, then the runs a stopped sweep left part-trained
+    (checkpoints in their run folder: they finish, and their results get committed, before any new run
+    takes a worker), then :func:`_order`."""
+    def started(run: Dict) -> bool:
+        return (work / _home_plan(plan, run) / run["name"] / "checkpoints").is_dir()
+
+    return sorted(runs, key=lambda r: (not r["home"], not started(r), _order(r)))
+
+
 def _epochs_of(args: List[str]) -> int:
     return int(_arg(args, "--cycles")) * int(_arg(args, "--epochs"))
 
@@ -614,9 +624,9 @@ def main(argv=None) -> int:
     if a.kd_runs == "skip" and a.plan == "main":
         runs = [r for r in plan_runs(a.plan, a.scale) if r["name"] == "teacher"] + [r for r in runs
                                                                                     if r["name"] != "teacher"]
-    runs.sort(key=_order)
     plan = f"{a.scale}/{a.plan}"
     work = Path(a.work)
+    runs = queue(plan, runs, work)
     _print_status(plan, status(plan, runs, work, a.jobs, a.device), a.jobs)
     if a.status:
         return 0
