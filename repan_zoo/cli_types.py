@@ -306,7 +306,8 @@ def check_model_name(name: str, option: str = "model") -> None:
     import timm
 
     from . import models  # noqa: F401  (registers the repan_* families with timm)
-    from .errors import UnknownModelError, UnknownTagError
+    from .errors import UnknownModelError
+    from .models.repan import check_pretrained_tag
 
     if name.startswith(("hf-hub:", "local-dir:")):
         return  # timm resolves these itself (a Hub repo or a folder), the weights loader verifies them
@@ -316,8 +317,4 @@ def check_model_name(name: str, option: str = "model") -> None:
         raise UnknownModelError(f"unknown model {name!r} ({option}); registered repan models: {', '.join(known)} "
                          "(`repan list` shows them)")
     if tag:
-        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        if tag not in tags:
-            raise UnknownTagError(
-                f"{option} {name!r}: {arch} has no pretrained tag {tag!r}; tags it has: {', '.join(tags) or 'none'} "
-                f"(write {arch}.<tag>, or {arch} for the default)", model=arch, available=tags)
+        check_pretrained_tag(arch, tag, option)

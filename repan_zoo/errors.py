@@ -93,8 +93,10 @@ class WeightsError(RepanError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnknownTagError(WeightsError, LookupError):
-    """The manifest has no weights of that tag for the model (``available`` lists the tags it has)."""
+class UnknownTagError(WeightsError, LookupError, RuntimeError):
+    """The model has no pretrained weights or config of that tag (``available`` lists the tags it
+    has). Also a ``RuntimeError``: what timm raises for an invalid tag, so code written against timm
+    keeps catching it."""
 
     def __init__(self, message: str, *, model=None, filename=None, available=()):
         super().__init__(message, model=model, filename=filename)

@@ -115,3 +115,17 @@ def test_pretrained_cfg_describes_the_loaded_manifest_weights(name):
     assert (cfg["tag"], cfg["num_classes"], tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"])) == (
         entry.tag, entry.num_classes, tuple(entry.input_size), tuple(entry.mean), tuple(entry.std))
     assert model.num_classes == 3
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_an_unknown_pretrained_tag_names_the_tags_the_model_has(pretrained):
+    """``timm.create_model("<model>.<typo>")`` is refused as the CLI refuses it: the message lists the
+    model's tags (was timm's bare "Invalid pretrained tag (nope) for ..."); it stays a RuntimeError,
+    what timm raises there, so code written against timm keeps catching it."""
+    from repan_zoo.errors import UnknownTagError
+
+    with pytest.raises(UnknownTagError, match=r"repan_repvgg_a1_w025 has no pretrained tag 'nope'.*fmnist_long_kd") as exc:
+        timm.create_model("repan_repvgg_a1_w025.nope", pretrained=pretrained, device="meta")
+    assert isinstance(exc.value, RuntimeError) and "fmnist_long_kd" in exc.value.available
+    with pytest.raises(UnknownTagError, match="tags it has: none"):
+        timm.create_model("repan_repvgg_a0.nope", pretrained=pretrained, device="meta")

@@ -32,9 +32,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, list_pretrained, register_model, resolve_pretrained_cfg
 
-from ..errors import ModelConfigError, UnknownModelArgError
+from ..errors import ModelConfigError, UnknownModelArgError, UnknownTagError
 from ..manifest import timm_cfgs
 from .families import MODELS, ModelDef
 from .layers import rep_conv
@@ -223,6 +223,19 @@ def _hub_load_pretrained() -> Callable[..., Any]:
     return load_pretrained
 
 
+def check_pretrained_tag(arch: str, tag: str, what: str = "model") -> None:
+    """Refuse ``<arch>.<tag>`` when ``arch`` has no pretrained config of that tag (``timm.create_model``
+    and the CLIs both come here).
+
+    Raises:
+        UnknownTagError: the message lists the tags ``arch`` has (``available``)."""
+    tags = [n.partition(".")[2] for n in list_pretrained(f"{arch}.*")]
+    if tag not in tags:
+        raise UnknownTagError(
+            f"{what} {arch + '.' + tag!r}: {arch} has no pretrained tag {tag!r}; tags it has: {', '.join(tags) or 'none'} "
+            f"(write {arch}.<tag>, or {arch} for the default)", model=arch, available=tags)
+
+
 def _with_tag(cfg: Dict[str, Any]) -> Dict[str, Any]:
     cfg.setdefault("tag", None)  # timm drops a None tag; the hub reads it (None: no published weights)
     return cfg
@@ -233,6 +246,8 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     mdef = MODELS[variant]
     _check_kwargs(variant, kwargs)
     cfg = _resolve_cfg(variant, mdef, kwargs)
+    if isinstance(kwargs.get("pretrained_cfg"), str):  # the tag of "<model>.<tag>" (timm passes it so)
+        check_pretrained_tag(variant, kwargs["pretrained_cfg"])
     resolved = _with_tag(
         resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
     )
