@@ -12,6 +12,7 @@ the figures are attached as ``model.repan_exactness``.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import defaultdict
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -83,6 +84,11 @@ def _checked_conversion(
 ) -> nn.Module:
     """Convert a deep copy, check it, and only then hand back the copy (or apply to ``model``)."""
     names = _require_blocks(model, call)
+    if verify and any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        raise ReparameterizationError(
+            f"{call} cannot check its conversion: the model is on the meta device (shapes, no values). "
+            f"Pass verify=False to convert its structure only, or give it values first "
+            "(model.to_empty(device='cpu'), then load_state_dict). The model was left unchanged")
     work = copy.deepcopy(model)
     report: Optional[ExactnessReport] = None
     if verify:

@@ -496,3 +496,21 @@ def test_an_error_beyond_fp32_rounding_outside_the_blocks_is_still_caught(single
     with pytest.raises(ReparameterizationError, match="vs float64"):
         _checked_conversion(model, fuse_and_break_head, call="test", inplace=False, verify=True,
                             example_input=probe, tolerance=None)
+
+
+def test_a_meta_device_model_is_refused_by_a_checked_conversion_by_name():
+    """A model built on the meta device (``timm.create_model(..., device="meta")``) has no values to
+    check a conversion on: the checked call says so and names the fix (was torch's "Tensor.item()
+    cannot be called on meta tensors"); ``verify=False`` converts its structure."""
+    from repan_zoo import reparameterize, unfold
+
+    model = timm.create_model("repan_repvgg_a0", device="meta")
+    for call in (lambda m: reparameterize(m), lambda m: unfold(reparameterize(m, verify=False))):
+        with pytest.raises(ReparameterizationError, match=r"meta device.*verify=False.*to_empty"):
+            call(model)
+    deploy = reparameterize(model, verify=False)
+    assert all(p.is_meta for p in deploy.parameters())
+    bns = lambda m: sum(isinstance(x, nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert bns(deploy) == 0 < bns(model)
+    train = unfold(deploy, verify=False)
+    assert all(p.is_meta for p in train.parameters()) and bns(train) == bns(model)
