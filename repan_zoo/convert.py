@@ -87,7 +87,7 @@ def _checked_conversion(
     if verify and any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         raise ReparameterizationError(
             f"{call} cannot check its conversion: the model is on the meta device (shapes, no values). "
-            f"Pass verify=False to convert its structure only, or give it values first "
+            "Pass verify=False to convert its structure only, or give it values first "
             "(model.to_empty(device='cpu'), then load_state_dict). The model was left unchanged")
     work = copy.deepcopy(model)
     report: Optional[ExactnessReport] = None

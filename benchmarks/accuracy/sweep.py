@@ -122,20 +122,28 @@ SHIP_BUDGET_FACTOR = 2
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
 
 
+def _options(args: List[str]) -> Dict[str, Optional[str]]:
+    """A run's arguments as option → value (``None`` for a flag): two runs with the same options in
+    another order are the same run."""
+    out: Dict[str, Optional[str]] = {}
+    i = 0
+    while i < len(args):
+        has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+        out[args[i]] = args[i + 1] if has_value else None
+        i += 1 + has_value
+    return out
+
+
 def _merge(args: List[str], changes: List[str]) -> List[str]:
     """``args`` with the options of ``changes`` set: an option already in ``args`` gets the new value
     in place (flags are kept once), new options are appended."""
     out = list(args)
-    i = 0
-    while i < len(changes):
-        opt = changes[i]
-        has_value = i + 1 < len(changes) and not changes[i + 1].startswith("--")
+    for opt, value in _options(changes).items():
         if opt in out:
-            if has_value:
-                out[out.index(opt) + 1] = changes[i + 1]
+            if value is not None:
+                out[out.index(opt) + 1] = value
         else:
-            out += changes[i:i + 1 + has_value]
-        i += 1 + has_value
+            out += [opt] + ([] if value is None else [value])
     return out
 
 
@@ -172,18 +180,6 @@ def _run(name: str, args: List[str], needs: Optional[str] = None, home: Optional
     and serves every plan); ``same_as`` = the name of the run of the scale's ``main`` plan that has
     the same arguments: its results are copied, it is not trained twice (:func:`_check_same_as`)."""
     return {"name": name, "args": args, "needs": needs, "home": home, "same_as": same_as}
-
-
-def _options(args: List[str]) -> Dict[str, Optional[str]]:
-    """A run's arguments as option → value (``None`` for a flag): two runs with the same options in
-    another order are the same run."""
-    out: Dict[str, Optional[str]] = {}
-    i = 0
-    while i < len(args):
-        has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
-        out[args[i]] = args[i + 1] if has_value else None
-        i += 1 + has_value
-    return out
 
 
 def _check_same_as(runs: List[Dict], scale: str) -> List[Dict]:
@@ -358,10 +354,6 @@ def _median(values: List[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-#: a finished run's small files, as committed under ``results/<scale>/<plan>/<run>/``
-RESULT_FILES = ("metrics.json", "final.json", "metrics.csv", "learning_curve.png", "command.txt")
-
-
 def _copy_same_as(plan: str, run: Dict) -> str:
     """A ``same_as`` run: the committed results of the ``main`` run it names are copied into this
     plan's folder (with ``same_as.txt`` saying so); nothing is trained. Before that run has finished,
@@ -373,9 +365,9 @@ def _copy_same_as(plan: str, run: Dict) -> str:
     if (dest / "final.json").exists():
         return f"skip {run['name']} (done)"
     dest.mkdir(parents=True, exist_ok=True)
-    for name in RESULT_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dest / name)
+    for path in src.iterdir():  # the finished run's committed small files, as they are
+        if path.is_file():
+            shutil.copy2(path, dest / path.name)
     (dest / "same_as.txt").write_text(f"copied from {plan.split('/')[0]}/main/{run['same_as']}: the same "
                                       "arguments (benchmarks/accuracy/sweep.py, same_as)\n")
     return f"done {run['name']} (copied from main's {run['same_as']})"
