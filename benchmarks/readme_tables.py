@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -271,8 +271,8 @@ INT8_SPEED_TEXT = ("Speed, INT8 vs timm's fp32 eager twin (reparameterized) and 
                    "`python benchmarks/inference.py --int8 --models repan_mobileone_s0 --fit-steps 500 --fit-lr 0.1 --out benchmarks/results/inference_int8_224_s0.json` (and with `--calib-batches 32 --out benchmarks/results/inference_int8_224_s0_calib512.json`; both measured before activation equalization existed),\n"
                    "`python benchmarks/inference.py --shipped --only mobileone --size 224 --batch 8 --out benchmarks/results/inference_int8_s0_224.json`,\n"
                    "`python benchmarks/inference.py --shipped --batch 64 --out benchmarks/results/inference_int8_shipped.json`.\n"
-                   "The ImageNet-shaped 224² rows (3 channels, 1000 classes) are our models *fitted* first (`--fit-steps`, `--fit-more`: SGD on Fashion-MNIST training images resized to 224², classes 0–9; the `fit` record in each file gives steps, time and top-1 on 256 validation images; fitted weights are cached outside the tree), because there are no ImageNet weights here and random weights give near-uniform logits on which top-1 agreement is noise (random weights: agreement 0.75 / 0.31, refused). timm's twin keeps random weights: it is only timed. "
-                   "RepVGG-A0 fitted 200 steps (61 % validation top-1) passes the self-check at 4.0× timm's speed. MobileOne-S0 passes once it is trained enough to have margins between its classes: fitted 1,500 steps (80 %) it agrees on 0.938 of the probe (relative error 0.13) at 3.5× timm's speed; fitted 500 steps (66 %) it was refused (0.58 / 0.70 agreement with 64 / 512 calibration images before equalization, 0.79 with it — the analysis below). The shipped 28×28 checkpoints run 2.5–3.3× faster in INT8 than in fp32 eager, and the shipped MobileOne-S0 at 224² (1 channel, trained at 28²) passes too.")
+                   "The ImageNet-shaped 224² rows (3 channels, 1000 classes) are our models *fitted* first (`--fit-steps`, `--fit-more`: SGD on Fashion-MNIST training images resized to 224², classes 0–9; the `fit` record in each file gives steps, time and top-1 on 256 validation images; fitted weights are cached outside the tree), because there are no ImageNet weights here and random weights give near-uniform logits on which top-1 agreement is noise. timm's twin keeps random weights: it is only timed. "
+                   "RepVGG-A0 fitted 200 steps (61 % validation top-1) passes the self-check at 4.0× timm's speed. MobileOne-S0 passes once it is trained enough to have margins between its classes: fitted 1,500 steps (80 %) it agrees on 0.938 of the probe (relative error 0.13) at 3.5× timm's speed; fitted 500 steps (66 %) it was refused (0.58 / 0.70 agreement with 64 / 512 calibration images before equalization, 0.79 with it — the analysis below). The shipped 28×28 checkpoints run {shipped_speedup}× faster in INT8 than in their fp32 deploy form (eager, `inference_int8_shipped.json`), and the shipped MobileOne-S0 at 224² (1 channel, trained at 28²) passes too.")
 INT8_SPEED_FILES = ("inference_int8_224_a0.json", "inference_int8_224_s0_fit1500.json", "inference_int8_224_s0.json",
                     "inference_int8_224_s0_calib512.json", "inference_int8_s0_224.json", "inference_int8_shipped.json")
 INT8_SENSITIVITY_TEXT = (
@@ -283,8 +283,9 @@ INT8_SENSITIVITY_TEXT = (
     "eager INT8 graph, 512 calibration images, 256 validation images as probe). Three layer patterns, two of them fixed: "
     "(1) dead channels read by a 1×1 conv with huge weights (the fold); (2) the depthwise convs' outputs have per-channel ranges a single "
     "per-tensor uint8 scale cannot hold — the propagated SQNR falls from 30 to 16 dB at the first depthwise → pointwise pair; "
-    "activation equalization keeps it at 28 dB; (3) the identity branch fused into every square 1×1 conv makes its diagonal 2–5× the "
-    "largest other weight of the row, so the per-channel int8 scale is set by the diagonal (weight error 2–3 % instead of ≈0.5 %). "
+    "activation equalization keeps it at 28 dB; (3) the identity branch fused into every square 1×1 conv makes its diagonal large: {diag_high} "
+    "the largest other weight of its row (median over rows; {diag_low}), so the per-channel int8 scale is set by the diagonal (weight error "
+    "{err} instead of {err_kept} with the diagonal kept apart). "
     "What is left is diffuse: the SQNR falls ≈0.5 dB per layer over 43 layers; no group of layers kept in fp32 brings the "
     "agreement to 0.9 (best: the 21 pointwise convs, 0.875), and splitting each square 1×1 conv into its off-diagonal part and a "
     "depthwise 1×1 conv for the diagonal (`--split-diagonals`) does not either. The model is also fragile: 66 % validation top-1 "
@@ -302,6 +303,20 @@ ONNX_INT8_TEXT = (
 ONNX_INT8_FILE = "onnx_int8_shipped.json"
 
 
+def _diagonal_figures(sens: Dict) -> Dict[str, str]:
+    """Pattern (3) of the INT8 sensitivity text, from the file: the diagonal of each square 1×1 conv over the
+    largest other weight of its row (median over rows), and the per-channel weight error with and without it."""
+    rows = sens["results"]["weights_only"]["square_pointwise"]
+    ratio = {k: v["diag_over_max_offdiag_median"] for k, v in rows.items()}
+    high = [r for r in ratio.values() if r >= 2]
+    low = [r for r in ratio.values() if r < 2]
+    pct = lambda xs: f"{100 * min(xs):.2g}–{100 * max(xs):.2g} %"  # noqa: E731
+    return {"diag_high": f"in {len(high)} of the {len(ratio)} square 1×1 convs it is {min(high):.1f}–{max(high):.1f}×",
+            "diag_low": f"{min(low):.2f}–{max(low):.1f}× in the other {len(low)}" if low else "no other conv",
+            "err": pct([v["weight_rel_error"] for v in rows.values()]),
+            "err_kept": pct([v["weight_rel_error_diagonal_kept"] for v in rows.values()])}
+
+
 def int8() -> List[str]:
     acc = _load("int8_accuracy.json")
     if not acc:
@@ -313,7 +328,9 @@ def int8() -> List[str]:
     out = ["### INT8 on CPU (torchao PT2E): accuracy per shipped checkpoint and speed", ""]
     for para in INT8_TEXT:
         out += [para, ""]
-    out += [int8_accuracy.markdown(acc), "", INT8_SPEED_TEXT, ""]
+    shipped = [r["int8_vs"]["deploy"] for r in (_load("inference_int8_shipped.json") or {}).get("results", [])]
+    speedup = f"{min(shipped):.1f}–{max(shipped):.1f}" if shipped else "(not measured)"
+    out += [int8_accuracy.markdown(acc), "", INT8_SPEED_TEXT.format(shipped_speedup=speedup), ""]
     speed = [d for d in (_load(n) for n in INT8_SPEED_FILES) if d]
     for i, d in enumerate(speed):
         table = inference.markdown_int8(d).split("\n")
@@ -330,7 +347,7 @@ def int8() -> List[str]:
     if sens:
         import int8_sensitivity  # noqa: E402
 
-        out += [INT8_SENSITIVITY_TEXT, "", int8_sensitivity.markdown(sens), ""]
+        out += [INT8_SENSITIVITY_TEXT.format(**_diagonal_figures(sens)), "", int8_sensitivity.markdown(sens), ""]
     return out
 
 

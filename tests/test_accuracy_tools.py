@@ -136,6 +136,76 @@ def test_ship_replace_supersedes_the_layout_a_model_is_shipped_in_place_of(tmp_p
         assert (figures["val_top1"], figures["arm_seeds"], figures["arm_val_mean"]) == (val, 1, 92.0)
 
 
+def test_ship_reads_the_run_folders_and_results_where_the_sweep_wrote_them(tmp_path, monkeypatch, capsys):
+    """A sweep run with ``$REPAN_RUNS`` / ``$REPAN_RESULTS`` set is shipped with the same environment and no
+    ``--work``: ship.py takes both places from sweep.py (its own default ignored ``$REPAN_RUNS``)."""
+    import sys
+
+    work, results = tmp_path / "work", tmp_path / "results"
+    monkeypatch.setenv("REPAN_RUNS", str(work))
+    monkeypatch.setenv("REPAN_RESULTS", str(results))
+    monkeypatch.delitem(sys.modules, "sweep", raising=False)  # ship imports it: read the environment again
+    try:
+        ship = load("ship")
+    finally:
+        sys.modules.pop("sweep", None)  # later tests get the sweep of their own environment
+    write_run(results / "long" / "main", "m__kd__s0", "m", "kd", 0, 94.0, 93.9)
+    run_dir = work / "long" / "main" / "m__kd__s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "deploy.safetensors").write_bytes(b"weights")
+    final = json.loads((results / "long" / "main" / "m__kd__s0" / "final.json").read_text())
+    final["checkpoint"]["sha256"] = ship.sha256_file(run_dir / "deploy.safetensors")
+    (results / "long" / "main" / "m__kd__s0" / "final.json").write_text(json.dumps(final))
+    assert ship.main(["--plan", "long/main", "--any-arm"]) == 0
+    out = capsys.readouterr().out
+    assert "m: m__kd__s0 (val 94.00, test 93.90)" in out and str(run_dir / "deploy.safetensors") in out
+    assert (run_dir / "publish_metrics.json").is_file()
+
+
+def test_refresh_arm_metrics_follows_the_seeds_finished_after_shipping(tmp_path, monkeypatch):
+    """An entry shipped while its arm had two finished seeds said ``arm_seeds: 2`` after the third
+    finished; ``--refresh-arm-metrics`` recomputes the arm figures of every shipped entry (matched to its
+    run by sha256) and keeps the entry's other figures."""
+    import dataclasses
+    import shutil
+
+    from repan_zoo import manifest
+
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    shutil.copy(manifest.manifest_dir() / "repvgg.json", folder / "repvgg.json")
+    monkeypatch.setenv("REPAN_ZOO_MANIFEST_DIR", str(folder))
+    manifest.reload_manifest()
+    try:
+        entry = manifest.entries_for("repan_repvgg_a1_w025")[0]
+        ship = load("ship")
+        monkeypatch.setattr(ship, "RESULTS", tmp_path / "results")
+        plan = tmp_path / "results" / "long" / "main"
+        model = entry.model
+        for seed, test in [(0, 93.0), (1, 94.0), (2, 95.0)]:
+            write_run(plan, f"{model}__kd__s{seed}", model, "kd", seed, test + 0.1, test)
+        final_path = plan / f"{model}__kd__s1" / "final.json"
+        final = json.loads(final_path.read_text())
+        final["checkpoint"]["sha256"] = entry.sha256
+        final_path.write_text(json.dumps(final))
+        stale = {**entry.metrics["fashion_mnist"], "arm_seeds": 2, "arm_test_mean": 93.5}
+        manifest.write_entry(dataclasses.replace(entry, metrics={**entry.metrics, "fashion_mnist": stale}))
+        manifest.reload_manifest()
+
+        changed = ship.refresh_arm_metrics()
+        assert len(changed) == 1 and changed[0].startswith(f"{model}.{entry.tag}: arm test 93.50")
+        assert "arm test 94.00 ± 1.00 over 3 seed(s)" in changed[0]
+        after = manifest.find_entry(model, entry.tag)
+        figures = after.metrics["fashion_mnist"]
+        assert (figures["arm_seeds"], figures["arm_test_mean"], figures["arm_test_std"]) == (3, 94.0, 1.0)
+        assert figures["test_top1"] == entry.metrics["fashion_mnist"]["test_top1"]  # the run's own figures stay
+        assert {k: v for k, v in after.metrics.items() if k != "fashion_mnist"} == \
+            {k: v for k, v in entry.metrics.items() if k != "fashion_mnist"}  # INT8 figures stay
+        assert ship.refresh_arm_metrics() == []  # up to date: nothing rewritten
+    finally:
+        manifest.reload_manifest()
+
+
 def test_sweep_plans_keep_equal_budgets_and_order(monkeypatch):
     sweep = load("sweep")
     runs = sweep.plan_runs("main", "cpu")

@@ -10,21 +10,26 @@ an honest estimate. Ties on validation top-1 go to the lower validation loss, th
     python benchmarks/accuracy/ship.py --plan cpu/main                  # print the choice and the commands
     python benchmarks/accuracy/ship.py --plan cpu/main --publish        # run them (writes the manifest)
     python benchmarks/accuracy/ship.py --plan cpu/main --models repan_mobileone_s0 --publish
-    python benchmarks/accuracy/ship.py --plan long/ship --work ~/.cache/repan/runs/accuracy --publish
+    python benchmarks/accuracy/ship.py --plan long/ship --publish
     python benchmarks/accuracy/ship.py --plan long/main --any-arm --replace --publish
                                       # any arm of the comparison; the new weights become the default tag
                                       # and the model's older entries are taken out of the manifest (with
                                       # those of a model it is shipped in place of: sweep.replaced_by)
+    python benchmarks/accuracy/ship.py --refresh-arm-metrics
+                                      # after a run finishes: the arm mean ± std of every shipped entry
+                                      # recomputed over the seeds finished now
 
 Tags: ``fmnist_<arm>`` at the ``cpu`` scale, ``fmnist_<scale>_<arm>`` otherwise (``fmnist_long_kd``).
 
-The run folders (``--work``, default ``runs/accuracy``) must still hold the deploy checkpoints;
+The run folders (``--work``, default the sweep's: ``$REPAN_RUNS`` or ``~/.cache/repan/runs/accuracy``)
+must still hold the deploy checkpoints;
 their results under ``benchmarks/accuracy/results/`` carry the figures and the sha256 that the
 checkpoint must still match.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -33,11 +38,14 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = Path(__file__).resolve().parent / "results"
 
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep  # noqa: E402  (same folder: the plans and the runs root are defined there)
 from repan_zoo import manifest  # noqa: E402
 from repan_zoo.checkpoint import sha256_file  # noqa: E402
+
+RESULTS = sweep.RESULTS  # benchmarks/accuracy/results, or $REPAN_RESULTS as the sweep wrote them
 
 
 def best_runs(plan: str, models: Optional[List[str]] = None, any_arm: bool = False) -> Dict[str, Dict]:
@@ -104,9 +112,6 @@ def replaced_layouts(model: str) -> List[str]:
     """The models whose shipped weights ``model``'s weights replace: those a sweep scale trains in
     ``model``'s layout instead (``sweep.replaced_by``; e.g. ``repan_mobileone_s0_w050`` for MobileOne-S0
     at the ``long`` scale)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import sweep  # noqa: E402  (same folder: the plans are defined there)
-
     return sweep.replaced_by(model)
 
 
@@ -124,11 +129,45 @@ def with_arm_metrics(final: Dict, scale: str, arm: str) -> Dict:
     return {**final, "metrics": {"fashion_mnist": figures}}
 
 
+def refresh_arm_metrics() -> List[str]:
+    """Bring the arm figures (``arm_*`` of ``metrics.fashion_mnist``, :func:`with_arm_metrics`) of every
+    manifest entry published from a sweep run up to date with the seeds finished since: an entry is matched
+    to its run by the sha256 its ``final.json`` records; its other figures (the run's own, INT8) stay.
+
+    Returns:
+        ``'model.tag: old → new'`` for each entry rewritten (``repan_zoo.manifest.write_entry``).
+    """
+    changed = []
+    for path in sorted(RESULTS.glob("*/*/*/final.json")):  # <scale>/<plan>/<run>/final.json
+        final = json.loads(path.read_text())
+        name = manifest.name_for_sha256((final.get("checkpoint") or {}).get("sha256"))
+        if name is None or path.parent.name == "teacher":
+            continue
+        entry = manifest.find_entry(*name.split(".", 1))
+        final["run"] = path.parent.name
+        arm = with_arm_metrics(final, path.parents[2].name, run_arm(final))["metrics"]["fashion_mnist"]
+        old = dict(entry.metrics.get("fashion_mnist") or {})
+        new = {**{k: v for k, v in old.items() if not k.startswith("arm_")},
+               **{k: v for k, v in arm.items() if k.startswith("arm_")}}
+        if new != old:
+            manifest.write_entry(dataclasses.replace(entry, metrics={**entry.metrics, "fashion_mnist": new}))
+            manifest.reload_manifest()
+            changed.append(f"{name}: {_arm_text(old)} → {_arm_text(new)}")
+    return changed
+
+
+def _arm_text(figures: Dict) -> str:
+    if "arm_seeds" not in figures:
+        return "no arm figures"
+    spread = f" ± {figures['arm_test_std']:.2f}" if "arm_test_std" in figures else ""
+    return f"arm test {figures['arm_test_mean']:.2f}{spread} over {figures['arm_seeds']} seed(s)"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="cpu/main", help="<scale>/<plan> folder under benchmarks/accuracy/results")
-    p.add_argument("--work", default=str(Path.home() / ".cache" / "repan" / "runs" / "accuracy"),
-                   help="the sweep's run folders")
+    p.add_argument("--work", default=str(sweep.RUNS_ROOT),
+                   help="the sweep's run folders (default: $REPAN_RUNS or ~/.cache/repan/runs/accuracy)")
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--publish", action="store_true", help="run repan-publish --bundle for each choice")
     p.add_argument("--any-arm", action="store_true",
@@ -136,7 +175,13 @@ def main(argv=None) -> int:
     p.add_argument("--replace", action="store_true",
                    help="publish as the model's default tag and supersede its other manifest entries (and those "
                         "of the model it is shipped in place of, sweep.replaced_by)")
+    p.add_argument("--refresh-arm-metrics", action="store_true",
+                   help="only recompute the arm mean ± std of the shipped entries over the seeds finished now")
     a = p.parse_args(argv)
+    if a.refresh_arm_metrics:
+        changed = refresh_arm_metrics()
+        print("\n".join(changed) if changed else "the arm figures of every shipped entry are up to date")
+        return 0
     best = best_runs(a.plan, a.models, any_arm=a.any_arm)
     if not best:
         print(f"no {'' if a.any_arm else 'RepAn '}results under {RESULTS / a.plan}", file=sys.stderr)
