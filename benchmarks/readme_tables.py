@@ -328,7 +328,8 @@ def int8() -> List[str]:
     out = ["### INT8 on CPU (torchao PT2E): accuracy per shipped checkpoint and speed", ""]
     for para in INT8_TEXT:
         out += [para, ""]
-    shipped = [r["int8_vs"]["deploy"] for r in (_load("inference_int8_shipped.json") or {}).get("results", [])]
+    shipped_timing = (_load("inference_int8_shipped.json") or {}).get("results", [])
+    shipped = [r["int8_vs"]["deploy"] for r in shipped_timing]
     speedup = f"{min(shipped):.1f}–{max(shipped):.1f}" if shipped else "(not measured)"
     out += [int8_accuracy.markdown(acc), "", INT8_SPEED_TEXT.format(shipped_speedup=speedup), ""]
     speed = [d for d in (_load(n) for n in INT8_SPEED_FILES) if d]
@@ -339,7 +340,7 @@ def int8() -> List[str]:
     if ort:
         import onnx_int8  # noqa: E402
 
-        torchao = {r["model"]: r["median_ms"]["int8"] for r in (_load("inference_int8_shipped.json") or {}).get("results", [])}
+        torchao = {r["model"]: r["median_ms"]["int8"] for r in shipped_timing}
         ratios = "; ".join(f"{r['model'].split('.')[0]} {r['median_ms']['ort_int8'] / torchao[r['model']]:.2f}"
                            for r in ort["results"] if r["model"] in torchao) or "not measured"
         out += [ONNX_INT8_TEXT.format(ratios=ratios), "", onnx_int8.markdown(ort), ""]
