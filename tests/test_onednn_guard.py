@@ -46,20 +46,25 @@ def test_channels_last_training_of_an_rgb_rep_stem_on_cpu_does_not_corrupt_the_h
     assert (tmp_path / "run" / "deploy.safetensors").is_file()
 
 
-def test_guarded_conv_computes_the_nchw_gradients_from_channels_last():
+@pytest.mark.parametrize("cin", [3, 1])
+def test_guarded_conv_computes_the_nchw_gradients_from_channels_last(cin):
     """A guarded at-risk convolution in a channels-last model gives the NCHW gradients (its own
-    process: without the guard this very computation crashes)."""
+    process: without the guard this very computation crashes). One channel too: a 1-channel batch
+    made channels-last by ``x.to(memory_format=torch.channels_last)`` has strides (HW, 1, W, 1), which
+    oneDNN takes as nhwc (SIGABRT ``corrupted size vs. prev_size`` unguarded); only one made by
+    ``.contiguous(memory_format=...)`` keeps the NCHW strides and passes."""
     code = textwrap.dedent("""
         import torch
         from torch import nn
         from repan_zoo.runtime.onednn import guard_strided_1x1
         torch.manual_seed(0)
-        ref = nn.Sequential(nn.Conv2d(3, 16, 1, 2, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, 1, 1))
-        cl = nn.Sequential(nn.Conv2d(3, 16, 1, 2, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, 1, 1))
+        cin = CIN
+        ref = nn.Sequential(nn.Conv2d(cin, 16, 1, 2, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, 1, 1))
+        cl = nn.Sequential(nn.Conv2d(cin, 16, 1, 2, bias=False), nn.BatchNorm2d(16), nn.Conv2d(16, 8, 3, 1, 1))
         cl.load_state_dict(ref.state_dict())
         assert guard_strided_1x1(cl) == ['0'] and guard_strided_1x1(cl) == ['0']  # idempotent
         cl = cl.to(memory_format=torch.channels_last)
-        x = torch.randn(32, 3, 28, 28)
+        x = torch.randn(32, cin, 28, 28)
         for _ in range(3):
             for net, inp in ((ref, x), (cl, x.to(memory_format=torch.channels_last))):
                 net.zero_grad()
@@ -68,14 +73,14 @@ def test_guarded_conv_computes_the_nchw_gradients_from_channels_last():
             assert err < 1e-5, err
         assert cl[2].weight.is_contiguous(memory_format=torch.channels_last)  # the rest stays NHWC
         print('ok')
-    """)
+    """).replace("CIN", str(cin))
     done = _python(code)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_at_risk_is_the_dense_strided_1x1_of_few_channels():
     assert at_risk(nn.Conv2d(3, 16, 1, 2))
-    assert not at_risk(nn.Conv2d(1, 16, 1, 2))  # one channel: the same layout in both formats
+    assert at_risk(nn.Conv2d(1, 16, 1, 2))  # one channel: nhwc to oneDNN when its strides are (HW, 1, W, 1)
     assert not at_risk(nn.Conv2d(16, 32, 1, 2))  # a whole channel block
     assert not at_risk(nn.Conv2d(3, 16, 1, 1))  # unit stride: no reduce-to-unit-stride workspace
     assert not at_risk(nn.Conv2d(3, 16, 3, 2, 1))

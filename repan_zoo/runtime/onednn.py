@@ -6,9 +6,11 @@ kernel's channel block (8 on AVX2, 16 on AVX-512): uxlfoundation/oneDNN#6035, op
 PyTorch 2.14.1 on an AVX2 EPYC (``tests/test_onednn_guard.py``). The heap corruption ends the
 process with ``SIGSEGV`` / ``corrupted size vs. prev_size`` / ``free(): invalid next size``, or
 later, or not at all. The stride-2 stems of RepVGG, MobileOne and DBB carry exactly such a branch
-(the 1×1 of a 3- or 2-channel input), so ``--channels-last`` training on a CPU hits it for any
-image with 2–15 channels (1-channel images are laid out identically in both formats and pass;
-bf16 autocast takes another kernel and passes).
+(the 1×1 of a 1- to 3-channel input), so ``--channels-last`` training on a CPU hits it for any
+image with 1–15 channels (bf16 autocast takes another kernel and passes). A 1-channel batch is
+nhwc to oneDNN when its strides say so: ``x.to(memory_format=torch.channels_last)`` gives
+(HW, 1, W, 1) and crashes; ``x.contiguous(memory_format=torch.channels_last)`` keeps the NCHW
+strides (HW, HW, W, 1), which is what the trainer's loader makes, and passes.
 
 :func:`guard_strided_1x1` makes each such convolution compute in NCHW (its input and weight
 re-strided by a forward pre-hook; the weight's values and its ``Parameter`` are kept): in a Rep
@@ -29,10 +31,10 @@ _HOOKED = "_repan_onednn_guard"
 
 
 def at_risk(conv: nn.Module) -> bool:
-    """A dense ``nn.Conv2d`` with a 1×1 kernel, a stride > 1 and 2–15 input channels: the
+    """A dense ``nn.Conv2d`` with a 1×1 kernel, a stride > 1 and 1–15 input channels: the
     convolution whose weight gradient oneDNN computes out of bounds from a channels-last input."""
     return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) != (1, 1)
-            and conv.groups == 1 and 1 < conv.in_channels < CHANNEL_BLOCK)
+            and conv.groups == 1 and conv.in_channels < CHANNEL_BLOCK)
 
 
 def _contiguous_strides(shape: torch.Size) -> Tuple[int, ...]:
