@@ -391,6 +391,28 @@ def test_runs_trained_partly_on_a_gpu_say_how_many_epochs_were_there(tmp_path):
     assert "`m__baseline__s0` (6 of 10 epochs on the GPU)" in agg.markdown(summary)
 
 
+def test_amp_runs_trained_in_fp32_on_a_cpu_without_bf16_kernels_are_named_with_their_epochs(tmp_path):
+    """A run whose command asks for --amp, resumed on an AVX2-only CPU (where the sweep adds --no-amp):
+    its fp32 epochs there are counted from the rows' recorded ``precision``; runs the recipe trains in
+    fp32 anyway (MobileOne: no --amp) and rows from before precision was recorded are not."""
+    agg = load("aggregate")
+    plan = tmp_path / "long" / "main"
+    rows = ([{"device": "cuda"}] * 2 + [{"device": "cpu"}] * 3 + [{"device": "cpu", "precision": "bf16"}] * 2
+            + [{"device": "cpu", "precision": "fp32"}] * 4)
+    for name, command in (("a__repan_kd__s0", "python -m repan_zoo.train_cli --amp --lr 0.1 --no-amp"),
+                          ("mobileone__kd__s0", "python -m repan_zoo.train_cli --lr 0.1")):
+        d = plan / name
+        d.mkdir(parents=True)
+        (d / "final.json").write_text(json.dumps({"model": name.split("__")[0], "device": "cpu", "test_top1": 90.0,
+                                                  "val_top1": 90.0, "recipe": {"seed": 0, "cycles": 1, "epochs": 11}}))
+        (d / "metrics.json").write_text(json.dumps(rows))
+        (d / "command.txt").write_text(command + "\n")
+    summary = agg.summarize(plan)
+    assert summary["amp_runs_in_fp32"] == {"a__repan_kd__s0": [4, 11]}
+    assert "`a__repan_kd__s0` (4 of 11 epochs)" in agg.markdown(summary)
+    assert agg.fp32_epochs_of_amp_run(rows, "python x --amp-like") == 0
+
+
 def test_a_run_resumed_on_another_device_is_timed_by_its_epochs_on_this_one():
     sweep = load("sweep")
     history = [{"epoch_time_s": 10.0}] * 60 + [{"epoch_time_s": 120.0, "device": "cpu"}] * 3  # 60 GPU rows, legacy
@@ -508,3 +530,21 @@ def test_a_restarted_sweep_finishes_its_part_trained_runs_before_starting_new_on
     assert order[3:] == [r["name"] for r in sorted(runs, key=sweep._order) if r["name"] not in partial + ["teacher"]]
     assert [r["name"] for r in sweep.queue("long/main", runs, tmp_path / "empty")] == [
         r["name"] for r in sorted(runs, key=sweep._order)]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_sweep_trains_amp_runs_in_fp32_on_a_cpu_without_bf16_kernels(native, monkeypatch, tmp_path):
+    """On a CPU without native bf16 (AVX2 only) bf16 autocast is emulated, about 10x slower than fp32:
+    the sweep adds --no-amp there to the runs whose recipe says --amp (per-epoch ``precision`` records
+    it); on a GPU and on a CPU with bf16 kernels the recipe runs as written."""
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "cpu_bf16_native", lambda: native)
+    run = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_resnet18_acb_w025__repan_kd__s0")
+    assert "--amp" in run["args"]
+    cmd = sweep._execute("long/main", run, tmp_path, "cpu", 1, [], dry=True).split()
+    assert ("--no-amp" in cmd) is (not native)
+    if not native:
+        assert cmd.index("--no-amp") > cmd.index("--amp")  # the later flag wins
+    assert "--no-amp" not in sweep._execute("long/main", run, tmp_path, "cuda", 1, [], dry=True).split()
+    mobileone = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_mobileone_s0_w050__kd__s0")
+    assert "--no-amp" not in sweep._execute("long/main", mobileone, tmp_path, "cpu", 1, [], dry=True).split()

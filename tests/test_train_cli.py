@@ -56,6 +56,22 @@ def max_rel_diff(a: dict, b: dict) -> float:
     return worst
 
 
+def test_amp_on_a_cpu_without_bf16_kernels_warns_and_each_epoch_records_bf16(tmp_path, monkeypatch, capsys):
+    """--amp on a CPU without native bf16 kernels (AVX2 only) is emulated, about 10x slower than fp32:
+    the run says so and names --no-amp; each epoch records the precision it trained in."""
+    from repan_zoo.annealing import trainer
+
+    monkeypatch.setattr(trainer, "cpu_bf16_native", lambda: False)
+    out = tmp_path / "run"
+    argv = ["--method", "baseline", "--cycles", "1", "--epochs", "1", "--max-steps-per-epoch", "2", "--amp",
+            "--out", str(out), *SMALL]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "no native bf16 kernels" in said and "add --no-amp" in said
+    assert [r["precision"] for r in json.loads((out / "metrics.json").read_text())] == ["bf16"]
+    assert "precision" in (out / "metrics.csv").read_text().splitlines()[0].split(",")
+
+
 def test_end_to_end_repan_deploy_checkpoint_reproduces_accuracy(tmp_path):
     import timm
 
@@ -75,6 +91,7 @@ def test_end_to_end_repan_deploy_checkpoint_reproduces_accuracy(tmp_path):
     assert rows[0].startswith("cycle,epoch,global_epoch") and len(rows) == 5
     assert [r["cycle"] for r in json.loads((out / "metrics.json").read_text())] == [1, 1, 2, 2]
     assert {r["device"] for r in json.loads((out / "metrics.json").read_text())} == {"cpu"}  # per epoch
+    assert {r["precision"] for r in json.loads((out / "metrics.json").read_text())} == {"fp32"}
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     # the deploy checkpoint loads into a fresh deploy-form timm model and gives the recorded accuracy

@@ -78,6 +78,15 @@ def epoch_devices(history: List[Dict], final_device: Optional[str], gpu_epochs: 
     return dict(out)
 
 
+def fp32_epochs_of_amp_run(history: List[Dict], command: str) -> int:
+    """Epochs a run asked to train with ``--amp`` (its committed ``command.txt``) trained in fp32 on a
+    CPU, by their recorded ``precision``: the sweep trains such runs with ``--no-amp`` on a CPU without
+    bf16 kernels (``benchmarks/accuracy/sweep.py``; 0 for epochs from before precision was recorded)."""
+    if "--amp" not in command.split():
+        return 0
+    return sum(1 for r in history if r.get("precision") == "fp32" and r.get("device", "cpu") == "cpu")
+
+
 def _label(final: Dict, run: str = "") -> str:
     parts = run.split("__")
     if len(parts) == 3:  # <model>__<arm>__s<seed>
@@ -98,6 +107,7 @@ def summarize(plan_dir: Path) -> Dict:
         recipe = final.get("recipe", {})
         metrics = final_path.parent / "metrics.json"
         history = json.loads(metrics.read_text()) if metrics.is_file() else []
+        command = final_path.parent / "command.txt"
         runs.append({
             "run": final_path.parent.name,
             "model": final["model"],
@@ -112,6 +122,8 @@ def summarize(plan_dir: Path) -> Dict:
             "train_time_s": final.get("train_time_s"),
             "device": final.get("device"),
             "epoch_devices": epoch_devices(history, final.get("device"), on_gpu.get(final_path.parent.name, 0)),
+            "fp32_epochs_of_amp": fp32_epochs_of_amp_run(history, command.read_text() if command.is_file() else ""),
+            "epochs_recorded": len(history),
             "exactness": final.get("exactness", {}).get("model_rel_error"),
             "k": recipe.get("k"),
             "lam_schedule": recipe.get("lam_schedule"),
@@ -158,7 +170,9 @@ def summarize(plan_dir: Path) -> Dict:
             "devices": sorted({str(r["device"]) for r in runs} | {d for r in runs for d in r["epoch_devices"]
                                                                   if d != "unrecorded"}),
             "partly_on_gpu": {r["run"]: r["epoch_devices"] for r in runs
-                              if "cuda" in r["epoch_devices"] and len(r["epoch_devices"]) > 1}}
+                              if "cuda" in r["epoch_devices"] and len(r["epoch_devices"]) > 1},
+            "amp_runs_in_fp32": {r["run"]: [r["fp32_epochs_of_amp"], r["epochs_recorded"]] for r in runs
+                                 if r["fp32_epochs_of_amp"]}}
 
 
 def _pm(stats: Dict[str, float], signed: bool = False) -> str:
@@ -191,6 +205,11 @@ def markdown(summary: Dict) -> str:
                   "the rest resumed here from their checkpoints, bf16 on CPU): " + "; ".join(
                       f"`{run}` ({devs.get('cuda', 0)} of {sum(devs.values())} epochs on the GPU)"
                       for run, devs in sorted(mixed.items())) + "."]
+    fp32 = summary.get("amp_runs_in_fp32") or {}
+    if fp32:
+        lines += ["", "Trained in fp32 although the recipe says `--amp`, on a CPU without bf16 kernels (AVX2 only, where "
+                  "bf16 autocast is emulated and about 10× slower; the sweep adds `--no-amp` there): " + "; ".join(
+                      f"`{run}` ({n} of {total} epochs)" for run, (n, total) in sorted(fp32.items())) + "."]
     return "\n".join(lines) + "\n"
 
 

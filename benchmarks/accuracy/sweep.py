@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregate import gpu_call_epochs, row_devices  # noqa: E402  (same folder)
+from repan_zoo.runtime.onednn import cpu_bf16_native  # noqa: E402
 from repan_zoo.runtime.report import portable, write_json  # noqa: E402
 
 RESULTS = Path(os.environ.get("REPAN_RESULTS", Path(__file__).resolve().parent / "results"))
@@ -387,6 +388,10 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
     if done.exists() and (not run["home"] or (out / "deploy.safetensors").exists()):
         return f"skip {run['name']} (done)"  # a teacher is done only while its weights are there
     args = list(run["args"])
+    if device.split(":")[0] == "cpu" and "--amp" in args and not cpu_bf16_native():
+        # bf16 autocast is emulated on this CPU (about 10x slower than fp32): fp32 here; every epoch
+        # records its precision, and a run resumed on a CPU with bf16 kernels takes --amp back
+        args.append("--no-amp")
     if run["needs"]:
         teacher_ckpt = work / f"{plan.split('/')[0]}/main" / run["needs"] / "deploy.safetensors"
         args += ["--teacher-checkpoint", str(teacher_ckpt)]

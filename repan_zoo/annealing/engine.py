@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..runtime.distributed import DistContext
 
 __all__ = ["train_steps", "train_one_epoch", "classification_step", "classification_stats", "evaluate",
-           "NonFiniteLoss", "autocast"]
+           "NonFiniteLoss", "autocast", "autocast_dtype", "precision_name"]
 
 
 class NonFiniteLoss(Exception):
@@ -29,11 +29,26 @@ class NonFiniteLoss(Exception):
         self.value = value
 
 
+def autocast_dtype(device: torch.device, enabled: bool) -> Optional[torch.dtype]:
+    """The autocast dtype of ``--amp`` on ``device``: float16 on CUDA, bfloat16 elsewhere; None when
+    disabled (fp32)."""
+    if not enabled:
+        return None
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def precision_name(device: torch.device, enabled: bool) -> str:
+    """``"fp16"``, ``"bf16"`` or ``"fp32"``: what a training step on ``device`` computes in (recorded
+    per epoch: a run resumed on another machine may change it)."""
+    dtype = autocast_dtype(device, enabled)
+    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+
+
 def autocast(device: torch.device, enabled: bool):
     """Mixed precision: float16 on CUDA, bfloat16 on CPU; a no-op context when disabled."""
-    if not enabled:
+    dtype = autocast_dtype(device, enabled)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -29,13 +29,13 @@ from ..errors import RecipeError
 from ..fileio import sha256_file
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
-from ..runtime.onednn import guard_strided_1x1
+from ..runtime.onednn import cpu_bf16_native, guard_strided_1x1
 from ..runtime.report import plot_learning_curve, write_json, write_metrics
 from ..runtime.summary import RunSummary
 from ..verify import eval_mode, exact_fp32
 from .config import TrainConfig
 from .cycles import CyclePlan, CycleRun, ExpansionGroup
-from .engine import classification_stats, classification_step, evaluate
+from .engine import classification_stats, classification_step, evaluate, precision_name
 from .build import build_model, versions
 from .kd import KDLoss, build_teacher
 
@@ -102,6 +102,10 @@ class RepAnTrainer(CycleRun):
         self.workers = workers
         self.plot = plot
         self.sync_bn, self.amp, self.clip_grad, self.min_lr = cfg.sync_bn, cfg.amp, cfg.clip_grad, cfg.min_lr
+        if cfg.amp and self.device.type == "cpu" and not cpu_bf16_native():
+            self.log(f"warning: --amp on this CPU ({torch.backends.cpu.get_cpu_capability()}, no native bf16 kernels) "
+                     "emulates bf16: training steps run about 10x slower than fp32 (repan_zoo.runtime.cpu_bf16_native); "
+                     "add --no-amp")
         if cfg.batch_size % self.ctx.world_size:
             raise RecipeError(f"--batch-size {cfg.batch_size} (global) must be divisible by the number of "
                               f"processes ({self.ctx.world_size})")
@@ -307,6 +311,7 @@ class RepAnTrainer(CycleRun):
             "steps": stats["steps"], "images": stats["images"],
             "epoch_time_s": time.perf_counter() - started, "time_s": time.time() - self._t0,
             "device": self.device.type,  # a run resumed on another device (GPU → CPU) keeps that record per epoch
+            "precision": precision_name(self.device, self.cfg.amp),  # and on another machine, maybe another --amp
         }
         test_part = f"test {row['test_top1']:.2f}  " if row["test_top1"] is not None else ""
         self.log(
