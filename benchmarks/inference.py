@@ -59,6 +59,7 @@ import repan_zoo
 from repan_zoo.checkpoint import atomic_write
 from repan_zoo.models import RepConvAct, checkpoint_filter
 from repan_zoo.models.families import MODELS
+from repan_zoo.profile import cpu_name
 from repan_zoo.verify import relative_error
 
 #: the models timed against their timm twin (models.families.ModelDef.timm_twin)
@@ -287,7 +288,7 @@ def main(argv=None) -> Dict:
             "batch": args.batch, "input": [3, args.size, args.size], "threads": args.threads,
             "warmup": args.warmup, "repeats": args.repeats, "statistic": "median time per batch; paired: median of per-round ratios (random order per round)",
             "torch": torch.__version__, "timm": timm.__version__, "repan_zoo": repan_zoo.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "cpu": _cpu_name(),
+            "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         },
         "targets": {"deploy_vs_timm": ">= 1.0", "deploy_vs_plain": ">= 0.97"},
@@ -394,7 +395,7 @@ def int8_main(args: argparse.Namespace) -> Dict:
             "batch": args.batch, "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
             "statistic": "median time per batch; paired: median of per-round ratios (random order per round)",
             "torch": torch.__version__, "torchao": torchao.__version__, "timm": timm.__version__,
-            "repan_zoo": repan_zoo.__version__, "python": platform.python_version(), "cpu": _cpu_name(),
+            "repan_zoo": repan_zoo.__version__, "python": platform.python_version(), "cpu": cpu_name(),
             "cpu_count": os.cpu_count(),
             "conditions": args.note,
         },
@@ -427,16 +428,6 @@ def markdown_int8(result: Dict) -> str:
             f"({'yes' if k['passed'] else 'no'}) |"
         )
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def markdown(result: Dict) -> str:

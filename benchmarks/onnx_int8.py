@@ -25,6 +25,7 @@ import repan_zoo
 from repan_zoo.export import export_onnx
 from repan_zoo.fileio import atomic_write
 from repan_zoo.manifest import load_manifest
+from repan_zoo.profile import cpu_name
 from repan_zoo.quantize import agreement, calibration_data, equalize_activations, fold_constant_channels
 
 
@@ -112,7 +113,7 @@ def main(argv=None) -> Dict:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = {"benchmark": "ONNX Runtime static QDQ INT8 vs ORT fp32 vs torch fp32 eager (shipped checkpoints)",
               "config": {"batch": args.batch, "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-                         "onnxruntime": ort.__version__, "torch": torch.__version__, "calibration_images": 64 * args.calib_batches,
+                         "onnxruntime": ort.__version__, "torch": torch.__version__, "cpu": cpu_name(), "calibration_images": 64 * args.calib_batches,
                          "fold_and_equalize": args.transforms,
                          "statistic": "median time per batch, interleaved runs", "conditions": args.note},
               "results": rows}

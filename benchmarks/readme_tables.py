@@ -128,17 +128,22 @@ def long_plan() -> List[str]:
 
 
 def train_throughput() -> List[str]:
-    d = _load("train_throughput.json")
-    if not d:
+    """One table per kind of machine measured (``train_throughput*.json``: a CPU with bf16 kernels,
+    one without), then the GPU calls."""
+    paths = sorted(RESULTS.glob("train_throughput*.json"))
+    if not paths:
         return []
-    m = d["machine"]
-    out = ["### Training throughput of the sweep's options", "",
-           f"`python benchmarks/train_throughput.py` — {d['what']}; {m['threads']} thread, {m['cpu']}"
-           + (f", {m['gpu']}" if m.get("gpu") else "") + (f"; {m['note']}" if m.get("note") else "")
-           + f". The sweep uses {d['sweep_uses']}.", "",
-           *_table(("model", "form", "option", "step ms (median)", "images/s", "× fp32"),
-                   ((r["model"], r["form"], r["option"], f"{r['step']['median_ms']:.0f}", f"{r['images_per_s']:.0f}",
-                     f"{r['speedup_vs_fp32']:.2f}") for r in d["rows"])), ""]
+    out = ["### Training throughput of the sweep's options", ""]
+    for path in paths:
+        d = json.loads(path.read_text())
+        m = d["machine"]
+        bf16 = {True: "; bf16 kernels", False: "; no bf16 kernels"}.get(m.get("bf16_native"), "")
+        out += [f"`python benchmarks/train_throughput.py --out benchmarks/results/{path.name}` — {d['what']}; "
+                f"{m['threads']} thread, {m['cpu']}{bf16}" + (f", {m['gpu']}" if m.get("gpu") else "")
+                + (f"; {m['note']}" if m.get("note") else "") + f". The sweep uses {d['sweep_uses']}.", "",
+                *_table(("model", "form", "option", "step ms (median)", "images/s", "× fp32"),
+                        ((r["model"], r["form"], r["option"], f"{r['step']['median_ms']:.0f}",
+                          f"{r['images_per_s']:.0f}", f"{r['speedup_vs_fp32']:.2f}") for r in d["rows"])), ""]
     return out + gpu_throughput()
 
 
@@ -294,10 +299,11 @@ INT8_SENSITIVITY_TEXT = (
 INT8_SENSITIVITY_FILE = "int8_sensitivity_mobileone_s0.json"
 ONNX_INT8_TEXT = (
     "ONNX Runtime's INT8 route, for comparison (`python benchmarks/onnx_int8.py --out benchmarks/results/onnx_int8_shipped.json`, "
-    "training paused): the checked ONNX export of each shipped checkpoint, after the same constant-channel fold and activation "
+    "training paused; {cpu}): the checked ONNX export of each shipped checkpoint, after the same constant-channel fold and activation "
     "equalization as `quantize` (`--no-transforms` turns them off, to see what they do for MobileOne-S0), quantized by "
     "onnxruntime's static QDQ quantizer (per-channel int8 weights, uint8 activations, 512 training-split calibration images). "
-    "It is as accurate as the torchao program; its INT8 time as a fraction of the torchao program's, same checkpoint, input "
+    "Top-1 agreement with the fp32 model, ORT INT8 on 512 validation images against the torchao program on 64 (its "
+    "self-check): {agreements}. Its INT8 time as a fraction of the torchao program's, same checkpoint, input "
     "and thread (this file and `inference_int8_shipped.json`, measured one after the other): {ratios}. The torchao route "
     "stays the default because it is one `torch.export` artefact checked in one process.")
 ONNX_INT8_FILE = "onnx_int8_shipped.json"
@@ -333,17 +339,22 @@ def int8() -> List[str]:
     speedup = f"{min(shipped):.1f}–{max(shipped):.1f}" if shipped else "(not measured)"
     out += [int8_accuracy.markdown(acc), "", INT8_SPEED_TEXT.format(shipped_speedup=speedup), ""]
     speed = [d for d in (_load(n) for n in INT8_SPEED_FILES) if d]
-    for i, d in enumerate(speed):
+    for i, d in enumerate(speed):  # the machine line again wherever the machine changes (sessions differ)
         table = inference.markdown_int8(d).split("\n")
-        out += (table if i == 0 else table[2:]) + [""]
+        same = i > 0 and speed[i - 1]["config"]["cpu"] == d["config"]["cpu"]
+        out += (table[2:] if same else table) + [""]
     ort = _load(ONNX_INT8_FILE)
     if ort:
         import onnx_int8  # noqa: E402
 
-        torchao = {r["model"]: r["median_ms"]["int8"] for r in shipped_timing}
-        ratios = "; ".join(f"{r['model'].split('.')[0]} {r['median_ms']['ort_int8'] / torchao[r['model']]:.2f}"
-                           for r in ort["results"] if r["model"] in torchao) or "not measured"
-        out += [ONNX_INT8_TEXT.format(ratios=ratios), "", onnx_int8.markdown(ort), ""]
+        torchao = {r["model"]: r for r in shipped_timing}
+        both = [r for r in ort["results"] if r["model"] in torchao]
+        ratios = "; ".join(f"{r['model'].split('.')[0]} {r['median_ms']['ort_int8'] / torchao[r['model']]['median_ms']['int8']:.2f}"
+                           for r in both) or "not measured"
+        agreements = "; ".join(f"{r['model'].split('.')[0]} {r['check']['top1_agreement']:.3f} / "
+                               f"{torchao[r['model']]['check']['top1_agreement']:.3f}" for r in both) or "not measured"
+        out += [ONNX_INT8_TEXT.format(ratios=ratios, agreements=agreements,
+                                      cpu=ort["config"].get("cpu", "CPU not recorded")), "", onnx_int8.markdown(ort), ""]
     sens = _load(INT8_SENSITIVITY_FILE)
     if sens:
         import int8_sensitivity  # noqa: E402

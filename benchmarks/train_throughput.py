@@ -9,6 +9,9 @@ cycle) and ``expanded`` (fused, then Expand with each block's own kinds, k = 1: 
     python benchmarks/train_throughput.py [--models ...] [--device cpu|cuda] [--repeats 10]
                                           [--out benchmarks/results/train_throughput.json]
 
+One file per kind of machine: ``train_throughput.json`` from a CPU with bf16 kernels (AVX-512),
+``train_throughput_avx2.json`` from one without (the README shows every ``train_throughput*.json``).
+
 Stop training runs first (``/work/tools``-style pausing, or nothing else running): a shared
 machine's numbers are noise. The JSON records the CPU, torch and the note given with ``--note``.
 """
@@ -31,6 +34,7 @@ from repan_zoo.augment import get_augment_policy  # noqa: E402
 from repan_zoo.checkpoint import atomic_write  # noqa: E402
 from repan_zoo.convert import reparameterize, unfold  # noqa: E402
 from repan_zoo.profile import cpu_name, train_step_time  # noqa: E402
+from repan_zoo.runtime.onednn import cpu_bf16_native  # noqa: E402
 from repan_zoo.verify import rep_blocks  # noqa: E402
 
 DEFAULT_MODELS = ("repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0", "repan_resnet18_w025")
@@ -91,9 +95,11 @@ def main(argv=None) -> int:
     doc = {"benchmark": "train_throughput",
            "what": f"one training step incl. crop_flip_erase augmentation, batch {a.batch_size} of 1x28x28, NHWC",
            "machine": {"device": a.device, "cpu": cpu_name(), "threads": a.threads, "torch": torch.__version__,
+                       "bf16_native": cpu_bf16_native() if device.type == "cpu" else None,
                        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "note": a.note},
            "sweep_uses": "bf16 autocast (--amp), NHWC, one thread per process, except fp32 for the models where bf16 is "
-                         "slower (sweep.py FP32_MODELS)",
+                         "slower (sweep.py FP32_MODELS) and for every model on a CPU without bf16 kernels "
+                         "(repan_zoo.runtime.cpu_bf16_native(): AVX2 only; the sweep adds --no-amp)",
            "seconds": round(time.time() - t0, 1), "rows": rows}
     atomic_write(Path(a.out), lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
     return 0

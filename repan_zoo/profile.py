@@ -202,15 +202,21 @@ def profile_forms(
 
 
 def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux), else the platform's machine string."""
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else the platform's machine string)
+    and the vector ISA PyTorch's CPU kernels use on it (``torch.backends.cpu.get_cpu_capability()``),
+    e.g. ``"AMD EPYC (AVX2)"``: a model name alone ("AMD EPYC") covers machines without AVX-512,
+    where bf16 and INT8 time very differently."""
+    name = ""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                    name = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def _ratio(train: float, deploy: float) -> Optional[float]:
