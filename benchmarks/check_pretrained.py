@@ -12,7 +12,6 @@ and compares with the manifest's ``metrics.fashion_mnist.test_top1``. Results go
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,9 +20,12 @@ import torch
 import timm
 
 import repan_zoo  # noqa: F401  (registers the models)
+from repan_zoo.convert import reparameterize
 from repan_zoo.data import Normalize, load_splits
 from repan_zoo.errors import WeightsError
 from repan_zoo.manifest import load_manifest
+from repan_zoo.profile import count_params
+from repan_zoo.runtime.report import write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "pretrained_check.json"
 
@@ -63,14 +65,13 @@ def main(argv=None) -> int:
         failed |= not ok
         row.update(status="ok" if ok else "MISMATCH", measured_test_top1=measured,
                    difference=None if listed is None else measured - listed, seconds=time.time() - start,
-                   test_images=len(images))
+                   test_images=len(images), deploy_params=count_params(reparameterize(model)))
         rows.append(row)
         print(f"{entry.name} ({entry.source}): measured {measured:.2f}, manifest {listed}, {row['status']}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"benchmark": "pretrained weights reproduce the manifest's test top-1",
-                               "command": "HF_HUB_OFFLINE=1 python benchmarks/check_pretrained.py",
-                               "tolerance": a.tolerance, "torch": torch.__version__, "timm": timm.__version__,
-                               "rows": rows}, indent=1))
+    write_json(OUT, {"benchmark": "pretrained weights reproduce the manifest's test top-1",
+                     "command": "HF_HUB_OFFLINE=1 python benchmarks/check_pretrained.py",
+                     "tolerance": a.tolerance, "torch": torch.__version__, "timm": timm.__version__, "rows": rows})
     return 1 if failed else 0
 
 

@@ -228,8 +228,9 @@ def shipped() -> List[str]:
     out = ["### Shipped weights, re-measured through timm", "",
            f"`{d['command']}` — `timm.create_model(name, pretrained=True)` with no network, top-1 on the "
            f"Fashion-MNIST test set vs the manifest (tolerance {d['tolerance']} pt).", "",
-           *_table(("model.tag", "source", "manifest test top-1", "measured", "difference", "status"),
-                   ((r["model"], r["source"], f"{r['manifest_test_top1']:.2f}", f"{r['measured_test_top1']:.2f}",
+           *_table(("model.tag", "source", "deploy params", "manifest test top-1", "measured", "difference", "status"),
+                   ((r["model"], r["source"], f"{r['deploy_params'] / 1e6:.2f} M" if r.get("deploy_params") else "—",
+                     f"{r['manifest_test_top1']:.2f}", f"{r['measured_test_top1']:.2f}",
                      f"{r['difference']:+.2f}", r["status"]) for r in d["rows"])), ""]
     return out
 
