@@ -175,6 +175,7 @@ def test_train_scripts_wrapper(monkeypatch, capsys):
 
 def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(tmp_path):
     from repan_zoo import manifest
+    from repan_zoo.fileio import sha256_file
     from repan_zoo.hub.publish import _published_recipe
 
     shipped = next(iter(manifest.load_manifest().values()))
@@ -189,6 +190,16 @@ def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(
     out = _published_recipe({"teacher": "x", "teacher_checkpoint": str(f)}, None)
     assert out["teacher_weights"]["manifest"] is None and len(out["teacher_weights"]["sha256"]) == 64
     assert _published_recipe({"teacher": None, "teacher_checkpoint": None}, None) == {"teacher": None}
+    # the weights a run started from (--init-checkpoint): the same, from final.json's init record or the file
+    out = _published_recipe({"teacher": None, "init_checkpoint": "$REPAN_RUNS/long/main/b/deploy.safetensors"}, None,
+                            {"checkpoint_sha256": shipped.sha256})
+    assert out == {"teacher": None, "init_weights": {"sha256": shipped.sha256, "manifest": f"{shipped.model}.{shipped.tag}"}}
+    out = _published_recipe({"teacher": None, "init_checkpoint": str(f)}, None)
+    assert "init_checkpoint" not in out and out["init_weights"]["sha256"] == sha256_file(f)
+    # weights superseded since the run trained keep the name the run recorded for them
+    gone = {"checkpoint_sha256": "0" * 64, "manifest": "repan_mobileone_s0_w050.fmnist_long_baseline"}
+    out = _published_recipe({"teacher": None, "init_checkpoint": "x"}, None, gone)
+    assert out["init_weights"] == {"sha256": "0" * 64, "manifest": "repan_mobileone_s0_w050.fmnist_long_baseline"}
     # where the data lay on the training machine is not part of the recipe either (the dataset name is)
     assert _published_recipe({"teacher": None, "dataset": "fashion_mnist", "data_dir": ".fmnist"}, None) == {
         "teacher": None, "dataset": "fashion_mnist"}

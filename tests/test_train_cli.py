@@ -118,7 +118,8 @@ def test_kd_run_with_teacher_from_checkpoint(tmp_path):
     assert main(["--method", "baseline", "--cycles", "1", "--epochs", "1", "--max-steps-per-epoch", "3",
                  "--out", str(teacher_out), *SMALL]) == 0
     result = run(["--method", "kd", "--teacher", "tinyrep_test", "--teacher-checkpoint",
-                  str(teacher_out / "deploy.safetensors"), "--kd-alpha", "0.5", "--kd-T", "4", "--cycles", "1",
+                  str(teacher_out / "deploy.safetensors"), "--init-checkpoint", str(teacher_out / "deploy.safetensors"),
+                  "--kd-alpha", "0.5", "--kd-T", "4", "--cycles", "1",
                   "--epochs", "1", "--max-steps-per-epoch", "3", "--out", str(tmp_path / "kd"), *SMALL,
                   "--augment", "crop_flip_erase"])
     assert result.final["recipe"]["teacher"] == "tinyrep_test"
@@ -127,6 +128,9 @@ def test_kd_run_with_teacher_from_checkpoint(tmp_path):
     from repan_zoo.checkpoint import sha256_file
 
     assert result.final["teacher"]["checkpoint_sha256"] == sha256_file(teacher_out / "deploy.safetensors")
+    # so are the weights it started from (--init-checkpoint; unpublished here: no manifest name)
+    assert result.final["init"] == {"checkpoint_sha256": sha256_file(teacher_out / "deploy.safetensors"), "manifest": None}
+    assert json.loads((teacher_out / "final.json").read_text())["init"] is None
     assert result.final["data"]["augment"]["name"] == "crop_flip_erase"
     assert result.final["data"]["augment"]["crop_pad"] == 4 and result.final["recipe"]["augment"] == "crop_flip_erase"
 

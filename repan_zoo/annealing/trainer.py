@@ -369,7 +369,8 @@ class RepAnTrainer(CycleRun):
             method=cfg.method, recipe=cfg.as_dict(), data=self.data.describe(),
             val_top1=val["top1"], test_top1=test["top1"], exactness=certificate,
             val_loss=val["loss"], test_loss=test["loss"], teacher=self._teacher_record(),
-            world_size=self.ctx.world_size, device=str(self.device), epochs_trained=len(self.history),
+            init=self._init_record(), world_size=self.ctx.world_size, device=str(self.device),
+            epochs_trained=len(self.history),
             cycles=self.cycle_log, train_time_s=sum(r["epoch_time_s"] for r in self.history), versions=versions(),
         )
         if self.out is not None and self.ctx.is_main:
@@ -405,6 +406,16 @@ class RepAnTrainer(CycleRun):
         ckpt = Path(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
         return {"model": cfg.teacher, "kwargs": cfg.teacher_kwargs, "pretrained": cfg.teacher_pretrained,
                 "checkpoint_sha256": sha256_file(ckpt) if ckpt is not None and ckpt.is_file() else None}
+
+    def _init_record(self) -> Optional[Dict[str, Any]]:
+        """The ``--init-checkpoint`` weights by content (sha256) and, where the zoo ships them, by
+        manifest name: a recipe that starts from them can then name them without a machine path."""
+        if not self.cfg.init_checkpoint:
+            return None
+        from ..manifest import name_for_sha256
+
+        sha = sha256_file(Path(self.cfg.init_checkpoint))
+        return {"checkpoint_sha256": sha, "manifest": name_for_sha256(sha)}
 
     def _reload_check(self, path: Path) -> Dict[str, Any]:
         """Load the written file into a fresh deploy-form timm model: its outputs on the probe must

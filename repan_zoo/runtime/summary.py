@@ -34,6 +34,8 @@ class RunSummary:
         val_top1, test_top1: top-1 (%) of the deploy network; ``val_loss``, ``test_loss``: mean cross-entropy.
         exactness: the last Rep's certificate (``model_rel_error``, ``tolerance``, ``probe`` …).
         teacher: the KD teacher by name and content sha256 (None without KD).
+        init: the weights Alg. 1 line 1 started from (``--init-checkpoint``) by content sha256 and,
+            where the zoo ships them, manifest name ``model.tag`` (None: a fresh initialisation).
         cycles: the driver's log of every Rep / Expand+Restore / Calibrate.
         checkpoint, reload_check: the written deploy file (name, sha256, size) and its reload check.
     """
@@ -49,6 +51,7 @@ class RunSummary:
     val_loss: Optional[float] = None
     test_loss: Optional[float] = None
     teacher: Optional[Dict[str, Any]] = None
+    init: Optional[Dict[str, Any]] = None
     world_size: int = 1
     device: str = "cpu"
     epochs_trained: int = 0
