@@ -548,3 +548,38 @@ def test_the_sweep_trains_amp_runs_in_fp32_on_a_cpu_without_bf16_kernels(native,
     assert "--no-amp" not in sweep._execute("long/main", run, tmp_path, "cuda", 1, [], dry=True).split()
     mobileone = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_mobileone_s0_w050__kd__s0")
     assert "--no-amp" not in sweep._execute("long/main", mobileone, tmp_path, "cpu", 1, [], dry=True).split()
+
+
+def test_continue_plan_starts_from_mains_weights_restored_from_the_published_ones(tmp_path, monkeypatch):
+    """long/continue trains one RepAn + KD cycle and the same epochs of plain KD, both from the deploy
+    weights of a finished main run (--init-checkpoint): a fresh runs root gets those weights back from
+    the shipped file with the sha256 the run's final.json records; a run whose start is neither there nor
+    published waits instead of training from scratch."""
+    sweep = load("sweep")
+    runs = {r["name"]: r for r in sweep.plan_runs("continue", "long")}
+    pair = [n for n in runs if n != "teacher"]
+    assert pair == ["repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0"]
+    a, b = (sweep._options(runs[n]["args"]) for n in pair)
+    assert a["--method"] == "repan" and a["--first-cycle"] == "expand" and a["--branches"] == "arch"
+    assert b["--method"] == "kd" and "--branches" not in b
+    shared = (a.keys() & b.keys()) - {"--method"}
+    assert {k: a[k] for k in shared} == {k: b[k] for k in shared}  # one recipe but for RepAn's own options
+    assert a["--epochs"] == "20" and a["--cycles"] == "1" and a["--lr"] == "0.05"
+    start = runs[pair[0]]["init"]
+    assert start == "repan_mobileone_s0_w050__baseline__s0" and (sweep.RESULTS / "long/main" / start / "final.json").exists()
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", None)  # nothing trains here
+    monkeypatch.setattr(sweep.time, "time", lambda: 2e9)   # ... and the deadline has passed
+    msg = sweep._execute("long/continue", runs[pair[0]], tmp_path, "cpu", 1, [], dry=False, deadline=1.0)
+    assert msg.startswith("not started")
+    restored = tmp_path / "long/main" / start / "deploy.safetensors"
+    recorded = json.loads((sweep.RESULTS / "long/main" / start / "final.json").read_text())["checkpoint"]["sha256"]
+    from repan_zoo.fileio import sha256_file
+
+    assert sha256_file(restored) == recorded
+    cmd = sweep._execute("long/continue", runs[pair[0]], tmp_path, "cpu", 1, [], dry=True).split()
+    assert cmd[cmd.index("--init-checkpoint") + 1] == str(restored)
+
+    unpublished = dict(runs[pair[1]], init="no_such_run__baseline__s0")
+    msg = sweep._execute("long/continue", unpublished, tmp_path / "fresh", "cpu", 1, [], dry=False)
+    assert msg.startswith("waiting") and "neither in the runs root nor published" in msg

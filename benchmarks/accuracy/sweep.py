@@ -110,7 +110,7 @@ TEACHER = {"model": "repan_repvgg_b1_w025", "kwargs": {}, "epoch_factor": 3}
 #: 150 epochs on the same 55,000 images
 TEACHERS = {"long": {"model": "repan_resnet18_w025", "kwargs": {}, "epochs": 150}}
 SEEDS = [0, 1, 2]
-PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion", "layouts", "ship")
+PLANS = ("main", "ablations", "ablations_extra", "bf16", "expansion", "layouts", "ship", "continue")
 #: the ``layouts`` plan: MobileOne-S0 at timm's ImageNet layout (28→14→7→4→2→1 at 28×28: the last 11
 #: blocks run at 2×2 and 1×1) against the small-input layout (first strided stage at stride 1:
 #: 28→14→14→7→4→2) at half width, which costs about the same per training step; the baseline arm of
@@ -120,6 +120,13 @@ LAYOUT_MODEL, LAYOUT_SUBSET, LAYOUT_EPOCHS = "repan_mobileone_s0", 20000, 10
 #: the ship plan trains each model's best arm of ``<scale>/main`` (by mean validation top-1) once more
 #: with this many times the comparison budget (same cycle count, longer cycles), seed 0
 SHIP_BUDGET_FACTOR = 2
+#: the ``continue`` plan (``long`` scale): one more cycle for a model whose best run of main still
+#: underfits, started from that run's deploy weights (Alg. 1 line 1, ``--init-checkpoint``): a RepAn + KD
+#: cycle (Expand with the model's own branch kinds at γ = 0, Restore, Calibrate, train, Rep) against the
+#: same epochs of plain KD from the same weights, so the pair measures what Expand adds. MobileOne-S0
+#: (w050 layout): the baseline of main reached 91.7 % train top-1 under augmentation and 93.3 % validation
+#: after 100 epochs; 20 more epochs at half the peak LR fit in a 2-core session (about 290 s per epoch)
+CONTINUE = {"repan_mobileone_s0": {"from": "baseline", "epochs": 20, "lr": "0.05"}}
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
 
 
@@ -176,11 +183,13 @@ def _model_args(model: str, kwargs: Optional[Dict] = None) -> List[str]:
 
 
 def _run(name: str, args: List[str], needs: Optional[str] = None, home: Optional[str] = None,
-         same_as: Optional[str] = None) -> Dict:
+         same_as: Optional[str] = None, init: Optional[str] = None) -> Dict:
     """One training run; ``home`` = the plan whose folders hold it (the teacher lives in ``main``
     and serves every plan); ``same_as`` = the name of the run of the scale's ``main`` plan that has
-    the same arguments: its results are copied, it is not trained twice (:func:`_check_same_as`)."""
-    return {"name": name, "args": args, "needs": needs, "home": home, "same_as": same_as}
+    the same arguments: its results are copied, it is not trained twice (:func:`_check_same_as`);
+    ``init`` = the run of the scale's ``main`` plan whose deploy weights this one starts from
+    (``--init-checkpoint``; restored from the published weights on a fresh machine)."""
+    return {"name": name, "args": args, "needs": needs, "home": home, "same_as": same_as, "init": init}
 
 
 def _check_same_as(runs: List[Dict], scale: str) -> List[Dict]:
@@ -294,6 +303,18 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
     elif plan == "ship":
         runs.append(teacher)
         runs += ship_runs(scale, plan_runs("main", scale))
+    elif plan == "continue" and scale == "long":
+        runs.append(teacher)
+        for model, c in CONTINUE.items():
+            trained = variant(scale, model)
+            base = _model_args(trained) + _model_recipe(model, common, ["--lr", c["lr"]]) + ["--seed", "0"]
+            one = ["--cycles", "1", "--epochs", str(c["epochs"])]
+            start = f"{trained}__{c['from']}__s0"
+            runs.append(_run(f"{trained}__then_repan_kd__s0", base + one + ["--method", "repan"]
+                             + _merge(repan, ["--first-cycle", "expand"]) + KD + kd_teacher,
+                             needs=teacher_name, init=start))
+            runs.append(_run(f"{trained}__then_kd__s0", base + one + ["--method", "kd"] + KD + kd_teacher,
+                             needs=teacher_name, init=start))
     elif plan == "ablations_extra":
         for restore in ["normalized", "identity"]:
             runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
@@ -395,6 +416,14 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
     if run["needs"]:
         teacher_ckpt = work / f"{plan.split('/')[0]}/main" / run["needs"] / "deploy.safetensors"
         args += ["--teacher-checkpoint", str(teacher_ckpt)]
+    if run.get("init"):
+        init_ckpt = work / f"{plan.split('/')[0]}/main" / run["init"] / "deploy.safetensors"
+        if not init_ckpt.is_file() and not dry:
+            final = _result_dir(f"{plan.split('/')[0]}/main", run["init"]) / "final.json"
+            if not final.exists() or not restore_published(final, init_ckpt):
+                return (f"waiting {run['name']}: it starts from {plan.split('/')[0]}/main's {run['init']}, whose "
+                        "weights are neither in the runs root nor published")
+        args += ["--init-checkpoint", str(init_ckpt)]
     cmd = [sys.executable, "-m", "repan_zoo.train_cli", *args, "--out", str(out), "--device", device,
            "--threads", str(threads), *extra]
     if (out / "checkpoints").exists():  # a stopped run continues from its last completed epoch
