@@ -583,3 +583,24 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
     unpublished = dict(runs[pair[1]], init="no_such_run__baseline__s0")
     msg = sweep._execute("long/continue", unpublished, tmp_path / "fresh", "cpu", 1, [], dry=False)
     assert msg.startswith("waiting") and "neither in the runs root nor published" in msg
+
+
+def test_continued_runs_are_paired_with_the_main_run_they_start_from(tmp_path):
+    """long/continue: Δ is measured against the main baseline whose weights the runs start from,
+    and the fall from its validation top-1 to their first epoch is the drop at their start."""
+    agg = load("aggregate")
+    write_run(tmp_path / "long" / "main", "m__baseline__s0", "m", "baseline", 0, 93.0, 92.5)
+    plan = tmp_path / "long" / "continue"
+    write_run(plan, "m__then_repan_kd__s0", "m", "repan_kd", 0, 94.0, 93.5, cycles=1, epochs=20)
+    write_run(plan, "m__then_kd__s0", "m", "kd", 0, 93.5, 93.0, cycles=1, epochs=20)
+    (plan / "m__then_repan_kd__s0" / "metrics.json").write_text(json.dumps(
+        [{"cycle": 1, "epoch": 1, "val_top1": 87.0, "expand": True}, {"cycle": 1, "epoch": 2, "val_top1": 94.0}]))
+    summary = agg.summarize(plan)
+    groups = {g["method"]: g for g in summary["groups"]}
+    assert groups["then_repan_kd"]["delta_test_vs_baseline"]["mean"] == pytest.approx(1.0)
+    assert groups["then_kd"]["delta_test_vs_baseline"]["mean"] == pytest.approx(0.5)
+    assert groups["then_repan_kd"]["cycle_start_drop"]["mean"] == pytest.approx(6.0)
+    assert groups["then_kd"]["cycle_start_drop"]["mean"] == pytest.approx(-0.5)  # it rose
+    md = agg.markdown(summary)
+    assert "starts from the deploy weights of that `long/main` baseline run" in md
+    assert "| m | then_repan_kd | 1x20 |" in md and "| +1.00 ± 0.00 | 6.00 ± 0.00 |" in md

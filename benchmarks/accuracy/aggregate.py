@@ -37,14 +37,21 @@ def _stats(values: List[float]) -> Dict[str, float]:
 
 
 #: plans whose runs are paired, seed by seed, with one arm of the same scale's main plan
-PAIRED_WITH = {"bf16": "baseline", "expansion": "repan"}
+PAIRED_WITH = {"bf16": "baseline", "expansion": "repan", "continue": "baseline"}
+#: plans whose runs start from the deploy weights of that arm's main run (``--init-checkpoint``):
+#: the fall from that run's validation top-1 to their first epoch counts as a cycle-start drop
+STARTS_FROM = {"continue": "baseline"}
 
 
-def cycle_start_drop(history: List[Dict]) -> Optional[float]:
+def cycle_start_drop(history: List[Dict], start_val: Optional[float] = None) -> Optional[float]:
     """The largest fall of validation top-1 from the last epoch of a cycle to the first epoch of
-    the next one that starts with Expand (the collapse at a cycle start); None without such a start."""
+    the next one that starts with Expand (the collapse at a cycle start), and from ``start_val``
+    (the validation top-1 of the weights a continued run starts from) to its first epoch; None
+    without such a start."""
     drops = [prev["val_top1"] - row["val_top1"] for prev, row in zip(history, history[1:])
              if row.get("expand") and row.get("epoch") == 1 and row.get("cycle") != prev.get("cycle")]
+    if start_val is not None and history:
+        drops.append(start_val - history[0]["val_top1"])
     return max(drops) if drops else None
 
 
@@ -102,6 +109,11 @@ def _label(final: Dict, run: str = "") -> str:
 def summarize(plan_dir: Path) -> Dict:
     runs = []
     on_gpu = gpu_call_epochs(plan_dir)
+    start_val = {}  # (model, seed) → validation top-1 of the main run this plan's runs start from
+    if plan_dir.name in STARTS_FROM:
+        for p in (plan_dir.parent / "main").glob(f"*__{STARTS_FROM[plan_dir.name]}__s*/final.json"):
+            f = json.loads(p.read_text())
+            start_val[(f["model"], f["recipe"]["seed"])] = f["val_top1"]
     for final_path in sorted(plan_dir.glob("*/final.json")):
         final = json.loads(final_path.read_text())
         recipe = final.get("recipe", {})
@@ -112,7 +124,7 @@ def summarize(plan_dir: Path) -> Dict:
             "run": final_path.parent.name,
             "model": final["model"],
             "method": _label(final, final_path.parent.name),
-            "cycle_start_drop": cycle_start_drop(history),
+            "cycle_start_drop": cycle_start_drop(history, start_val.get((final["model"], recipe.get("seed")))),
             "seed": recipe.get("seed"),
             "cycles": recipe.get("cycles"),
             "epochs": recipe.get("epochs"),
@@ -190,8 +202,13 @@ def markdown(summary: Dict) -> str:
     scale = summary["plan"].split("/")[0]
     ref_text = f"the `{scale}/main` {ref} run of the same model and seed" if ref else "the baseline of the same model"
     ref_col = f"Δ test vs main's {ref}" if ref else "Δ test vs baseline"
+    start = STARTS_FROM.get(summary["plan"].split("/")[1])
+    continued = (f" Each run starts from the deploy weights of that `{scale}/main` {start} run (`--init-checkpoint`) "
+                 "and trains the epochs shown on top of them, so Δ is what those epochs add; the drop counts the fall "
+                 "from that run's validation top-1 to the first epoch.") if start else ""
     lines = [head + f" Deploy-model top-1 %, mean ± std over seeds; Δ = paired per-seed difference to {ref_text}; "
-             "drop = the largest fall of validation top-1 in the first epoch after an Expand (cycle start).", "",
+             "drop = the largest fall of validation top-1 in the first epoch after an Expand (cycle start)."
+             + continued, "",
              f"| model | method | schedule | epochs | seeds | val top-1 | test top-1 | {ref_col} | drop at cycle start |",
              "|---|---|---|---|---|---|---|---|---|"]
     for g in summary["groups"]:
