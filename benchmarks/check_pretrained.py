@@ -8,10 +8,18 @@ sha256 before loading — evaluates it on the Fashion-MNIST test set with the en
 and compares with the manifest's ``metrics.fashion_mnist.test_top1``. Results go to
 ``benchmarks/results/pretrained_check.json``; exit 1 when any entry is off by more than
 ``--tolerance`` points.
+
+Each row also gives the top-1 a fine-tuner starts from: ``pretrained=True`` builds the train form,
+whose BNs :func:`repan_zoo.checkpoint.load_into` restores with μ = 0, σ = 1, and training mode
+normalises with each batch's statistics instead (``train_mode_test_top1``, batches of 128 test
+images); after :func:`repan_zoo.calibrate_bn` on 5 batches of 128 training images
+(``train_mode_test_top1_calibrated``; what ``repan-train --init-checkpoint`` does) it starts from
+the shipped function.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -20,8 +28,8 @@ import torch
 import timm
 
 import repan_zoo  # noqa: F401  (registers the models)
-from repan_zoo.convert import reparameterize
-from repan_zoo.data import Normalize, load_splits
+from repan_zoo.convert import calibrate_bn, reparameterize
+from repan_zoo.data import Normalize, calibration_batches, load_splits
 from repan_zoo.errors import WeightsError
 from repan_zoo.manifest import load_manifest
 from repan_zoo.profile import count_params
@@ -39,6 +47,22 @@ def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, nor
     return 100.0 * correct / len(images)
 
 
+@torch.no_grad()
+def train_mode_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+                    calibrate: list = (), batch: int = 128) -> float:
+    """top-1 (%) of a copy of ``model`` in training mode (each ``batch`` of test images normalised by
+    its own BN statistics: the function fine-tuning starts from), after :func:`calibrate_bn` on the
+    ``calibrate`` batches (uint8 images) when given."""
+    model = copy.deepcopy(model)
+    if calibrate:
+        calibrate_bn(model.eval(), [normalize(b) for b in calibrate])
+    model.train()
+    correct = 0
+    for i in range(0, len(images), batch):
+        correct += (model(normalize(images[i:i + batch])).argmax(1) == labels[i:i + batch]).sum().item()
+    return 100.0 * correct / len(images)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: Debian's location)")
@@ -47,6 +71,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_splits("fashion_mnist", a.data_dir, val_size=1, split_seed=0, seed=0, flip=False)  # only .test is used
     images, labels = data.test[torch.arange(len(data.test))]
+    calib = calibration_batches(data.train, 5, 128, seed=0, cycle=0)
     rows, failed = [], False
     for entry in load_manifest().values():
         listed = entry.metrics.get("fashion_mnist", {})
@@ -60,14 +85,18 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{entry.name}: unavailable ({type(exc).__name__})")
             continue
-        measured = top1(model, images, labels, Normalize(entry.mean, entry.std))
+        norm = Normalize(entry.mean, entry.std)
+        measured = top1(model, images, labels, norm)
         ok = listed is not None and abs(measured - listed) <= a.tolerance
         failed |= not ok
         row.update(status="ok" if ok else "MISMATCH", measured_test_top1=measured,
                    difference=None if listed is None else measured - listed, seconds=time.time() - start,
                    test_images=len(images), deploy_params=count_params(reparameterize(model)))
+        row.update(train_mode_test_top1=train_mode_top1(model, images, labels, norm),
+                   train_mode_test_top1_calibrated=train_mode_top1(model, images, labels, norm, calib))
         rows.append(row)
-        print(f"{entry.name} ({entry.source}): measured {measured:.2f}, manifest {listed}, {row['status']}")
+        print(f"{entry.name} ({entry.source}): measured {measured:.2f}, manifest {listed}, {row['status']}; "
+              f"train mode {row['train_mode_test_top1']:.2f}, calibrated {row['train_mode_test_top1_calibrated']:.2f}")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     write_json(OUT, {"benchmark": "pretrained weights reproduce the manifest's test top-1",
                      "command": "HF_HUB_OFFLINE=1 python benchmarks/check_pretrained.py",

@@ -98,7 +98,7 @@ def cycle_overhead() -> List[str]:
 
 
 #: plan folders in reading order: the default sweep (cpu scale) first
-_PLAN_ORDER = ("long/ship", "long/main", "long/ablations", "long/layouts", "cpu/main", "cpu/ablations", "cpu/expansion", "cpu/bf16",
+_PLAN_ORDER = ("long/ship", "long/main", "long/continue", "long/ablations", "long/layouts", "cpu/main", "cpu/ablations", "cpu/expansion", "cpu/bf16",
                "cpu/ablations_extra", "small/main", "full/main", "full/ablations")
 
 
@@ -227,12 +227,21 @@ def shipped() -> List[str]:
         return []
     out = ["### Shipped weights, re-measured through timm", "",
            f"`{d['command']}` — `timm.create_model(name, pretrained=True)` with no network, top-1 on the "
-           f"Fashion-MNIST test set vs the manifest (tolerance {d['tolerance']} pt).", "",
-           *_table(("model.tag", "source", "deploy params", "manifest test top-1", "measured", "difference", "status"),
+           f"Fashion-MNIST test set vs the manifest (tolerance {d['tolerance']} pt). The last two columns are where "
+           "fine-tuning starts: the same model in training mode (each batch of 128 test images normalised by its own "
+           "BN statistics), as loaded (its BNs restored with μ = 0, σ = 1) and after `repan_zoo.calibrate_bn` on 5 "
+           "batches of 128 training images.", "",
+           *_table(("model.tag", "source", "deploy params", "manifest test top-1", "measured", "difference", "status",
+                    "train mode, as loaded", "train mode, calibrated"),
                    ((r["model"], r["source"], f"{r['deploy_params'] / 1e6:.2f} M" if r.get("deploy_params") else "—",
                      f"{r['manifest_test_top1']:.2f}", f"{r['measured_test_top1']:.2f}",
-                     f"{r['difference']:+.2f}", r["status"]) for r in d["rows"])), ""]
+                     f"{r['difference']:+.2f}", r["status"], _pct(r.get("train_mode_test_top1")),
+                     _pct(r.get("train_mode_test_top1_calibrated"))) for r in d["rows"])), ""]
     return out
+
+
+def _pct(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def detection() -> List[str]:
