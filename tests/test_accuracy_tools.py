@@ -568,12 +568,16 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
     start = runs[pair[0]]["init"]
     assert start == "repan_mobileone_s0_w050__baseline__s0" and (sweep.RESULTS / "long/main" / start / "final.json").exists()
 
+    results = tmp_path / "results"  # the committed results, but for the continue plan's own (not yet run here)
+    (results / "long/main" / start).mkdir(parents=True)
+    (results / "long/main" / start / "final.json").write_bytes((sweep.RESULTS / "long/main" / start / "final.json").read_bytes())
+    monkeypatch.setattr(sweep, "RESULTS", results)
     monkeypatch.setattr(sweep.subprocess, "Popen", None)  # nothing trains here
     monkeypatch.setattr(sweep.time, "time", lambda: 2e9)   # ... and the deadline has passed
     msg = sweep._execute("long/continue", runs[pair[0]], tmp_path, "cpu", 1, [], dry=False, deadline=1.0)
     assert msg.startswith("not started")
     restored = tmp_path / "long/main" / start / "deploy.safetensors"
-    recorded = json.loads((sweep.RESULTS / "long/main" / start / "final.json").read_text())["checkpoint"]["sha256"]
+    recorded = json.loads((results / "long/main" / start / "final.json").read_text())["checkpoint"]["sha256"]
     from repan_zoo.fileio import sha256_file
 
     assert sha256_file(restored) == recorded
