@@ -9,8 +9,8 @@ COCO mAP, calibration inputs and the deploy detector:
 1. read the COCO-format splits (:class:`~repan_zoo.detection.coco.CocoDetectionSet`), build the
    detector (:func:`~repan_zoo.detection.detectors.build_detector`) on the backbone, from its
    deploy checkpoint (``--backbone-checkpoint``) or the hub (``--pretrained``);
-2. with ``unfold``: Expand + Restore the backbone (the driver's cycle 1 start, λ=0, the function
-   is unchanged, no calibration); with ``cycles > 1`` every later cycle starts with Rep →
+2. with ``unfold``: Expand + Restore → Calibrate the backbone (the driver's cycle 1 start, λ=0,
+   the function is unchanged); with ``cycles > 1`` every later cycle starts with Rep →
    Expand + Restore → Calibrate on detection images as the backbone sees them
    (:func:`~repan_zoo.detection.rep.calibration_batches`; Algorithm 1 lines 2–6), λ rising by
    Θ(r, e) (:class:`repan_zoo.annealing.LambdaSchedule`, per iteration) and the learning rate
@@ -187,9 +187,11 @@ class _Run(CycleRun):
     def calibration(self, cycle: int) -> Tuple[nn.Module, List[torch.Tensor]]:
         """Training images without augmentation as the backbone sees them (normalised, resized,
         padded by the detector's transform), the same on every process: a permutation seeded by
-        (seed, cycle). None in cycle 1 (the unfolded backbone keeps its statistics)."""
+        (seed, cycle). Cycle 1 too: a backbone from deploy weights has no BN statistics to keep (its
+        BNs are restored with μ = 0, σ = 1), and training mode would otherwise normalise with the
+        batch statistics and start from another function."""
         body = self.model.backbone.body
-        if cycle == 1 or self.cfg.calib_batches <= 0:
+        if self.cfg.calib_batches <= 0:
             return body, []
         n = min(len(self.calib_set), self.cfg.calib_batches * self.cfg.calib_batch_size)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + cycle)
