@@ -140,8 +140,9 @@ class _Run(CycleRun):
 
     # -- driver hooks: the model ---------------------------------------------------------------
     def cycle_plan(self) -> List[CyclePlan]:
-        """Cycle 1 expands with ``--unfold`` (no calibration: the backbone's statistics are the
-        checkpoint's); every later cycle starts with Rep → Expand + Restore → Calibrate."""
+        """Cycle 1 expands with ``--unfold`` (Expand + Restore → Calibrate on detection images;
+        without it the deploy backbone trains as fused convs); every later cycle starts with
+        Rep → Expand + Restore → Calibrate."""
         cfg = self.cfg
         return [CyclePlan(1, cfg.unfold, cfg.epochs)] + [CyclePlan(r, True, cfg.epochs) for r in range(2, cfg.cycles + 1)]
 
