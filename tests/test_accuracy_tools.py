@@ -557,8 +557,12 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
     published waits instead of training from scratch."""
     sweep = load("sweep")
     runs = {r["name"]: r for r in sweep.plan_runs("continue", "long")}
-    pair = [n for n in runs if n != "teacher"]
-    assert pair == ["repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0"]
+    assert [n for n in runs if n != "teacher"] == [
+        "repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0",
+        "repan_mobileone_s0_w050__then_repan_kd_lowlr__s0", "repan_mobileone_s0_w050__then_kd_lowlr__s0"]
+    low = {n: sweep._options(runs[n]["args"]) for n in runs if n.endswith("_lowlr__s0")}
+    assert all(o["--lr"] == "0.005" and o["--epochs"] == "7" for o in low.values())
+    pair = ["repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0"]
     a, b = (sweep._options(runs[n]["args"]) for n in pair)
     assert a["--method"] == "repan" and a["--first-cycle"] == "expand" and a["--branches"] == "arch"
     assert b["--method"] == "kd" and "--branches" not in b

@@ -125,8 +125,11 @@ SHIP_BUDGET_FACTOR = 2
 #: cycle (Expand with the model's own branch kinds at γ = 0, Restore, Calibrate, train, Rep) against the
 #: same epochs of plain KD from the same weights, so the pair measures what Expand adds. MobileOne-S0
 #: (w050 layout): the baseline of main reached 91.7 % train top-1 under augmentation and 93.3 % validation
-#: after 100 epochs; 20 more epochs at half the peak LR fit in a 2-core session (about 290 s per epoch)
-CONTINUE = {"repan_mobileone_s0": {"from": "baseline", "epochs": 20, "lr": "0.05"}}
+#: after 100 epochs; 20 more epochs at half the peak LR fit in a 2-core session (about 290 s per epoch).
+#: That restart cost what the epochs added (validation fell from 93.3 to 87-88 in the first epoch), so a
+#: second pair (arm suffix ``_lowlr``) continues at a tenth of it for 7 epochs
+CONTINUE = {"repan_mobileone_s0": [{"from": "baseline", "epochs": 20, "lr": "0.05", "suffix": ""},
+                                   {"from": "baseline", "epochs": 7, "lr": "0.005", "suffix": "_lowlr"}]}
 KD = ["--kd-alpha", "0.9", "--kd-T", "10"]
 
 
@@ -305,16 +308,17 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         runs += ship_runs(scale, plan_runs("main", scale))
     elif plan == "continue" and scale == "long":
         runs.append(teacher)
-        for model, c in CONTINUE.items():
+        for model, variants in CONTINUE.items():
             trained = variant(scale, model)
-            base = _model_args(trained) + _model_recipe(model, common, ["--lr", c["lr"]]) + ["--seed", "0"]
-            one = ["--cycles", "1", "--epochs", str(c["epochs"])]
-            start = f"{trained}__{c['from']}__s0"
-            runs.append(_run(f"{trained}__then_repan_kd__s0", base + one + ["--method", "repan"]
-                             + _merge(repan, ["--first-cycle", "expand"]) + KD + kd_teacher,
-                             needs=teacher_name, init=start))
-            runs.append(_run(f"{trained}__then_kd__s0", base + one + ["--method", "kd"] + KD + kd_teacher,
-                             needs=teacher_name, init=start))
+            for c in variants:
+                base = _model_args(trained) + _model_recipe(model, common, ["--lr", c["lr"]]) + ["--seed", "0"]
+                one = ["--cycles", "1", "--epochs", str(c["epochs"])]
+                start = f"{trained}__{c['from']}__s0"
+                runs.append(_run(f"{trained}__then_repan_kd{c['suffix']}__s0", base + one + ["--method", "repan"]
+                                 + _merge(repan, ["--first-cycle", "expand"]) + KD + kd_teacher,
+                                 needs=teacher_name, init=start))
+                runs.append(_run(f"{trained}__then_kd{c['suffix']}__s0", base + one + ["--method", "kd"] + KD
+                                 + kd_teacher, needs=teacher_name, init=start))
     elif plan == "ablations_extra":
         for restore in ["normalized", "identity"]:
             runs.append(_run(f"restore_{restore}", base + cyc + with_("--restore", restore)))
