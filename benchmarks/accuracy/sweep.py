@@ -123,7 +123,10 @@ SHIP_BUDGET_FACTOR = 2
 #: the ``continue`` plan (``long`` scale): one more cycle for a model whose best run of main still
 #: underfits, started from that run's deploy weights (Alg. 1 line 1, ``--init-checkpoint``): a RepAn + KD
 #: cycle (Expand with the model's own branch kinds at γ = 0, Restore, Calibrate, train, Rep) against the
-#: same epochs of plain KD from the same weights, so the pair measures what Expand adds. MobileOne-S0
+#: same epochs of plain KD from the same weights. The pair turned out to be one procedure twice: deploy
+#: weights loaded into the train form are unfolded into the model's own branch kinds at γ = 0 and
+#: calibrated (``load_into``, line 1), which is what the RepAn arm's Expand + Restore + Calibrate does; only
+#: the new branches' random weights differ. A control without Expand would train the deploy form. MobileOne-S0
 #: (w050 layout): the baseline of main reached 91.7 % train top-1 under augmentation and 93.3 % validation
 #: after 100 epochs; 20 more epochs at half the peak LR fit in a 2-core session (about 290 s per epoch).
 #: That restart cost what the epochs added (validation fell from 93.3 to 87-88 in the first epoch), so a
