@@ -39,11 +39,12 @@ OUT = Path(__file__).resolve().parent / "results" / "pretrained_check.json"
 
 
 @torch.no_grad()
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize) -> float:
-    model.eval()
+def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
+         batch: int = 500) -> float:
+    """top-1 (%) of ``model`` in its current mode, ``batch`` images per forward pass."""
     correct = 0
-    for i in range(0, len(images), 500):
-        correct += (model(normalize(images[i:i + 500])).argmax(1) == labels[i:i + 500]).sum().item()
+    for i in range(0, len(images), batch):
+        correct += (model(normalize(images[i:i + batch])).argmax(1) == labels[i:i + batch]).sum().item()
     return 100.0 * correct / len(images)
 
 
@@ -56,11 +57,7 @@ def train_mode_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     model = copy.deepcopy(model)
     if calibrate:
         calibrate_bn(model.eval(), [normalize(b) for b in calibrate])
-    model.train()
-    correct = 0
-    for i in range(0, len(images), batch):
-        correct += (model(normalize(images[i:i + batch])).argmax(1) == labels[i:i + batch]).sum().item()
-    return 100.0 * correct / len(images)
+    return top1(model.train(), images, labels, normalize, batch)
 
 
 def main(argv=None) -> int:
@@ -86,7 +83,7 @@ def main(argv=None) -> int:
             print(f"{entry.name}: unavailable ({type(exc).__name__})")
             continue
         norm = Normalize(entry.mean, entry.std)
-        measured = top1(model, images, labels, norm)
+        measured = top1(model.eval(), images, labels, norm)
         ok = listed is not None and abs(measured - listed) <= a.tolerance
         failed |= not ok
         row.update(status="ok" if ok else "MISMATCH", measured_test_top1=measured,

@@ -106,14 +106,19 @@ def _label(final: Dict, run: str = "") -> str:
     return method
 
 
+def main_runs(plan_dir: Path, arm: Optional[str]) -> Dict[tuple, Dict]:
+    """``{(model, seed): final.json}`` of ``arm``'s runs in the ``main`` plan beside ``plan_dir``
+    (empty without an arm)."""
+    finals = (json.loads(p.read_text()) for p in (plan_dir.parent / "main").glob(f"*__{arm}__s*/final.json")) \
+        if arm else ()
+    return {(f["model"], f["recipe"]["seed"]): f for f in finals}
+
+
 def summarize(plan_dir: Path) -> Dict:
     runs = []
     on_gpu = gpu_call_epochs(plan_dir)
-    start_val = {}  # (model, seed) → validation top-1 of the main run this plan's runs start from
-    if plan_dir.name in STARTS_FROM:
-        for p in (plan_dir.parent / "main").glob(f"*__{STARTS_FROM[plan_dir.name]}__s*/final.json"):
-            f = json.loads(p.read_text())
-            start_val[(f["model"], f["recipe"]["seed"])] = f["val_top1"]
+    # (model, seed) → validation top-1 of the main run this plan's runs start from
+    start_val = {k: f["val_top1"] for k, f in main_runs(plan_dir, STARTS_FROM.get(plan_dir.name)).items()}
     for final_path in sorted(plan_dir.glob("*/final.json")):
         final = json.loads(final_path.read_text())
         recipe = final.get("recipe", {})
@@ -161,11 +166,7 @@ def summarize(plan_dir: Path) -> Dict:
         })
     paired_arm = PAIRED_WITH.get(plan_dir.name)
     if paired_arm:  # the reference runs live in the main plan of the same scale
-        ref_dir = plan_dir.parent / "main"
-        base = {}
-        for p in ref_dir.glob(f"*__{paired_arm}__s*/final.json"):
-            f = json.loads(p.read_text())
-            base[(f["model"], f["recipe"]["seed"])] = f["test_top1"]
+        base = {k: f["test_top1"] for k, f in main_runs(plan_dir, paired_arm).items()}
     else:
         base = {(r["model"], r["seed"]): r["test_top1"] for r in runs if r["method"] == "baseline"}
     for g in table:

@@ -207,9 +207,10 @@ class RepAnTrainer(CycleRun):
         every fused conv into conv + BN with μ = 0, σ = 1 (it saw no data), so training mode, which
         normalises with the batch statistics, would start from another function (the shipped
         MobileOne-S0 weights: 42.7 % Fashion-MNIST test top-1 in training mode as loaded, 92.7 %
-        calibrated; ``benchmarks/check_pretrained.py``). Calibrate (line 6, :func:`repan_zoo.calibrate_bn`) on ``calib_batches`` training
-        batches keeps the eval function and makes the train-mode one start equal to it. Not needed
-        when the first cycle expands: its own Rep → Expand + Restore → Calibrate follows."""
+        calibrated; ``benchmarks/check_pretrained.py``). Calibrate (line 6,
+        :func:`repan_zoo.calibrate_bn`) on ``calib_batches`` training batches keeps the eval function
+        and makes the train-mode one start equal to it. Not needed when the first cycle expands: its
+        own Rep → Expand + Restore → Calibrate follows."""
         inputs = self._calibration_inputs(self.cfg.calib_batches, cycle=0)
         with exact_fp32():
             calibrate_bn(self.model, inputs)
