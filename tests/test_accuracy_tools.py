@@ -559,9 +559,19 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
     runs = {r["name"]: r for r in sweep.plan_runs("continue", "long")}
     assert [n for n in runs if n != "teacher"] == [
         "repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0",
-        "repan_mobileone_s0_w050__then_repan_kd_lowlr__s0", "repan_mobileone_s0_w050__then_kd_lowlr__s0"]
+        "repan_mobileone_s0_w050__then_repan_kd_lowlr__s0", "repan_mobileone_s0_w050__then_kd_lowlr__s0",
+        "repan_mobileone_s0_w050__then_kd_light__s0", "repan_mobileone_s0_w050__then_baseline_light__s0"]
     low = {n: sweep._options(runs[n]["args"]) for n in runs if n.endswith("_lowlr__s0")}
     assert all(o["--lr"] == "0.005" and o["--epochs"] == "7" for o in low.values())
+    # the light pair: the recipe's augmentation changed in place (one --augment), KD against no KD
+    light = {n.split("__")[1]: runs[n] for n in runs if n.endswith("_light__s0")}
+    opts = {arm: sweep._options(r["args"]) for arm, r in light.items()}
+    assert all(o["--augment"] == "crop_flip" and o["--lr"] == "0.01" and o["--epochs"] == "18" for o in opts.values())
+    assert all(r["args"].count("--augment") == 1 and r["init"] == "repan_mobileone_s0_w050__baseline__s0"
+               for r in light.values())
+    assert opts["then_kd_light"]["--method"] == "kd" and light["then_kd_light"]["needs"] == "teacher"
+    assert opts["then_baseline_light"]["--method"] == "baseline" and light["then_baseline_light"]["needs"] is None
+    assert "--teacher" not in opts["then_baseline_light"] and "--kd-alpha" not in opts["then_baseline_light"]
     pair = ["repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0"]
     a, b = (sweep._options(runs[n]["args"]) for n in pair)
     assert a["--method"] == "repan" and a["--first-cycle"] == "expand" and a["--branches"] == "arch"
