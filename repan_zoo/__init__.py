@@ -15,6 +15,7 @@ from .errors import (
     NoRepBlocksError,
     RepanError,
     ReparameterizationError,
+    UncalibratedBNWarning,
     UnfusableBranchError,
 )
 from . import probe_adapters  # registers torchvision's detectors with the exactness checks (verify)
@@ -38,4 +39,5 @@ __all__ = [
     "ReparameterizationError",
     "UnfusableBranchError",
     "CheckpointError",
+    "UncalibratedBNWarning",
 ]

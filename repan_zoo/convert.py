@@ -333,15 +333,16 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
                 f"calibrate_bn: batch {i} holds NaN or inf values; the statistics would be NaN. "
                 "Calibrate on finite inputs (check the data and its normalisation)")
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    fresh_before = [(branch, branch.fresh) for block in blocks for branch in [block.trunk, *block.extras]]
+    flags_before = [(branch, branch.fresh, branch.uncalibrated) for block in blocks
+                    for branch in [block.trunk, *block.extras]]
     try:
         _calibrate(model, blocks, batches)
     except BaseException as exc:
         with torch.no_grad():  # a failure halfway leaves the model exactly as it was
             for k, v in model.state_dict().items():
                 v.copy_(saved[k])
-        for branch, fresh in fresh_before:
-            branch.fresh = fresh
+        for branch, fresh, uncalibrated in flags_before:
+            branch.fresh, branch.uncalibrated = fresh, uncalibrated
         if isinstance(exc, RuntimeError) and not isinstance(exc, RepanError):
             raise CalibrationError(f"calibrate_bn: the model cannot run on the batches ({exc}); the model was left "
                                    "unchanged. Pass batches of the model's input shape") from exc
@@ -355,6 +356,7 @@ def _calibrate(model: nn.Module, blocks, batches: List[torch.Tensor]) -> None:
     for block in blocks:
         for branch in [block.trunk, *block.extras]:
             bns = branch.bns()
+            branch.uncalibrated = False
             if branch.fresh:
                 for depth, bn in enumerate(bns):
                     while len(stages) <= depth:

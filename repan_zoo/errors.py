@@ -199,3 +199,10 @@ class QuantizationError(RepanError, RuntimeError):
     def __init__(self, message: str, *, check=None):
         super().__init__(message)
         self.check = check
+
+
+class UncalibratedBNWarning(UserWarning):
+    """A train-form Rep block runs in training mode on BN statistics that no data estimated: deploy
+    weights unfolded into the train form (``pretrained=True``, :func:`repan_zoo.unfold` of loaded deploy
+    weights) restore each trunk BN with statistics invented by the Restore rule, and batch statistics then
+    replace them, so training starts from another function. :func:`repan_zoo.calibrate_bn` is the fix."""

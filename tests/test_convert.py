@@ -5,6 +5,7 @@ Models have random BN statistics and are compared in eval mode on full output ma
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import timm
@@ -19,7 +20,9 @@ from repan_zoo.algebra import KernelBias
 from repan_zoo.blocks import RepBlock
 from repan_zoo.blocks.branches import ConvKx1
 from repan_zoo.convert import revert_sync_batchnorm
-from repan_zoo.errors import LambdaRangeError, NoRepBlocksError, ReparameterizationError, UnfusableBranchError
+from repan_zoo.errors import (
+    LambdaRangeError, NoRepBlocksError, ReparameterizationError, UncalibratedBNWarning, UnfusableBranchError,
+)
 
 BLOCK_TOL = 1e-6
 NET_TOL = 1e-5
@@ -353,6 +356,71 @@ def test_calibrate_bn_keeps_function_at_positive_lambda_for_inherited(deploy_net
     ref = _out(un, tiny_input)
     rz.calibrate_bn(un, [make_input(3, seed=30) * 3 - 1])
     assert rel_err(ref, _out(un, tiny_input)) <= NET_TOL
+
+
+# -- BN statistics never estimated from data --------------------------------------------------------
+def _train_forward_warnings(model, x):
+    """The UncalibratedBNWarnings of one training-mode forward of ``model``."""
+    model.train()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            model(x)
+    return [w for w in caught if issubclass(w.category, UncalibratedBNWarning)]
+
+
+def test_training_deploy_weights_unfolded_without_calibration_warns_naming_the_fix():
+    """Deploy weights carry no BN statistics: ``pretrained=True`` in train form (and ``unfold`` of a
+    deploy model) restores each trunk BN with μ = 0, σ = 1, which training mode replaces by batch
+    statistics (the shipped weights then score 31-54 % instead of 93-95 %). The first training-mode
+    forward says so and names ``calibrate_bn``; after calibrating, or in eval mode, nothing is said."""
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = timm.create_model("repan_repvgg_a1_w025", pretrained=True)  # bundled weights, offline
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedBNWarning)
+        with torch.no_grad():
+            model.eval()(x)  # eval mode uses the restored statistics: exact, nothing to say
+    caught = _train_forward_warnings(model, x)
+    assert caught, "a training-mode forward on never-calibrated BN statistics must warn"
+    msg = str(caught[0].message)
+    assert "calibrate_bn" in msg and "training mode" in msg
+    assert not _train_forward_warnings(model, x)  # once: the running statistics have now seen data
+
+    fresh = timm.create_model("repan_repvgg_a1_w025", pretrained=True)
+    rz.calibrate_bn(fresh, [x])
+    assert not _train_forward_warnings(fresh, x)
+
+
+def test_unfold_flags_only_statistics_it_had_to_invent(deploy_net, tiny_net, tiny_input):
+    """unfold of deploy weights loaded from a state dict (no trunk BN to inherit: the one a block
+    remembers from its own fusion belongs to the weights it had before) flags the trunks; unfolding a
+    fused train-form model inherits real statistics and is not flagged; a flag survives Rep → unfold;
+    loading a train-form state dict (statistics included) clears it."""
+    assert not _train_forward_warnings(copy.deepcopy(tiny_net), tiny_input)
+    inherited = rz.unfold(deploy_net)
+    assert not any(b.trunk.uncalibrated for _, b in rz.rep_blocks(inherited))
+    assert not _train_forward_warnings(inherited, tiny_input)
+    loaded = rz.reparameterize(TinyNet())
+    loaded.load_state_dict(deploy_net.state_dict())
+    invented = rz.unfold(loaded)
+    assert all(b.trunk.uncalibrated for _, b in rz.rep_blocks(invented))
+    again = rz.unfold(rz.reparameterize(invented))
+    assert all(b.trunk.uncalibrated for _, b in rz.rep_blocks(again))
+    invented.load_state_dict(inherited.state_dict())
+    assert not any(b.trunk.uncalibrated for _, b in rz.rep_blocks(invented))
+    assert not _train_forward_warnings(invented, tiny_input)
+    assert len(_train_forward_warnings(again, tiny_input)) == len(rz.rep_blocks(again))
+
+
+@pytest.mark.filterwarnings("ignore::repan_zoo.errors.UncalibratedBNWarning")
+def test_a_flagged_model_still_scripts(deploy_net, tiny_input):
+    model = rz.unfold(deploy_net, restore="normalized").train()
+    assert all(b.trunk.uncalibrated for _, b in rz.rep_blocks(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert rel_err(scripted(tiny_input), model(tiny_input)) <= NET_TOL
 
 
 # -- SyncBatchNorm / half precision --------------------------------------------------------------

@@ -131,16 +131,24 @@ class Branch(nn.Module):
     * :attr:`fresh` is ``True`` from ``init_branch_`` (expansion, ``unfold``) until the first
       :func:`repan_zoo.calibrate_bn`, whose BN statistics then come from the data instead of keeping
       the branch's function (a fresh BN has none to keep); loading a checkpoint clears it.
+    * :attr:`uncalibrated` is ``True`` on a trunk whose BN statistics the Restore rule invented
+      (:meth:`RepBlock.unfold` without a previous trunk BN to inherit, e.g. deploy weights loaded into
+      the train form): its eval function is exact, but training mode would replace the statistics by
+      batch statistics. :func:`repan_zoo.calibrate_bn`, loading a train-form state dict, or the first
+      training-mode forward (which warns, :class:`~repan_zoo.errors.UncalibratedBNWarning`) clear it.
     """
 
     kind: str = ""
     #: set by ``init_branch_`` (``unfold``/expansion) for branches whose BNs have no function to keep
     #: yet: :func:`repan_zoo.calibrate_bn` gives them the batch statistics, then clears it.
     fresh: bool = False
-    #: bookkeeping no forward reads: TorchScript skips it (under ``from __future__ import annotations``
+    #: set by :meth:`RepBlock.unfold` on a trunk whose BN statistics no data estimated (see above)
+    uncalibrated: bool = False
+    #: bookkeeping that no scripted forward reads (RepBlock reads ``uncalibrated`` only outside
+    #: TorchScript): TorchScript skips it (under ``from __future__ import annotations``
     #: the class annotation is the string ``'bool'``, which ``torch.jit.script`` cannot resolve for an
     #: instance attribute, so every branch ``init_branch_`` flagged made its model unscriptable)
-    __jit_ignored_attributes__ = ["fresh"]
+    __jit_ignored_attributes__ = ["fresh", "uncalibrated"]
 
     def __init__(self, spec: BlockSpec):
         super().__init__()

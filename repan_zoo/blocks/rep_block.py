@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn as nn
 
 from .. import algebra
 from ..algebra import BNParams, KernelBias
-from ..errors import LambdaRangeError, UnfusableBranchError
+from ..errors import LambdaRangeError, UncalibratedBNWarning, UnfusableBranchError
 from .bn import bn_params
 from .branches import BlockSpec, Branch, branch_class, create_branch
 
@@ -78,6 +79,8 @@ class RepBlock(nn.Module):
         for kind in self.arch_branches:  # fail at construction, in either form, for unfusable kinds
             branch_class(kind).check(self.spec)
         self._inherit_bn: Optional[BNParams] = None
+        #: whether the remembered trunk BN's statistics were themselves invented (Branch.uncalibrated)
+        self._inherit_uncalibrated = False
         if deploy:
             self.trunk: Optional[Branch] = None
             self.extras = nn.ModuleList()
@@ -125,6 +128,8 @@ class RepBlock(nn.Module):
         if self.reparam_conv is not None:
             return self.reparam_conv(x)
         assert self.trunk is not None
+        if self.training and not torch.jit.is_scripting():
+            self._warn_if_uncalibrated()
         y = self.trunk(x)
         extra: Optional[torch.Tensor] = None
         for branch in self.extras:
@@ -133,6 +138,21 @@ class RepBlock(nn.Module):
         if extra is not None:
             y = y + self.lam.to(extra.dtype) * extra
         return y
+
+    @torch.jit.unused
+    def _warn_if_uncalibrated(self) -> None:
+        """Once per block: say that training mode is about to replace BN statistics that no data
+        estimated (:attr:`Branch.uncalibrated`), and how to get real ones."""
+        if self.trunk is None or not self.trunk.uncalibrated:
+            return
+        self.trunk.uncalibrated = False  # from here on its running statistics see data
+        warnings.warn(
+            "a train-form Rep block runs in training mode on BN statistics that no data estimated: deploy "
+            "weights unfolded into the train form (pretrained=True, or repan_zoo.unfold of loaded deploy weights) "
+            "restore each trunk BN with invented statistics (μ = 0, σ = 1), and batch statistics now replace "
+            "them, so the network starts training from another function than the one it computes in eval mode. "
+            "Call repan_zoo.calibrate_bn(model, batches) on a few batches of training images first "
+            "(repan-train --init-checkpoint does).", UncalibratedBNWarning, stacklevel=2)
 
     # -- fusion ---------------------------------------------------------------------------
     def check_fusable(self) -> None:
@@ -187,6 +207,7 @@ class RepBlock(nn.Module):
         ref = self.trunk.conv.weight
         kernel, bias = self.fused_kernel_bias()
         self._inherit_bn = BNParams(*(t.clone() for t in bn_params(self.trunk.bn)[:4]), self.trunk.bn.eps)
+        self._inherit_uncalibrated = self.trunk.uncalibrated
         conv = _placed_like(self._new_conv(), ref)
         conv.weight.copy_(kernel.to(ref.dtype))
         conv.bias.copy_(bias.to(ref.dtype))
@@ -218,6 +239,9 @@ class RepBlock(nn.Module):
         convs drawn from ``generator``, BN γ = ``branch_gamma``, β = 0) and λ is set.
         At λ = 0 the eval function is unchanged. A train-form block is fused first.
         Kinds that do not fit this block raise, or are skipped with ``skip_unfit=True``.
+        A trunk whose BN statistics the rule had to invent (no previous BN to inherit, or a rule
+        that does not inherit) is marked :attr:`~repan_zoo.blocks.branches.Branch.uncalibrated`:
+        its first training-mode forward warns until :func:`repan_zoo.calibrate_bn` has run.
         Returns the new branches.
         """
         lam = check_lambda(lam)
@@ -230,12 +254,14 @@ class RepBlock(nn.Module):
         previous = self._inherit_bn
         rule = algebra.get_restore_rule(restore)
         mode = rule.fallback if rule.needs_previous and previous is None else restore
+        invented = mode != restore or not rule.needs_previous or self._inherit_uncalibrated
         if previous is not None:
             previous = BNParams(*(t.to(kernel) for t in previous[:4]), previous.eps)
         new_kernel, bn = algebra.restore_conv_bn(kernel, bias, mode, previous=previous)
         trunk = _placed_like(create_branch("conv_kxk", self.spec), ref)
         trunk.conv.weight.copy_(new_kernel.to(ref.dtype))
         _load_bn(trunk.bn, bn)
+        trunk.uncalibrated = invented
         new: List[Branch] = []
         for kind in branches:
             for _ in range(k):
@@ -266,6 +292,11 @@ class RepBlock(nn.Module):
         if not self.deploy and prefix + "lam" not in state_dict:
             state_dict[prefix + "lam"] = self.lam.detach().clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.trunk is not None and prefix + "trunk.bn.running_mean" in state_dict:
+            self.trunk.uncalibrated = False  # the statistics came with the weights
+        if self.reparam_conv is not None and prefix + "reparam_conv.weight" in state_dict:
+            # the trunk BN remembered from this block's last fusion belongs to the weights just replaced
+            self._inherit_bn, self._inherit_uncalibrated = None, False
 
     def _adopt_training_flag(self) -> None:
         """New submodules take the block's train/eval flag (a block in eval mode must not get
