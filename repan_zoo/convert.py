@@ -30,6 +30,7 @@ __all__ = [
     "reparameterize",
     "unfold",
     "calibrate_bn",
+    "uncalibrated_blocks",
     "set_lambda",
     "default_tolerance",
     "revert_sync_batchnorm",
@@ -348,6 +349,15 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
                                    "unchanged. Pass batches of the model's input shape") from exc
         raise
     return model
+
+
+def uncalibrated_blocks(model: nn.Module) -> List[str]:
+    """Qualified names of the train-form Rep blocks of ``model`` whose trunk BN statistics no data
+    estimated (:attr:`~repan_zoo.blocks.branches.Branch.uncalibrated`: deploy weights unfolded with
+    no BN to inherit). Non-empty means: call :func:`calibrate_bn` before training, or the first
+    training-mode forward replaces those statistics by batch statistics
+    (:class:`~repan_zoo.errors.UncalibratedBNWarning`)."""
+    return [name for name, b in rep_blocks(model) if b.trunk is not None and b.trunk.uncalibrated]
 
 
 def _calibrate(model: nn.Module, blocks, batches: List[torch.Tensor]) -> None:

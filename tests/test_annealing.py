@@ -24,6 +24,7 @@ from repan_zoo.annealing import cycles as cycles_mod
 from repan_zoo.runtime.checkpointing import Checkpointer
 from repan_zoo.runtime.distributed import CPUSyncBatchNorm, convert_sync_bn
 from repan_zoo.checkpoint import model_form, save_checkpoint
+from repan_zoo.convert import uncalibrated_blocks
 from repan_zoo.errors import LambdaRangeError, RecipeError, TrainingDivergedError
 from repan_zoo.verify import eval_mode, relative_error, rep_blocks
 from tinyrep_models import synthetic_splits
@@ -438,6 +439,7 @@ def test_a_run_from_deploy_weights_calibrates_the_restored_bns_before_it_trains(
     model = trainer.initialise()
     assert model_form(model) == "train"
     assert [(r["step"], r["images"]) for r in trainer.cycle_log] == [("calibrate_restored", 3 * 32)]
+    assert uncalibrated_blocks(model) == []
     with torch.no_grad():
         ev, tr = model.eval()(x), model.train()(x)
     assert relative_error(ev, want) <= 1e-5
@@ -446,3 +448,8 @@ def test_a_run_from_deploy_weights_calibrates_the_restored_bns_before_it_trains(
     expanding = RepAnTrainer(tiny_cfg(method="repan", first_cycle="expand", init_checkpoint=str(ckpt)), splits)
     expanding.initialise()
     assert expanding.cycle_log == []  # its first cycle's own Rep → Expand + Restore → Calibrate follows
+
+    train_ckpt = tmp_path / "train.safetensors"  # a train-form checkpoint brings its statistics along
+    save_checkpoint(source, train_ckpt)
+    resumed = RepAnTrainer(tiny_cfg(method=method, first_cycle=first, init_checkpoint=str(train_ckpt)), splits)
+    assert uncalibrated_blocks(resumed.initialise()) == [] and resumed.cycle_log == []

@@ -404,6 +404,8 @@ def test_unfold_flags_only_statistics_it_had_to_invent(deploy_net, tiny_net, tin
     loaded.load_state_dict(deploy_net.state_dict())
     invented = rz.unfold(loaded)
     assert all(b.trunk.uncalibrated for _, b in rz.rep_blocks(invented))
+    assert rz.convert.uncalibrated_blocks(invented) == _block_names(invented)
+    assert rz.convert.uncalibrated_blocks(inherited) == [] == rz.convert.uncalibrated_blocks(loaded)  # deploy: none
     again = rz.unfold(rz.reparameterize(invented))
     assert all(b.trunk.uncalibrated for _, b in rz.rep_blocks(again))
     invented.load_state_dict(inherited.state_dict())

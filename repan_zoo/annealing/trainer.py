@@ -22,8 +22,8 @@ import torch.nn as nn
 
 from ..augment import mix_seed
 from ..blocks import rep_blocks
-from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint, state_dict_form
-from ..convert import calibrate_bn, default_tolerance
+from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
+from ..convert import calibrate_bn, default_tolerance, uncalibrated_blocks
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError
 from ..fileio import sha256_file
@@ -187,24 +187,22 @@ class RepAnTrainer(CycleRun):
                 and not any(b.arch_branches for _, b in rep_blocks(model)):
             raise RecipeError(f"--branches arch: the blocks of {cfg.model} have no branch kinds of their own, so "
                               "Expand would add nothing; name the kinds, e.g. --branches conv_kxk,conv_1x1")
-        restored = False
         if cfg.init_checkpoint:
             state, meta = read_checkpoint(cfg.init_checkpoint)
-            was = model_form(model)
             load_into(model, state, meta, what=f"--init-checkpoint {cfg.init_checkpoint}")
-            restored = was == "train" and (meta.get("form") or state_dict_form(state)) == "deploy"
         self.model = model
         self.place()
         if not cfg.init_checkpoint and cfg.plan()[0].expand:
             self._initial_bn_statistics()
-        elif restored and not cfg.plan()[0].expand and cfg.calib_batches > 0:
+        elif uncalibrated_blocks(model) and not cfg.plan()[0].expand and cfg.calib_batches > 0:
             self._calibrate_restored()
         return self.model
 
     @torch.no_grad()
     def _calibrate_restored(self) -> None:
         """Part of line 1 for deploy weights loaded into the train form: :func:`load_into` restored
-        every fused conv into conv + BN with μ = 0, σ = 1 (it saw no data), so training mode, which
+        every fused conv into conv + BN with μ = 0, σ = 1 (it saw no data: :func:`uncalibrated_blocks`
+        lists them), so training mode, which
         normalises with the batch statistics, would start from another function (the shipped
         MobileOne-S0 weights: 42.7 % Fashion-MNIST test top-1 in training mode as loaded, 92.7 %
         calibrated; ``benchmarks/check_pretrained.py``). Calibrate (line 6,
