@@ -18,7 +18,7 @@ import timm
 import torch
 
 from fake_hub import cached_files, hub, make_deploy_run, register_test_model  # noqa: F401  (hub is a fixture)
-from helpers import rel_err
+from helpers import randomize_bn, rel_err
 from repan_zoo import manifest
 from repan_zoo.errors import (
     ChecksumMismatchError,
@@ -308,6 +308,44 @@ def test_bundled_weights_are_verified(hub, tmp_path):
     with pytest.raises(WeightsNotFoundError, match="missing"):
         create(tag="bundled")
     assert hub.requests == []
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+def test_a_fine_tuned_model_pushed_with_timm_comes_back_through_hf_hub(hub, deploy):
+    """The user's round trip: timm's push_to_hf_hub (default: safetensors and the pickle) of either
+    form, then timm.create_model('hf-hub:...', pretrained=True) rebuilds the same function."""
+    from timm.models import push_to_hf_hub
+
+    import repan_zoo
+
+    model = randomize_bn(timm.create_model(MODEL), torch.Generator().manual_seed(4)).eval()
+    pushed = repan_zoo.reparameterize(model) if deploy else model
+    push_to_hf_hub(pushed, "org/fine-tuned", token="fake")
+    assert {FILE, "config.json"} <= set(hub.repos["org/fine-tuned"].commits[hub.head("org/fine-tuned")])
+    back = timm.create_model("hf-hub:org/fine-tuned", pretrained=True).eval()
+    with torch.no_grad():
+        assert rel_err(back(X), model(X)) <= 1e-5
+    assert not [f for f in cached_files(hub.cache_dir) if f.endswith(".bin")]  # the pickle was never fetched
+
+
+def test_a_model_folder_or_repo_holding_only_a_pickle_names_safe_serialization(hub, tmp_path):
+    """timm's ``save_for_hf`` writes ``pytorch_model.bin`` (a pickle) unless ``safe_serialization``
+    is set, and ``push_to_hf_hub(..., safe_serialization=False)`` pushes only that. repan_zoo loads
+    safetensors only: the error names the pickle it found and how to write safetensors instead."""
+    from timm.models import save_for_hf
+
+    folder = tmp_path / "mine"
+    save_for_hf(timm.create_model(MODEL), str(folder))  # timm's default: the pickle only
+    assert (folder / "pytorch_model.bin").exists() and not (folder / FILE).exists()
+    with pytest.raises(WeightsNotFoundError, match="safe_serialization=True") as info:
+        timm.create_model(f"local-dir:{folder}", pretrained=True)
+    assert "pytorch_model.bin" in str(info.value)
+    hub.create("org/pickle-only")
+    hub.commit("org/pickle-only", {p.name: p.read_bytes() for p in folder.iterdir()})
+    with pytest.raises(WeightsNotFoundError, match="safe_serialization=True") as info:
+        timm.create_model("hf-hub:org/pickle-only", pretrained=True)
+    assert "404" in str(info.value)
+    assert not [f for f in cached_files(hub.cache_dir) if f.endswith(".bin")]  # the pickle was never fetched
 
 
 # -- timm's hf-hub: prefix without a manifest entry -------------------------------------------------

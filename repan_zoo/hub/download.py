@@ -65,15 +65,29 @@ def _commit_of(path: Path) -> Optional[str]:
     return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
+#: weight files that unpickle (they can run code on load): never read here
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl")
+SAFETENSORS_ONLY = (
+    "repan_zoo reads safetensors only, never pickles (pytorch_model.bin, *.pth): timm's save_for_hf writes only "
+    "pytorch_model.bin by default and push_to_hf_hub(..., safe_serialization=False) pushes only that; write "
+    "them with safe_serialization=True (or 'both'), or convert: safetensors.torch.save_file(torch.load(path, "
+    "weights_only=True), 'model.safetensors')"
+)
+
+
 def fetch(source: WeightSource, *, cache_dir: Optional[str] = None) -> Fetched:
     """``source``'s file, verified (size and hash) against what was published."""
     if source.kind == "bundled":
         return _bundled(source)
     if source.kind == "local":
         if source.path is None or not source.path.is_file():
+            pickles = sorted(p.name for p in source.path.parent.glob("*") if p.suffix in PICKLE_SUFFIXES) \
+                if source.path is not None and source.path.parent.is_dir() else []
+            found = (f"; the folder holds {', '.join(pickles)}, which repan_zoo does not load" if pickles else "")
             raise WeightsNotFoundError(
                 f"weights of {source.label}: {source.path} does not exist; a local-dir: model folder needs "
-                "model.safetensors beside config.json", model=source.label, filename=str(source.path),
+                f"model.safetensors beside config.json{found}. {SAFETENSORS_ONLY}",
+                model=source.label, filename=str(source.path),
             )
         return Fetched(source.path)
     if source.kind == "url":
@@ -216,9 +230,12 @@ def _translate(exc: Exception, source: WeightSource, revision: Optional[str]) ->
         )
         return UnknownRevisionError(f"{what}: the Hub has no revision {revision!r} in this repo. {fix}", **kw)
     if isinstance(exc, remote_missing):
+        # a user's repo (no manifest entry) may hold timm's pickle only
+        pickled = f" {SAFETENSORS_ONLY}" if not pinned and source.filename.endswith(".safetensors") else ""
         return WeightsNotFoundError(
             f"{what}: the Hub answered 404, the file is not in the repo at that revision. "
-            "Check the filename (hf_hub_filename) or the manifest entry; use another tag or pretrained=False", **kw
+            f"Check the filename (hf_hub_filename) or the manifest entry; use another tag or pretrained=False.{pickled}",
+            **kw,
         )
     if isinstance(exc, hf.RepositoryNotFoundError):
         return WeightsNotFoundError(
