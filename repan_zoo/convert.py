@@ -300,7 +300,8 @@ def _batch_tensor(batch: Any) -> Any:
 
 
 @torch.no_grad()
-def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[torch.device] = None) -> nn.Module:
+def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[torch.device] = None,
+                 num_batches: Optional[int] = None) -> nn.Module:
     """Calibrate (Algorithm 1, line 6; Sec. 3.3): re-estimate the running statistics of every
     BN inside the train-form Rep blocks from ``batches`` while keeping the eval function.
 
@@ -312,18 +313,25 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
     either way). Nested fresh BNs (DBB's 1×1→k×k) are calibrated stage by stage so that each
     sees its calibrated predecessor. Statistics are gathered in eval mode (forward hooks,
     float64 sums, unbiased variance like BN's running_var). Modifies ``model`` in place and
-    returns it. ``batches``: tensors ``(N, C, H, W)`` (or tuples whose first item is one).
+    returns it. ``batches``: tensors ``(N, C, H, W)`` (or tuples whose first item is one, as a
+    DataLoader yields). ``num_batches`` takes only the first that many, e.g.
+    ``calibrate_bn(model, train_loader, num_batches=5)``; None takes all of them. The batches taken
+    are held in memory (nested fresh BNs need one pass per depth), so cap a large loader.
 
     Raises :class:`~repan_zoo.errors.NoRepBlocksError` (no train-form block) and
-    :class:`~repan_zoo.errors.CalibrationError` (no batch, a batch with NaN/inf, a batch the model
-    cannot run); after any failure the model is exactly as it was before the call.
+    :class:`~repan_zoo.errors.CalibrationError` (no batch, ``num_batches`` < 1, a batch with NaN/inf,
+    a batch the model cannot run); after any failure the model is exactly as it was before the call.
     """
     blocks = [b for _, b in rep_blocks(model) if not b.deploy]
     if not blocks:
         raise NoRepBlocksError(
             "calibrate_bn: the model has no train-form Rep block; call repan_zoo.unfold(model) first"
         )
-    batches = [_batch_tensor(b) for b in batches]
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                    or num_batches < 1):
+        raise CalibrationError(f"calibrate_bn: num_batches={num_batches!r}; give a whole number ≥ 1 "
+                               "(or None to take every batch)")
+    batches = [_batch_tensor(b) for b in itertools.islice(batches, num_batches)]
     if not batches:
         raise CalibrationError("calibrate_bn needs at least one batch of inputs")
     if device is not None:

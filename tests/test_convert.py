@@ -21,7 +21,7 @@ from repan_zoo.blocks import RepBlock
 from repan_zoo.blocks.branches import ConvKx1
 from repan_zoo.convert import revert_sync_batchnorm
 from repan_zoo.errors import (
-    LambdaRangeError, NoRepBlocksError, ReparameterizationError, UncalibratedBNWarning, UnfusableBranchError,
+    CalibrationError, LambdaRangeError, NoRepBlocksError, ReparameterizationError, UncalibratedBNWarning, UnfusableBranchError,
 )
 
 BLOCK_TOL = 1e-6
@@ -347,6 +347,32 @@ def test_calibrate_bn_keeps_function_and_sets_batch_stats(deploy_net, tiny_input
         assert y.mean(1).abs().max() < 1e-4
         assert (y.var(1) - 1).abs().max() < 1e-3
     assert any(len(bns_of(br)) == 2 for br in fresh)  # DBB nested BNs were part of it
+
+
+def test_calibrate_bn_takes_num_batches_from_a_loader(deploy_net, tiny_input):
+    """A training DataLoader is what users hold: num_batches takes only the first few of it (an
+    endless stream here, which calibrate_bn would otherwise read until memory runs out); the result
+    is that of calibrating on those batches as a list. num_batches < 1 is refused, model unchanged."""
+    drawn = []
+
+    def stream():
+        i = 0
+        while True:
+            drawn.append(i)
+            yield make_input(3, seed=40 + i), torch.zeros(2)
+            i += 1
+
+    un = rz.unfold(deploy_net, branches=("conv_1x1",), branch_gamma=1.0, generator=torch.Generator().manual_seed(1))
+    ref = copy.deepcopy(un)
+    rz.calibrate_bn(un, stream(), num_batches=3)
+    assert drawn == [0, 1, 2]
+    rz.calibrate_bn(ref, [make_input(3, seed=40 + i) for i in range(3)])
+    assert same_state(snapshot(un), snapshot(ref))
+    before = snapshot(un)
+    for bad in (0, -1):
+        with pytest.raises(CalibrationError, match="num_batches"):
+            rz.calibrate_bn(un, stream(), num_batches=bad)
+    assert same_state(before, snapshot(un))
 
 
 def test_calibrate_bn_keeps_function_at_positive_lambda_for_inherited(deploy_net, tiny_input):

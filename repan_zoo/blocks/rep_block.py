@@ -151,7 +151,7 @@ class RepBlock(nn.Module):
             "weights unfolded into the train form (pretrained=True, or repan_zoo.unfold of loaded deploy weights) "
             "restore each trunk BN with invented statistics (μ = 0, σ = 1), and batch statistics now replace "
             "them, so the network starts training from another function than the one it computes in eval mode. "
-            "Call repan_zoo.calibrate_bn(model, batches) on a few batches of training images first "
+            "Call repan_zoo.calibrate_bn(model, train_loader, num_batches=5) on a few training batches first "
             "(repan-train --init-checkpoint does).", UncalibratedBNWarning, stacklevel=2)
 
     # -- fusion ---------------------------------------------------------------------------
