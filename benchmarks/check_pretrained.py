@@ -22,6 +22,7 @@ import argparse
 import copy
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ import timm
 import repan_zoo  # noqa: F401  (registers the models)
 from repan_zoo.convert import calibrate_bn, reparameterize
 from repan_zoo.data import Normalize, calibration_batches, load_splits
-from repan_zoo.errors import WeightsError
+from repan_zoo.errors import UncalibratedBNWarning, WeightsError
 from repan_zoo.manifest import load_manifest
 from repan_zoo.profile import count_params
 from repan_zoo.runtime.report import write_json
@@ -57,7 +58,9 @@ def train_mode_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     model = copy.deepcopy(model)
     if calibrate:
         calibrate_bn(model.eval(), [normalize(b) for b in calibrate])
-    return top1(model.train(), images, labels, normalize, batch)
+    with warnings.catch_warnings():  # as loaded, the uncalibrated statistics are what is measured
+        warnings.simplefilter("ignore", UncalibratedBNWarning)
+        return top1(model.train(), images, labels, normalize, batch)
 
 
 def main(argv=None) -> int:
