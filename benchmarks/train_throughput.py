@@ -37,7 +37,8 @@ from repan_zoo.profile import cpu_name, train_step_time  # noqa: E402
 from repan_zoo.runtime.onednn import cpu_bf16_native  # noqa: E402
 from repan_zoo.verify import rep_blocks  # noqa: E402
 
-DEFAULT_MODELS = ("repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0", "repan_resnet18_w025")
+DEFAULT_MODELS = ("repan_repvgg_a1_w025", "repan_resnet18_acb_w025", "repan_mobileone_s0", "repan_mobileone_s0_w050",
+                  "repan_resnet18_w025")
 OPTIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
