@@ -71,6 +71,48 @@ def test_deploy_checkpoint_into_train_model(tiny_net, tiny_input, tmp_path):
     assert fresh.body[0].extras[0].bn.weight.grad.abs().max() > 0
 
 
+# -- plain load_state_dict (timm's checkpoint_path=, torch users) across forms ---------------------------
+def test_plain_load_state_dict_takes_deploy_weights_into_the_train_form(tiny_net, tiny_input):
+    """``model.load_state_dict`` is what timm's ``create_model(checkpoint_path=...)``, its train /
+    validate scripts and torch users call: a train-form Rep block given deploy-form keys converts
+    them exactly (its own branches at γ = 0, λ kept, trunk statistics flagged as invented), in any
+    container; same-form loads are untouched."""
+    rz.set_lambda(tiny_net, 0.6)
+    fused = rz.reparameterize(tiny_net)
+    into_train = randomize(TinyNet(lam=0.3), seed=5)
+    assert into_train.load_state_dict(fused.state_dict()) is not None
+    assert model_form(into_train) == "train"
+    assert rel_err(_out(fused, tiny_input), _out(into_train, tiny_input)) <= 1e-5
+    assert all(float(b.lam) == pytest.approx(0.3) for _, b in rz.rep_blocks(into_train))
+    assert rz.convert.uncalibrated_blocks(into_train) == [n for n, _ in rz.rep_blocks(into_train)]
+    nested = nn.Sequential(nn.Identity(), TinyNet())  # any container of blocks
+    nested.load_state_dict({f"1.{k}": v for k, v in fused.state_dict().items()})
+    assert rel_err(_out(fused, tiny_input), _out(nested[1], tiny_input)) <= 1e-5
+    same = TinyNet()
+    same.load_state_dict(tiny_net.state_dict())  # same form: a plain strict load, statistics included
+    assert same_state(snapshot(same), snapshot(tiny_net)) and rz.convert.uncalibrated_blocks(same) == []
+
+
+def test_plain_load_of_train_weights_into_a_fused_model_names_the_exact_ways(tiny_net):
+    """The other way keys alone cannot say which kinds a train-form block holds (``identity`` and
+    ``avg`` share theirs), so a plain load refuses, naming train form + reparameterize and load_into."""
+    with pytest.raises(RuntimeError, match="reparameterize") as info:
+        _deploy_tiny().load_state_dict(tiny_net.state_dict())
+    assert "load_into" in str(info.value)
+
+
+def test_timm_checkpoint_path_loads_either_form_into_the_train_form(tmp_path):
+    timm = pytest.importorskip("timm")
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    src = randomize(timm.create_model("repan_repvgg_a0_w025"), seed=3).eval()
+    for form, model in [("train", src), ("deploy", rz.reparameterize(src))]:
+        path = save_checkpoint(model, tmp_path / f"{form}.safetensors")
+        loaded = timm.create_model("repan_repvgg_a0_w025", checkpoint_path=str(path)).eval()
+        assert model_form(loaded) == "train" and rel_err(_out(src, x), _out(loaded, x)) <= 1e-5, form
+    with pytest.raises(RuntimeError, match="deploy=False"):
+        timm.create_model("repan_repvgg_a0_w025", deploy=True, checkpoint_path=str(tmp_path / "train.safetensors"))
+
+
 def test_train_checkpoint_into_deploy_model(tiny_net, tiny_input, tmp_path):
     rz.set_lambda(tiny_net, 0.6)
     state, meta = read_checkpoint(save_checkpoint(tiny_net, tmp_path / "t.safetensors"))

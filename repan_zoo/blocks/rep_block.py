@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,7 +14,7 @@ from ..errors import LambdaRangeError, UncalibratedBNWarning, UnfusableBranchErr
 from .bn import bn_params
 from .branches import BlockSpec, Branch, branch_class, create_branch
 
-__all__ = ["RepBlock", "check_lambda", "rep_blocks"]
+__all__ = ["RepBlock", "check_lambda", "convert_block_state", "rep_blocks"]
 
 
 def check_lambda(value) -> float:
@@ -289,20 +289,86 @@ class RepBlock(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # a train-form state dict from before λ was saved has no ``lam``: keep the block's λ (like
         # BatchNorm's num_batches_tracked for old state dicts); checkpoints carry it in metadata
+        from_deploy = self._convert_other_form(state_dict, prefix, error_msgs)
         if not self.deploy and prefix + "lam" not in state_dict:
             state_dict[prefix + "lam"] = self.lam.detach().clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if self.trunk is not None and prefix + "trunk.bn.running_mean" in state_dict:
-            self.trunk.uncalibrated = False  # the statistics came with the weights
+            # statistics that came with the weights, unless this load invented them from a deploy conv
+            self.trunk.uncalibrated = from_deploy
         if self.reparam_conv is not None and prefix + "reparam_conv.weight" in state_dict:
             # the trunk BN remembered from this block's last fusion belongs to the weights just replaced
             self._inherit_bn, self._inherit_uncalibrated = None, False
+
+    def _convert_other_form(self, state_dict: Dict[str, torch.Tensor], prefix: str, error_msgs: List[str]) -> bool:
+        """Part of ``load_state_dict`` (timm's ``create_model(checkpoint_path=...)``, a user's own
+        call): deploy-form entries for this train-form block are replaced in place by the same
+        function in its structure (:func:`convert_block_state`; the children then load them, the trunk
+        BN statistics invented). Returns whether it did. Train-form entries for a deploy block are not
+        converted: their keys do not say which branch kinds they hold (``identity`` and ``avg`` have
+        the same), so the error names the exact ways (train form + ``reparameterize``, ``load_into``)."""
+        deploy_in, train_in = prefix + "reparam_conv.weight" in state_dict, prefix + "trunk.conv.weight" in state_dict
+        name = prefix.rstrip(".") or "(root)"
+        if train_in and not deploy_in and self.deploy:
+            error_msgs.append(
+                f"block {name} is fused (deploy form) but the state dict holds its train form, whose branch kinds "
+                "its keys do not tell: build the model in the train form (deploy=False), load, then "
+                "repan_zoo.reparameterize(model); or repan_zoo.checkpoint.load_into(model, *read_checkpoint(path)), "
+                "which reads the branches the checkpoint records")
+            return False
+        if not (deploy_in and not train_in and not self.deploy):
+            return False
+        keys = [k for k in state_dict if k.startswith(prefix)]
+        try:
+            converted = convert_block_state({k[len(prefix):]: state_dict[k] for k in keys}, None, self)
+        except RuntimeError as exc:
+            error_msgs.append(f"block {name}: its deploy-form entries do not fit this block ({str(exc).strip()})")
+            return False
+        for k in keys:
+            del state_dict[k]
+        state_dict.update({prefix + k: v for k, v in converted.items()})
+        return True
 
     def _adopt_training_flag(self) -> None:
         """New submodules take the block's train/eval flag (a block in eval mode must not get
         train-mode BNs from a conversion)."""
         for child in self.children():
             child.train(self.training)
+
+
+@torch.no_grad()
+def convert_block_state(
+    sub: Mapping[str, torch.Tensor],
+    kinds: Optional[Sequence[str]],
+    target: RepBlock,
+    load: Optional[Callable[[RepBlock, Mapping[str, torch.Tensor]], None]] = None,
+) -> Dict[str, torch.Tensor]:
+    """The state dict, in ``target``'s form and structure, of a block computing what ``sub`` computes.
+
+    ``sub`` holds one block's entries (keys relative to the block): the train form with extra branches
+    ``kinds`` (in order), or the deploy form (``kinds`` None). It is loaded into a block of the same
+    geometry as ``target`` (``load``, default a strict ``load_state_dict``), fused (Eq. 1, 2, 5; λ
+    included) and, for a train-form ``target``, unfolded into ``target``'s current branch kinds at
+    γ = 0 with ``target``'s λ (Restore: the source's trunk BN where it had one, else invented
+    statistics; the eval function is exact either way).
+
+    Raises:
+        RuntimeError: ``sub`` does not have the structure ``kinds`` says (``load``'s own error).
+    """
+    s = target.spec
+    source = RepBlock(s.in_channels, s.out_channels, s.kernel_size, s.stride, s.groups, branches=kinds or (),
+                      dilation=s.dilation, deploy=kinds is None)
+    if load is None:
+        source.load_state_dict(sub, strict=True)
+    else:
+        load(source, sub)
+    source.reparameterize()  # remembers the trunk BN for the inherit restore
+    if not target.deploy:
+        source.unfold(target.branch_kinds, k=1, lam=float(target.lam), restore="inherit",
+                      generator=torch.Generator().manual_seed(0), branch_gamma=0.0)
+        for branch in source.extras:
+            branch.fresh = False
+    return source.state_dict()
 
 
 def _memory_format(weight: torch.Tensor) -> torch.memory_format:

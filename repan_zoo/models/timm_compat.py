@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..blocks import RepBlock, rep_blocks
+from ..blocks.rep_block import convert_block_state
 from ..checkpoint import strict_load
 from ..errors import CheckpointError
 
@@ -153,24 +154,11 @@ def _block_of(key: str, names: Mapping[str, RepBlock]) -> Optional[str]:
     return None
 
 
-@torch.no_grad()
 def _convert_block(name: str, sub: Dict[str, torch.Tensor], kinds: Kinds, target: RepBlock) -> Dict[str, torch.Tensor]:
-    """The state of ``target`` computing what ``sub`` (a block of structure ``kinds``) computes."""
-    s = target.spec
-    source = RepBlock(
-        s.in_channels, s.out_channels, s.kernel_size, s.stride, s.groups, branches=kinds or (), dilation=s.dilation,
-        deploy=kinds is None,
-    )
-    strict_load(source, sub, f"state dict block {name!r} (branches {kinds})")
-    source.reparameterize()  # fused kernel (Eq. 1, 2); remembers the trunk BN for the inherit restore
-    if not target.deploy:
-        source.unfold(
-            target.arch_branches, k=1, lam=float(target.lam), restore="inherit",
-            generator=torch.Generator().manual_seed(0), branch_gamma=0.0,
-        )
-        for branch in source.extras:
-            branch.fresh = False
-    return source.state_dict()
+    """The state of ``target`` computing what ``sub`` (a block of structure ``kinds``) computes; a
+    ``sub`` of another structure raises :class:`CheckpointError` naming its keys and shapes."""
+    return convert_block_state(sub, kinds, target,
+                               load=lambda source, s: strict_load(source, s, f"state dict block {name!r} (branches {kinds})"))
 
 
 def _same_structure(sub: Mapping[str, torch.Tensor], target: RepBlock) -> bool:
