@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from helpers import randomize_bn, rel_err
+from repan_zoo.convert import uncalibrated_blocks
 from timm.models import load_checkpoint
 
 from repan_zoo.checkpoint import model_form
@@ -50,10 +51,13 @@ def test_timm_weights_load_with_identical_outputs(timm_name, ours_name):
     assert sum(p.numel() for p in ours_train.parameters()) == sum(p.numel() for p in theirs.parameters())
     for form, state in sources.items():
         for ours in (ours_train, ours_deploy):
-            ours.load_state_dict(checkpoint_filter(state, ours))  # strict: exactly our keys and form
+            ours.load_state_dict(checkpoint_filter(state, ours))  # strict: our keys, blocks converted on load
             with torch.no_grad():
                 err = rel_err(y, ours(x))
             assert err <= 1e-5, f"{timm_name} {form} → {ours_name} form={model_form(ours)}: {err:.2e}"
+            # statistics come along from timm's train form; from its fused form they are invented
+            invented = form == "timm-reparameterized" and model_form(ours) == "train"
+            assert bool(uncalibrated_blocks(ours)) == invented, (form, model_form(ours))
 
 
 def test_timm_resnet_weights_start_a_dbb_model(tmp_path):

@@ -169,8 +169,10 @@ def _same_structure(sub: Mapping[str, torch.Tensor], target: RepBlock) -> bool:
 
 
 def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """timm ``filter_fn``: a state dict with exactly ``model``'s keys and Rep-block form, computing
-    what ``state_dict`` computes. Accepts timm's ``repvgg_*`` / ``mobileone_*`` (train or
+    """timm ``filter_fn``: a state dict with ``model``'s keys, computing what ``state_dict`` computes.
+    Each Rep block's entries come in the block's form, except deploy-form entries for a train-form
+    block, which stay fused: ``load_state_dict`` / :func:`~repan_zoo.checkpoint.load_into` unfold them
+    exactly and mark the invented trunk BN statistics (:func:`~repan_zoo.convert.uncalibrated_blocks`). Accepts timm's ``repvgg_*`` / ``mobileone_*`` (train or
     reparameterized) and ``resnet*`` state dicts, and ours in either form. Keys outside the Rep
     blocks (classifier, SE) are renamed only; a block that does not fit raises
     :class:`~repan_zoo.errors.CheckpointError` naming its missing/unexpected keys and shapes.
@@ -196,12 +198,16 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) 
             grouped[block][key[len(block) + 1:]] = value
     for name, sub in grouped.items():
         target = blocks[name]
+        source_kinds = kinds.get(name, "ours")
+        if source_kinds == "ours":  # our own state dict: the architecture's branches, either form
+            source_kinds = None if any(k.startswith("reparam_conv.") for k in sub) else tuple(target.arch_branches)
         if _same_structure(sub, target):
             converted = sub
+        elif source_kinds is None and not target.deploy:
+            # deploy entries for a train-form block stay: loading converts them (RepBlock.load_state_dict
+            # or load_into) and flags the trunk statistics it has to invent (UncalibratedBNWarning)
+            converted = sub
         else:
-            source_kinds = kinds.get(name, "ours")
-            if source_kinds == "ours":  # our own state dict: the architecture's branches, either form
-                source_kinds = None if any(k.startswith("reparam_conv.") for k in sub) else tuple(target.arch_branches)
             converted = _convert_block(name, sub, source_kinds, target)
         out.update({f"{name}.{k}": v for k, v in converted.items()})
     return out
