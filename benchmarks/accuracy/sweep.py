@@ -320,6 +320,10 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
         runs += ship_runs(scale, plan_runs("main", scale))
     elif plan == "continue" and scale == "long":
         runs.append(teacher)
+        arms = {"repan_kd": (["--method", "repan"] + _merge(repan, ["--first-cycle", "expand"]) + KD + kd_teacher,
+                             teacher_name),
+                "kd": (["--method", "kd"] + KD + kd_teacher, teacher_name),
+                "baseline": (["--method", "baseline"], None)}
         for model, variants in CONTINUE.items():
             trained = variant(scale, model)
             for c in variants:
@@ -327,10 +331,6 @@ def plan_runs(plan: str, scale: str = DEFAULT_SCALE) -> List[Dict]:
                 base = _model_args(trained) + _model_recipe(model, common, changes) + ["--seed", "0"]
                 one = ["--cycles", "1", "--epochs", str(c["epochs"])]
                 start = f"{trained}__{c['from']}__s0"
-                arms = {"repan_kd": (["--method", "repan"] + _merge(repan, ["--first-cycle", "expand"])
-                                     + KD + kd_teacher, teacher_name),
-                        "kd": (["--method", "kd"] + KD + kd_teacher, teacher_name),
-                        "baseline": (["--method", "baseline"], None)}
                 for arm in c.get("arms", CONTINUE_ARMS):
                     args, needs = arms[arm]
                     runs.append(_run(f"{trained}__then_{arm}{c['suffix']}__s0", base + one + args,

@@ -202,10 +202,10 @@ class RepAnTrainer(CycleRun):
     def _calibrate_restored(self) -> None:
         """Part of line 1 for deploy weights loaded into the train form: :func:`load_into` restored
         every fused conv into conv + BN with μ = 0, σ = 1 (it saw no data: :func:`uncalibrated_blocks`
-        lists them), so training mode, which
-        normalises with the batch statistics, would start from another function (the shipped
-        MobileOne-S0 weights: 42.7 % Fashion-MNIST test top-1 in training mode as loaded, 92.7 %
-        calibrated; ``benchmarks/check_pretrained.py``). Calibrate (line 6,
+        lists them), so training mode, which normalises with the batch statistics, would start from
+        another function (MobileOne-S0 w050's ``fmnist_long_baseline`` weights: 42.7 % Fashion-MNIST
+        test top-1 in training mode as loaded, 92.7 % calibrated; ``benchmarks/check_pretrained.py``).
+        Calibrate (line 6,
         :func:`repan_zoo.calibrate_bn`) on ``calib_batches`` training batches keeps the eval function
         and makes the train-mode one start equal to it. Not needed when the first cycle expands: its
         own Rep → Expand + Restore → Calibrate follows."""

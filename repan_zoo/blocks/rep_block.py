@@ -287,9 +287,9 @@ class RepBlock(nn.Module):
         self.register_buffer("lam", self.lam, persistent=not self.deploy)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        from_deploy = self._convert_other_form(state_dict, prefix, error_msgs)
         # a train-form state dict from before λ was saved has no ``lam``: keep the block's λ (like
         # BatchNorm's num_batches_tracked for old state dicts); checkpoints carry it in metadata
-        from_deploy = self._convert_other_form(state_dict, prefix, error_msgs)
         if not self.deploy and prefix + "lam" not in state_dict:
             state_dict[prefix + "lam"] = self.lam.detach().clone()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)

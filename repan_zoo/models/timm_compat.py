@@ -172,10 +172,11 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) 
     """timm ``filter_fn``: a state dict with ``model``'s keys, computing what ``state_dict`` computes.
     Each Rep block's entries come in the block's form, except deploy-form entries for a train-form
     block, which stay fused: ``load_state_dict`` / :func:`~repan_zoo.checkpoint.load_into` unfold them
-    exactly and mark the invented trunk BN statistics (:func:`~repan_zoo.convert.uncalibrated_blocks`). Accepts timm's ``repvgg_*`` / ``mobileone_*`` (train or
-    reparameterized) and ``resnet*`` state dicts, and ours in either form. Keys outside the Rep
-    blocks (classifier, SE) are renamed only; a block that does not fit raises
-    :class:`~repan_zoo.errors.CheckpointError` naming its missing/unexpected keys and shapes.
+    exactly and mark the invented trunk BN statistics (:func:`~repan_zoo.convert.uncalibrated_blocks`).
+    Accepts timm's ``repvgg_*`` / ``mobileone_*`` (train or reparameterized) and ``resnet*`` state
+    dicts, and ours in either form. Keys outside the Rep blocks (classifier, SE) are renamed only; a
+    block that does not fit raises :class:`~repan_zoo.errors.CheckpointError` naming its
+    missing/unexpected keys and shapes.
     """
     sd = _unwrap(state_dict)
     source = detect_source(sd)
