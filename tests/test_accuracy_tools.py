@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -18,7 +19,8 @@ def load(name):
     return module
 
 
-def write_run(plan_dir: Path, name: str, model: str, method: str, seed: int, val: float, test: float, **recipe):
+def write_run(plan_dir: Path, name: str, model: str, method: str, seed: int, val: float, test: float,
+              sha: str = "0" * 64, init: Optional[str] = None, **recipe):
     d = plan_dir / name
     d.mkdir(parents=True)
     rec = {"seed": seed, "cycles": 2 if method.startswith("repan") else 1, "epochs": 4, "k": 1,
@@ -26,7 +28,9 @@ def write_run(plan_dir: Path, name: str, model: str, method: str, seed: int, val
     rec.update(recipe)
     final = {"model": model, "method": "repan" if method.startswith("repan") else method, "recipe": rec,
              "val_top1": val, "test_top1": test, "epochs_trained": 8, "train_time_s": 60.0, "device": "cpu",
-             "checkpoint": {"sha256": "0" * 64}}
+             "checkpoint": {"sha256": sha}}
+    if init:
+        final["init"] = {"checkpoint_sha256": init}
     (d / "final.json").write_text(json.dumps(final))
     (d / "metrics.json").write_text(json.dumps([{"global_epoch": 1, "epoch": 1, "val_top1": val, "expand": False}]))
 
@@ -560,7 +564,8 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
     assert [n for n in runs if n != "teacher"] == [
         "repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0",
         "repan_mobileone_s0_w050__then_repan_kd_lowlr__s0", "repan_mobileone_s0_w050__then_kd_lowlr__s0",
-        "repan_mobileone_s0_w050__then_kd_light__s0", "repan_mobileone_s0_w050__then_baseline_light__s0"]
+        "repan_mobileone_s0_w050__then_kd_light__s0", "repan_mobileone_s0_w050__then_baseline_light__s0",
+        "repan_mobileone_s0_w050__then_kd_light2__s0", "repan_mobileone_s0_w050__then_baseline_light2__s0"]
     low = {n: sweep._options(runs[n]["args"]) for n in runs if n.endswith("_lowlr__s0")}
     assert all(o["--lr"] == "0.005" and o["--epochs"] == "7" for o in low.values())
     # the light pair: the recipe's augmentation changed in place (one --augment), KD against no KD
@@ -568,7 +573,13 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
     opts = {arm: sweep._options(r["args"]) for arm, r in light.items()}
     assert all(o["--augment"] == "crop_flip" and o["--lr"] == "0.01" and o["--epochs"] == "18" for o in opts.values())
     assert all(r["args"].count("--augment") == 1 and r["init"] == "repan_mobileone_s0_w050__baseline__s0"
-               for r in light.values())
+               and r["init_plan"] == "main" for r in light.values())
+    # the second light pair continues the first pair's no-KD run (a run of this plan) at half its LR
+    light2 = {n.split("__")[1]: runs[n] for n in runs if n.endswith("_light2__s0")}
+    assert {arm: (sweep._options(r["args"])["--lr"], sweep._options(r["args"])["--augment"], r["init_plan"], r["init"])
+            for arm, r in light2.items()} == {
+        arm: ("0.005", "crop_flip", "continue", "repan_mobileone_s0_w050__then_baseline_light__s0")
+        for arm in ("then_kd_light2", "then_baseline_light2")}
     assert opts["then_kd_light"]["--method"] == "kd" and light["then_kd_light"]["needs"] == "teacher"
     assert opts["then_baseline_light"]["--method"] == "baseline" and light["then_baseline_light"]["needs"] is None
     assert "--teacher" not in opts["then_baseline_light"] and "--kd-alpha" not in opts["then_baseline_light"]
@@ -607,17 +618,31 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
 
     unpublished = dict(runs[pair[1]], init="no_such_run__baseline__s0")
     msg = sweep._execute("long/continue", unpublished, tmp_path / "fresh", "cpu", 1, [], dry=False)
+    assert msg.startswith("waiting") and "not finished yet" in msg
+    (results / "long/main/no_such_run__baseline__s0").mkdir(parents=True)
+    (results / "long/main/no_such_run__baseline__s0/final.json").write_text(json.dumps(
+        dict(final, checkpoint={"sha256": "0" * 64})))
+    msg = sweep._execute("long/continue", unpublished, tmp_path / "fresh", "cpu", 1, [], dry=False)
     assert msg.startswith("waiting") and "neither in the runs root nor published" in msg
+    # a start from this plan's own run: found under long/continue, and waited for until it has finished
+    second = runs["repan_mobileone_s0_w050__then_kd_light2__s0"]
+    msg = sweep._execute("long/continue", second, tmp_path / "fresh", "cpu", 1, [], dry=False)
+    assert msg == f"waiting {second['name']}: it starts from long/continue's {second['init']}, not finished yet"
+    cmd = sweep._execute("long/continue", second, tmp_path, "cpu", 1, [], dry=True).split()
+    assert cmd[cmd.index("--init-checkpoint") + 1] == str(tmp_path / "long/continue" / second["init"] / "deploy.safetensors")
 
 
 def test_continued_runs_are_paired_with_the_main_run_they_start_from(tmp_path):
     """long/continue: Δ is measured against the main baseline whose weights the runs start from,
     and the fall from its validation top-1 to their first epoch is the drop at their start."""
     agg = load("aggregate")
-    write_run(tmp_path / "long" / "main", "m__baseline__s0", "m", "baseline", 0, 93.0, 92.5)
+    write_run(tmp_path / "long" / "main", "m__baseline__s0", "m", "baseline", 0, 93.0, 92.5, sha="a" * 64)
     plan = tmp_path / "long" / "continue"
-    write_run(plan, "m__then_repan_kd__s0", "m", "repan_kd", 0, 94.0, 93.5, cycles=1, epochs=20)
-    write_run(plan, "m__then_kd__s0", "m", "kd", 0, 93.5, 93.0, cycles=1, epochs=20)
+    write_run(plan, "m__then_repan_kd__s0", "m", "repan_kd", 0, 94.0, 93.5, cycles=1, epochs=20, init="a" * 64)
+    write_run(plan, "m__then_kd__s0", "m", "kd", 0, 93.5, 93.0, cycles=1, epochs=20, init="a" * 64, sha="b" * 64)
+    # a run continuing another run of the plan: its drop counts from that run's validation top-1, its Δ
+    # still from main's baseline (all epochs on top of it)
+    write_run(plan, "m__then_kd2__s0", "m", "kd", 0, 93.7, 93.2, cycles=1, epochs=5, init="b" * 64)
     (plan / "m__then_repan_kd__s0" / "metrics.json").write_text(json.dumps(
         [{"cycle": 1, "epoch": 1, "val_top1": 87.0, "expand": True}, {"cycle": 1, "epoch": 2, "val_top1": 94.0}]))
     summary = agg.summarize(plan)
@@ -626,6 +651,11 @@ def test_continued_runs_are_paired_with_the_main_run_they_start_from(tmp_path):
     assert groups["then_kd"]["delta_test_vs_baseline"]["mean"] == pytest.approx(0.5)
     assert groups["then_repan_kd"]["cycle_start_drop"]["mean"] == pytest.approx(6.0)
     assert groups["then_kd"]["cycle_start_drop"]["mean"] == pytest.approx(-0.5)  # it rose
+    assert groups["then_kd2"]["cycle_start_drop"]["mean"] == pytest.approx(-0.2)
+    assert groups["then_kd2"]["delta_test_vs_baseline"]["mean"] == pytest.approx(0.7)
+    assert groups["then_kd2"]["starts_from"] == ["continue/m__then_kd__s0"]
     md = agg.markdown(summary)
-    assert "starts from the deploy weights of that `long/main` baseline run" in md
+    assert "starts from the deploy weights of the finished run its group names below" in md
+    assert ("Starts: `continue/m__then_kd__s0` → then_kd2; `main/m__baseline__s0` → then_kd, then_repan_kd."
+            in md)
     assert "| m | then_repan_kd | 1x20 |" in md and "| +1.00 ± 0.00 | 6.00 ± 0.00 |" in md

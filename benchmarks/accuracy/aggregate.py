@@ -38,9 +38,6 @@ def _stats(values: List[float]) -> Dict[str, float]:
 
 #: plans whose runs are paired, seed by seed, with one arm of the same scale's main plan
 PAIRED_WITH = {"bf16": "baseline", "expansion": "repan", "continue": "baseline"}
-#: plans whose runs start from the deploy weights of that arm's main run (``--init-checkpoint``):
-#: the fall from that run's validation top-1 to their first epoch counts as a cycle-start drop
-STARTS_FROM = {"continue": "baseline"}
 
 
 def cycle_start_drop(history: List[Dict], start_val: Optional[float] = None) -> Optional[float]:
@@ -114,22 +111,36 @@ def main_runs(plan_dir: Path, arm: Optional[str]) -> Dict[tuple, Dict]:
     return {(f["model"], f["recipe"]["seed"]): f for f in finals}
 
 
+def finished_runs(scale_dir: Path) -> Dict[str, Dict]:
+    """``{checkpoint sha256: {"run": "<plan>/<run>", "val_top1": ...}}`` over every finished run of a
+    scale (``<scale>/<plan>/<run>/final.json``): what a run that starts from deploy weights
+    (``--init-checkpoint``, recorded as ``init.checkpoint_sha256``) started from."""
+    out: Dict[str, Dict] = {}
+    for path in sorted(scale_dir.glob("*/*/final.json")):
+        final = json.loads(path.read_text())
+        sha = (final.get("checkpoint") or {}).get("sha256")
+        if sha:
+            out[sha] = {"run": f"{path.parent.parent.name}/{path.parent.name}", "val_top1": final["val_top1"]}
+    return out
+
+
 def summarize(plan_dir: Path) -> Dict:
     runs = []
     on_gpu = gpu_call_epochs(plan_dir)
-    # (model, seed) → validation top-1 of the main run this plan's runs start from
-    start_val = {k: f["val_top1"] for k, f in main_runs(plan_dir, STARTS_FROM.get(plan_dir.name)).items()}
+    starts = finished_runs(plan_dir.parent)
     for final_path in sorted(plan_dir.glob("*/final.json")):
         final = json.loads(final_path.read_text())
         recipe = final.get("recipe", {})
         metrics = final_path.parent / "metrics.json"
         history = json.loads(metrics.read_text()) if metrics.is_file() else []
         command = final_path.parent / "command.txt"
+        start = starts.get((final.get("init") or {}).get("checkpoint_sha256"))
         runs.append({
             "run": final_path.parent.name,
             "model": final["model"],
             "method": _label(final, final_path.parent.name),
-            "cycle_start_drop": cycle_start_drop(history, start_val.get((final["model"], recipe.get("seed")))),
+            "starts_from": start["run"] if start else None,
+            "cycle_start_drop": cycle_start_drop(history, start["val_top1"] if start else None),
             "seed": recipe.get("seed"),
             "cycles": recipe.get("cycles"),
             "epochs": recipe.get("epochs"),
@@ -161,6 +172,7 @@ def summarize(plan_dir: Path) -> Dict:
             "test_top1": _stats([r["test_top1"] for r in rs]),
             "val_top1": _stats([r["val_top1"] for r in rs]),
             "epochs_trained": rs[0]["epochs_trained"],
+            "starts_from": sorted({r["starts_from"] for r in rs if r["starts_from"]}),
             "schedule": f"{rs[0]['cycles']}x{rs[0]['epochs']}",
             "train_time_s": sum(r["train_time_s"] or 0.0 for r in rs),
         })
@@ -203,10 +215,11 @@ def markdown(summary: Dict) -> str:
     scale = summary["plan"].split("/")[0]
     ref_text = f"the `{scale}/main` {ref} run of the same model and seed" if ref else "the baseline of the same model"
     ref_col = f"Δ test vs main's {ref}" if ref else "Δ test vs baseline"
-    start = STARTS_FROM.get(summary["plan"].split("/")[1])
-    continued = (f" Each run starts from the deploy weights of that `{scale}/main` {start} run (`--init-checkpoint`) "
-                 "and trains the epochs shown on top of them, so Δ is what those epochs add; the drop counts the fall "
-                 "from that run's validation top-1 to the first epoch.") if start else ""
+    starts = sorted({s for g in summary["groups"] for s in g.get("starts_from", [])})
+    continued = (" Each run starts from the deploy weights of the finished run its group names below "
+                 "(`--init-checkpoint`, matched by sha256) and trains the epochs shown on top of them; Δ is what "
+                 f"all epochs on top of {ref_text} add, and the drop counts the fall from the start's "
+                 "validation top-1 to the first epoch.") if starts else ""
     lines = [head + f" Deploy-model top-1 %, mean ± std over seeds; Δ = paired per-seed difference to {ref_text}; "
              "drop = the largest fall of validation top-1 in the first epoch after an Expand (cycle start)."
              + continued, "",
@@ -217,6 +230,10 @@ def markdown(summary: Dict) -> str:
         lines.append(f"| {g['model']} | {g['method']} | {g['schedule']} | {g['epochs_trained']} | "
                      f"{len(g['seeds'])} | {_pm(g['val_top1'])} | {_pm(g['test_top1'])} | "
                      f"{_pm(d, signed=True) if d else '—'} | {_pm(drop) if drop else '—'} |")
+    if starts:
+        lines += ["", "Starts: " + "; ".join(
+            f"`{s}` → " + ", ".join(f"{g['method']}" for g in summary["groups"] if s in g.get("starts_from", []))
+            for s in starts) + "."]
     mixed = summary.get("partly_on_gpu") or {}
     if mixed:
         lines += ["", "Trained partly on a GPU (the first epochs in `train_scripts/gpu_long.py` calls with fp16 autocast, "
