@@ -28,6 +28,7 @@ from .errors import CheckpointError, RepanError
 from .fileio import TEMP_SUFFIX, PathLike, atomic_write, remove_stale_temps, sha256_file  # noqa: F401 (re-exported)
 from .jsonio import dumps
 from .blocks import rep_blocks
+from .blocks.rep_block import unfold_loaded
 
 __all__ = [
     "state_dict_form",
@@ -295,9 +296,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
         strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)",
                     cast_floats=cast_floats)
         for name, b in blocks:
-            b.unfold(b.arch_branches, k=1, lam=lams[name], restore="normalized", branch_gamma=0.0)
-            for branch in b.extras:
-                branch.fresh = False
+            unfold_loaded(b, b.arch_branches, lam=lams[name])
         return model
     # train checkpoint into a deploy model
     branches = metadata_json(metadata, "branches") if "branches" in metadata else {}

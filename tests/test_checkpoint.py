@@ -93,6 +93,23 @@ def test_plain_load_state_dict_takes_deploy_weights_into_the_train_form(tiny_net
     assert same_state(snapshot(same), snapshot(tiny_net)) and rz.convert.uncalibrated_blocks(same) == []
 
 
+def test_every_load_of_deploy_weights_gives_one_train_form_state(tiny_net, tmp_path):
+    """``load_into`` and a plain ``load_state_dict`` convert deploy weights by one function: the same
+    train-form state (branches drawn from a fixed seed, λ kept, statistics flagged), whatever the
+    global RNG did before, so a file loads into the same model every time."""
+    rz.set_lambda(tiny_net, 0.6)
+    state, meta = read_checkpoint(save_checkpoint(rz.reparameterize(tiny_net), tmp_path / "d.safetensors"))
+    loaded = []
+    for seed, how in [(1, "load_into"), (2, "load_into"), (3, "load_state_dict")]:
+        model = TinyNet(lam=0.3)
+        torch.manual_seed(seed)  # whatever else drew from the global RNG
+        load_into(model, state, meta) if how == "load_into" else model.load_state_dict(state)
+        assert rz.convert.uncalibrated_blocks(model) == [n for n, _ in rz.rep_blocks(model)]
+        assert not any(br.fresh for _, b in rz.rep_blocks(model) for br in b.extras)
+        loaded.append(snapshot(model))
+    assert same_state(loaded[0], loaded[1]) and same_state(loaded[0], loaded[2])
+
+
 def test_plain_load_of_train_weights_into_a_fused_model_names_the_exact_ways(tiny_net):
     """The other way keys alone cannot say which kinds a train-form block holds (``identity`` and
     ``avg`` share theirs), so a plain load refuses, naming train form + reparameterize and load_into."""

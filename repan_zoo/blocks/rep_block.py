@@ -364,11 +364,24 @@ def convert_block_state(
         load(source, sub)
     source.reparameterize()  # remembers the trunk BN for the inherit restore
     if not target.deploy:
-        source.unfold(target.branch_kinds, k=1, lam=float(target.lam), restore="inherit",
-                      generator=torch.Generator().manual_seed(0), branch_gamma=0.0)
-        for branch in source.extras:
-            branch.fresh = False
+        unfold_loaded(source, target.branch_kinds, lam=float(target.lam))
     return source.state_dict()
+
+
+def unfold_loaded(block: RepBlock, kinds: Sequence[str], *, lam: float) -> None:
+    """A block holding loaded (or just fused) weights → train form with one branch of each kind in
+    ``kinds`` at γ = 0, in place: the eval function is unchanged (exact), the trunk BN is the one the
+    block's last fusion remembered, or invented and flagged
+    :attr:`~repan_zoo.blocks.branches.Branch.uncalibrated` (restore ``"inherit"``, falling back to
+    ``"normalized"``). The new branches' convs are drawn from a fixed seed, so one file loads into the
+    same train-form state every time, and they are not ``fresh``: :func:`repan_zoo.calibrate_bn`
+    re-estimates their BNs in place rather than as new branches. The one conversion of deploy weights
+    into a train form (``load_state_dict``, :func:`repan_zoo.checkpoint.load_into`, timm's
+    ``checkpoint_filter``)."""
+    block.unfold(kinds, k=1, lam=lam, restore="inherit", generator=torch.Generator().manual_seed(0),
+                 branch_gamma=0.0)
+    for branch in block.extras:
+        branch.fresh = False
 
 
 def _memory_format(weight: torch.Tensor) -> torch.memory_format:
