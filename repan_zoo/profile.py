@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import platform
 import statistics
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -32,6 +31,7 @@ from .blocks import rep_blocks
 from .checkpoint import model_form
 from .convert import reparameterize
 from .errors import NoRepBlocksError
+from .runtime.hardware import cpu_name  # noqa: F401 (re-exported: the benchmarks' machine records)
 from .verify import eval_mode
 
 __all__ = ["count_params", "count_flops", "cpu_latency", "train_step_time", "cpu_name", "train_form", "profile_forms",
@@ -199,24 +199,6 @@ def profile_forms(
         "torch": torch.__version__,
         "cpu": cpu_name(),
     }
-
-
-def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux, else the platform's machine string)
-    and the vector ISA PyTorch's CPU kernels use on it (``torch.backends.cpu.get_cpu_capability()``),
-    e.g. ``"AMD EPYC (AVX2)"``: a model name alone ("AMD EPYC") covers machines without AVX-512,
-    where bf16 and INT8 time very differently."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    name = name or platform.processor() or platform.machine()
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def _ratio(train: float, deploy: float) -> Optional[float]:

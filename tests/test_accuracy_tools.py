@@ -367,6 +367,45 @@ def test_status_borrows_epoch_times_of_main_runs_of_the_same_kind(tmp_path, monk
     assert rows["repan_repvgg_a1_w025__kd__s0"]["epoch_s"] is None  # a teacher's forward pass: not the same cost
 
 
+def test_status_scales_times_measured_on_another_processor_by_this_ones_speed(tmp_path, monkeypatch, capsys):
+    """Epochs record their processor. Before an epoch has run here, other machines' times are used as
+    they are and the status says so; once one kind of run has epochs both here and elsewhere, the
+    ratio scales every time measured elsewhere (the committed results come from many hosts: one
+    2-core AMD EPYC took 2.2x an Intel Xeon's time per MobileOne epoch)."""
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    work = tmp_path / "work"
+    runs = [r for r in sweep.plan_runs("main", "cpu") if r["name"].startswith("repan_repvgg_a1_w025__")]
+    base, repan = (sorted(r["name"] for r in runs if f"__{arm}__" in r["name"]) for arm in ("baseline", "repan"))
+
+    def history(name, times, processor, root=work):
+        d = root / "cpu" / "main" / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "metrics.json").write_text(json.dumps([{"epoch_time_s": t, "processor": processor} for t in times]))
+
+    history(base[0], (40.0, 40.0), "Intel Xeon (AVX512)")
+    history(repan[0], (50.0,), "Intel Xeon (AVX512)")
+    st = sweep.status("cpu/main", runs, work, processor="AMD EPYC (AVX2)")
+    rows = {r["run"]: r for r in st["rows"]}
+    assert st["speed_factor"] is None and rows[base[1]]["epoch_s"] == 40.0 and rows[base[1]]["timed"] == "elsewhere"
+    sweep._print_status("cpu/main", st, 1)
+    assert "used as they are until an epoch has run here (AMD EPYC (AVX2))" in capsys.readouterr().out
+    history(base[1], (100.0,), "AMD EPYC (AVX2)")  # one epoch here: this machine takes 2.5x the time
+    st = sweep.status("cpu/main", runs, work, processor="AMD EPYC (AVX2)")
+    rows = {r["run"]: r for r in st["rows"]}
+    assert st["speed_factor"] == pytest.approx(2.5)
+    assert (rows[base[1]]["epoch_s"], rows[base[1]]["timed"]) == (100.0, "here")  # its own epochs here
+    assert rows[base[2]]["epoch_s"] == 100.0  # a run of the same kind timed here
+    assert (rows[repan[1]]["epoch_s"], rows[repan[1]]["timed"]) == (pytest.approx(125.0), "elsewhere")
+    assert (rows[repan[0]]["epoch_s"], rows[repan[0]]["timed"]) == (pytest.approx(125.0), "elsewhere")
+    sweep._print_status("cpu/main", st, 1)
+    assert "take 2.50x the time of those measured on other machines" in capsys.readouterr().out
+    # on the machine the others were measured on, nothing is scaled the other way round for them
+    st = sweep.status("cpu/main", runs, work, processor="Intel Xeon (AVX512)")
+    assert st["speed_factor"] == pytest.approx(0.4)
+    assert {r["run"]: r["epoch_s"] for r in st["rows"]}[repan[1]] == 50.0
+
+
 def test_runs_trained_partly_on_a_gpu_say_how_many_epochs_were_there(tmp_path):
     """A run started in a GPU call and resumed here: its epochs per device come from the rows'
     ``device`` where recorded, else from the calls' summaries (committed under <scale>/gpu_calls)."""

@@ -92,6 +92,10 @@ def test_end_to_end_repan_deploy_checkpoint_reproduces_accuracy(tmp_path):
     assert [r["cycle"] for r in json.loads((out / "metrics.json").read_text())] == [1, 1, 2, 2]
     assert {r["device"] for r in json.loads((out / "metrics.json").read_text())} == {"cpu"}  # per epoch
     assert {r["precision"] for r in json.loads((out / "metrics.json").read_text())} == {"fp32"}
+    from repan_zoo.runtime import cpu_name  # the processor an epoch time was measured on, per epoch
+
+    assert {r["processor"] for r in json.loads((out / "metrics.json").read_text())} == {cpu_name()}
+    assert rows[0].endswith(",precision,processor")
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     # the deploy checkpoint loads into a fresh deploy-form timm model and gives the recorded accuracy

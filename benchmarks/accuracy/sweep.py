@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregate import gpu_call_epochs, row_devices  # noqa: E402  (same folder)
+from repan_zoo.runtime.hardware import device_name  # noqa: E402
 from repan_zoo.runtime.onednn import cpu_bf16_native  # noqa: E402
 from repan_zoo.runtime.report import portable, write_json  # noqa: E402
 
@@ -565,78 +566,130 @@ def _run_history(work: Path, home: str, name: str) -> List[Dict]:
     return history
 
 
+def _epoch_rows(history: List[Dict], device: Optional[str] = None, gpu_epochs: int = 0) -> List[tuple]:
+    """A run's ``(epoch time, processor)`` pairs (processor None where not recorded). With ``device``
+    (a device type): its epochs on that device when it has any, else its epochs on no known device
+    (rows from before the device was recorded), never those known to be elsewhere: a run started on a
+    GPU and resumed here is timed by its epochs here, and ``gpu_epochs`` first rows without a device
+    count as GPU epochs (:func:`aggregate.row_devices`)."""
+    rows = [(r["epoch_time_s"], r.get("processor"), d)
+            for r, d in zip(history, row_devices(history, gpu_epochs=gpu_epochs)) if r.get("epoch_time_s")]
+    if device is not None:
+        rows = [r for r in rows if r[2] == device] or [r for r in rows if r[2] == "unrecorded"]
+    return [(t, p) for t, p, _ in rows]
+
+
 def _epoch_times(history: List[Dict], device: Optional[str] = None, gpu_epochs: int = 0) -> List[float]:
-    """A run's epoch times. With ``device`` (a device type): its epochs on that device when it has
-    any, else its epochs on no known device (rows from before the device was recorded), never those
-    known to be elsewhere: a run started on a GPU and resumed here is timed by its epochs here, and
-    ``gpu_epochs`` first rows without a device count as GPU epochs (:func:`aggregate.row_devices`)."""
-    rows = [(r["epoch_time_s"], d) for r, d in zip(history, row_devices(history, gpu_epochs=gpu_epochs))
-            if r.get("epoch_time_s")]
-    if device is None:
-        return [t for t, _ in rows]
-    return [t for t, d in rows if d == device] or [t for t, d in rows if d == "unrecorded"]
+    """A run's epoch times (:func:`_epoch_rows`)."""
+    return [t for t, _ in _epoch_rows(history, device, gpu_epochs)]
 
 
-def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str = "cpu") -> Dict:
+def speed_factor(pairs: List[tuple]) -> Optional[float]:
+    """How much slower this machine trains than the ones the committed results were timed on: the
+    median over ``(seconds per epoch here, seconds per epoch elsewhere)`` pairs, each for one kind of
+    run (:func:`_timing_key`), of their ratio; None without a pair. Two CPUs of one model name can
+    differ by 2× (a 2-core AMD EPYC host: 650 s per MobileOne epoch, an Intel Xeon 290 s), so times
+    measured elsewhere are only a guess until one epoch has run here."""
+    ratios = sorted(here / there for here, there in pairs if there)
+    return ratios[len(ratios) // 2] if ratios else None
+
+
+def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str = "cpu",
+           processor: Optional[str] = None) -> Dict:
     """What is done, what remains and the estimated time left: epochs left of each run times the
     median epoch time of that run on ``device`` where its epochs record one (:func:`_epoch_times`;
     or, before its first epoch, of the finished or running runs with the same model, layout,
     method, teacher and training-set size in this plan's folders, then in ``<scale>/main``'s;
     failing those, of any method with the same model, layout, teacher and size: an estimate,
-    marked ``approx``), divided over ``jobs`` parallel runs."""
+    marked ``approx``), divided over ``jobs`` parallel runs. Epochs record the ``processor`` they
+    ran on (default here: :func:`repan_zoo.runtime.device_name` of ``device``): times of this
+    processor come first (a row's ``timed``: ``"here"``), and times measured on others
+    (``"elsewhere"``) are scaled by :func:`speed_factor` once a kind of run has epochs both here and
+    elsewhere (``speed_factor``; None: unscaled)."""
     rows, seconds, unknown = [], 0.0, 0
     kind = device.split(":")[0]  # the device type epochs record ("cuda:1" → "cuda")
+    here = processor or device_name(device)
     on_gpu: Dict[str, Dict[str, int]] = {}  # per plan folder: each run's epochs in the GPU calls
 
-    def times_here(home: str, name: str, history: List[Dict]) -> List[float]:
+    def times_of(home: str, name: str, history: List[Dict]) -> tuple:  # (times here, times elsewhere)
         if home not in on_gpu:
             on_gpu[home] = gpu_call_epochs(RESULTS / home)
-        return _epoch_times(history, kind, on_gpu[home].get(name, 0))
+        pairs = _epoch_rows(history, kind, on_gpu[home].get(name, 0))
+        return [t for t, p in pairs if p == here], [t for t, p in pairs if p != here]
 
-    epoch_times: Dict[tuple, List[float]] = {}
+    local: Dict[tuple, List[float]] = {}  # per kind of run, the median epoch time of each run here
+    other: Dict[tuple, List[float]] = {}  # ... and elsewhere
     state = []
     for run in runs:
         total = _epochs_of(run["args"])
         home = _home_plan(plan, run)
         done = (_result_dir(home, run["name"]) / "final.json").exists()
         history = _run_history(work, home, run["name"])
-        times = times_here(home, run["name"], history)
+        mine, theirs = times_of(home, run["name"], history)
         key = _timing_key(run["args"])
-        if times:
-            epoch_times.setdefault(key, []).append(_median(times))
-        state.append((run, total, done, len(history), times, key))
+        for times, into in ((mine, local), (theirs, other)):
+            if times:
+                into.setdefault(key, []).append(_median(times))
+        state.append((run, total, done, len(history), mine, theirs, key))
     scale, name = plan.split("/")
-    main_times: Dict[tuple, List[float]] = {}
+    main_local: Dict[tuple, List[float]] = {}
+    main_other: Dict[tuple, List[float]] = {}
     if name != "main":
         for run in plan_runs("main", scale):
             home = _home_plan(f"{scale}/main", run)
-            times = times_here(home, run["name"], _run_history(work, home, run["name"]))
-            if times:
-                main_times.setdefault(_timing_key(run["args"]), []).append(_median(times))
+            key = _timing_key(run["args"])
+            for times, into in zip(times_of(home, run["name"], _run_history(work, home, run["name"])),
+                                   (main_local, main_other)):
+                if times:
+                    into.setdefault(key, []).append(_median(times))
+
+    def merged(*sources: Dict[tuple, List[float]]) -> Dict[tuple, List[float]]:
+        out: Dict[tuple, List[float]] = {}
+        for source in sources:
+            for key, values in source.items():
+                out.setdefault(key, []).extend(values)
+        return out
+
+    all_local, all_other = merged(main_local, local), merged(main_other, other)
+    factor = speed_factor([(_median(all_local[k]), _median(all_other[k])) for k in all_local if k in all_other])
+
     def coarse(key: tuple) -> tuple:  # the method left out: model, layout and teacher set most of the cost
         return key[:2] + key[3:]
 
-    any_method: Dict[tuple, List[float]] = {}
-    for key, values in list(main_times.items()) + list(epoch_times.items()):
-        any_method.setdefault(coarse(key), []).extend(values)
-    for run, total, done, trained, times, key in state:
+    def estimate(times_here: Optional[List[float]], times_there: Optional[List[float]]) -> tuple:
+        """(seconds per epoch, where they were measured: "here", "elsewhere" (scaled by the speed
+        factor where there is one) or None)."""
+        if times_here:
+            return _median(times_here), "here"
+        if times_there:
+            return _median(times_there) * (factor or 1.0), "elsewhere"
+        return None, None
+
+    local_coarse, other_coarse = merged(*({coarse(k): v} for k, v in all_local.items())), \
+        merged(*({coarse(k): v} for k, v in all_other.items()))
+    for run, total, done, trained, mine, theirs, key in state:
         if run.get("same_as"):  # trained (and timed) by the main plan, copied from there when it finishes
             done = done or (_result_dir(f"{scale}/main", run["same_as"]) / "final.json").exists()
             rows.append({"run": run["name"], "state": "done" if done else "in main", "epochs": f"{total}/{total}"
-                         if done else f"0/{total}", "epoch_s": None, "approx": False, "same_as": run["same_as"]})
+                         if done else f"0/{total}", "epoch_s": None, "approx": False, "same_as": run["same_as"],
+                         "timed": None})
             continue
         left = 0 if done else total - trained
-        similar = epoch_times.get(key) or main_times.get(key)
-        approx = not times and not similar and bool(any_method.get(coarse(key)))
-        similar = similar or any_method.get(coarse(key))
-        per = _median(times) if times else (_median(similar) if similar else None)
+        per, timed = estimate(mine, theirs)
+        approx = False
+        if per is None:  # before its first epoch: runs of the same kind, then of any method
+            per, timed = estimate(local.get(key) or main_local.get(key), other.get(key) or main_other.get(key))
+        if per is None:
+            per, timed = estimate(local_coarse.get(coarse(key)), other_coarse.get(coarse(key)))
+            approx = per is not None
         if left and per is None:
             unknown += 1
         seconds += left * (per or 0.0)
         rows.append({"run": run["name"], "state": "done" if done else ("partial" if trained else "pending"),
-                     "epochs": f"{total - left}/{total}", "epoch_s": per, "approx": approx})
+                     "epochs": f"{total - left}/{total}", "epoch_s": per, "approx": approx, "timed": timed})
     return {"rows": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows),
-            "hours_left": seconds / 3600 / max(1, jobs), "unknown_eta": unknown}
+            "hours_left": seconds / 3600 / max(1, jobs), "unknown_eta": unknown, "processor": here,
+            "speed_factor": factor}
 
 
 def _print_status(plan: str, st: Dict, jobs: int) -> None:
@@ -646,11 +699,19 @@ def _print_status(plan: str, st: Dict, jobs: int) -> None:
                   "twice)", flush=True)
             continue
         per = (f"{'~' if r.get('approx') else ''}{r['epoch_s']:.0f} s/epoch"
-               + (", from other methods of the same model" if r.get("approx") else "")) if r["epoch_s"] else "no timing yet"
+               + (", from other methods of the same model" if r.get("approx") else "")
+               + (", measured on another machine" if r.get("timed") == "elsewhere" and r["state"] != "done" else "")) \
+            if r["epoch_s"] else "no timing yet"
         print(f"  {r['state']:8s} {r['epochs']:>8s}  {r['run']}  ({per})", flush=True)
     extra = f" + {st['unknown_eta']} run(s) not yet timed" if st["unknown_eta"] else ""
+    speed = ""
+    if any(r.get("timed") == "elsewhere" for r in st["rows"] if r["state"] != "done"):
+        speed = (f"; epochs here ({st['processor']}) take {st['speed_factor']:.2f}x the time of those measured "
+                 "on other machines, and their times are scaled by that" if st["speed_factor"] else
+                 f"; times measured on other machines are used as they are until an epoch has run here "
+                 f"({st['processor']})")
     print(f"plan {plan}: {st['done']}/{st['total']} runs done; about {st['hours_left']:.1f} h left with "
-          f"{jobs} job(s){extra}", flush=True)
+          f"{jobs} job(s){extra}{speed}", flush=True)
 
 
 def main(argv=None) -> int:

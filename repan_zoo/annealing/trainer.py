@@ -29,6 +29,7 @@ from ..errors import RecipeError
 from ..fileio import sha256_file
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
+from ..runtime.hardware import device_name
 from ..runtime.onednn import cpu_bf16_native, guard_strided_1x1
 from ..runtime.report import plot_learning_curve, write_json, write_metrics
 from ..runtime.summary import RunSummary
@@ -96,6 +97,7 @@ class RepAnTrainer(CycleRun):
         self.data = data
         self.ctx = ctx or DistContext()
         self.device = self.ctx.device
+        self.processor = device_name(self.device)
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self._log = log
@@ -332,6 +334,7 @@ class RepAnTrainer(CycleRun):
             "epoch_time_s": time.perf_counter() - started, "time_s": time.time() - self._t0,
             "device": self.device.type,  # a run resumed on another device (GPU → CPU) keeps that record per epoch
             "precision": precision_name(self.device, self.cfg.amp),  # and on another machine, maybe another --amp
+            "processor": self.processor,  # the CPU or GPU model: an epoch time means something only beside it
         }
         test_part = f"test {row['test_top1']:.2f}  " if row["test_top1"] is not None else ""
         self.log(

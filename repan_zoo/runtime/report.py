@@ -15,7 +15,7 @@ __all__ = ["METRIC_COLUMNS", "write_metrics", "write_json", "plot_learning_curve
 METRIC_COLUMNS = (
     "cycle", "epoch", "global_epoch", "expand", "lam", "lr", "train_loss", "train_top1",
     "val_loss", "val_top1", "test_top1", "steps", "images", "epoch_time_s", "time_s", "device",
-    "precision",
+    "precision", "processor",
 )
 
 
