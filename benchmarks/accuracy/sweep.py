@@ -619,6 +619,12 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
 
     local: Dict[tuple, List[float]] = {}  # per kind of run, the median epoch time of each run here
     other: Dict[tuple, List[float]] = {}  # ... and elsewhere
+
+    def record(key: tuple, times: tuple, into: tuple) -> None:  # (times here, elsewhere) → (local, other)
+        for values, table in zip(times, into):
+            if values:
+                table.setdefault(key, []).append(_median(values))
+
     state = []
     for run in runs:
         total = _epochs_of(run["args"])
@@ -627,9 +633,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
         history = _run_history(work, home, run["name"])
         mine, theirs = times_of(home, run["name"], history)
         key = _timing_key(run["args"])
-        for times, into in ((mine, local), (theirs, other)):
-            if times:
-                into.setdefault(key, []).append(_median(times))
+        record(key, (mine, theirs), (local, other))
         state.append((run, total, done, len(history), mine, theirs, key))
     scale, name = plan.split("/")
     main_local: Dict[tuple, List[float]] = {}
@@ -637,17 +641,14 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     if name != "main":
         for run in plan_runs("main", scale):
             home = _home_plan(f"{scale}/main", run)
-            key = _timing_key(run["args"])
-            for times, into in zip(times_of(home, run["name"], _run_history(work, home, run["name"])),
-                                   (main_local, main_other)):
-                if times:
-                    into.setdefault(key, []).append(_median(times))
+            record(_timing_key(run["args"]), times_of(home, run["name"], _run_history(work, home, run["name"])),
+                   (main_local, main_other))
 
-    def merged(*sources: Dict[tuple, List[float]]) -> Dict[tuple, List[float]]:
+    def merged(*sources: Dict[tuple, List[float]], by=lambda key: key) -> Dict[tuple, List[float]]:
         out: Dict[tuple, List[float]] = {}
         for source in sources:
             for key, values in source.items():
-                out.setdefault(key, []).extend(values)
+                out.setdefault(by(key), []).extend(values)
         return out
 
     all_local, all_other = merged(main_local, local), merged(main_other, other)
@@ -665,8 +666,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
             return _median(times_there) * (factor or 1.0), "elsewhere"
         return None, None
 
-    local_coarse, other_coarse = merged(*({coarse(k): v} for k, v in all_local.items())), \
-        merged(*({coarse(k): v} for k, v in all_other.items()))
+    local_coarse, other_coarse = merged(all_local, by=coarse), merged(all_other, by=coarse)
     for run, total, done, trained, mine, theirs, key in state:
         if run.get("same_as"):  # trained (and timed) by the main plan, copied from there when it finishes
             done = done or (_result_dir(f"{scale}/main", run["same_as"]) / "final.json").exists()
