@@ -604,7 +604,8 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
         "repan_mobileone_s0_w050__then_repan_kd__s0", "repan_mobileone_s0_w050__then_kd__s0",
         "repan_mobileone_s0_w050__then_repan_kd_lowlr__s0", "repan_mobileone_s0_w050__then_kd_lowlr__s0",
         "repan_mobileone_s0_w050__then_kd_light__s0", "repan_mobileone_s0_w050__then_baseline_light__s0",
-        "repan_mobileone_s0_w050__then_kd_light2__s0", "repan_mobileone_s0_w050__then_baseline_light2__s0"]
+        "repan_mobileone_s0_w050__then_kd_light2__s0", "repan_mobileone_s0_w050__then_baseline_light2__s0",
+        "repan_mobileone_s0_w050__then_kd_light3__s0", "repan_mobileone_s0_w050__then_kd_flip__s0"]
     low = {n: sweep._options(runs[n]["args"]) for n in runs if n.endswith("_lowlr__s0")}
     assert all(o["--lr"] == "0.005" and o["--epochs"] == "7" for o in low.values())
     # the light pair: the recipe's augmentation changed in place (one --augment), KD against no KD
@@ -619,6 +620,12 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
             for arm, r in light2.items()} == {
         arm: ("0.005", "crop_flip", "continue", "repan_mobileone_s0_w050__then_baseline_light__s0")
         for arm in ("then_kd_light2", "then_baseline_light2")}
+    # the fifth pair: KD from the shipped KD arm of the fourth, at half its LR again or with flips alone
+    fifth = {n.split("__")[1]: sweep._options(runs[n]["args"]) for n in runs if n.endswith(("_light3__s0", "_flip__s0"))}
+    assert {arm: (o["--lr"], o["--augment"], o["--epochs"], o["--method"]) for arm, o in fifth.items()} == {
+        "then_kd_light3": ("0.0025", "crop_flip", "7", "kd"), "then_kd_flip": ("0.005", "flip", "7", "kd")}
+    assert all(runs[f"repan_mobileone_s0_w050__{arm}__s0"]["init"] == "repan_mobileone_s0_w050__then_kd_light2__s0"
+               for arm in fifth)
     assert opts["then_kd_light"]["--method"] == "kd" and light["then_kd_light"]["needs"] == "teacher"
     assert opts["then_baseline_light"]["--method"] == "baseline" and light["then_baseline_light"]["needs"] is None
     assert "--teacher" not in opts["then_baseline_light"] and "--kd-alpha" not in opts["then_baseline_light"]
