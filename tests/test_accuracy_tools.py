@@ -605,7 +605,8 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
         "repan_mobileone_s0_w050__then_repan_kd_lowlr__s0", "repan_mobileone_s0_w050__then_kd_lowlr__s0",
         "repan_mobileone_s0_w050__then_kd_light__s0", "repan_mobileone_s0_w050__then_baseline_light__s0",
         "repan_mobileone_s0_w050__then_kd_light2__s0", "repan_mobileone_s0_w050__then_baseline_light2__s0",
-        "repan_mobileone_s0_w050__then_kd_light3__s0", "repan_mobileone_s0_w050__then_kd_flip__s0"]
+        "repan_mobileone_s0_w050__then_kd_light3__s0", "repan_mobileone_s0_w050__then_kd_flip__s0",
+        "repan_mobileone_s0_w050__then_kd_flip_none__s0", "repan_mobileone_s0_w050__then_kd_flip2__s0"]
     low = {n: sweep._options(runs[n]["args"]) for n in runs if n.endswith("_lowlr__s0")}
     assert all(o["--lr"] == "0.005" and o["--epochs"] == "7" for o in low.values())
     # the light pair: the recipe's augmentation changed in place (one --augment), KD against no KD
@@ -626,6 +627,12 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
         "then_kd_light3": ("0.0025", "crop_flip", "7", "kd"), "then_kd_flip": ("0.005", "flip", "7", "kd")}
     assert all(runs[f"repan_mobileone_s0_w050__{arm}__s0"]["init"] == "repan_mobileone_s0_w050__then_kd_light2__s0"
                for arm in fifth)
+    # the sixth: from the fifth's winner (flips alone), without augmentation or at half its LR
+    sixth = {n.split("__")[1]: sweep._options(runs[n]["args"]) for n in runs if n.endswith(("_flip_none__s0", "_flip2__s0"))}
+    assert {arm: (o["--lr"], o["--augment"], runs[f"repan_mobileone_s0_w050__{arm}__s0"]["init"])
+            for arm, o in sixth.items()} == {
+        "then_kd_flip_none": ("0.005", "none", "repan_mobileone_s0_w050__then_kd_flip__s0"),
+        "then_kd_flip2": ("0.0025", "flip", "repan_mobileone_s0_w050__then_kd_flip__s0")}
     assert opts["then_kd_light"]["--method"] == "kd" and light["then_kd_light"]["needs"] == "teacher"
     assert opts["then_baseline_light"]["--method"] == "baseline" and light["then_baseline_light"]["needs"] is None
     assert "--teacher" not in opts["then_baseline_light"] and "--kd-alpha" not in opts["then_baseline_light"]
