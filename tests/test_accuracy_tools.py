@@ -621,18 +621,17 @@ def test_continue_plan_starts_from_mains_weights_restored_from_the_published_one
             for arm, r in light2.items()} == {
         arm: ("0.005", "crop_flip", "continue", "repan_mobileone_s0_w050__then_baseline_light__s0")
         for arm in ("then_kd_light2", "then_baseline_light2")}
-    # the fifth pair: KD from the shipped KD arm of the fourth, at half its LR again or with flips alone
-    fifth = {n.split("__")[1]: sweep._options(runs[n]["args"]) for n in runs if n.endswith(("_light3__s0", "_flip__s0"))}
-    assert {arm: (o["--lr"], o["--augment"], o["--epochs"], o["--method"]) for arm, o in fifth.items()} == {
-        "then_kd_light3": ("0.0025", "crop_flip", "7", "kd"), "then_kd_flip": ("0.005", "flip", "7", "kd")}
-    assert all(runs[f"repan_mobileone_s0_w050__{arm}__s0"]["init"] == "repan_mobileone_s0_w050__then_kd_light2__s0"
-               for arm in fifth)
-    # the sixth: from the fifth's winner (flips alone), without augmentation or at half its LR
-    sixth = {n.split("__")[1]: sweep._options(runs[n]["args"]) for n in runs if n.endswith(("_flip_none__s0", "_flip2__s0"))}
-    assert {arm: (o["--lr"], o["--augment"], runs[f"repan_mobileone_s0_w050__{arm}__s0"]["init"])
-            for arm, o in sixth.items()} == {
-        "then_kd_flip_none": ("0.005", "none", "repan_mobileone_s0_w050__then_kd_flip__s0"),
-        "then_kd_flip2": ("0.0025", "flip", "repan_mobileone_s0_w050__then_kd_flip__s0")}
+    # the fifth pair, KD from the shipped KD arm of the fourth: half its LR again, or flips alone; the
+    # sixth, from the fifth's winner (flips alone): without augmentation, or flips at half its LR
+    later = {"then_kd_light3": ("0.0025", "crop_flip", "then_kd_light2"),
+             "then_kd_flip": ("0.005", "flip", "then_kd_light2"),
+             "then_kd_flip_none": ("0.005", "none", "then_kd_flip"),
+             "then_kd_flip2": ("0.0025", "flip", "then_kd_flip")}
+    for arm, (lr, augment, start_arm) in later.items():
+        run = runs[f"repan_mobileone_s0_w050__{arm}__s0"]
+        o = sweep._options(run["args"])
+        assert (o["--lr"], o["--augment"], o["--epochs"], o["--method"], run["init"], run["init_plan"]) == (
+            lr, augment, "7", "kd", f"repan_mobileone_s0_w050__{start_arm}__s0", "continue"), arm
     assert opts["then_kd_light"]["--method"] == "kd" and light["then_kd_light"]["needs"] == "teacher"
     assert opts["then_baseline_light"]["--method"] == "baseline" and light["then_baseline_light"]["needs"] is None
     assert "--teacher" not in opts["then_baseline_light"] and "--kd-alpha" not in opts["then_baseline_light"]
