@@ -63,6 +63,30 @@ def test_ablation_tables_put_the_reference_in_each_factor(tmp_path):
     assert "| α = 0 (no KD) | reference |" in md and "| cosine | lam_cosine |" in md
 
 
+def test_long_ablation_table_pairs_each_run_with_the_reference_and_shows_its_drop(tmp_path):
+    """long/ablations: each run's test top-1 against the reference (main's RepAn seed 0, copied) and the
+    collapse at its cycle starts, which is what those ablations change; the copied reference is not
+    counted as training time of the plan (was: no Δ or drop column, the copy counted twice)."""
+    agg = load("aggregate")
+    plan = tmp_path / "long" / "ablations"
+    write_run(plan, "reference", "m", "repan", 0, 92.98, 92.86)
+    (plan / "reference" / "same_as.txt").write_text("copied from long/main/m__repan__s0: the same arguments\n")
+    write_run(plan, "generic_pair", "m", "repan", 0, 93.10, 92.50)
+    for run, falls in [("reference", (8.6, 7.9)), ("generic_pair", (3.0, 1.5))]:
+        rows, val = [], 90.0
+        for cycle, fall in enumerate((0.0,) + falls, start=1):
+            rows.append({"global_epoch": len(rows) + 1, "cycle": cycle, "epoch": 1, "expand": cycle > 1,
+                         "val_top1": val - fall})
+            rows.append({"global_epoch": len(rows) + 1, "cycle": cycle, "epoch": 2, "expand": False, "val_top1": val})
+        (plan / run / "metrics.json").write_text(json.dumps(rows))
+    s = agg.summarize(plan)
+    assert s["total_train_time_s"] == 60.0 and s["copied_runs"] == ["reference"]
+    md = agg.markdown(s)
+    assert "| reference | 2x4 | 92.98 | 92.86 | — | 8.60 / 7.90 |" in md
+    assert "| generic_pair | 2x4 | 93.10 | 92.50 | -0.36 | 3.00 / 1.50 |" in md
+    assert "1.0 min" in md and "copied" in md
+
+
 def test_ship_picks_the_best_validation_repan_run(tmp_path, monkeypatch):
     ship = load("ship")
     plan = tmp_path / "cpu" / "main"

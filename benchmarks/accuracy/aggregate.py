@@ -40,16 +40,15 @@ def _stats(values: List[float]) -> Dict[str, float]:
 PAIRED_WITH = {"bf16": "baseline", "expansion": "repan", "continue": "baseline"}
 
 
-def cycle_start_drop(history: List[Dict], start_val: Optional[float] = None) -> Optional[float]:
-    """The largest fall of validation top-1 from the last epoch of a cycle to the first epoch of
-    the next one that starts with Expand (the collapse at a cycle start), and from ``start_val``
-    (the validation top-1 of the weights a continued run starts from) to its first epoch; None
-    without such a start."""
-    drops = [prev["val_top1"] - row["val_top1"] for prev, row in zip(history, history[1:])
-             if row.get("expand") and row.get("epoch") == 1 and row.get("cycle") != prev.get("cycle")]
-    if start_val is not None and history:
-        drops.append(start_val - history[0]["val_top1"])
-    return max(drops) if drops else None
+def cycle_start_drops(history: List[Dict], start_val: Optional[float] = None) -> List[float]:
+    """The falls of validation top-1 from the last epoch of a cycle to the first epoch of the next
+    one that starts with Expand (the collapse at a cycle start), in cycle order, preceded by the fall
+    from ``start_val`` (the validation top-1 of the weights a continued run starts from) to its first
+    epoch; percentage points, empty without such a start."""
+    drops = [start_val - history[0]["val_top1"]] if start_val is not None and history else []
+    drops += [prev["val_top1"] - row["val_top1"] for prev, row in zip(history, history[1:])
+              if row.get("expand") and row.get("epoch") == 1 and row.get("cycle") != prev.get("cycle")]
+    return drops
 
 
 def gpu_call_epochs(plan_dir: Path) -> Dict[str, int]:
@@ -135,12 +134,16 @@ def summarize(plan_dir: Path) -> Dict:
         history = json.loads(metrics.read_text()) if metrics.is_file() else []
         command = final_path.parent / "command.txt"
         start = starts.get((final.get("init") or {}).get("checkpoint_sha256"))
+        same_as = final_path.parent / "same_as.txt"
+        drops = cycle_start_drops(history, start["val_top1"] if start else None)
         runs.append({
             "run": final_path.parent.name,
+            "copied": same_as.is_file(),  # another plan's run with the same arguments, not trained here
             "model": final["model"],
             "method": _label(final, final_path.parent.name),
             "starts_from": start["run"] if start else None,
-            "cycle_start_drop": cycle_start_drop(history, start["val_top1"] if start else None),
+            "cycle_start_drops": drops,
+            "cycle_start_drop": max(drops) if drops else None,
             "seed": recipe.get("seed"),
             "cycles": recipe.get("cycles"),
             "epochs": recipe.get("epochs"),
@@ -191,7 +194,8 @@ def summarize(plan_dir: Path) -> Dict:
         for r in runs:
             r["paired_with"] = f"{plan_dir.parent.name}/main {paired_arm}"
     return {"plan": f"{plan_dir.parent.name}/{plan_dir.name}", "groups": table, "runs": runs, "paired_with": paired_arm,
-            "total_train_time_s": sum(r["train_time_s"] or 0.0 for r in runs),
+            "total_train_time_s": sum(r["train_time_s"] or 0.0 for r in runs if not r["copied"]),
+            "copied_runs": [r["run"] for r in runs if r["copied"]],
             "devices": sorted({str(r["device"]) for r in runs} | {d for r in runs for d in r["epoch_devices"]
                                                                   if d != "unrecorded"}),
             "partly_on_gpu": {r["run"]: r["epoch_devices"] for r in runs
@@ -207,8 +211,11 @@ def _pm(stats: Dict[str, float], signed: bool = False) -> str:
 def markdown(summary: Dict) -> str:
     """The main comparison (one row per model and method, mean ± std over seeds, and the paired
     per-seed difference to the baseline), or for an ablation plan one table per factor."""
+    copied = summary.get("copied_runs") or []
     head = (f"Plan `{summary['plan']}` (devices: {', '.join(summary['devices'])}; total training time "
-            f"{summary['total_train_time_s'] / 60:.1f} min, one CPU thread per run on CPU).")
+            f"{summary['total_train_time_s'] / 60:.1f} min, one CPU thread per run on CPU"
+            + (f"; not counted: {', '.join(f'`{r}`' for r in copied)}, copied from the scale's main plan "
+               "(same arguments)" if copied else "") + ").")
     if summary["plan"].split("/")[1].startswith("ablations"):
         return head + " Deploy-model top-1 %, one seed per row.\n\n" + _ablation_tables(summary["runs"])
     ref = summary.get("paired_with")
@@ -272,10 +279,15 @@ def _ablation_tables(runs: List[Dict]) -> str:
         out.append("")
     rest = [r for r in runs if r["run"] not in used]
     if rest:
-        out += ["| run | schedule | val top-1 | test top-1 |", "|---|---|---|---|"]
-        out += [f"| {r['run']} | {r['cycles']}x{r['epochs']} | {r['val_top1']:.2f} | {r['test_top1']:.2f} |"
-                for r in ([ref] if ref else []) + rest]
-        out.append("")
+        out += ["| run | schedule | val top-1 | test top-1 | Δ test vs reference | drops at cycle starts |",
+                "|---|---|---|---|---|---|"]
+        for r in ([ref] if ref else []) + rest:
+            delta = f"{r['test_top1'] - ref['test_top1']:+.2f}" if ref and r is not ref else "—"
+            drop = " / ".join(f"{d:.2f}" for d in r.get("cycle_start_drops") or []) or "—"
+            out.append(f"| {r['run']} | {r['cycles']}x{r['epochs']} | {r['val_top1']:.2f} | {r['test_top1']:.2f} | "
+                       f"{delta} | {drop} |")
+        out += ["", "Δ = test top-1 minus the reference run's (same seed); drops = the fall of validation "
+                "top-1 in the first epoch after each Expand (cycles 2, 3, …).", ""]
     return "\n".join(out)
 
 
