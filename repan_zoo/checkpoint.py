@@ -35,6 +35,7 @@ __all__ = [
     "model_form",
     "save_checkpoint",
     "read_checkpoint",
+    "rewrite_metadata",
     "load_into",
     "strict_load",
     "metadata_json",
@@ -68,17 +69,18 @@ def _architecture(model: nn.Module) -> str:
     return cfg.get("architecture") or getattr(model, "repan_architecture", None) or type(model).__name__
 
 
-def _canonical_header(path: PathLike) -> None:
+def _canonical_header(path: PathLike, updates: Optional[Mapping[str, str]] = None) -> None:
     """Rewrite a safetensors header with sorted ``__metadata__`` keys: safetensors writes its
     metadata map in a random (hash) order, so two saves of the same tensors differed in bytes
-    and sha256. The data section is untouched (its offsets are relative to it)."""
+    and sha256. ``updates`` replace metadata fields (strings) on the way. The data section is
+    untouched (its offsets are relative to it): the tensors stay byte for byte what they were."""
     import struct
 
     with open(path, "r+b") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))
         header = json.loads(fh.read(n).decode("utf-8"))
-        if "__metadata__" in header:
-            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        if "__metadata__" in header or updates:
+            header["__metadata__"] = dict(sorted({**header.get("__metadata__", {}), **(updates or {})}.items()))
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         text += b" " * (-(8 + len(text)) % 8)  # keep the data 8-byte aligned, as safetensors does
         if len(text) == n:
@@ -130,6 +132,27 @@ def save_checkpoint(
         _canonical_header(tmp)
 
     return atomic_write(path, write)
+
+
+def rewrite_metadata(src: PathLike, dest: PathLike, updates: Mapping[str, Any]) -> Path:
+    """Copy the checkpoint ``src`` to ``dest`` (atomically; ``dest`` may be ``src``) with the
+    metadata fields ``updates`` replaced (a non-string value is stored as JSON) and the tensor
+    data byte for byte unchanged: e.g. a published recipe in place of one that named the training
+    machine's paths. The file's sha256 changes with its header; its weights do not.
+
+    Raises:
+        CheckpointError: ``src`` is not a readable safetensors file.
+    """
+    import shutil
+
+    read_checkpoint(src)  # a readable safetensors file, or a CheckpointError naming it
+    fields = {k: v if isinstance(v, str) else dumps(v) for k, v in updates.items()}
+
+    def write(tmp):
+        shutil.copyfile(src, tmp)
+        _canonical_header(tmp, fields)
+
+    return atomic_write(dest, write)
 
 
 def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -46,6 +46,7 @@ __all__ = [
     "entries_for",
     "find_entry",
     "name_for_sha256",
+    "published_recipe",
     "check_weights_available",
     "family_for",
     "write_entry",
@@ -313,6 +314,41 @@ def name_for_sha256(sha256: Optional[str], directory: Optional[os.PathLike] = No
     if not sha256:
         return None
     return next((f"{m}.{t}" for (m, t), e in load_manifest(directory).items() if e.sha256 == sha256), None)
+
+
+def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = None) -> Dict[str, Any]:
+    """The recipe as published: the teacher and the starting weights named by content and, where
+    the zoo ships them, by manifest name (``teacher_weights``: model, sha256, ``model.tag``;
+    ``init_weights``: sha256, ``model.tag``) instead of ``teacher_checkpoint`` / ``init_checkpoint``,
+    paths on the training machine that no reader can follow; and no ``data_dir`` (where the dataset
+    lay there, e.g. a copy of Debian's Fashion-MNIST files beside a GPU machine's checkout:
+    ``dataset`` names the data). ``teacher`` and ``init`` are ``final.json``'s records of them
+    (``checkpoint_sha256``); without one, the sha256 of the path's file where it still exists.
+    The recipe of a manifest entry, and the one the trainer writes into a deploy checkpoint's
+    metadata (the file that gets published): neither names a path of the training machine."""
+    recipe = dict(recipe)
+    recipe.pop("data_dir", None)
+    teacher_path = recipe.pop("teacher_checkpoint", None)
+    init_path = recipe.pop("init_checkpoint", None)
+    if init_path:
+        recipe["init_weights"] = _weights_by_content(init_path, init)
+    if recipe.get("teacher"):
+        recipe["teacher_weights"] = {"model": recipe["teacher"], **_weights_by_content(teacher_path, teacher)}
+    return recipe
+
+
+def _weights_by_content(path: Optional[str], record: Any) -> Dict[str, Any]:
+    """``{"sha256", "manifest"}`` of weights a recipe used: the sha256 from the run's ``record``
+    (``checkpoint_sha256``), else of ``path``'s file where it exists (None when neither); the
+    manifest name that ships those bytes now, else the one the run recorded when it trained (a
+    checkpoint superseded since keeps its name in the recipes that started from it)."""
+    sha = record.get("checkpoint_sha256") if isinstance(record, dict) else None
+    if path and not sha and Path(path).is_file():
+        from .fileio import sha256_file
+
+        sha = sha256_file(path)
+    recorded = record.get("manifest") if isinstance(record, dict) else None
+    return {"sha256": sha, "manifest": name_for_sha256(sha) or recorded}
 
 
 # -- writing ---------------------------------------------------------------------------------

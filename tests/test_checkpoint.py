@@ -13,7 +13,7 @@ from helpers import TinyNet, make_input, randomize, rel_err, same_state, snapsho
 import repan_zoo as rz
 from repan_zoo.blocks import RepBlock
 from repan_zoo.checkpoint import (
-    atomic_write, load_into, model_form, read_checkpoint, save_checkpoint, state_dict_form,
+    atomic_write, load_into, model_form, read_checkpoint, rewrite_metadata, save_checkpoint, state_dict_form,
 )
 from repan_zoo.errors import CheckpointError, UncalibratedBNWarning
 
@@ -173,6 +173,33 @@ def test_truncated_file_is_a_checkpoint_error(tiny_net, tmp_path):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_rewrite_metadata_replaces_fields_and_keeps_the_tensor_bytes(tiny_net, tmp_path):
+    """A published file's recipe rewritten (e.g. without the training machine's paths): the data
+    section is byte for byte the same, the other fields stay, the header stays canonical (sorted)."""
+    fused = rz.reparameterize(tiny_net)
+    src = save_checkpoint(fused, tmp_path / "d.safetensors", metadata={"recipe": {"teacher_checkpoint": "/root/t"}})
+    before = src.read_bytes()
+    out = rewrite_metadata(src, tmp_path / "p.safetensors", {"recipe": {"teacher_weights": {"sha256": "0" * 64}}})
+    state, meta = read_checkpoint(out)
+    assert json.loads(meta["recipe"]) == {"teacher_weights": {"sha256": "0" * 64}}
+    assert meta["form"] == "deploy" and json.loads(meta["exactness"]) == fused.repan_exactness
+    assert same_state(snapshot(fused), state) and src.read_bytes() == before
+    n_src, n_out = (int.from_bytes(p.read_bytes()[:8], "little") for p in (src, out))
+    assert out.read_bytes()[8 + n_out:] == before[8 + n_src:]  # the tensor data, untouched
+    assert list(json.loads(out.read_bytes()[8:8 + n_out])["__metadata__"]) == sorted(meta)
+    # in place, twice: the second rewrite changes nothing (same bytes, same sha256)
+    rewrite_metadata(out, out, {"note": "x"})
+    once = out.read_bytes()
+    rewrite_metadata(out, out, {"note": "x"})
+    assert out.read_bytes() == once
+    # a file that is not a checkpoint: named, and nothing is written
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        rewrite_metadata(bad, tmp_path / "q.safetensors", {"note": "x"})
+    assert not (tmp_path / "q.safetensors").exists()
 
 
 class _Other(nn.Module):

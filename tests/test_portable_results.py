@@ -34,6 +34,26 @@ def test_no_committed_result_file_names_a_machine_path():
     assert not offenders, f"absolute machine paths in committed files: {offenders}"
 
 
+def test_no_bundled_weight_file_names_a_machine_path_in_its_metadata():
+    """The shipped files carry their recipe in the safetensors header (``safe_open(...).metadata()``):
+    a published recipe too (was: the teacher's and the start's absolute paths on the training machine)."""
+    from safetensors import safe_open
+
+    from repan_zoo import manifest
+
+    files = sorted((ROOT / "repan_zoo" / "weights").glob("*.safetensors"))
+    assert files and {e.filename for e in manifest.load_manifest().values() if e.source == "bundled"} <= {
+        f.name for f in files}
+    offenders = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        hits = [hit for value in meta.values() for hit in MACHINE_PATH.findall(value)]
+        if hits:
+            offenders[path.name] = hits[:3]
+    assert not offenders, f"absolute machine paths in the metadata of bundled weights: {offenders}"
+
+
 def test_the_guard_catches_what_it_is_for():
     for bad in ['"/work/main/runs/teacher/deploy.safetensors"', "python /root/.pyenv/bin/python", '"/tmp/x"']:
         assert MACHINE_PATH.search(bad)

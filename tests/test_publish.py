@@ -176,7 +176,7 @@ def test_train_scripts_wrapper(monkeypatch, capsys):
 def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(tmp_path):
     from repan_zoo import manifest
     from repan_zoo.fileio import sha256_file
-    from repan_zoo.hub.publish import _published_recipe
+    from repan_zoo.manifest import published_recipe as _published_recipe
 
     shipped = next(iter(manifest.load_manifest().values()))
     recipe = {"model": "m", "teacher": shipped.model, "teacher_checkpoint": "/work/main/runs/teacher/deploy.safetensors"}

@@ -137,6 +137,17 @@ def test_kd_run_with_teacher_from_checkpoint(tmp_path):
     assert json.loads((teacher_out / "final.json").read_text())["init"] is None
     assert result.final["data"]["augment"]["name"] == "crop_flip_erase"
     assert result.final["data"]["augment"]["crop_pad"] == 4 and result.final["recipe"]["augment"] == "crop_flip_erase"
+    # the deploy file is what gets published: its recipe names the teacher and the start by content too,
+    # never by this machine's path (was: teacher_checkpoint / init_checkpoint as absolute paths in the
+    # metadata of every shipped KD checkpoint)
+    _, meta = read_checkpoint(tmp_path / "kd" / "deploy.safetensors")
+    recipe = json.loads(meta["recipe"])
+    assert str(tmp_path) not in meta["recipe"]
+    assert not {"teacher_checkpoint", "init_checkpoint", "data_dir"} & set(recipe)
+    assert recipe["teacher_weights"] == {"model": "tinyrep_test", "sha256": sha256_file(teacher_out / "deploy.safetensors"),
+                                         "manifest": None}
+    assert recipe["init_weights"]["sha256"] == sha256_file(teacher_out / "deploy.safetensors")
+    assert recipe["kd_alpha"] == 0.5 and recipe["augment"] == "crop_flip_erase"
 
 
 def test_channels_last_run_matches_the_contiguous_run(tmp_path):

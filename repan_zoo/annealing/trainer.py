@@ -27,6 +27,7 @@ from ..convert import calibrate_bn, default_tolerance, uncalibrated_blocks
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError
 from ..fileio import sha256_file
+from ..manifest import published_recipe
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
 from ..runtime.hardware import device_name
@@ -398,7 +399,10 @@ class RepAnTrainer(CycleRun):
         )
         if self.out is not None and self.ctx.is_main:
             path = self.out / "deploy.safetensors"
-            meta = {"recipe": cfg.as_dict(), "dataset": self.data.name, "mean": list(self.data.mean),
+            # the file that gets published: its recipe names the teacher and the start by content
+            # (sha256, manifest name), not by this machine's paths (final.json keeps those)
+            recipe = published_recipe(cfg.as_dict(), summary.teacher, summary.init)
+            meta = {"recipe": recipe, "dataset": self.data.name, "mean": list(self.data.mean),
                     "std": list(self.data.std), "input_size": list(self.data.input_size),
                     "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
             self.model.repan_exactness = {k: v for k, v in certificate.items() if k != "probe"}

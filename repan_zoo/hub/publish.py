@@ -147,7 +147,7 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
         _merge_figures(metrics, _normalise_metrics(doc.get("metrics"), summary.dataset, str(path)), str(path))
         return RunRecord(summary.model, dict(summary.create_kwargs), metrics,
                          check_exactness(summary.exactness, str(path)),
-                         _published_recipe(dict(summary.recipe), summary.teacher, summary.init), dict(summary.data))
+                         manifest.published_recipe(dict(summary.recipe), summary.teacher, summary.init), dict(summary.data))
     recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}
     data = next((doc[k] for k in ("data", "data_config") if isinstance(doc.get(k), dict)), {})
     data = dict(data)
@@ -172,38 +172,8 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
         )
     cert = doc.get("exactness") or checkpoint_meta.get("exactness")
     exactness = check_exactness(cert, str(path))
-    return RunRecord(str(model), dict(kwargs), metrics, exactness, _published_recipe(recipe, doc.get("teacher"), doc.get("init")), data)
-
-
-def _published_recipe(recipe: Dict[str, Any], teacher: Any, init: Any = None) -> Dict[str, Any]:
-    """The recipe as published: the teacher and the starting weights named by content and, where
-    the zoo ships them, by manifest name (``teacher_weights``: model, sha256, ``model.tag``;
-    ``init_weights``: sha256, ``model.tag``) instead of ``teacher_checkpoint`` / ``init_checkpoint``,
-    paths on the training machine that no reader can follow; and no ``data_dir`` (where the dataset
-    lay there, e.g. a copy of Debian's Fashion-MNIST files beside a GPU machine's checkout:
-    ``dataset`` names the data). ``teacher`` and ``init`` are ``final.json``'s records of them
-    (``checkpoint_sha256``); without one, the sha256 of the path's file where it still exists."""
-    recipe = dict(recipe)
-    recipe.pop("data_dir", None)
-    teacher_path = recipe.pop("teacher_checkpoint", None)
-    init_path = recipe.pop("init_checkpoint", None)
-    if init_path:
-        recipe["init_weights"] = _weights_by_content(init_path, init)
-    if recipe.get("teacher"):
-        recipe["teacher_weights"] = {"model": recipe["teacher"], **_weights_by_content(teacher_path, teacher)}
-    return recipe
-
-
-def _weights_by_content(path: Optional[str], record: Any) -> Dict[str, Any]:
-    """``{"sha256", "manifest"}`` of weights a recipe used: the sha256 from the run's ``record``
-    (``checkpoint_sha256``), else of ``path``'s file where it exists (None when neither); the
-    manifest name that ships those bytes now, else the one the run recorded when it trained (a
-    checkpoint superseded since keeps its name in the recipes that started from it)."""
-    sha = record.get("checkpoint_sha256") if isinstance(record, dict) else None
-    if path and not sha and Path(path).is_file():
-        sha = sha256_file(path)
-    recorded = record.get("manifest") if isinstance(record, dict) else None
-    return {"sha256": sha, "manifest": manifest.name_for_sha256(sha) or recorded}
+    return RunRecord(str(model), dict(kwargs), metrics, exactness,
+                     manifest.published_recipe(recipe, doc.get("teacher"), doc.get("init")), data)
 
 
 @dataclass
