@@ -11,6 +11,7 @@ from .convert import calibrate_bn, reparameterize, set_lambda, unfold
 from .expansion import Expansion
 from .errors import (
     CheckpointError,
+    StateDictMismatchError,
     LambdaRangeError,
     NoRepBlocksError,
     RepanError,
@@ -39,5 +40,6 @@ __all__ = [
     "ReparameterizationError",
     "UnfusableBranchError",
     "CheckpointError",
+    "StateDictMismatchError",
     "UncalibratedBNWarning",
 ]

@@ -42,6 +42,12 @@ class CheckpointError(RepanError, ValueError):
     """A checkpoint that cannot be loaded into the model as asked (wrong form, architecture, truncated)."""
 
 
+class StateDictMismatchError(CheckpointError, RuntimeError):
+    """``load_state_dict`` with a state dict that does not fit the model (another architecture,
+    head or width): a :class:`CheckpointError` and, as PyTorch raises, a ``RuntimeError``. The
+    model keeps every tensor it had."""
+
+
 class ExportError(RepanError, RuntimeError):
     """An export that would not compute the model: unfused branches left in the graph, or an
     exported file whose outputs differ from torch beyond fp32 rounding.

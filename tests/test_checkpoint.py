@@ -130,6 +130,37 @@ def test_timm_checkpoint_path_loads_either_form_into_the_train_form(tmp_path):
         timm.create_model("repan_repvgg_a0_w025", deploy=True, checkpoint_path=str(tmp_path / "train.safetensors"))
 
 
+def test_a_state_dict_of_another_model_is_named_and_loses_nothing(tmp_path):
+    """timm's ``checkpoint_path=`` and a plain ``load_state_dict`` with another model's weights (here a
+    RepVGG file into ResNet-18-ACB, and a 10-class head into a 5-class model): a typed error (still a
+    RuntimeError, as PyTorch raises) that names the model, what the file holds and the fix, and the
+    model keeps every tensor it had (was: PyTorch's bare key list, with the matching tensors overwritten)."""
+    timm = pytest.importorskip("timm")
+    from repan_zoo.errors import StateDictMismatchError
+
+    other = save_checkpoint(randomize(timm.create_model("repan_repvgg_a0_w025", deploy=True), seed=1),
+                            tmp_path / "repvgg.safetensors")
+    state, _ = read_checkpoint(other)
+    model = randomize(timm.create_model("repan_resnet18_acb_w025", deploy=True), seed=2)
+    before = snapshot(model)
+    with pytest.raises(StateDictMismatchError) as info:
+        model.load_state_dict(state)
+    msg = str(info.value)
+    assert isinstance(info.value, RuntimeError) and isinstance(info.value, CheckpointError)
+    assert "repan_resnet18_acb_w025" in msg and "missing key" in msg.lower() and "architecture" in msg and "read_checkpoint" in msg
+    assert same_state(before, snapshot(model))
+    with pytest.raises(StateDictMismatchError, match="repan_resnet18_acb_w025"):
+        timm.create_model("repan_resnet18_acb_w025", checkpoint_path=str(other))
+    # the same architecture with another head: the shapes are named, nothing is half-loaded
+    five = randomize(timm.create_model("repan_repvgg_a0_w025", deploy=True, num_classes=5), seed=4)
+    before = snapshot(five)
+    with pytest.raises(StateDictMismatchError, match="(?s)num_classes=5.*size mismatch"):
+        five.load_state_dict(state)
+    assert same_state(before, snapshot(five))
+    five.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)  # still allowed
+    assert not same_state(before, snapshot(five))
+
+
 def test_train_checkpoint_into_deploy_model(tiny_net, tiny_input, tmp_path):
     rz.set_lambda(tiny_net, 0.6)
     state, meta = read_checkpoint(save_checkpoint(tiny_net, tmp_path / "t.safetensors"))

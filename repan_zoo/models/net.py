@@ -10,6 +10,7 @@ from timm.layers import ClassifierHead, get_device_dtype
 
 from .config import NetCfg, StageCfg
 from ..blocks import RepBlock
+from ..errors import StateDictMismatchError
 from ..recompute import checkpoint_seq
 from ..timm_private import feature_take_indices
 from .layers import RepConvAct
@@ -152,6 +153,31 @@ class RepNet(nn.Module):
             for m in self.modules():
                 if m is not self and callable(getattr(m, "zero_init_last", None)):
                     m.zero_init_last()
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict`` (deploy entries into a train-form block are unfolded on the
+        way, :meth:`RepBlock._load_from_state_dict`), all or nothing: a state dict that does not fit
+        (another architecture, head or width: missing / unexpected keys, shape mismatches) raises
+        :class:`~repan_zoo.errors.StateDictMismatchError` (a ``RuntimeError`` too) naming this model
+        and the fix, and the model keeps every tensor it had. timm's ``checkpoint_path=`` and
+        ``load_checkpoint`` come through here."""
+        saved = None if assign else {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as exc:
+            if saved is not None:
+                with torch.no_grad():
+                    for k, v in self.state_dict(keep_vars=True).items():
+                        if k in saved and v.shape == saved[k].shape:
+                            v.copy_(saved[k])
+            name = (getattr(self, "pretrained_cfg", None) or {}).get("architecture") or type(self).__name__
+            raise StateDictMismatchError(
+                f"the state dict does not fit {name} (num_classes={self.num_classes}, in_chans={self.in_chans}); the "
+                "model was left unchanged. Build the model the weights were saved from: a repan checkpoint names it "
+                "in its metadata (repan_zoo.checkpoint.read_checkpoint(path)[1]['architecture']) and "
+                "repan_zoo.checkpoint.load_into(model, *read_checkpoint(path)) compares the two; pass the same "
+                "num_classes / in_chans, or drop the head entries and load with strict=False to re-train it; a "
+                f"timm-native state dict goes through repan_zoo.models.checkpoint_filter. PyTorch: {exc}") from exc
 
     def _pooled_width(self) -> int:
         """Width of the pooled (pre-logits) features: ×2 for timm's 'catavgmax' pooling."""
