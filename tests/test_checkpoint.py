@@ -15,6 +15,7 @@ from repan_zoo.blocks import RepBlock
 from repan_zoo.checkpoint import (
     atomic_write, load_into, model_form, read_checkpoint, rewrite_metadata, save_checkpoint, state_dict_form,
 )
+from repan_zoo.convert import uncalibrated_blocks
 from repan_zoo.errors import CheckpointError, UncalibratedBNWarning
 
 TOL = 1e-6
@@ -151,6 +152,12 @@ def test_a_state_dict_of_another_model_is_named_and_loses_nothing(tmp_path):
     assert same_state(before, snapshot(model))
     with pytest.raises(StateDictMismatchError, match="repan_resnet18_acb_w025"):
         timm.create_model("repan_resnet18_acb_w025", checkpoint_path=str(other))
+    # a train-form model and deploy weights of another head: the blocks' calibration flags stay as they were too
+    train = timm.create_model("repan_repvgg_a0_w025", num_classes=5)
+    assert not uncalibrated_blocks(train)
+    with pytest.raises(StateDictMismatchError):
+        train.load_state_dict(state)
+    assert not uncalibrated_blocks(train)
     # the same architecture with another head: the shapes are named, nothing is half-loaded
     five = randomize(timm.create_model("repan_repvgg_a0_w025", deploy=True, num_classes=5), seed=4)
     before = snapshot(five)

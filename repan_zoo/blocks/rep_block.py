@@ -300,6 +300,16 @@ class RepBlock(nn.Module):
             # the trunk BN remembered from this block's last fusion belongs to the weights just replaced
             self._inherit_bn, self._inherit_uncalibrated = None, False
 
+    def load_flags(self) -> tuple:
+        """What a ``load_state_dict`` changes besides the tensors (the trunk's ``uncalibrated`` flag,
+        the trunk BN remembered from the last fusion), for :meth:`restore_load_flags` after a failed load."""
+        return (self.trunk.uncalibrated if self.trunk is not None else None, self._inherit_bn, self._inherit_uncalibrated)
+
+    def restore_load_flags(self, flags: tuple) -> None:
+        uncalibrated, self._inherit_bn, self._inherit_uncalibrated = flags
+        if self.trunk is not None:
+            self.trunk.uncalibrated = uncalibrated
+
     def _convert_other_form(self, state_dict: Dict[str, torch.Tensor], prefix: str, error_msgs: List[str]) -> bool:
         """Part of ``load_state_dict`` (timm's ``create_model(checkpoint_path=...)``, a user's own
         call): deploy-form entries for this train-form block are replaced in place by the same

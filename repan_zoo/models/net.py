@@ -162,9 +162,12 @@ class RepNet(nn.Module):
         and the fix, and the model keeps every tensor it had. timm's ``checkpoint_path=`` and
         ``load_checkpoint`` come through here."""
         saved = None if assign else {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
+        flags = [(b, b.load_flags()) for b in self.modules() if isinstance(b, RepBlock)]
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except RuntimeError as exc:
+            for block, before in flags:
+                block.restore_load_flags(before)
             if saved is not None:
                 with torch.no_grad():
                     for k, v in self.state_dict(keep_vars=True).items():
