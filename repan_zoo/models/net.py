@@ -9,7 +9,7 @@ import torch.nn as nn
 from timm.layers import ClassifierHead, get_device_dtype
 
 from .config import NetCfg, StageCfg
-from ..blocks import RepBlock
+from ..blocks import RepBlock, rep_blocks
 from ..errors import StateDictMismatchError
 from ..recompute import checkpoint_seq
 from ..timm_private import feature_take_indices
@@ -162,7 +162,7 @@ class RepNet(nn.Module):
         and the fix, and the model keeps every tensor it had. timm's ``checkpoint_path=`` and
         ``load_checkpoint`` come through here."""
         saved = None if assign else {k: v.detach().clone() for k, v in self.state_dict(keep_vars=True).items()}
-        flags = [(b, b.load_flags()) for b in self.modules() if isinstance(b, RepBlock)]
+        flags = [(b, b.load_flags()) for _, b in rep_blocks(self)]
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except RuntimeError as exc:
