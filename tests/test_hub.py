@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from fake_hub import cached_files, hub, make_deploy_run, register_test_model  # 
 from helpers import randomize_bn, rel_err
 from repan_zoo import manifest
 from repan_zoo.errors import (
+    CheckpointError,
     ChecksumMismatchError,
     IntegrityError,
     OfflineError,
@@ -123,6 +125,15 @@ def test_other_num_classes_and_in_chans_are_adapted(hub, published):
 
     entry, deploy = published
     ref = deploy.state_dict()
+    if "base_chans" not in inspect.signature(adapt_input_conv).parameters:
+        # timm < 1.0.31 adapts 3-channel stems only: a 1-channel stem is refused by name, with the fix
+        with pytest.raises(CheckpointError, match=r"first conv .* from 1 to 3 input channels.*use in_chans=1"):
+            create(deploy=True, in_chans=3, num_classes=4)
+        m = create(deploy=True, num_classes=4)
+        assert m.state_dict()["fc.weight"].shape == (4, 8)
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in ref.items() if not k.startswith("fc."))
+        assert torch.equal(create(deploy=True, num_classes=0).forward_features(X), deploy.forward_features(X))
+        return
     m = create(deploy=True, in_chans=3, num_classes=4)
     got = m.state_dict()
     assert torch.equal(got["stem.reparam_conv.weight"], adapt_input_conv(3, ref["stem.reparam_conv.weight"], base_chans=1))

@@ -247,14 +247,16 @@ def _data_config(run: RunRecord, model) -> Dict[str, Any]:
     return {"input_size": [int(v) for v in size], "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
 
 
-def _write_timm_config(model: Any, path: Path, *, data_config: Dict[str, Any]) -> None:
+def _write_timm_config(model: Any, path: Path) -> None:
     """timm's ``config.json`` for ``model`` (deploy form) at ``path``, through timm's public
-    ``timm.models.save_for_hf``. That also writes the weights; they go to a scratch folder and are
+    ``timm.models.save_for_hf``. Its ``pretrained_cfg`` (input size, mean, std) comes from the
+    model's ``pretrained_cfg``, which every timm release since 1.0.16 reads (1.0.31's ``data_config``
+    argument is not needed). That also writes the weights; they go to a scratch folder and are
     dropped, because the published file is the certified checkpoint's exact bytes."""
     from timm.models import save_for_hf
 
     with tempfile.TemporaryDirectory(prefix="repan-config-") as scratch:
-        save_for_hf(model, scratch, model_args={"deploy": True}, safe_serialization=True, data_config=data_config)
+        save_for_hf(model, scratch, model_args={"deploy": True}, safe_serialization=True)
         shutil.copyfile(Path(scratch) / "config.json", path)
 
 
@@ -284,11 +286,9 @@ def prepare(
     shutil.copyfile(checkpoint, weights)  # the exact bytes that were certified
     sha, size = sha256_file(weights), weights.stat().st_size
     model.pretrained_cfg = {**dict(getattr(model, "pretrained_cfg", None) or {}), "architecture": run.model, "tag": tag,
-                            "license": license, "input_size": tuple(data["input_size"])}
-    _write_timm_config(
-        model, folder / "config.json",
-        data_config={"input_size": tuple(data["input_size"]), "mean": tuple(data["mean"]), "std": tuple(data["std"])},
-    )
+                            "license": license, "input_size": tuple(data["input_size"]),
+                            "mean": tuple(data["mean"]), "std": tuple(data["std"])}
+    _write_timm_config(model, folder / "config.json")
     card = model_card(
         model=run.model, tag=tag, repo_id=repo_id, license=license, metrics=run.metrics, recipe=run.recipe,
         exactness=run.exactness, data=data, filename=DEFAULT_FILENAME, sha256=sha, size=size,

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, get_device_dtype
+from timm.layers import ClassifierHead
 
 from .config import NetCfg, StageCfg
 from ..blocks import RepBlock, rep_blocks
@@ -186,6 +186,14 @@ class RepNet(nn.Module):
         """Width of the pooled (pre-logits) features: ×2 for timm's 'catavgmax' pooling."""
         return self.num_features * self.head.global_pool.feat_mult()
 
+    def _device_dtype(self) -> Dict[str, Any]:
+        """``{device, dtype}`` of the model's weights, for a head built later (``reset_classifier``,
+        ``prune_intermediate_layers``) to match. timm ≥ 1.0.29 passes these to the head's
+        constructor (``timm.layers.get_device_dtype``); moving the new head keeps older timm
+        releases working too."""
+        weight = next(self.parameters())
+        return {"device": weight.device, "dtype": weight.dtype}
+
     # -- timm model API ----------------------------------------------------------------------
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -205,7 +213,8 @@ class RepNet(nn.Module):
         """A new classifier of ``num_classes`` outputs (0: none) and pooling ``global_pool`` (None: kept),
         on the model's device and in its dtype, in its train/eval mode (timm's contract)."""
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
+        self.head.reset(num_classes, global_pool)
+        self.head.to(**self._device_dtype()).train(self.training)
         self.head_hidden_size = self._pooled_width()
         if global_pool is not None:
             self.global_pool = global_pool
@@ -268,9 +277,8 @@ class RepNet(nn.Module):
             self.num_features = self.feature_info[max_index]["num_chs"]
             prune_head = True
         if prune_head:
-            self.head = ClassifierHead(
-                self.num_features, 0, pool_type="", drop_rate=self.drop_rate, **get_device_dtype(self)
-            ).train(self.training)
+            self.head = ClassifierHead(self.num_features, 0, pool_type="", drop_rate=self.drop_rate).to(
+                **self._device_dtype()).train(self.training)
             self.head_hidden_size = self.num_features
             self.num_classes = 0
             self.global_pool = ""
