@@ -17,6 +17,7 @@ is downloaded once more when the Hub is reachable.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,7 +32,7 @@ from ..errors import (
     WeightsDownloadError,
     WeightsNotFoundError,
 )
-from .cache import blob_hash_of, evict
+from .cache import blob_hash_of, drop_partial_downloads, evict
 from .integrity import Expected, verify_file
 from .resolve import WeightSource
 
@@ -188,13 +189,17 @@ def _download(source: WeightSource, revision: Optional[str], cache_dir: Optional
 
     from .. import __version__
 
+    started = time.time()
     try:
         return hf_hub_download(
             source.hf_hub_id, source.filename, revision=revision, cache_dir=cache_dir,
             library_name="repan_zoo", library_version=__version__,
         )
     except Exception as exc:  # noqa: BLE001 - every failure is mapped below, unknown ones re-raised
-        raise _translate(exc, source, revision) from exc
+        error = _translate(exc, source, revision)
+        if isinstance(error, TruncatedDownloadError):  # huggingface_hub < 2.0 keeps the partial file
+            drop_partial_downloads(source.hf_hub_id, cache_dir, since=started)
+        raise error from exc
 
 
 def translate_hub_error(exc: Exception, name: str) -> Exception:
