@@ -39,6 +39,7 @@ from .blocks import Branch, RepBlock
 from .fileio import atomic_write, file_facts
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
+from .extras import require_extra
 from .verify import eval_mode, flatten_tensors, probe_input, relative_error
 
 __all__ = [
@@ -294,12 +295,15 @@ def export_onnx(
     The batch axis is dynamic. ``dynamo=True`` uses the ``torch.export``-based exporter,
     ``dynamo=False`` the legacy TorchScript-based one; ``opset`` ``None`` takes the exporter's default.
 
-    Raises :class:`ExportError` when a multi-branch block survives fusion, when the graph holds
+    Raises :class:`~repan_zoo.errors.MissingExtraError` (before any work) without the ``export``
+    extra's onnx / onnxruntime (and onnxscript for ``dynamo=True``); :class:`ExportError` when a
+    multi-branch block survives fusion, when the graph holds
     more convolutions / BatchNorms than the fused model runs, or when onnxruntime's output differs
     from torch beyond ``tolerance`` (fp32: 1e-5 relative); no file is left at ``path`` then.
     Returns a report: path, exporter, opset, input shape, max relative error (against the fused
     copy and the original model), node counts, file size and sha256.
     """
+    require_extra("export", "ONNX export", ("onnx", "onnxruntime", *(("onnxscript",) if dynamo else ())))
     import onnx
     import onnxruntime
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -431,3 +432,37 @@ def test_disk_full_while_writing_the_deploy_file_is_explained_and_resumable(tmp_
     monkeypatch.setattr(trainer, "save_checkpoint", real)
     assert main([*SMALL, "--out", str(out), "--resume"]) == 0
     assert (out / "deploy.safetensors").is_file() and json.loads((out / "final.json").read_text())["epochs_trained"] == 1
+
+
+# -- an optional extra that is not installed ----------------------------------------------------------
+def _hide(monkeypatch, *modules):
+    """Make ``import`` of each module fail as it does where the package is not installed."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, name)
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
+
+
+@pytest.mark.parametrize("hidden", ["onnx", "onnxruntime"])
+def test_onnx_export_without_the_export_extra_names_it_and_writes_nothing(tmp_path, monkeypatch, hidden):
+    from repan_zoo.errors import MissingExtraError
+    from repan_zoo.export import export_onnx
+
+    _hide(monkeypatch, hidden)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(MissingExtraError, match=rf"needs {hidden}.*pip install 'repan-zoo\[export\]'"):
+        export_onnx(tiny(), out)
+    assert not out.exists()
+
+
+def test_coco_evaluation_and_data_without_the_detection_extra_name_it(tmp_path, monkeypatch):
+    from repan_zoo.detection.coco import CocoDetectionSet
+    from repan_zoo.detection.evaluate import coco_map
+    from repan_zoo.errors import MissingExtraError
+
+    _hide(monkeypatch, "pycocotools")
+    with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
+        coco_map(object(), [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
+    with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
+        CocoDetectionSet(tmp_path / "images", tmp_path / "instances.json")

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import CocoFormatError, DatasetNotFoundError
+from ..extras import require_extra
 from ..jsonio import is_number
 
 __all__ = ["validate_coco", "load_coco_json", "CategoryMap", "CocoDetectionSet", "DetectionTransforms", "collate"]
@@ -206,11 +207,13 @@ class CocoDetectionSet(Dataset):
     ``dataset[i]`` → ``(image, target)``: a float tensor ``[C, H, W]`` in [0, 1] and a dict with
     ``boxes`` (float ``[n, 4]``, x1 y1 x2 y2 in pixels), ``labels`` (int64, contiguous 1..K) and
     ``image_id`` (int). Crowd annotations are left out of the targets (they stay in the ground
-    truth that :mod:`repan_zoo.detection.evaluate` scores against).
+    truth that :mod:`repan_zoo.detection.evaluate` scores against). Without pycocotools (the
+    ``detection`` extra, which ``CocoDetection`` reads with): :class:`~repan_zoo.errors.MissingExtraError`.
     """
 
     def __init__(self, images_dir: PathLike, annotation_file: PathLike, *, train: bool = False, in_chans: int = 3,
                  flip: bool = True, categories: Optional[CategoryMap] = None, check_files: bool = True):
+        require_extra("detection", "COCO data (torchvision's CocoDetection)")
         from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 
         self.images_dir = Path(images_dir)

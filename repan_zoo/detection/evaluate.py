@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
+from ..extras import require_extra
 from ..verify import eval_mode
 from .coco import CocoDetectionSet, collate
 
@@ -55,7 +56,9 @@ def predict(detector: nn.Module, loader: DataLoader, dataset: CocoDetectionSet, 
 
 def coco_map(coco_gt: Any, results: List[Dict[str, Any]], image_ids: Optional[List[int]] = None) -> Dict[str, float]:
     """``COCOeval`` (bbox) of ``results`` against ``coco_gt``; the 12 standard figures in [0, 1]
-    (:data:`COCO_STATS`). No detection at all scores 0 everywhere."""
+    (:data:`COCO_STATS`). No detection at all scores 0 everywhere. Without pycocotools (the
+    ``detection`` extra): :class:`~repan_zoo.errors.MissingExtraError`."""
+    require_extra("detection", "COCO mAP (pycocotools' COCOeval)")
     from pycocotools.cocoeval import COCOeval
 
     if not results:

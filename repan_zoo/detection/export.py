@@ -34,6 +34,7 @@ import torch.nn as nn
 from ..fileio import atomic_write, file_facts
 from ..convert import reparameterize
 from ..errors import ExportError
+from ..extras import require_extra
 from ..export import check_fully_fused, export_onnx, export_torchscript, onnx_op_counts
 from .compare import NEAR_TIE_FLIPS, detections_match, feature_error, feature_noise, match_detections
 from .detectors import probe_images
@@ -146,6 +147,7 @@ def _conv_calls(model: nn.Module, image: torch.Tensor) -> int:
 
 def _export_full_onnx(detector: nn.Module, deploy: nn.Module, images: List[torch.Tensor], path: os.PathLike,
                       tolerance: float, opset: int) -> Dict[str, Any]:
+    require_extra("export", "ONNX export of a detector", ("onnx", "onnxruntime"))
     import onnxruntime as ort
 
     with torch.no_grad():

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 
 from ..blocks import RepBlock
-from ..errors import MissingExtraError, QuantizationError
+from ..errors import QuantizationError
+from ..extras import missing_extra
 from ..export import unfused_modules
 from ..verify import relative_error
 
@@ -27,8 +28,6 @@ DEFAULT_MAX_REL_ERROR = 0.25
 #: shipped checkpoints α = 0.5 gave 0.082 vs 0.104 (MobileOne-S0) but 0.095 vs 0.030 (RepVGG-A1 0.25×,
 #: test top-1 93.05 vs 93.93), benchmarks/results/int8_accuracy.json
 EQUALIZE_CANDIDATES: Tuple[Optional[float], ...] = (0.5, None)
-_EXTRA_HINT = "pip install 'repan-zoo[quant]' (or pip install -c constraints.txt 'torchao>=0.18,<0.19')"
-
 
 
 def _torchao() -> Dict[str, Any]:
@@ -37,9 +36,7 @@ def _torchao() -> Dict[str, Any]:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as exc:
-        raise MissingExtraError(
-            f"INT8 quantization needs torchao, which is not installed ({exc}). Install the extra: {_EXTRA_HINT}"
-        ) from exc
+        raise missing_extra("quant", "INT8 quantization", "torchao", exc) from exc
     return {
         "prepare_pt2e": prepare_pt2e,
         "convert_pt2e": convert_pt2e,
