@@ -6,7 +6,7 @@ PIP ?= $(PYTHON) -m pip
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install data demo test bench
+.PHONY: install data demo test test-oldest bench
 
 install:
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
@@ -23,4 +23,21 @@ demo: install data
 
 test: install data
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The oldest releases setup.cfg admits (constraints-oldest.txt, one per range floor) on the oldest
+# Python it admits, in their own venv: what a user with an older environment runs. Not part of
+# `make test` (it downloads about 5 GB: PyPI's CUDA builds of torch 2.4); run it when a floor or a
+# use of a dependency's API changes. With pyenv: `make test-oldest PYENV_VERSION=3.9.18`.
+OLDEST_PYTHON ?= python3.9
+OLDEST_VENV ?= $(HOME)/.cache/repan/venv-oldest
+# the suite without the optional extras (onnx, pycocotools, torchao): their own floors are not tested here
+OLDEST_PYTEST_ARGS := -m "not extras" --ignore=tests/test_export.py --ignore=tests/test_quantize.py
+test-oldest: data
+	@$(OLDEST_PYTHON) -V >/dev/null 2>&1 || { echo "test-oldest runs on $(OLDEST_PYTHON), the oldest Python" \
+		"setup.cfg admits, and cannot start it: install it, or name it: make test-oldest OLDEST_PYTHON=/path/to/it"; exit 1; }
+	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q -r constraints-oldest.txt 'pytest>=7' 'pytest-timeout>=2'
+	$(OLDEST_VENV)/bin/python -m pip install -q -c constraints-oldest.txt -e .
+	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import warnings
 
-import onnx
 import pytest
 import timm
 import torch
@@ -48,7 +47,10 @@ def test_list_with_no_match(capsys):
 
 
 @needs_model
+@pytest.mark.extras
 def test_export_onnx(tmp_path, capsys):
+    import onnx
+
     out = tmp_path / "a0.onnx"
     args = ["export", MODEL, "--format", "onnx", "--out", str(out), *SMALL, "--batch-size", "1", "--legacy-onnx", "--opset", "17"]
     assert main(args) == 0
@@ -94,6 +96,7 @@ def test_profile_table(capsys):
 
 
 @needs_model
+@pytest.mark.extras  # onnx: the refusal comes after the graph is written
 def test_export_refusal_reaches_the_user(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(RepBlock, "reparameterize", lambda self: None)
     out = tmp_path / "half.onnx"
@@ -101,6 +104,18 @@ def test_export_refusal_reaches_the_user(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     print(err)
     assert err.startswith("repan export: error: refusing to export a half-fused graph") and not out.exists()
+
+
+@needs_model
+def test_export_without_the_export_extra_names_the_extra(tmp_path, capsys, monkeypatch):
+    for name in [m for m in sys.modules if m.split(".")[0] == "onnx"]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as where onnx is not installed
+    out = tmp_path / "a0.onnx"
+    assert main(["export", MODEL, "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("repan export: error: ONNX export needs onnx") and "pip install 'repan-zoo[export]'" in err
+    assert not out.exists()
 
 
 def test_unknown_model_and_bad_arguments(tmp_path, capsys):

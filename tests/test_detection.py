@@ -224,6 +224,7 @@ def test_match_detections_tolerates_nms_order_only():
 # -- export -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.extras  # pycocotools / onnx
 def test_export_torchscript_and_onnx(tmp_path):
     model = spread_heads(settle(tiny_detector("retinanet", score_thresh=0.5, out_indices=SHALLOW)))
     unfolded = unfold_backbone(model, generator=torch.Generator().manual_seed(2))
@@ -259,6 +260,7 @@ def test_export_torchscript_and_onnx(tmp_path):
     assert got["unmatched"] + got["count_diff"] <= 0.01 * got["detections"]
 
 
+@pytest.mark.extras  # pycocotools / onnx
 def test_export_dense_part_onnx(tmp_path):
     """Backbone + FPN + RPN head up to raw outputs, through repan_zoo.export (onnxruntime-checked)."""
     model = settle(tiny_detector("fasterrcnn"))
@@ -271,6 +273,7 @@ def test_export_dense_part_onnx(tmp_path):
 # -- data -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.extras  # pycocotools / onnx
 def test_fmnist_set_is_deterministic_and_valid(tmp_path, tiny_set, fmnist_arrays):
     again = tmp_path / "again"
     make_fmnist_detection(again, num_train=8, num_val=4, seed=5, spec=TINY, arrays=fmnist_arrays, splits=("val",))
@@ -341,6 +344,7 @@ def _finetune(tiny_set: Path, out: Path, *extra: str) -> int:
     ])
 
 
+@pytest.mark.extras  # pycocotools / onnx
 def test_finetune_script_end_to_end_and_resume(tmp_path, tiny_set):
     # a deploy-form backbone checkpoint, as repan-train writes it
     import timm
