@@ -446,6 +446,26 @@ def hub(tmp_path, monkeypatch) -> FakeHub:
     session.cache_dir = cache
     yield session
     manifest.reload_manifest()
+    _reset_hf_sessions()  # a session built while go_offline() held is not reused by the next test
+
+
+def go_offline(monkeypatch) -> None:
+    """``HF_HUB_OFFLINE=1`` for the rest of the test, as if set before the import. huggingface_hub
+    before 1.0 decides at the creation of its (cached) HTTP session whether it is offline, so the
+    sessions are reset now, and by the ``hub`` fixture after the test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _reset_hf_sessions()
+
+
+def _reset_hf_sessions() -> None:
+    from huggingface_hub import utils
+
+    reset = getattr(utils, "reset_sessions", None)
+    if reset is not None:
+        reset()
 
 
 # -- a tiny timm-registered Rep model ----------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
-from fake_hub import hub  # noqa: F401  (fixture)
+from fake_hub import go_offline, hub  # noqa: F401  (hub: fixture)
 from repan_zoo.runtime import checkpointing
 from repan_zoo.runtime.checkpointing import Checkpointer
 from repan_zoo.checkpoint import load_into, read_checkpoint, save_checkpoint, sha256_file
@@ -159,12 +159,9 @@ def test_resume_with_another_cycle_plan_is_refused_without_writing(tmp_path):
 
 
 def test_offline_hf_hub_name_raises_the_typed_offline_error(hub, monkeypatch):
-    from huggingface_hub import constants
-
     from repan_zoo.cli import create_model
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    go_offline(monkeypatch)
     with pytest.raises(OfflineError, match="not in the local cache"):
         create_model("hf-hub:org/not-cached")
 

@@ -18,7 +18,7 @@ import pytest
 import timm
 import torch
 
-from fake_hub import cached_files, hub, make_deploy_run, register_test_model  # noqa: F401  (hub is a fixture)
+from fake_hub import cached_files, go_offline, hub, make_deploy_run, register_test_model  # noqa: F401  (hub is a fixture)
 from helpers import randomize_bn, rel_err
 from repan_zoo import manifest
 from repan_zoo.errors import (
@@ -67,12 +67,6 @@ def spy_reads(monkeypatch):
 def create(tag="fmnist", overlay=None, **kwargs):
     overlay = dict(overlay or {}, tag=tag)
     return timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
-
-
-def offline(monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 # -- the happy path ------------------------------------------------------------------------------
@@ -196,7 +190,7 @@ def test_tampered_cache_is_replaced_online_and_refused_offline(hub, published, m
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == entry.sha256
 
     blob.write_bytes(bytes(data))
-    offline(monkeypatch)
+    go_offline(monkeypatch)
     with pytest.raises(ChecksumMismatchError, match="unset HF_HUB_OFFLINE"):
         create()
     assert cached_files(hub.cache_dir) == []
@@ -249,7 +243,7 @@ def test_no_weights_names_the_variants_that_have_some():
 
 # -- offline ---------------------------------------------------------------------------------------
 def test_offline_with_empty_cache_raises(hub, published, monkeypatch):
-    offline(monkeypatch)
+    go_offline(monkeypatch)
     hub.requests.clear()
     with pytest.raises(OfflineError, match="HF_HUB_OFFLINE") as info:
         create()
@@ -261,7 +255,7 @@ def test_offline_from_warm_cache(hub, published, monkeypatch):
     entry, deploy = published
     create()
     via_timm = timm.create_model(f"hf-hub:{REPO}", pretrained=True)  # caches config.json and refs/main too
-    offline(monkeypatch)
+    go_offline(monkeypatch)
     hub.requests.clear()
     assert torch.equal(create(deploy=True)(X), deploy(X))
     (Path(os.environ["REPAN_ZOO_MANIFEST_DIR"]) / "hubtest.json").unlink()  # no manifest: the cache's record
