@@ -28,8 +28,7 @@ def missing_extra(extra: str, purpose: str, module: str, exc: Optional[BaseExcep
     """The error for ``purpose`` (e.g. ``"ONNX export"``) lacking ``module`` of ``extra``."""
     why = f" ({exc})" if exc is not None else ""
     return MissingExtraError(
-        f"{purpose} needs {module}, which is not installed{why}. Install the extra: pip install 'repan-zoo[{extra}]' "
-        "(the versions this project tests are in constraints.txt: pip install -c constraints.txt ...)"
+        f"{purpose} needs {module}, which is not installed{why}. Install the extra: pip install 'repan-zoo[{extra}]'"
     )
 
 

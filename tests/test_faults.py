@@ -466,3 +466,14 @@ def test_coco_evaluation_and_data_without_the_detection_extra_name_it(tmp_path, 
         coco_map(object(), [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
     with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
         CocoDetectionSet(tmp_path / "images", tmp_path / "instances.json")
+
+
+def test_detector_onnx_export_without_the_export_extra_names_it_before_any_work(tmp_path, monkeypatch):
+    from repan_zoo.detection import export as det_export
+    from repan_zoo.errors import MissingExtraError
+
+    _hide(monkeypatch, "onnx")
+    monkeypatch.setattr(det_export, "_deploy_copy", lambda detector: pytest.fail("fused before the check"))
+    with pytest.raises(MissingExtraError, match=r"needs onnx\b.*pip install 'repan-zoo\[export\]'"):
+        det_export.export_detector(torch.nn.Identity(), tmp_path / "d.onnx", fmt="onnx", images=[torch.zeros(1, 8, 8)])
+    assert not (tmp_path / "d.onnx").exists()

@@ -147,7 +147,6 @@ def _conv_calls(model: nn.Module, image: torch.Tensor) -> int:
 
 def _export_full_onnx(detector: nn.Module, deploy: nn.Module, images: List[torch.Tensor], path: os.PathLike,
                       tolerance: float, opset: int) -> Dict[str, Any]:
-    require_extra("export", "ONNX export of a detector", ("onnx", "onnxruntime"))
     import onnxruntime as ort
 
     with torch.no_grad():
@@ -201,11 +200,14 @@ def export_detector(
     ``images``: probe images ``[C, H, W]`` in [0, 1] (default: two seeded images of the
     detector's input size). Returns a report (format, part, exporter, errors against the fused
     copy and the unfused detector, file size and sha256). The caller's detector is not changed.
+    ONNX without the ``export`` extra: :class:`~repan_zoo.errors.MissingExtraError`, before any work.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r}: choose one of {FORMATS}")
     if part not in PARTS:
         raise ValueError(f"part={part!r}: choose one of {PARTS}")
+    if fmt == "onnx":
+        require_extra("export", "ONNX export of a detector", ("onnx", "onnxruntime"))
     images = [img.detach().cpu() for img in (images if images is not None else probe_images(detector))]
     deploy = _deploy_copy(detector)
     report: Dict[str, Any] = {"format": fmt, "part": part, "path": os.fspath(path),
