@@ -24,6 +24,7 @@ from .expansion import ARCH_BRANCHES, DEFAULT_BRANCHES, GENERIC_BRANCHES, Expans
 from .errors import CalibrationError, NoRepBlocksError, RepanError, ReparameterizationError, UnfusableBranchError
 from .verify import (
     ExactnessReport, capture, compare, eval_mode, exact_fp32, float64_check, non_finite_state, probe_input,
+    weights_device_dtype,
 )
 
 __all__ = [
@@ -45,8 +46,7 @@ _TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, to
 
 def default_tolerance(model: nn.Module) -> float:
     """fp32: 1e-5 (the design card's whole-network bound); half precisions: their rounding."""
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return _TOLERANCE.get(param.dtype if param is not None else torch.float32, 1e-5)
+    return _TOLERANCE.get(weights_device_dtype(model)[1], 1e-5)
 
 
 def _require_blocks(model: nn.Module, call: str) -> List[str]:

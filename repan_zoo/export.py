@@ -40,7 +40,7 @@ from .fileio import atomic_write, file_facts
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
 from .extras import require_extra
-from .verify import eval_mode, flatten_tensors, probe_input, relative_error
+from .verify import eval_mode, flatten_tensors, probe_input, relative_error, weights_device_dtype
 
 __all__ = [
     "FUSION_HOOKS",
@@ -190,11 +190,9 @@ def _make_probe(model: nn.Module, example_input: Any, input_size: Optional[Seque
         size = tuple(int(s) for s in input_size)
         if len(size) != 3 or min(size) < 1:
             raise ValueError(f"input_size={input_size!r}: give (channels, height, width), e.g. (3, 224, 224)")
-        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        device, dtype = weights_device_dtype(model)
         gen = torch.Generator().manual_seed(0)
-        example_input = torch.randn(batch_size, *size, generator=gen)
-        if param is not None:
-            example_input = example_input.to(device=param.device, dtype=param.dtype)
+        example_input = torch.randn(batch_size, *size, generator=gen).to(device=device, dtype=dtype)
     probe = probe_input(model, example_input, batch_size=batch_size)
     if not isinstance(probe, torch.Tensor) or probe.dim() < 2:
         raise TypeError(

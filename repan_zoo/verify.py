@@ -29,6 +29,7 @@ __all__ = [
     "relative_error",
     "flatten_tensors",
     "probe_input",
+    "weights_device_dtype",
     "capture",
     "compare",
     "eval_mode",
@@ -148,6 +149,13 @@ def probe_adapter(model: nn.Module) -> Optional[ProbeAdapter]:
     return next((a for a in PROBE_ADAPTERS.values() if a.matches(model)), None)
 
 
+def weights_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    """Device and dtype of ``model``'s first floating-point parameter (CPU and float32 when it has
+    none): where, and in what precision, a probe input or a part built later belongs."""
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+
+
 def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2, seed: int = 0) -> Any:
     """The input used to check a conversion: ``example_input`` if given, otherwise a seeded
     random batch shaped by the model's ``pretrained_cfg['input_size']`` with its first conv's
@@ -156,9 +164,7 @@ def probe_input(model: nn.Module, example_input: Any = None, batch_size: int = 2
     adapter's form (a torchvision detector: a list of images)."""
     if example_input is not None:
         return example_input
-    param = next((p for p in model.parameters() if p.is_floating_point()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None else torch.float32
+    device, dtype = weights_device_dtype(model)
     size = _find_input_size(model)
     first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if size is None:

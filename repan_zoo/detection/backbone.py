@@ -28,7 +28,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from ..checkpoint import load_into, read_checkpoint, state_dict_form
 from ..errors import CheckpointError, FeatureStrideError
-from ..verify import eval_mode
+from ..verify import eval_mode, weights_device_dtype
 
 __all__ = [
     "EXTRA_LEVELS",
@@ -90,8 +90,8 @@ def measure_strides(body: nn.Module, in_chans: int) -> List[int]:
     ``feature_info``. Runs in eval mode and keeps every module's train/eval flag."""
     declared = list(body.feature_info.reduction())
     side = 2 * max(int(r) for r in declared)
-    param = next(body.parameters())
-    x = torch.zeros(1, in_chans, side, side, device=param.device, dtype=param.dtype)
+    device, dtype = weights_device_dtype(body)
+    x = torch.zeros(1, in_chans, side, side, device=device, dtype=dtype)
     with eval_mode(body):
         maps = body(x)
     measured = []

@@ -24,7 +24,7 @@ from typing import Any, Dict, Sequence
 import torch
 import torch.nn as nn
 
-from ..verify import eval_mode, relative_error
+from ..verify import eval_mode, relative_error, weights_device_dtype
 
 __all__ = ["NEAR_TIE_FLIPS", "feature_error", "feature_noise", "match_detections", "compare_detectors", "detections_match"]
 
@@ -102,12 +102,12 @@ def match_detections(ref: Sequence[Dict[str, torch.Tensor]], new: Sequence[Dict[
 def feature_noise(model: nn.Module, images: Sequence[torch.Tensor]) -> float:
     """Max relative error of ``model``'s FPN features against the same model in float64 (its own
     fp32 rounding; 0 for a float64 model)."""
-    param = next(model.parameters())
-    if param.dtype == torch.float64:
+    device, dtype = weights_device_dtype(model)
+    if dtype == torch.float64:
         return 0.0
     exact = copy.deepcopy(model).double()
     with eval_mode(model), eval_mode(exact):
-        batch, _ = model.transform([img.to(param) for img in images])
+        batch, _ = model.transform([img.to(device=device, dtype=dtype) for img in images])
         a = model.backbone(batch.tensors)
         b = exact.backbone(batch.tensors.double())
     return max(relative_error(b[k], a[k]) for k in a)

@@ -13,6 +13,7 @@ from ..blocks import RepBlock, rep_blocks
 from ..errors import StateDictMismatchError
 from ..recompute import checkpoint_seq
 from ..timm_private import feature_take_indices
+from ..verify import weights_device_dtype
 from .layers import RepConvAct
 from .stages import BlockArgs, get_stage_block
 
@@ -191,8 +192,8 @@ class RepNet(nn.Module):
         ``prune_intermediate_layers``) to match. timm ≥ 1.0.29 passes these to the head's
         constructor (``timm.layers.get_device_dtype``); moving the new head keeps older timm
         releases working too."""
-        weight = next(self.parameters())
-        return {"device": weight.device, "dtype": weight.dtype}
+        device, dtype = weights_device_dtype(self)
+        return {"device": device, "dtype": dtype}
 
     # -- timm model API ----------------------------------------------------------------------
     @torch.jit.ignore
