@@ -105,3 +105,15 @@ FAMILY_MODELS = [
     ("repan_resnet50_dbb", dict(width_mult=0.125)),
 ]
 FAMILY_IDS = [name for name, _ in FAMILY_MODELS]
+
+
+def hide_modules(monkeypatch, *modules: str) -> None:
+    """Make ``import`` of each top-level module (and its submodules) fail for the rest of the test,
+    as it does where the package is not installed (an optional extra left out)."""
+    import sys
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, name)
+    for name in modules:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError

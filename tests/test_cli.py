@@ -17,7 +17,7 @@ from repan_zoo.checkpoint import save_checkpoint
 from repan_zoo.cli import build_parser, main
 from repan_zoo.verify import relative_error
 
-from helpers import make_input, randomize, single_thread  # noqa: F401 (single_thread: fixture)
+from helpers import hide_modules, make_input, randomize, single_thread  # noqa: F401 (single_thread: fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -108,9 +108,7 @@ def test_export_refusal_reaches_the_user(tmp_path, capsys, monkeypatch):
 
 @needs_model
 def test_export_without_the_export_extra_names_the_extra(tmp_path, capsys, monkeypatch):
-    for name in [m for m in sys.modules if m.split(".")[0] == "onnx"]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "onnx", None)  # as where onnx is not installed
+    hide_modules(monkeypatch, "onnx")
     out = tmp_path / "a0.onnx"
     assert main(["export", MODEL, "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 
 import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
 from fake_hub import go_offline, hub  # noqa: F401  (hub: fixture)
+from helpers import hide_modules
 from repan_zoo.runtime import checkpointing
 from repan_zoo.runtime.checkpointing import Checkpointer
 from repan_zoo.checkpoint import load_into, read_checkpoint, save_checkpoint, sha256_file
@@ -433,15 +433,6 @@ def test_disk_full_while_writing_the_deploy_file_is_explained_and_resumable(tmp_
 
 
 # -- an optional extra that is not installed ----------------------------------------------------------
-def _hide(monkeypatch, *modules):
-    """Make ``import`` of each module fail as it does where the package is not installed."""
-    for name in list(sys.modules):
-        if name.split(".")[0] in modules:
-            monkeypatch.delitem(sys.modules, name)
-    for name in modules:
-        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
-
-
 @pytest.mark.parametrize("hidden", ["onnx", "onnxruntime"])
 def test_onnx_export_without_the_export_extra_names_it_and_writes_nothing(tmp_path, monkeypatch, hidden):
     from repan_zoo.errors import MissingExtraError
@@ -449,7 +440,7 @@ def test_onnx_export_without_the_export_extra_names_it_and_writes_nothing(tmp_pa
 
     # the first of the two that cannot be imported is named (where the extra is absent: onnx)
     named = next(m for m in ("onnx", "onnxruntime") if m == hidden or importlib.util.find_spec(m) is None)
-    _hide(monkeypatch, hidden)
+    hide_modules(monkeypatch, hidden)
     out = tmp_path / "m.onnx"
     with pytest.raises(MissingExtraError, match=rf"needs {named}\b.*pip install 'repan-zoo\[export\]'"):
         export_onnx(tiny(), out)
@@ -461,7 +452,7 @@ def test_coco_evaluation_and_data_without_the_detection_extra_name_it(tmp_path, 
     from repan_zoo.detection.evaluate import coco_map
     from repan_zoo.errors import MissingExtraError
 
-    _hide(monkeypatch, "pycocotools")
+    hide_modules(monkeypatch, "pycocotools")
     with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
         coco_map(object(), [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
     with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
@@ -472,7 +463,7 @@ def test_detector_onnx_export_without_the_export_extra_names_it_before_any_work(
     from repan_zoo.detection import export as det_export
     from repan_zoo.errors import MissingExtraError
 
-    _hide(monkeypatch, "onnx")
+    hide_modules(monkeypatch, "onnx")
     monkeypatch.setattr(det_export, "_deploy_copy", lambda detector: pytest.fail("fused before the check"))
     with pytest.raises(MissingExtraError, match=r"needs onnx\b.*pip install 'repan-zoo\[export\]'"):
         det_export.export_detector(torch.nn.Identity(), tmp_path / "d.onnx", fmt="onnx", images=[torch.zeros(1, 8, 8)])
