@@ -21,9 +21,12 @@ data:
 demo: install data
 	$(PYTHON) train_scripts/demo.py --out outputs/demo
 
-test: install data
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests; rc=$$?; \
+# $(call run_pytest,PYTHON,ARGS): the suite under PYTHON, failing on "no tests collected" (pytest's exit 5) too
+run_pytest = $(1) -m pytest -q -p no:cacheprovider $(2); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test: install data
+	$(call run_pytest,$(PYTHON),tests)
 
 # The oldest releases setup.cfg admits (constraints-oldest.txt, one per range floor) on the oldest
 # Python it admits, in their own venv: what a user with an older environment runs. Not part of
@@ -39,5 +42,4 @@ test-oldest: data
 	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q -r constraints-oldest.txt 'pytest>=7' 'pytest-timeout>=2'
 	$(OLDEST_VENV)/bin/python -m pip install -q -c constraints-oldest.txt -e .
-	$(OLDEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLDEST_PYTEST_ARGS) tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	$(call run_pytest,$(OLDEST_VENV)/bin/python,$(OLDEST_PYTEST_ARGS) tests)
