@@ -180,6 +180,49 @@ def test_damaged_download_is_refused_and_not_cached(hub, published, spy_reads, f
     assert torch.equal(create(deploy=True)(X), deploy(X))
 
 
+@pytest.mark.parametrize("overlay", [None, dict(hf_hub_id=REPO)], ids=["manifest", "hub-metadata"])
+def test_truncated_download_drops_its_own_partial_file_only(hub, published, overlay):
+    """A transfer that ended early removes the partial file it wrote and no other: another file of
+    the same repo being downloaded by another process at the same moment keeps its partial file."""
+    blobs = Path(hub.cache_dir) / "models--org--hubtest-tiny" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    other = blobs / ("ab" * 32 + ".incomplete")
+    other.write_bytes(b"another download in progress")
+    hub.inject(REPO, FILE, "truncate")
+    with pytest.raises(TruncatedDownloadError):
+        create(overlay=overlay)
+    assert cached_files(hub.cache_dir) == [os.path.relpath(other, hub.cache_dir)]
+    assert other.read_bytes() == b"another download in progress"
+
+
+def test_partial_download_another_process_is_writing_is_left_alone(hub, published, tmp_path):
+    """The partial file of a download that another process holds huggingface_hub's lock for (it is
+    resuming from it now) is not removed; once the lock is free, it is."""
+    from repan_zoo.hub.cache import drop_partial_download
+
+    entry, _ = published
+    blobs = Path(hub.cache_dir) / "models--org--hubtest-tiny" / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = blobs / f"{entry.sha256}.incomplete"
+    partial.write_bytes(b"half")
+    lock = Path(hub.cache_dir) / ".locks" / "models--org--hubtest-tiny" / f"{entry.sha256}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import filelock, sys\nwith filelock.FileLock({str(lock)!r}):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert drop_partial_download(REPO, entry.sha256, hub.cache_dir) is None
+        assert partial.read_bytes() == b"half"
+    finally:
+        holder.communicate("", timeout=60)
+    assert drop_partial_download(REPO, entry.sha256, hub.cache_dir) == partial
+    assert not partial.exists()
+    assert drop_partial_download(REPO, entry.sha256, hub.cache_dir) is None  # nothing left: nothing to do
+
+
 def test_tampered_cache_is_replaced_online_and_refused_offline(hub, published, monkeypatch):
     entry, deploy = published
     blob = Path(create(deploy=True).repan_weights["file"]).resolve()

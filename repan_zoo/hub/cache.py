@@ -8,11 +8,7 @@ import os
 from pathlib import Path
 from typing import List, Optional
 
-__all__ = ["evict", "blob_hash_of", "drop_partial_downloads"]
-
-#: slack on the start time of a download when telling its partial file from older ones: file
-#: times come from the kernel's coarse clock, which may lag ``time.time()`` by a few ms
-_CLOCK_SLACK_S = 2.0
+__all__ = ["evict", "blob_hash_of", "drop_partial_download"]
 
 
 def _blob_of(pointer: Path) -> Optional[Path]:
@@ -48,23 +44,33 @@ def blob_hash_of(path: os.PathLike) -> Optional[str]:
     return blob.name if blob is not None else None
 
 
-def drop_partial_downloads(repo_id: str, cache_dir: Optional[str], since: float) -> List[Path]:
-    """Remove the partial downloads (``blobs/<etag>.incomplete``) of the model repo ``repo_id`` in
-    ``cache_dir`` (default: huggingface_hub's ``HF_HUB_CACHE``) written since ``since`` (a
-    ``time.time()`` value, seconds), i.e. what a transfer that ended early left behind.
-    huggingface_hub before 2.0 keeps that file to resume from on the next call; a zoo download that
-    failed its size check must leave nothing (the next call downloads afresh and is verified).
-    Returns the removed paths."""
+def drop_partial_download(repo_id: str, etag: str, cache_dir: Optional[str] = None) -> Optional[Path]:
+    """Remove the partial download of one file of the model repo ``repo_id``: ``blobs/<etag>.incomplete``
+    in ``cache_dir`` (default: huggingface_hub's ``HF_HUB_CACHE``), where ``etag`` is the name the
+    file is stored under (an LFS file's sha256, otherwise its git blob id; huggingface_hub's
+    ``file_download`` layout). huggingface_hub before 2.0 keeps that file after a transfer that ended
+    early, to resume from on the next call; a zoo download that failed its size check must leave
+    nothing (the next call downloads afresh and is verified).
+
+    Other files' partial downloads are not touched, and neither is this one while another process
+    holds huggingface_hub's lock for it (``.locks/<repo folder>/<etag>.lock``: it is downloading the
+    file now and may be resuming from it). Returns the removed path, or None."""
+    from filelock import FileLock, Timeout
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    blobs = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "blobs"
-    removed = []
-    for partial in blobs.glob("*.incomplete"):
-        try:
-            if partial.stat().st_mtime >= since - _CLOCK_SLACK_S:
-                partial.unlink()
-                removed.append(partial)
-        except FileNotFoundError:
-            pass
-    return removed
+    root = Path(cache_dir or constants.HF_HUB_CACHE)
+    folder = repo_folder_name(repo_id=repo_id, repo_type="model")
+    partial = root / folder / "blobs" / f"{etag}.incomplete"
+    if not partial.exists():
+        return None
+    lock = root / ".locks" / folder / f"{etag}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(lock), timeout=0):
+            partial.unlink()
+    except (Timeout, FileNotFoundError):  # another process is downloading it, or has just finished
+        return None
+    except NotImplementedError:  # no flock on this file system: whose file it is cannot be told, so keep it
+        return None
+    return partial

@@ -17,7 +17,6 @@ is downloaded once more when the Hub is reachable.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -32,7 +31,7 @@ from ..errors import (
     WeightsDownloadError,
     WeightsNotFoundError,
 )
-from .cache import blob_hash_of, drop_partial_downloads, evict
+from .cache import blob_hash_of, drop_partial_download, evict
 from .integrity import Expected, verify_file
 from .resolve import WeightSource
 
@@ -96,7 +95,7 @@ def fetch(source: WeightSource, *, cache_dir: Optional[str] = None) -> Fetched:
     if source.entry is not None:
         entry = source.entry
         expected = Expected(size=entry.size, sha256=entry.sha256, origin=f"the manifest entry {entry.name}")
-        return _verified_download(source, source.revision, lambda path: expected, cache_dir)
+        return _verified_download(source, source.revision, lambda path: expected, cache_dir, etag=entry.sha256)
     return _fetch_by_hub_metadata(source, cache_dir)
 
 
@@ -141,10 +140,13 @@ def _bundled(source: WeightSource) -> Fetched:
 
 # -- Hub ---------------------------------------------------------------------------------------
 def _verified_download(
-    source: WeightSource, revision: Optional[str], expected_for: Callable[[str], Expected], cache_dir: Optional[str]
+    source: WeightSource, revision: Optional[str], expected_for: Callable[[str], Expected], cache_dir: Optional[str],
+    etag: Optional[str] = None,
 ) -> Fetched:
     """Download (or take from the cache) and verify. A failing file is evicted; a failing *cached*
-    copy is downloaded once more when the Hub is reachable, a failing fresh download is an error."""
+    copy is downloaded once more when the Hub is reachable, a failing fresh download is an error.
+    ``etag`` (the name the cache stores the file under, when known) lets a transfer that ended early
+    remove its partial file."""
     fix_retry = (
         "The copy was deleted from the cache. Run again to download it afresh; if this persists, the file on the "
         f"Hub ({source.where}) is not the published one: report it, and use another tag or pretrained=False"
@@ -156,7 +158,7 @@ def _verified_download(
     for attempt in (1, 2):
         was_cached = _is_cached(source, revision, cache_dir)
         try:
-            path = _download(source, revision, cache_dir)
+            path = _download(source, revision, cache_dir, etag)
         except OfflineError:
             if damaged is not None:  # the cached copy was bad and no fresh one can be had
                 raise damaged from None
@@ -183,13 +185,12 @@ def _is_cached(source: WeightSource, revision: Optional[str], cache_dir: Optiona
     return isinstance(found, str)
 
 
-def _download(source: WeightSource, revision: Optional[str], cache_dir: Optional[str]) -> str:
+def _download(source: WeightSource, revision: Optional[str], cache_dir: Optional[str], etag: Optional[str]) -> str:
     """``hf_hub_download`` with its errors turned into ours (each naming model, file and fix)."""
     from huggingface_hub import hf_hub_download
 
     from .. import __version__
 
-    started = time.time()
     try:
         return hf_hub_download(
             source.hf_hub_id, source.filename, revision=revision, cache_dir=cache_dir,
@@ -197,8 +198,8 @@ def _download(source: WeightSource, revision: Optional[str], cache_dir: Optional
         )
     except Exception as exc:  # noqa: BLE001 - every failure is mapped below, unknown ones re-raised
         error = _translate(exc, source, revision)
-        if isinstance(error, TruncatedDownloadError):  # huggingface_hub < 2.0 keeps the partial file
-            drop_partial_downloads(source.hf_hub_id, cache_dir, since=started)
+        if isinstance(error, TruncatedDownloadError) and etag is not None:  # huggingface_hub < 2.0 keeps it
+            drop_partial_download(source.hf_hub_id, etag, cache_dir)
         raise error from exc
 
 
@@ -273,6 +274,7 @@ def _fetch_by_hub_metadata(source: WeightSource, cache_dir: Optional[str]) -> Fe
     if meta is not None and meta.commit_hash and meta.etag:
         commit = meta.commit_hash
         expected = _expected_from_etag(source, meta.etag, meta.size, f"the Hub's metadata of {source.hf_hub_id}@{commit}")
+        etag = expected.sha256 or expected.git_sha1
         pinned = _manifest_entry_for(source, commit)
         if pinned is not None:
             if expected.sha256 not in (None, pinned.sha256) or expected.size not in (None, pinned.size):
@@ -285,7 +287,7 @@ def _fetch_by_hub_metadata(source: WeightSource, cache_dir: Optional[str]) -> Fe
                 )
             expected = Expected(size=pinned.size, sha256=pinned.sha256, git_sha1=expected.git_sha1,
                                 origin=f"the manifest entry {pinned.name} and the Hub's metadata")
-        return _verified_download(source, commit, lambda path: expected, cache_dir)
+        return _verified_download(source, commit, lambda path: expected, cache_dir, etag=etag)
 
     def from_cache(path: str) -> Expected:
         recorded = blob_hash_of(path)
