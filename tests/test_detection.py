@@ -301,7 +301,6 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
-@pytest.mark.extras  # pycocotools: CocoDetectionSet asks for it before it reads the files
 def test_invalid_coco_files_raise_clear_errors(tmp_path):
     good = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}],

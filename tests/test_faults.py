@@ -450,11 +450,26 @@ def test_onnx_export_without_the_export_extra_names_it_and_writes_nothing(tmp_pa
 def test_coco_evaluation_and_data_without_the_detection_extra_name_it(tmp_path, monkeypatch):
     from repan_zoo.detection.coco import CocoDetectionSet
     from repan_zoo.detection.evaluate import coco_map
-    from repan_zoo.errors import MissingExtraError
+    from repan_zoo.errors import CocoFormatError, DatasetNotFoundError, MissingExtraError
 
     hide_modules(monkeypatch, "pycocotools")
     with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
         coco_map(object(), [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}])
+    # the files are checked first (that needs no extra): what is wrong with them is named before the install
+    with pytest.raises(DatasetNotFoundError, match="instances.json"):
+        CocoDetectionSet(tmp_path / "images", tmp_path / "instances.json")
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4]}],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    with pytest.raises(CocoFormatError, match=r"annotations\[0\]\.bbox"):
+        CocoDetectionSet(tmp_path / "images", tmp_path / "instances.json")
+    coco["annotations"][0]["bbox"] = [0, 0, 4, 4]
+    (tmp_path / "instances.json").write_text(json.dumps(coco))
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="a.png"):
+        CocoDetectionSet(tmp_path / "images", tmp_path / "instances.json")
+    (tmp_path / "images" / "a.png").write_bytes(b"")
     with pytest.raises(MissingExtraError, match=r"needs pycocotools.*pip install 'repan-zoo\[detection\]'"):
         CocoDetectionSet(tmp_path / "images", tmp_path / "instances.json")
 

@@ -207,15 +207,17 @@ class CocoDetectionSet(Dataset):
     ``dataset[i]`` → ``(image, target)``: a float tensor ``[C, H, W]`` in [0, 1] and a dict with
     ``boxes`` (float ``[n, 4]``, x1 y1 x2 y2 in pixels), ``labels`` (int64, contiguous 1..K) and
     ``image_id`` (int). Crowd annotations are left out of the targets (they stay in the ground
-    truth that :mod:`repan_zoo.detection.evaluate` scores against). Without pycocotools (the
-    ``detection`` extra, which ``CocoDetection`` reads with): :class:`~repan_zoo.errors.MissingExtraError`.
+    truth that :mod:`repan_zoo.detection.evaluate` scores against).
+
+    The files are checked before the extra is asked for: :class:`~repan_zoo.errors.DatasetNotFoundError`
+    (the annotation file, the image folder or an image missing) and
+    :class:`~repan_zoo.errors.CocoFormatError` (the file and its first bad field) come first; then,
+    without pycocotools (the ``detection`` extra, which ``CocoDetection`` reads with),
+    :class:`~repan_zoo.errors.MissingExtraError`.
     """
 
     def __init__(self, images_dir: PathLike, annotation_file: PathLike, *, train: bool = False, in_chans: int = 3,
                  flip: bool = True, categories: Optional[CategoryMap] = None, check_files: bool = True):
-        require_extra("detection", "COCO data (torchvision's CocoDetection)")
-        from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
-
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         self.data = load_coco_json(self.annotation_file)
@@ -237,6 +239,9 @@ class CocoDetectionSet(Dataset):
                 path=str(self.annotation_file), field="categories",
             )
         self.in_chans = in_chans
+        require_extra("detection", "COCO data (torchvision's CocoDetection)")  # after the files: their faults first
+        from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             base = CocoDetection(str(self.images_dir), str(self.annotation_file),
                                  transforms=DetectionTransforms(train, in_chans, flip=flip))
