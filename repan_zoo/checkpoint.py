@@ -23,6 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
+from timm.models import clean_state_dict
+from timm.utils import unwrap_model
 
 from .errors import CheckpointError, RepanError
 from .fileio import TEMP_SUFFIX, PathLike, atomic_write, remove_stale_temps, sha256_file  # noqa: F401 (re-exported)
@@ -39,12 +41,45 @@ __all__ = [
     "load_into",
     "strict_load",
     "metadata_json",
+    "strip_wrapper_prefixes",
+    "wrapper_prefix_hint",
     # re-exported from repan_zoo.fileio (their home), for the callers of the old path
     "atomic_write",
     "sha256_file",
     "remove_stale_temps",
     "TEMP_SUFFIX",
 ]
+
+#: key prefixes a wrapper adds to its model's state dict: DataParallel / DistributedDataParallel and
+#: timm's model EMA (``module.``), ``torch.compile``'s OptimizedModule (``_orig_mod.``)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
+    """``state_dict`` with the wrappers' key prefixes (:data:`WRAPPER_PREFIXES`, nested in any
+    order) removed: timm's ``clean_state_dict`` (what ``timm.models.load_checkpoint`` applies),
+    repeated until nothing changes (older timm removes one layer, in one order)."""
+    state = dict(state_dict)
+    while any(k.startswith(WRAPPER_PREFIXES) for k in state):
+        cleaned = clean_state_dict(state)
+        if list(cleaned) == list(state):
+            break
+        state = cleaned
+    return state
+
+
+def wrapper_prefix_hint(keys) -> str:
+    """For a mismatch message: a sentence naming the wrapper prefix the ``keys`` carry, and the
+    fix (empty when they carry none)."""
+    found = [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in keys)]
+    if not found:
+        return ""
+    return (
+        f" The keys start with {' / '.join(repr(p) for p in found)}: this is the state dict of a wrapper "
+        "(DataParallel / DistributedDataParallel, torch.compile, a model EMA), not of the model: load "
+        "timm.models.clean_state_dict(state_dict), or save the model itself (timm.utils.unwrap_model(model))."
+    )
+
 
 def state_dict_form(state_dict: Mapping[str, Any]) -> Optional[str]:
     """``"deploy"`` if the Rep blocks are fused convs, ``"train"`` if they hold branches, else None."""
@@ -101,9 +136,12 @@ def save_checkpoint(
     architecture: Optional[str] = None,
     metadata: Optional[Mapping[str, Any]] = None,
 ) -> Path:
-    """Save ``model``'s state dict as a typed safetensors file, atomically."""
+    """Save ``model``'s state dict as a typed safetensors file, atomically. A wrapper (DataParallel /
+    DistributedDataParallel, ``torch.compile``, timm's model EMA) is saved as the model it wraps
+    (``timm.utils.unwrap_model``): its keys, architecture and form."""
     from safetensors.torch import save_file
 
+    model = unwrap_model(model)
     form = model_form(model)
     if form == "mixed":
         raise CheckpointError(
@@ -216,7 +254,7 @@ def _mismatch_message(model: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     return (
         f"{what} does not match {_architecture(model)}: " + "; ".join(parts) + ". "
         "Check the model name and its num_classes / in_chans / width kwargs; a timm-native state dict "
-        "goes through repan_zoo.models.checkpoint_filter"
+        "goes through repan_zoo.models.checkpoint_filter." + wrapper_prefix_hint(unexpected)
     )
 
 
@@ -253,7 +291,13 @@ def load_into(
     dtypes (``cast_floats=True``: float-to-float casts allowed) and forms — or, when the metadata
     names another architecture than the model's, that architecture; the model is then left
     exactly as it was (a failed load loses nothing).
+
+    A wrapper's state dict (keys ``module.*`` / ``_orig_mod.*``) is taken as timm's
+    ``load_checkpoint`` takes it (:func:`strip_wrapper_prefixes`); a wrapped ``model`` is loaded
+    through the model it wraps. Returns ``model``.
     """
+    wrapper, model = model, unwrap_model(model)
+    state_dict = strip_wrapper_prefixes(state_dict)
     metadata = dict(metadata or {})
     key_form = state_dict_form(state_dict)
     meta_form = metadata.get("form")
@@ -272,7 +316,8 @@ def load_into(
         form != mform or (form == "train" and "branches" in metadata))
     snapshot = copy.deepcopy(model) if reshapes else None
     try:
-        return _load_into(model, state_dict, metadata, form, what, cast_floats)
+        _load_into(model, state_dict, metadata, form, what, cast_floats)
+        return wrapper
     except BaseException as exc:
         if snapshot is not None:
             model.__dict__.clear()  # give the caller back the model as it was before the call

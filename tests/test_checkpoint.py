@@ -168,6 +168,58 @@ def test_a_state_dict_of_another_model_is_named_and_loses_nothing(tmp_path):
     assert not same_state(before, snapshot(five))
 
 
+def _wrappers(model):
+    from timm.utils import ModelEmaV3
+
+    return {
+        "DataParallel": nn.DataParallel(model),  # DistributedDataParallel's keys are the same ("module.")
+        "compile": torch.compile(model),
+        "compile(DataParallel)": torch.compile(nn.DataParallel(model)),
+        "ModelEmaV3": ModelEmaV3(model),
+    }
+
+
+def test_a_wrapped_model_saves_as_the_model_itself(tmp_path):
+    """DataParallel / DDP (keys ``module.*``), ``torch.compile`` (``_orig_mod.*``) and timm's model EMA
+    wrap the model: its checkpoint holds the model's own keys, architecture and form, and loads
+    like any other (was: ``module.`` keys and architecture 'DataParallel', which no load accepted)."""
+    timm = pytest.importorskip("timm")
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = randomize(timm.create_model("repan_repvgg_a0_w025"), seed=5).eval()
+    ref = _out(model, x)
+    for name, wrapped in _wrappers(model).items():
+        state, meta = read_checkpoint(save_checkpoint(wrapped, tmp_path / f"{name}.safetensors"))
+        assert set(state) == set(model.state_dict()), name
+        assert (meta["architecture"], meta["form"]) == ("repan_repvgg_a0_w025", "train"), name
+        fresh = load_into(timm.create_model("repan_repvgg_a0_w025"), state, meta)
+        assert torch.equal(_out(fresh, x), ref), name
+        loaded = timm.create_model("repan_repvgg_a0_w025", checkpoint_path=str(tmp_path / f"{name}.safetensors"))
+        assert torch.equal(_out(loaded, x), ref), name
+
+
+def test_a_wrappers_state_dict_loads_or_names_its_prefix(tmp_path):
+    """A wrapper's own state dict (keys ``module.*`` / ``_orig_mod.*``): ``load_into`` takes it as
+    timm's ``load_checkpoint`` does (``timm.models.clean_state_dict``); a plain ``load_state_dict``
+    (PyTorch's rule: keys as they are) names the prefix and the fix, and loses nothing."""
+    timm = pytest.importorskip("timm")
+    from repan_zoo.errors import StateDictMismatchError
+
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = randomize(timm.create_model("repan_repvgg_a0_w025"), seed=5).eval()
+    ref = _out(model, x)
+    for name, wrapped in _wrappers(model).items():
+        if name == "ModelEmaV3":
+            continue  # its state dict is the EMA copy's, under "module."; the same case as DataParallel
+        state = wrapped.state_dict()
+        fresh = load_into(timm.create_model("repan_repvgg_a0_w025"), state)
+        assert torch.equal(_out(fresh, x), ref), name
+        other = randomize(timm.create_model("repan_repvgg_a0_w025"), seed=6)
+        before = snapshot(other)
+        with pytest.raises(StateDictMismatchError, match=r"(?s)start with '(module|_orig_mod)\.'.*clean_state_dict"):
+            other.load_state_dict(state)
+        assert same_state(before, snapshot(other)), name
+
+
 def test_train_checkpoint_into_deploy_model(tiny_net, tiny_input, tmp_path):
     rz.set_lambda(tiny_net, 0.6)
     state, meta = read_checkpoint(save_checkpoint(tiny_net, tmp_path / "t.safetensors"))

@@ -10,6 +10,7 @@ from timm.layers import ClassifierHead
 
 from .config import NetCfg, StageCfg
 from ..blocks import RepBlock, rep_blocks
+from ..checkpoint import wrapper_prefix_hint
 from ..errors import StateDictMismatchError
 from ..recompute import checkpoint_seq
 from ..timm_private import feature_take_indices
@@ -181,7 +182,8 @@ class RepNet(nn.Module):
                 "in its metadata (repan_zoo.checkpoint.read_checkpoint(path)[1]['architecture']) and "
                 "repan_zoo.checkpoint.load_into(model, *read_checkpoint(path)) compares the two; pass the same "
                 "num_classes / in_chans, or drop the head entries and load with strict=False to re-train it; a "
-                f"timm-native state dict goes through repan_zoo.models.checkpoint_filter. PyTorch: {exc}") from exc
+                f"timm-native state dict goes through repan_zoo.models.checkpoint_filter.{wrapper_prefix_hint(state_dict)} "
+                f"PyTorch: {exc}") from exc
 
     def _pooled_width(self) -> int:
         """Width of the pooled (pre-logits) features: ×2 for timm's 'catavgmax' pooling."""

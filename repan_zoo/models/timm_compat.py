@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from ..blocks import RepBlock, rep_blocks
 from ..blocks.rep_block import convert_block_state
-from ..checkpoint import strict_load
+from ..checkpoint import strict_load, strip_wrapper_prefixes
 from ..errors import CheckpointError
 
 __all__ = ["checkpoint_filter", "detect_source", "map_timm_byobnet", "map_timm_resnet"]
@@ -49,7 +49,7 @@ def _unwrap(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         if key in state_dict and isinstance(state_dict[key], Mapping):
             state_dict = state_dict[key]
             break
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    return strip_wrapper_prefixes(state_dict)
 
 
 def detect_source(state_dict: Mapping[str, torch.Tensor]) -> str:
