@@ -37,6 +37,7 @@ __all__ = [
     "model_form",
     "save_checkpoint",
     "read_checkpoint",
+    "read_metadata",
     "rewrite_metadata",
     "load_into",
     "strict_load",
@@ -194,22 +195,37 @@ def rewrite_metadata(src: PathLike, dest: PathLike, updates: Mapping[str, Any]) 
 
 
 def read_checkpoint(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
-    """Read a safetensors file; a truncated or foreign file raises :class:`CheckpointError`."""
+    """Read a safetensors file: ``(tensors, metadata)``. A missing, truncated or foreign file (or a
+    folder) raises :class:`CheckpointError`."""
+    return _read(path, tensors=True)
+
+
+def read_metadata(path: PathLike) -> Dict[str, str]:
+    """The string metadata of a safetensors file (``architecture``, ``form``, ...; see the module
+    docstring), without reading its tensors; errors as :func:`read_checkpoint`."""
+    return _read(path, tensors=False)[1]
+
+
+def _read(path: PathLike, tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pass a .safetensors file"
+                              + (f" (it holds {', '.join(found[:5])})" if found else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            data = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except Exception as exc:  # safetensors raises its own error types for bad headers / short files
         raise CheckpointError(
             f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a checkpoint. "
             "Delete it and download / save it again"
         ) from exc
-    return tensors, meta
+    return data, meta
 
 
 def _legacy_lambda(key: str, train_blocks) -> bool:

@@ -346,6 +346,26 @@ def test_bad_recipes_are_typed_errors():
         RepAnTrainer(tiny_cfg(batch_size=33), synthetic_splits(), ctx=DistContext(world_size=2))
 
 
+def test_teacher_options_without_a_teacher_are_refused(tmp_path):
+    """A teacher's weights or KD settings that no teacher would use (no --teacher, or a method that
+    distils nothing) are a RecipeError naming them and the fix, not a run that silently trains
+    without distillation; the teacher file's metadata supplies the --teacher to name."""
+    import timm
+
+    teacher = save_checkpoint(timm.create_model("tinyrep_test"), tmp_path / "teacher.safetensors")
+    with pytest.raises(RecipeError, match=r"(?s)--teacher-checkpoint.*without --teacher.*--teacher tinyrep_test"):
+        tiny_cfg(method="repan", teacher_checkpoint=str(teacher))
+    with pytest.raises(RecipeError, match="--teacher-pretrained.*without --teacher"):
+        tiny_cfg(method="repan", teacher_pretrained=True)
+    with pytest.raises(RecipeError, match="(?s)baseline.*--teacher-checkpoint.*--method kd"):
+        tiny_cfg(method="baseline", teacher_checkpoint=str(teacher))
+    for field, value, flag in [("kd_alpha", 0.5, "--kd-alpha"), ("kd_T", 4.0, "--kd-T"),
+                               ("teacher_kwargs", {"width": 2}, "--teacher-kwargs")]:
+        with pytest.raises(RecipeError, match=f"{flag}.*without --teacher"):
+            tiny_cfg(method="repan", **{field: value})
+    tiny_cfg(method="repan", teacher="tinyrep_test", teacher_checkpoint=str(teacher), kd_alpha=0.5)  # all used
+
+
 @pytest.mark.parametrize("field,value,flag", [
     ("wd", -1e-4, "--wd"), ("label_smoothing", 1.0, "--label-smoothing"), ("calib_batch_size", 1, "--calib-batch-size"),
     ("eval_batch_size", 0, "--eval-batch-size"), ("seed", -1, "--seed"), ("warmup_epochs", float("nan"), "--warmup-epochs"),

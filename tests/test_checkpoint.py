@@ -13,7 +13,8 @@ from helpers import TinyNet, make_input, randomize, rel_err, same_state, snapsho
 import repan_zoo as rz
 from repan_zoo.blocks import RepBlock
 from repan_zoo.checkpoint import (
-    atomic_write, load_into, model_form, read_checkpoint, rewrite_metadata, save_checkpoint, state_dict_form,
+    atomic_write, load_into, model_form, read_checkpoint, read_metadata, rewrite_metadata, save_checkpoint,
+    state_dict_form,
 )
 from repan_zoo.convert import uncalibrated_blocks
 from repan_zoo.errors import CheckpointError, UncalibratedBNWarning
@@ -263,6 +264,13 @@ def test_truncated_file_is_a_checkpoint_error(tiny_net, tmp_path):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file.*\(it holds m\.safetensors\)"):
+        read_checkpoint(tmp_path)  # a run folder instead of the file in it
+    for bad in (path, tmp_path, tmp_path / "missing.safetensors"):  # the metadata alone: the same errors
+        with pytest.raises(CheckpointError):
+            read_metadata(bad)
+    good = save_checkpoint(tiny_net, tmp_path / "good.safetensors", architecture="tiny_net")
+    assert read_metadata(good) == read_checkpoint(good)[1] and read_metadata(good)["architecture"] == "tiny_net"
 
 
 def test_rewrite_metadata_replaces_fields_and_keeps_the_tensor_bytes(tiny_net, tmp_path):

@@ -14,7 +14,7 @@ Methods (Sec. 5.1 compares all three):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from ..cli_types import SEED_MAX, check_fields, json_dict, number, option
@@ -156,6 +156,13 @@ class TrainConfig:
                 "--teacher-pretrained")
         if self.method == "baseline" and self.teacher:
             bad("--method baseline trains without a teacher; use --method kd for distillation")
+        unused = self.unused_teacher_options()
+        if unused and self.method == "baseline":
+            bad(f"--method baseline trains without a teacher, so {', '.join(unused)} would do nothing: use "
+                "--method kd (or repan) with --teacher MODEL to distil, or drop them")
+        if unused:
+            bad(f"{', '.join(unused)} without --teacher would do nothing (no distillation): name the teacher's "
+                f"architecture with --teacher MODEL{self._teacher_hint()}, or drop them")
         if self.nesterov and self.momentum == 0:
             bad("--momentum must be > 0 with Nesterov (use --no-nesterov)")
         self.lambda_schedule()  # validates name and values
@@ -188,6 +195,29 @@ class TrainConfig:
 
     def uses_teacher(self) -> bool:
         return bool(self.teacher) and self.method in ("kd", "repan")
+
+    def unused_teacher_options(self) -> List[str]:
+        """The teacher / KD options given (not at their defaults) that no teacher would use."""
+        if self.uses_teacher():
+            return []
+        defaults = {f.name: f.default for f in fields(self)}
+        given = [("--teacher-checkpoint", bool(self.teacher_checkpoint)), ("--teacher-pretrained", self.teacher_pretrained),
+                 ("--teacher-kwargs", bool(self.teacher_kwargs)), ("--kd-alpha", self.kd_alpha != defaults["kd_alpha"]),
+                 ("--kd-T", self.kd_T != defaults["kd_T"])]
+        return [flag for flag, on in given if on]
+
+    def _teacher_hint(self) -> str:
+        """`` (the file's metadata names ARCH: --teacher ARCH)`` for a readable --teacher-checkpoint."""
+        from ..checkpoint import read_metadata
+        from ..errors import CheckpointError
+
+        if not self.teacher_checkpoint:
+            return ""
+        try:
+            arch = read_metadata(self.teacher_checkpoint).get("architecture")
+        except CheckpointError:
+            return ""
+        return f" (the file's metadata names {arch}: --teacher {arch})" if arch else ""
 
     def as_dict(self) -> Dict[str, Any]:
         """The recipe as flat JSON values (what ``recipe.json`` and ``final.json`` record): the
