@@ -26,18 +26,23 @@ def _fits(entry, cfg):
 @pytest.mark.parametrize("name", NAMES)
 def test_untagged_name_never_loads_weights_of_another_config(name):
     """Either the untagged name loads weights trained for its own config, or it raises naming the
-    tags (built on the meta device: the lookup fails before any tensor is made or read)."""
+    tags (built on the meta device: the lookup fails before any tensor is made or read); and
+    ``repan_zoo.hub.fetch_weights(name)`` gives the same file, or the same error."""
     entries = manifest.entries_for(name)
     fitting = [e for e in entries if _fits(e, base_cfg(name))]
     if fitting:
         model = timm.create_model(name, pretrained=True)
         assert model.pretrained_cfg["tag"] == fitting[0].tag
         assert model.pretrained_cfg["num_classes"] == base_cfg(name)["num_classes"]
+        assert str(rz.hub.fetch_weights(name)) == model.repan_weights["file"]
         return
     with pytest.raises(WeightsNotFoundError) as info:
         timm.create_model(name, pretrained=True, device="meta")
     for entry in entries:
         assert f"{name}.{entry.tag}" in str(info.value) or entry.tag in str(info.value)
+    with pytest.raises(WeightsNotFoundError) as fetched:
+        rz.hub.fetch_weights(name)
+    assert str(fetched.value) == str(info.value)
 
 
 def test_the_issue_models_raise_alike():

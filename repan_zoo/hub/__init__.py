@@ -22,9 +22,16 @@ __all__ = ["load_pretrained", "fetch_weights", "list_pretrained", "resolve_sourc
 
 
 def fetch_weights(name: str, *, cache_dir: Optional[str] = None) -> Path:
-    """The verified local file of ``'model.tag'`` (or ``'model'``: its default tag)."""
+    """The verified local file of ``'model.tag'``, or of ``'model'``: the weights
+    ``timm.create_model('model', pretrained=True)`` loads (its registered default config), or the
+    same error. Errors: as :func:`load_pretrained` (``UnknownTagError``, ``WeightsNotFoundError``,
+    ``OfflineError``, ``IntegrityError`` ...)."""
+    from timm.models import get_pretrained_cfg
+
     model, _, tag = name.partition(".")
-    return fetch(resolve_source({"architecture": model, "tag": tag or None}), cache_dir=cache_dir).path
+    default = None if tag else get_pretrained_cfg(model)
+    cfg = default.to_dict() if default is not None else {"architecture": model, "tag": tag or None}
+    return fetch(resolve_source(cfg), cache_dir=cache_dir).path
 
 
 def list_pretrained(pattern: str = "*") -> List[str]:

@@ -170,9 +170,10 @@ def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = N
         entries = manifest.entries_for(model)
         entry = next((e for e in entries if _fits(e, cfg)), None)
         if entry is None and entries and not cfg.get("hf_hub_id"):
-            shape = "×".join(map(str, cfg.get("input_size") or ())) or "?"
+            shape = "×".join(map(str, cfg.get("input_size") or ()))
+            config = f" ({shape}, {cfg['num_classes']} classes)" if shape and cfg.get("num_classes") else ""
             raise WeightsNotFoundError(
-                f"{model} has no untagged weights for its default config ({shape}, {cfg.get('num_classes')} classes); "
+                f"{model} has no untagged weights for its default config{config}; "
                 f"its weights are tagged: {', '.join(_describe(e) for e in entries)}. Ask for one by tag, e.g. "
                 f"timm.create_model('{model}.{entries[0].tag}', pretrained=True), or load your own file with "
                 "pretrained_cfg_overlay=dict(file='....safetensors')",
