@@ -187,7 +187,7 @@ def reparameterize(
 
 def unfold(
     model: nn.Module,
-    expansion: Union[Expansion, Sequence[str], None] = None,
+    expansion: Union[Expansion, str, Sequence[str], None] = None,
     *,
     lam: float = 0.0,
     generator: Optional[torch.Generator] = None,
@@ -204,7 +204,8 @@ def unfold(
         model: any module tree holding Rep blocks (timm model, backbone, detector).
         expansion: the :class:`~repan_zoo.expansion.Expansion` (default: the paper's — each
             block's own kinds, k=1, ``restore="inherit"``, new branches at BN γ = 0), or a
-            sequence of branch kinds as a shorthand for ``Expansion(branches=...)``.
+            sequence of branch kinds (or one string, comma-separated: ``"conv_kxk,conv_1x1"``)
+            as a shorthand for ``Expansion(branches=...)``.
         lam: λ of Eq. (3) set on the unfolded blocks afterwards, in [0, 1].
         generator: draws the new convs (He-normal); one generator per run, never re-seeded.
         blocks: ``blocks(name, block) -> bool`` selects the blocks to unfold (default: all).

@@ -115,8 +115,9 @@ class Expansion:
                 "branch_gamma": self.branch_gamma}
 
     @classmethod
-    def of(cls, value: Union["Expansion", Sequence[str], Dict[str, Any], None] = None, **changes: Any) -> "Expansion":
-        """Coerce ``value`` — an ``Expansion``, a sequence of branch kinds, a dict of fields
+    def of(cls, value: Union["Expansion", str, Sequence[str], Dict[str, Any], None] = None, **changes: Any) -> "Expansion":
+        """Coerce ``value`` — an ``Expansion``, branch kinds (a sequence, or a string of
+        comma-separated kinds as ``branches=`` and the command line take), a dict of fields
         (:meth:`as_dict`'s form) or None (the defaults) — and apply ``changes``."""
         if value is None:
             base = cls()
@@ -125,7 +126,7 @@ class Expansion:
         elif isinstance(value, dict):
             base = cls().replace(**value)
         else:
-            base = cls(branches=tuple(value))
+            base = cls(branches=value if isinstance(value, str) else tuple(value))
         return base.replace(**changes) if changes else base
 
 

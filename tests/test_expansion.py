@@ -48,6 +48,17 @@ def test_replace_of_and_dict_round_trip():
     assert Expansion.of(None) == Expansion()
     with pytest.raises(TypeError, match="no field"):
         e.replace(kk=3)
+    # a string names kinds as the keyword and the command line do (was: split into its characters)
+    assert Expansion.of("conv_1x1") == Expansion.of(("conv_1x1",)) == Expansion(branches="conv_1x1")
+    assert Expansion.of("conv_kxk,conv_1x1") == Expansion.of(("conv_kxk", "conv_1x1"))
+
+
+def test_unfold_takes_one_kind_as_a_string():
+    from helpers import TinyNet
+
+    deploy = rz.reparameterize(TinyNet())
+    as_str, as_tuple = rz.unfold(deploy, "conv_1x1"), rz.unfold(deploy, ("conv_1x1",))
+    assert [b.branch_kinds for _, b in rz.rep_blocks(as_str)] == [b.branch_kinds for _, b in rz.rep_blocks(as_tuple)]
 
 
 def test_train_config_holds_one_expansion_and_records_it_flat():
