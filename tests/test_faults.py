@@ -83,6 +83,28 @@ def test_progress_reads_the_pointer_and_is_empty_when_there_is_none(tmp_path, ga
     assert cp.progress() == {}
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "state.pt", "both"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_epoch(tmp_path, damaged):
+    """The files of the epoch latest.json names are unreadable (truncated or damaged on disk after
+    they were written): --resume continues from the newest older epoch that reads, and says which
+    it skipped and why (was: 'start a new run', with ep0001 intact beside it)."""
+    cp = Checkpointer(tmp_path / "run", keep=2)
+    model = tiny()
+    for epoch in (1, 2):
+        cp.save(model, progress_state(epoch), tag=f"ep000{epoch}", architecture="tinyrep_test")
+    for name in (["model.safetensors", "state.pt"] if damaged == "both" else [damaged]):
+        path = cp.root / "ep0002" / name
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"(?s)ep0001.*ep0002"):
+        loaded = cp.load()
+    assert loaded.directory.name == "ep0001" and loaded.state["progress"]["epoch"] == 1
+    # nothing older reads either: the error names each folder and what is wrong with it
+    path = cp.root / "ep0001" / "state.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"(?s)ep0002.*ep0001.*new --out"):
+        cp.load()
+
+
 def test_garbled_pointer_without_any_complete_epoch_says_what_to_do(tmp_path):
     cp = Checkpointer(tmp_path / "run")
     cp.root.mkdir(parents=True)

@@ -7,7 +7,8 @@ Layout under ``<out>/checkpoints/``::
     latest.json                {"dir": "ep0003", ...}: replaced atomically *after* both files exist
 
 A process killed at any moment leaves ``latest.json`` pointing at a complete pair; older
-epoch folders beyond ``keep`` are removed only after the pointer moved. ``state.pt`` holds only
+epoch folders beyond ``keep`` are removed only after the pointer moved, so a pair damaged on disk
+later still has an older one to resume from (:meth:`Checkpointer.load` falls back to it). ``state.pt`` holds only
 tensors, numbers, strings, lists and dicts and is read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
@@ -151,18 +152,35 @@ class Checkpointer:
             shutil.rmtree(p, ignore_errors=True)
 
     def load(self) -> Optional[RunCheckpoint]:
-        """The checkpoint ``latest.json`` points at, or None when the run has none yet."""
-        folder = self.latest_dir()
-        if folder is None:
+        """The checkpoint ``latest.json`` points at, or None when the run has none yet. When its
+        files do not read (truncated or damaged on disk after they were written), the newest older
+        epoch folder whose files do, with a warning naming what was skipped and why; when none
+        reads, :class:`CheckpointError` naming each folder's problem."""
+        first = self.latest_dir()
+        if first is None:
             return None
+        problems = []
+        for folder in [first] + [d for d in self._epoch_dirs() if d.name < first.name]:
+            try:
+                loaded = self._read(folder)
+            except CheckpointError as exc:
+                problems.append(f"{folder.name}: {exc}")
+                continue
+            if problems:
+                warnings.warn(f"resuming from {folder.name}, the newest checkpoint of {self.root} that reads; "
+                              f"skipped {'; '.join(problems)}")
+            return loaded
+        raise CheckpointError(f"no checkpoint of {self.root} reads ({'; '.join(problems)}): nothing to resume. "
+                              "Start a new run (new --out)")
+
+    @staticmethod
+    def _read(folder: Path) -> RunCheckpoint:
         model_file, state_file = folder / "model.safetensors", folder / "state.pt"
         if not (model_file.is_file() and state_file.is_file()):
-            raise CheckpointError(f"{self.pointer} points at {folder}, which lacks model.safetensors or state.pt; "
-                                  "the run directory was modified by hand. Start a new run (new --out)")
+            raise CheckpointError(f"{folder} lacks model.safetensors or state.pt")
         model_state, meta = read_checkpoint(model_file)
         try:
             state = torch.load(state_file, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise CheckpointError(f"{state_file} is unreadable ({exc}); start a new run (new --out)") from exc
+            raise CheckpointError(f"{state_file} is unreadable ({str(exc).splitlines()[0] if str(exc) else exc!r})") from exc
         return RunCheckpoint(folder, model_state, meta, state)
-
