@@ -288,6 +288,25 @@ def test_a_finite_loss_that_leaves_non_finite_bn_statistics_stops_the_run_by_nam
     assert Checkpointer(tmp_path).latest_dir() == info.value.checkpoint == tmp_path / "checkpoints" / "ep0001"
 
 
+def test_a_blown_up_network_at_a_cycle_start_is_named_as_divergence_not_a_bug(splits):
+    """A run whose loss stayed finite but whose outputs blew up (a too high --lr: logits ~1e28 were
+    seen) cannot keep its function through Expand + Restore + Calibrate in fp32. That is reported
+    as divergence with the fixes (was: 'calibration must keep the function. Report this'); a
+    failure at sane output magnitudes is still the conversion's own error."""
+    from repan_zoo.errors import ReparameterizationError
+
+    trainer = RepAnTrainer(tiny_cfg(), splits)
+    trainer.initialise()
+    trainer.rep(cycle=0, when="test")
+    outputs = trainer.eval_outputs()
+    trainer.expand_restore(1)
+    with pytest.raises(TrainingDivergedError, match=r"(?s)cycle 1.*outputs reach \d\.\d+e\+2\d.*lower --lr") as info:
+        trainer.calibrate(1, [o * 1e25 + 1e25 for o in outputs])
+    assert info.value.cycle == 1 and not isinstance(info.value, ReparameterizationError)
+    with pytest.raises(ReparameterizationError, match="calibration must keep the function"):
+        trainer.calibrate(1, [o + 1.0 for o in outputs])
+
+
 def test_a_loss_that_failed_on_another_process_is_not_quoted_as_this_one(tmp_path, splits, monkeypatch):
     """Under DDP every process stops when any loss is non-finite; a process whose own loss was finite
     says the loss failed on another process instead of quoting its finite value as the divergence."""

@@ -49,7 +49,13 @@ from .engine import NonFiniteLoss, train_steps
 from .schedules import LambdaSchedule, cosine_lr
 from .task import CyclePlan, CycleTask, ExpansionGroup
 
-__all__ = ["CyclePlan", "CycleRun", "CycleTask", "ExpansionGroup", "plan_offsets", "resume_position"]
+__all__ = ["CyclePlan", "CycleRun", "CycleTask", "ExpansionGroup", "plan_offsets", "resume_position", "DIVERGED_OUTPUT"]
+
+#: largest |output| of a network that has not blown up: a classifier's logits stay within tens
+#: (a run at a too high --lr was seen at 8e27 with a finite loss). Beyond it, a conversion that
+#: fails to keep the function is reported as divergence (:meth:`CycleRun.calibrate`).
+DIVERGED_OUTPUT = 1e4
+
 
 def plan_offsets(plan: Sequence[CyclePlan]) -> List[int]:
     """Epochs trained before each cycle of ``plan``."""
@@ -174,6 +180,8 @@ class CycleRun(CycleTask):
         Raises:
             ReparameterizationError: the output moved by more than ``calibrate_tolerance_factor``
                 × the conversions' tolerance.
+            TrainingDivergedError: it moved, and the fused network's outputs exceed
+                :data:`DIVERGED_OUTPUT` (a run blown up by its recipe, not a conversion fault).
         """
         assert self.model is not None
         t = time.perf_counter()
@@ -186,6 +194,14 @@ class CycleRun(CycleTask):
             err = self.output_error(reference, self.eval_outputs())
             tol = self.calibrate_tolerance_factor * default_tolerance(self.model)
             if err > tol:
+                peak = max((float(r.detach().abs().max()) for r in reference), default=0.0)
+                if not peak <= DIVERGED_OUTPUT:  # NaN included
+                    raise TrainingDivergedError(
+                        f"training diverged: at the start of cycle {cycle} the network's outputs reach {peak:.3g} "
+                        f"(a classifier's logits stay within tens), so Expand + Restore + Calibrate cannot keep its "
+                        f"function in fp32 (it moved by {err:.3g}, relative). The run's checkpoints hold this "
+                        f"network; start a new run (new --out) with the recipe changed. {self.likely_fixes(cycle, True)}",
+                        cycle=cycle, checkpoint=self.last_checkpoint)
                 raise ReparameterizationError(
                     f"cycle {cycle}: after Expand+Restore+Calibrate at λ=0 the network's output moved by "
                     f"{err:.3g} (relative) from the fused network's, above {tol:g}; calibration must keep the "
@@ -308,6 +324,11 @@ class CycleRun(CycleTask):
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
 
+    def likely_fixes(self, cycle: int, expand: bool) -> str:
+        """The recipe changes that usually stop a divergence in ``cycle`` (``expand``: an expanded one)."""
+        return (f"Likely fixes: a lower --lr (now {self.peak_lr(cycle):g})" + (", --amp off" if self.amp else "")
+                + ", --clip-grad 5" + (", or a smaller --branch-gamma / a slower --lam-schedule" if expand else ""))
+
     def diverged(self, cp: CyclePlan, epoch: int, exc: NonFiniteLoss, lr: float,
                  state: Optional[List[str]] = None) -> TrainingDivergedError:
         """The error of a run whose loss (``exc``), or with ``state`` whose weights or BN statistics
@@ -327,9 +348,7 @@ class CycleRun(CycleTask):
         msg = (
             f"training diverged: {what} at {where} (lr {lr:.4g}"
             + (f", λ {lam:.3g}" if lam is not None else "") + f", amp {'on' if self.amp else 'off'}). "
-            f"{done} {kept}. Likely fixes: a lower --lr (now {self.peak_lr(cp.index):g})"
-            + (", --amp off" if self.amp else "") + ", --clip-grad 5"
-            + (", or a smaller --branch-gamma / a slower --lam-schedule" if cp.expand else "")
+            f"{done} {kept}. {self.likely_fixes(cp.index, cp.expand)}"
         )
         return TrainingDivergedError(msg, cycle=cp.index, epoch=epoch, step=exc.step, checkpoint=self.last_checkpoint)
 
