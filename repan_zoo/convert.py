@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -294,9 +295,30 @@ def set_lambda(model: nn.Module, value: float, *, only_train_form: bool = False)
     return count
 
 
-def _batch_tensor(batch: Any) -> Any:
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor) and batch[0].dim() == 4:
-        return batch[0]  # (images, labels) from a DataLoader
+_BATCH_FORMS = ("tensors (N, C, H, W), (images, labels) pairs as a DataLoader yields them, or dicts with "
+                "'pixel_values' (Hugging Face datasets / image processors)")
+
+
+def _batch_tensor(batch: Any, index: int) -> torch.Tensor:
+    """The images of calibration batch ``index``: a float tensor ``(N, C, H, W)``, the first item of
+    a tuple / list (a DataLoader's ``(images, labels)``) or a dict's ``pixel_values``. Anything
+    else raises :class:`~repan_zoo.errors.CalibrationError` naming the batch, what it is and the fix."""
+    what = f"calibrate_bn: batch {index}"
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        batch = batch[0]
+    elif isinstance(batch, Mapping):
+        if "pixel_values" not in batch:
+            raise CalibrationError(f"{what} is a dict with keys {sorted(map(str, batch))[:8]}; pass {_BATCH_FORMS}")
+        batch = batch["pixel_values"]
+    if not isinstance(batch, torch.Tensor):
+        raise CalibrationError(f"{what} is a {type(batch).__name__}, not images; pass {_BATCH_FORMS}")
+    if batch.dim() != 4:
+        one = "; one image? add the batch dimension: x.unsqueeze(0)" if batch.dim() == 3 else ""
+        raise CalibrationError(f"{what} has shape {tuple(batch.shape)}; a batch of images is (N, C, H, W){one}")
+    if not batch.is_floating_point():
+        raise CalibrationError(
+            f"{what} holds {batch.dtype} values; the model takes float images normalised as it was trained "
+            "(e.g. x.float() / 255, then the mean / std of timm.data.resolve_data_config(model=model))")
     return batch
 
 
@@ -314,14 +336,14 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
     either way). Nested fresh BNs (DBB's 1×1→k×k) are calibrated stage by stage so that each
     sees its calibrated predecessor. Statistics are gathered in eval mode (forward hooks,
     float64 sums, unbiased variance like BN's running_var). Modifies ``model`` in place and
-    returns it. ``batches``: tensors ``(N, C, H, W)`` (or tuples whose first item is one, as a
-    DataLoader yields). ``num_batches`` takes only the first that many, e.g.
+    returns it. ``batches``: float tensors ``(N, C, H, W)``, tuples whose first item is one (as a
+    DataLoader yields) or dicts holding one as ``pixel_values`` (Hugging Face datasets). ``num_batches`` takes only the first that many, e.g.
     ``calibrate_bn(model, train_loader, num_batches=5)``; None takes all of them. The batches taken
     are held in memory (nested fresh BNs need one pass per depth), so cap a large loader.
 
     Raises :class:`~repan_zoo.errors.NoRepBlocksError` (no train-form block) and
-    :class:`~repan_zoo.errors.CalibrationError` (no batch, ``num_batches`` < 1, a batch with NaN/inf,
-    a batch the model cannot run); after any failure the model is exactly as it was before the call.
+    :class:`~repan_zoo.errors.CalibrationError` (no batch, ``num_batches`` < 1, a batch that is not
+    a float ``(N, C, H, W)`` tensor or holds NaN/inf, a batch the model cannot run); after any failure the model is exactly as it was before the call.
     """
     blocks = [b for _, b in rep_blocks(model) if not b.deploy]
     if not blocks:
@@ -332,13 +354,13 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
                                     or num_batches < 1):
         raise CalibrationError(f"calibrate_bn: num_batches={num_batches!r}; give a whole number ≥ 1 "
                                "(or None to take every batch)")
-    batches = [_batch_tensor(b) for b in itertools.islice(batches, num_batches)]
+    batches = [_batch_tensor(b, i) for i, b in enumerate(itertools.islice(batches, num_batches))]
     if not batches:
         raise CalibrationError("calibrate_bn needs at least one batch of inputs")
     if device is not None:
         batches = [b.to(device) for b in batches]
     for i, b in enumerate(batches):
-        if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+        if not bool(torch.isfinite(b).all()):
             raise CalibrationError(
                 f"calibrate_bn: batch {i} holds NaN or inf values; the statistics would be NaN. "
                 "Calibrate on finite inputs (check the data and its normalisation)")
@@ -353,7 +375,7 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
                 v.copy_(saved[k])
         for branch, fresh, uncalibrated in flags_before:
             branch.fresh, branch.uncalibrated = fresh, uncalibrated
-        if isinstance(exc, RuntimeError) and not isinstance(exc, RepanError):
+        if isinstance(exc, (RuntimeError, ValueError, TypeError)) and not isinstance(exc, RepanError):
             raise CalibrationError(f"calibrate_bn: the model cannot run on the batches ({exc}); the model was left "
                                    "unchanged. Pass batches of the model's input shape") from exc
         raise

@@ -5,6 +5,7 @@ checkpoint, and byte-identical files from identical saves."""
 from __future__ import annotations
 
 import importlib.util
+import copy
 import json
 import os
 import re
@@ -290,10 +291,17 @@ def test_block_fusion_refuses_what_it_cannot_fuse_through_timm(mutate, words):
     assert model.state_dict().keys() == before.keys()  # nothing fused, nothing lost
 
 
-@pytest.mark.parametrize("batch", [
-    torch.full((4, 1, 28, 28), float("nan")), torch.randn(4, 3, 28, 28),
-], ids=["nan-batch", "wrong-channels"])
-def test_calibrate_bn_refuses_and_leaves_the_model_as_it_was(batch):
+@pytest.mark.parametrize("batch, words", [
+    (torch.full((4, 1, 28, 28), float("nan")), "NaN or inf"),
+    (torch.randn(4, 3, 28, 28), "cannot run on the batches"),
+    (torch.randn(1, 28, 28), r"batch 1 has shape \(1, 28, 28\).*\(N, C, H, W\).*unsqueeze"),
+    ({"image": torch.randn(4, 1, 28, 28)}, r"batch 1 is a dict with keys \['image'\].*pixel_values"),
+    ("images/", r"batch 1 is a str"),
+    (torch.randint(0, 255, (4, 1, 28, 28), dtype=torch.uint8), r"batch 1 holds torch.uint8.*float"),
+], ids=["nan-batch", "wrong-channels", "one-image", "dict-of-other-keys", "not-a-tensor", "uint8-pixels"])
+def test_calibrate_bn_refuses_and_leaves_the_model_as_it_was(batch, words):
+    """Each kind of batch the model cannot take is a CalibrationError naming the batch, what it is
+    and the fix (was: a bare AttributeError / ValueError from inside the forward for some)."""
     from repan_zoo import calibrate_bn, rep_blocks, unfold
     from repan_zoo.errors import CalibrationError
 
@@ -301,13 +309,26 @@ def test_calibrate_bn_refuses_and_leaves_the_model_as_it_was(batch):
     good = torch.randn(4, 1, 28, 28)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fresh = [b.fresh for _, blk in rep_blocks(model) for b in blk.extras]
-    with pytest.raises(CalibrationError):
+    with pytest.raises(CalibrationError, match=words):
         calibrate_bn(model, [good, batch])
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "a failed calibration changed the model"
     assert fresh == [b.fresh for _, blk in rep_blocks(model) for b in blk.extras]
     calibrate_bn(model, [good])  # and it still calibrates
     assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
+def test_calibrate_bn_takes_the_batches_loaders_yield():
+    """A tensor, an ``(images, labels)`` pair (a DataLoader) and a Hugging Face style dict
+    (``pixel_values``, as datasets / transformers image processors give) all calibrate alike."""
+    from repan_zoo import calibrate_bn, unfold
+
+    model = unfold(trained_tiny(), ["conv_1x1"], generator=torch.Generator().manual_seed(0))
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    ref = calibrate_bn(copy.deepcopy(model), [x]).state_dict()
+    for batch in ((x, torch.zeros(8, dtype=torch.long)), [x, torch.zeros(8)], {"pixel_values": x, "labels": None}):
+        got = calibrate_bn(copy.deepcopy(model), [batch]).state_dict()
+        assert all(torch.equal(ref[k], got[k]) for k in ref), type(batch).__name__
 
 
 # -- points 6 and 10: manifest files ----------------------------------------------------------------
