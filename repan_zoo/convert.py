@@ -260,7 +260,7 @@ def unfold(
             raise UnfusableBranchError(
                 "unfold: branches=('arch',) but none of the selected blocks has branch kinds of its own "
                 "(a plain network such as repan_mobilenet or repan_resnet18); name the kinds to attach, "
-                f"e.g. branches={GENERIC_BRANCHES}"
+                f"e.g. branches={GENERIC_BRANCHES} (on the command line: --branches {','.join(GENERIC_BRANCHES)})"
             )
         missing = [kind for kind in kinds if k > 0 and not attached[kind] and not (kind == "identity" and residual)]
         if missing:

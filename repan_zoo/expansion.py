@@ -61,7 +61,8 @@ class Expansion:
         "branch kinds attached at each Expand (comma-separated), or 'arch' for each block's own kinds",
         type=csv_list))
     k: int = field(default=1, metadata=option(
-        f"new parallel branches per kind and block (1..{MAX_K}, Table 5)", type=number(int, 0, MAX_K)))
+        f"new parallel branches per kind and block (1..{MAX_K}, Table 5; 0: Restore only, no new branch)",
+        type=number(int, 0, MAX_K)))
     restore: str = field(default="inherit", metadata=option(
         "inverse of Eq. 2: inherit | normalized | identity | a registered rule (repan_zoo.algebra.RESTORE_RULES)"))
     residual: bool = field(default=False, metadata=option(

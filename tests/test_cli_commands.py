@@ -263,7 +263,8 @@ def test_verify_beyond_the_tolerance_exits_1(capsys):
 
 def test_verify_refuses_an_expansion_that_fits_no_block(capsys):
     assert cli.main(["verify", "repan_resnet18_w025", *SMALL]) == 2  # plain blocks: no branch kinds of their own
-    assert "name the kinds to attach" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "name the kinds to attach" in err and "--branches conv_kxk,conv_1x1" in err  # the flag, not only Python
 
 
 def test_run_options_parse_the_same_in_train_and_detect(tmp_path):
