@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
@@ -51,6 +52,9 @@ def default_tolerance(model: nn.Module) -> float:
 
 
 def _require_blocks(model: nn.Module, call: str) -> List[str]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{call} takes a torch.nn.Module (e.g. timm.create_model('repan_resnet18_w025')), "
+                        f"got {type(model).__name__}")
     names = [name for name, _ in rep_blocks(model)]
     if not names:
         raise NoRepBlocksError(f"{call}: {_no_blocks_reason(model)}")
@@ -91,13 +95,28 @@ def _checked_conversion(
             f"{call} cannot check its conversion: the model is on the meta device (shapes, no values). "
             "Pass verify=False to convert its structure only, or give it values first "
             "(model.to_empty(device='cpu'), then load_state_dict). The model was left unchanged")
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+                                  or not math.isfinite(tolerance) or tolerance <= 0):
+        raise ValueError(f"{call}: tolerance={tolerance!r}; give a positive finite number (the largest relative "
+                         "error accepted, e.g. 1e-5), or None for the default of the model's dtype")
     work = copy.deepcopy(model)
     report: Optional[ExactnessReport] = None
     if verify:
         tol = default_tolerance(model) if tolerance is None else tolerance
         probe = probe_input(work, example_input)
         block_inputs: Dict[str, torch.Tensor] = {}
-        ref = capture(work, probe, names, record_inputs=block_inputs)
+        try:
+            ref = capture(work, probe, names, record_inputs=block_inputs)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            which = "example_input" if example_input is not None else "probe input"
+            got = (f" of shape {tuple(probe.shape)}, {str(probe.dtype).replace('torch.', '')}"
+                   if isinstance(probe, torch.Tensor) else "")
+            device, dtype = weights_device_dtype(model)
+            raise ReparameterizationError(
+                f"{call} cannot check its conversion: the model does not run on the {which}{got} "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}). Pass an example_input the "
+                f"model takes (its input channels and size; {str(dtype).replace('torch.', '')} on {device}, as its "
+                "weights), or verify=False. The model was left unchanged") from exc
         if not all(bool(torch.isfinite(t).all()) for t in ref[0] if t.is_floating_point()):
             bad = non_finite_state(model)
             raise ReparameterizationError(

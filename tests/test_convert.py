@@ -123,6 +123,27 @@ def test_no_rep_blocks_is_a_typed_error(call):
         fn(plain, *args)
 
 
+@pytest.mark.parametrize("call", ["reparameterize", "unfold"])
+def test_bad_arguments_of_a_conversion_are_named_and_lose_nothing(tiny_net, deploy_net, tiny_input, call):
+    """An example_input the model cannot run (wrong channels, float64 into fp32 weights), a tolerance
+    that is not a positive number, and something that is not a module: each a clear error naming
+    the argument and the fix (was: PyTorch's 'expected scalar type Double', '<=' not supported
+    between str and float, 'str' has no attribute 'modules'), and the model is left as it was."""
+    model = tiny_net if call == "reparameterize" else deploy_net
+    fn = getattr(rz, call)
+    before = snapshot(model)
+    for bad, words in [(make_input(5, 9), "does not run on the example_input of shape"),
+                       (tiny_input.double(), "float64")]:
+        with pytest.raises(ReparameterizationError, match=f"(?s){words}.*example_input the model takes"):
+            fn(model, example_input=bad)
+    for tolerance in ["1e-5", float("nan"), -1.0, 0.0, True]:
+        with pytest.raises(ValueError, match=r"tolerance=.*positive finite number"):
+            fn(model, tolerance=tolerance)
+    assert same_state(before, snapshot(model))
+    with pytest.raises(TypeError, match=f"{call} takes a torch.nn.Module.*got str"):
+        fn("repan_resnet18_w025")
+
+
 def test_calibrate_on_deploy_model_is_a_typed_error(tiny_net, tiny_input):
     with pytest.raises(NoRepBlocksError, match="unfold"):
         rz.calibrate_bn(rz.reparameterize(tiny_net), [tiny_input])
