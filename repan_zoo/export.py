@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .blocks import Branch, RepBlock
-from .fileio import atomic_write, file_facts
+from .fileio import atomic_write, check_file_target, file_facts
 from .convert import default_tolerance, reparameterize
 from .errors import ExportError
 from .extras import require_extra
@@ -305,6 +305,7 @@ def export_onnx(
     import onnx
     import onnxruntime
 
+    check_file_target(path)  # a folder at ``path`` is named before the model is fused and exported
     prep = _Prepared(model, example_input, input_size, batch_size, tolerance)
     output_names = ["output"] if prep.num_outputs == 1 else [f"output_{i}" for i in range(prep.num_outputs)]
     facts: Dict[str, Any] = {}
@@ -359,6 +360,7 @@ def export_torchscript(
     """Fuse a copy of ``model``, trace it (``torch.jit.trace``) to ``path`` and prove the file
     computes the model: ``torch.jit.load`` it back, run the probe input and a one-sample batch, and
     compare with torch. Same checks, errors and report as :func:`export_onnx`."""
+    check_file_target(path)  # a folder at ``path`` is named before the model is fused and traced
     prep = _Prepared(model, example_input, input_size, batch_size, tolerance)
     facts: Dict[str, Any] = {}
 

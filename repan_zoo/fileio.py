@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Union
 
-__all__ = ["PathLike", "TEMP_SUFFIX", "atomic_write", "file_facts", "remove_stale_temps", "sha256_file"]
+__all__ = ["PathLike", "TEMP_SUFFIX", "atomic_write", "check_file_target", "file_facts", "remove_stale_temps", "sha256_file"]
 
 #: suffix of :func:`atomic_write`'s temp files (``.<name>.<random>.tmp`` beside the target)
 TEMP_SUFFIX = ".tmp"
@@ -51,6 +51,19 @@ def _umask() -> int:
     return umask
 
 
+def check_file_target(path: PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, checked to be usable as a file to (over)write: an
+    existing folder there (or above it, where a folder is needed) raises ``IsADirectoryError`` /
+    ``NotADirectoryError`` naming it, before any work is done for the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the path of a file (e.g. inside it)")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise NotADirectoryError(f"{path}: {blocking} is a file, so no folder can be made there; choose another path")
+    return path
+
+
 def atomic_write(path: PathLike, write: Callable[[str], object]) -> Path:
     """Write through ``write(tmp_path)`` to a temp file in the target folder, then rename:
     a killed process never leaves a half-written file under ``path``.
@@ -71,7 +84,7 @@ def atomic_write(path: PathLike, write: Callable[[str], object]) -> Path:
         Whatever ``write`` raises (the temp file is removed, ``path`` is left as it was), or
         ``OSError`` from the file system.
     """
-    path = Path(path)
+    path = check_file_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)

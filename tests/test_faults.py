@@ -106,6 +106,23 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_epoch(tmp_path, da
         cp.load()
 
 
+def test_a_folder_or_a_file_in_the_way_of_a_written_file_is_named_before_any_work(tmp_path, monkeypatch):
+    """A path that is a folder, or lies under a file, is named (IsADirectoryError /
+    NotADirectoryError) before the work for the file starts: export_torchscript does not fuse and
+    trace first (was: the whole export, then 'Is a directory' naming the temp file)."""
+    from repan_zoo import export as export_mod
+    from repan_zoo.fileio import atomic_write
+
+    (tmp_path / "plain.txt").write_text("x")
+    for target, error in [(tmp_path, IsADirectoryError), (tmp_path / "plain.txt" / "m.pt", NotADirectoryError)]:
+        with pytest.raises(error, match=str(target if error is IsADirectoryError else tmp_path / "plain.txt")):
+            atomic_write(target, lambda tmp: pytest.fail("wrote before the check"))
+        monkeypatch.setattr(export_mod, "_Prepared", lambda *a, **k: pytest.fail("fused before the check"))
+        with pytest.raises(error):
+            export_mod.export_torchscript(tiny(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.txt"]  # nothing left behind
+
+
 def test_garbled_pointer_without_any_complete_epoch_says_what_to_do(tmp_path):
     cp = Checkpointer(tmp_path / "run")
     cp.root.mkdir(parents=True)
