@@ -97,6 +97,7 @@ def test_publish_manifest_download_verify_create_model(hub, published):
     assert "the Hub's metadata" in via_timm.repan_weights["verified_by"]
     assert str(fetch_weights(f"{MODEL}.fmnist")) == m.repan_weights["file"]
     assert list_pretrained(f"{MODEL}.*") == [f"{MODEL}.fmnist"]
+    assert list_pretrained(None) == list_pretrained("") == list_pretrained() and f"{MODEL}.fmnist" in list_pretrained()
 
 
 def test_manifest_tags_become_timm_pretrained_tags(hub, published):

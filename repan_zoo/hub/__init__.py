@@ -34,8 +34,10 @@ def fetch_weights(name: str, *, cache_dir: Optional[str] = None) -> Path:
     return fetch(resolve_source(cfg), cache_dir=cache_dir).path
 
 
-def list_pretrained(pattern: str = "*") -> List[str]:
-    """``model.tag`` names of the manifest's weights matching ``pattern`` (fnmatch)."""
+def list_pretrained(pattern: Optional[str] = "*") -> List[str]:
+    """``model.tag`` names of the manifest's weights matching ``pattern`` (fnmatch; None or ``""``:
+    all of them, as timm's ``list_pretrained(filter='')``)."""
     from fnmatch import fnmatch
 
+    pattern = pattern or "*"
     return [f"{m}.{t}" for (m, t) in manifest.load_manifest() if fnmatch(f"{m}.{t}", pattern)]
