@@ -136,13 +136,17 @@ def _checked_conversion(
             report.float64 = float64_check(model, work, probe, ref, new, report, block_inputs)
         if not report.ok:
             model_err = "n/a" if report.model_rel_error is None else f"{report.model_rel_error:.3g}"
+            non_finite = math.isnan(report.worst_block_rel_error)
             raise ReparameterizationError(
                 f"{call} changed the model's function: block {report.worst_block!r} has relative error "
                 f"{report.worst_block_rel_error:.3g} (whole model: {model_err}"
                 + _float64_summary(report)
-                + f") above the tolerance {tol:g}. "
-                "The model was left unchanged. Check that every BN in the Rep blocks is a standard "
-                "BatchNorm with running statistics, or pass a larger tolerance= for low precision",
+                + f") above the tolerance {tol:g}. The model was left unchanged. "
+                + (f"The converted block's output is NaN/inf where the original's is finite: an overflow in "
+                   f"{dtype}? Convert in float32 (model.float()), then cast"
+                   if non_finite else
+                   "Check that every BN in the Rep blocks is a standard "
+                   "BatchNorm with running statistics, or pass a larger tolerance= for low precision"),
                 worst_block=report.worst_block,
                 rel_error=report.worst_block_rel_error,
                 model_rel_error=report.model_rel_error,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -322,6 +323,12 @@ def float64_check(original: nn.Module, converted: nn.Module, inputs: Any,
     return result
 
 
+def _nan_largest(error: float) -> float:
+    """Sort key of an error for ``max``: NaN (a non-finite output) counts as the largest; plain
+    ``max`` skips it or not depending on the order."""
+    return math.inf if math.isnan(error) else error
+
+
 def compare(
     ref: Tuple[List[torch.Tensor], Dict[str, torch.Tensor]],
     new: Tuple[List[torch.Tensor], Dict[str, torch.Tensor]],
@@ -335,13 +342,13 @@ def compare(
     new_out, new_blocks = new
     model_err: Optional[float] = None
     if len(ref_out) == len(new_out) and all(a.shape == b.shape for a, b in zip(ref_out, new_out)):
-        model_err = max((relative_error(a, b) for a, b in zip(ref_out, new_out)), default=0.0)
+        model_err = max((relative_error(a, b) for a, b in zip(ref_out, new_out)), default=0.0, key=_nan_largest)
     block_errors = {
         name: relative_error(ref_blocks[name], new_blocks[name])
         for name in ref_blocks
         if name in new_blocks and ref_blocks[name].shape == new_blocks[name].shape
     }
-    worst = max(block_errors, key=block_errors.get) if block_errors else None
+    worst = max(block_errors, key=lambda name: _nan_largest(block_errors[name])) if block_errors else None
     return ExactnessReport(
         model_rel_error=model_err,
         worst_block=worst,

@@ -144,6 +144,34 @@ def test_bad_arguments_of_a_conversion_are_named_and_lose_nothing(tiny_net, depl
         fn("repan_resnet18_w025")
 
 
+def test_a_non_finite_block_error_is_the_worst_and_named_as_such():
+    """A block whose converted output is NaN (an fp16 overflow, say) is the worst block, whatever
+    the order (was: max() skipped NaN and named a finite block below the tolerance as the failure:
+    'relative error 0.000958 ... above the tolerance 0.01')."""
+    import math
+
+    from repan_zoo.verify import compare
+
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    nan = x + float("nan")
+    for order in (["a", "b", "c"], ["b", "a", "c"], ["c", "a", "b"]):
+        new_blocks = {"a": x * (1 + 1e-3), "b": nan, "c": x}
+        ref = ([x, x], {k: x for k in order})
+        report = compare(ref, ([x, nan], {k: new_blocks[k] for k in order}), tolerance=1e-2)
+        assert report.worst_block == "b" and math.isnan(report.worst_block_rel_error), order
+        assert math.isnan(report.model_rel_error) and not report.ok, order
+
+
+def test_a_conversion_that_overflows_is_named_as_an_overflow(tiny_net, monkeypatch):
+    """A fused block whose output is inf/NaN (here its kernel overflows) is refused with the
+    overflow named and the fix, not 'check the BNs' / 'a larger tolerance'."""
+    original = ConvKx1.kernel_bias  # only body.2 has a conv_kx1 branch
+    monkeypatch.setattr(ConvKx1, "kernel_bias", lambda self: KernelBias(original(self).kernel * float("inf"),
+                                                                        original(self).bias))
+    with pytest.raises(ReparameterizationError, match=r"(?s)block 'body\.2'.*NaN/inf.*overflow in float32"):
+        rz.reparameterize(tiny_net)
+
+
 def test_calibrate_on_deploy_model_is_a_typed_error(tiny_net, tiny_input):
     with pytest.raises(NoRepBlocksError, match="unfold"):
         rz.calibrate_bn(rz.reparameterize(tiny_net), [tiny_input])
