@@ -49,6 +49,7 @@ __all__ = [
     "published_recipe",
     "check_weights_available",
     "family_for",
+    "check_entry",
     "write_entry",
     "remove_entry",
     "is_valid_tag",
@@ -360,24 +361,37 @@ def family_for(model: str) -> str:
     return re.sub(r"\d+$", "", name.split("_", 1)[0]) or model
 
 
+def check_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: Optional[os.PathLike] = None) -> Path:
+    """What :func:`write_entry` checks before it writes, with nothing written: the schema, the family
+    name, that ``model.tag`` is not listed in another family file, and that the family file can be
+    written (no file in the way of its folder). Returns the family file. Raises
+    :class:`ManifestError` (or ``OSError`` for the path), so a caller can check before it writes
+    anything else (the weights a bundle copies)."""
+    from .fileio import check_file_target
+
+    WeightEntry.from_dict(entry.as_dict(), where="new")  # the schema
+    folder = Path(directory or manifest_dir())
+    family = family or family_for(entry.model)
+    if not _NAME.match(family):
+        raise ManifestError(f"family {family!r} is not a valid file name (letters, digits, '_', '-')")
+    file = check_file_target(folder / f"{family}.json")
+    other = _file_listing(folder, entry.model, entry.tag)
+    if other is not None and other != file:
+        raise ManifestError(
+            f"{entry.name} is already listed in {other.name}; update it there (pass that family) or use another tag"
+        )
+    return file
+
+
 def write_entry(entry: WeightEntry, *, family: Optional[str] = None, directory: Optional[os.PathLike] = None,
                 default: bool = False) -> Path:
     """Add ``entry`` to ``<directory>/<family>.json``, replacing the entry of the same model and tag
     (in place, so the listed order, and hence timm's default tag, is kept). ``default=True`` lists it
     first among its model's entries instead, so that ``timm.create_model(model, pretrained=True)``
     (no tag) loads it. Written atomically; the whole folder is re-validated afterwards. Returns the file."""
-    WeightEntry.from_dict(entry.as_dict(), where="new")  # the schema, before touching any file
-    folder = Path(directory or manifest_dir())
-    family = family or family_for(entry.model)
-    if not _NAME.match(family):
-        raise ManifestError(f"family {family!r} is not a valid file name (letters, digits, '_', '-')")
-    file = folder / f"{family}.json"
-    other = _file_listing(folder, entry.model, entry.tag)
-    if other is not None and other != file:
-        raise ManifestError(
-            f"{entry.name} is already listed in {other.name}; update it there (pass that family) or use another tag"
-        )
-    doc = _read_document(file) if file.exists() else {"family": family, "entries": []}
+    file = check_entry(entry, family=family, directory=directory)
+    folder = file.parent
+    doc = _read_document(file) if file.exists() else {"family": family or family_for(entry.model), "entries": []}
     new = entry.as_dict()
     rows = doc["entries"]
     same = [i for i, row in enumerate(rows) if _is_row(row, entry.model, entry.tag)]

@@ -286,3 +286,61 @@ def test_a_final_json_with_extra_figures_keeps_them(hub, run):
     metrics.write_text(json.dumps(dict(doc, metrics={"fashion_mnist": dict(extra, test_top1=99.0)})))
     with pytest.raises(PublishError, match="test_top1.*99.0.*87.25"):
         bundle(checkpoint, metrics, tag="arm2")
+
+
+# -- refusals lose nothing --------------------------------------------------------------------------
+def _state() -> dict:
+    """Every manifest file's and bundled weight file's bytes."""
+    files = list(manifest.manifest_dir().glob("*.json")) + list(manifest.bundled_dir().glob("*.safetensors"))
+    return {p.name: p.read_bytes() for p in files}
+
+
+def test_a_refused_or_failed_bundle_leaves_weights_and_manifest_as_they_were(hub, run, tmp_path, monkeypatch):
+    """A bundle that is refused (the tag is listed in another family file; the manifest folder cannot
+    be made) or fails while writing the manifest changes no weight file and no manifest file (was: the
+    listed tag's weight file was overwritten before the refusal, and then failed its size check as
+    'truncated'; a new tag left an orphan weight file)."""
+    checkpoint, metrics, deploy = run
+    bundle(checkpoint, metrics, tag="t", family="fam_a")
+    checkpoint2, metrics2, _ = make_deploy_run(tmp_path / "run2", seed=4)
+    before = _state()
+    with pytest.raises(manifest.ManifestError, match="already listed in fam_a.json"):
+        bundle(checkpoint2, metrics2, tag="t", family="fam_b")
+    assert _state() == before
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OSError):
+        bundle(checkpoint2, metrics2, tag="new", manifest_dir=tmp_path / "a_file" / "manifest")
+    assert _state() == before
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    real_write_entry = manifest.write_entry
+    monkeypatch.setattr(manifest, "write_entry", disk_full)
+    for tag in ("t", "new"):  # re-bundling a listed tag, and a new one
+        with pytest.raises(OSError, match="No space left"):
+            bundle(checkpoint2, metrics2, tag=tag, family="fam_a")
+        assert _state() == before, tag
+    monkeypatch.setattr(manifest, "write_entry", real_write_entry)  # (undo() would also drop the hub fixture's env)
+    x = torch.randn(2, 1, 16, 16)
+    loaded = timm.create_model(MODEL, pretrained=True, deploy=True, pretrained_cfg_overlay=dict(tag="t"))
+    assert torch.equal(loaded.eval()(x), deploy.eval()(x))  # the listed weights still load and verify
+
+
+def test_retire_is_all_or_nothing(hub, run):
+    checkpoint, metrics, _ = run
+    a = bundle(checkpoint, metrics, tag="a")
+    before = _state()
+    with pytest.raises(manifest.ManifestError, match=rf"{MODEL}\.typo is not in the weights manifest"):
+        retire(MODEL, ["a", "typo"])
+    assert _state() == before and (manifest.bundled_dir() / a.entry.filename).is_file()
+
+
+def test_a_dotted_tag_is_superseded_and_retired_by_its_tag(hub, run, tmp_path):
+    """``fmnist.r5`` is a valid tag (manifest.is_valid_tag); with no model of that name, ``fmnist.r5``
+    in supersede / retire is that tag of the model (was: read as model 'fmnist', tag 'r5': refused)."""
+    checkpoint, metrics, _ = run
+    bundle(checkpoint, metrics, tag="fmnist.r5")
+    result = bundle(checkpoint, metrics, tag="fmnist.r6", supersede=["fmnist.r5"])
+    assert [e.tag for e in result.superseded] == ["fmnist.r5"]
+    assert [e.tag for e in retire(MODEL, ["fmnist.r6"])] == ["fmnist.r6"] and manifest.entries_for(MODEL) == []

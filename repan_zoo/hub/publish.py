@@ -427,18 +427,38 @@ def bundle(
         _check_supersede(p.run.model, tag, supersede, manifest_dir)
         target_dir = manifest.bundled_dir()
         filename = f"{p.run.model}-{tag}.safetensors"
-        data = p.weights.read_bytes()
-        atomic_write(target_dir / filename, lambda t: Path(t).write_bytes(data))
         entry = _entry(p, source="bundled", filename=filename)
-        file = manifest.write_entry(entry, family=family, directory=manifest_dir, default=default)
+        manifest.check_entry(entry, family=family, directory=manifest_dir)  # a refusal before any file is written
+        target = target_dir / filename
+        old = target.read_bytes() if target.is_file() else None
+        data = p.weights.read_bytes()
+        atomic_write(target, lambda t: Path(t).write_bytes(data))
+        try:
+            file = manifest.write_entry(entry, family=family, directory=manifest_dir, default=default)
+        except BaseException:  # the manifest was not written: the weight file goes back to what it was
+            if old is None:
+                target.unlink(missing_ok=True)
+            else:
+                atomic_write(target, lambda t: Path(t).write_bytes(old))
+            raise
         return PublishResult(entry, file, target_dir, None, retire(p.run.model, supersede, manifest_dir=manifest_dir))
 
 
 def superseded_names(model: str, supersede: Sequence[str]) -> List[Tuple[str, str]]:
     """``(model, tag)`` of each ``supersede`` item: a bare ``TAG`` is a tag of ``model``; ``MODEL.TAG``
     (timm's pretrained-tag syntax) names another model's entry, e.g. the weights of a layout that the new
-    model's weights replace (``repan_mobileone_s0.fmnist_repan_kd`` by ``repan_mobileone_s0_w050``)."""
-    return [tuple(item.split(".", 1)) if "." in item else (model, item) for item in supersede]
+    model's weights replace (``repan_mobileone_s0.fmnist_repan_kd`` by ``repan_mobileone_s0_w050``),
+    when ``MODEL`` is a model (registered with timm, or listed in the manifest); otherwise the dots
+    belong to a tag of ``model`` (``fmnist.r5``, :func:`repan_zoo.manifest.is_valid_tag`)."""
+    import timm
+
+    listed = {m for (m, _) in manifest.load_manifest()}
+
+    def split(item: str) -> Tuple[str, str]:
+        head, dot, tail = item.partition(".")
+        return (head, tail) if dot and (timm.is_model(head) or head in listed) else (model, item)
+
+    return [split(item) for item in supersede]
 
 
 def _check_supersede(model: str, tag: str, supersede: Sequence[str], manifest_dir) -> None:
@@ -461,9 +481,17 @@ def retire(model: str, tags: Sequence[str], *, manifest_dir=None) -> List[Weight
     is ``model.<tag>``, ``MODEL.TAG`` another model's entry (:func:`superseded_names`). Then delete the
     bundled files that no remaining entry names. A Hub entry's files stay on the Hub, reachable by
     their pinned revision. Returns the removed entries. Raises
-    :class:`~repan_zoo.errors.ManifestError` for an entry that is not listed (the ones before it are
-    already removed)."""
-    removed = [manifest.remove_entry(m, t, directory=manifest_dir)[0] for m, t in superseded_names(model, tags)]
+    :class:`~repan_zoo.errors.ManifestError` naming every entry that is not listed, before any is
+    removed (all or nothing)."""
+    names = superseded_names(model, tags)
+    listed = set(manifest.load_manifest(manifest_dir))
+    missing = [n for n in names if n not in listed]
+    if missing:
+        tags_of = {m: sorted(t for (lm, t) in listed if lm == m) for m, _ in missing}
+        raise manifest.ManifestError(
+            f"{', '.join(f'{m}.{t}' for m, t in missing)} is not in the weights manifest; nothing was retired ("
+            + "; ".join(f"listed tags of {m}: {', '.join(ts) or 'none'}" for m, ts in tags_of.items()) + ")")
+    removed = [manifest.remove_entry(m, t, directory=manifest_dir)[0] for m, t in names]
     still = {e.filename for e in manifest.load_manifest(manifest_dir).values() if e.source == "bundled"}
     for entry in removed:
         path = manifest.bundled_dir() / entry.filename
