@@ -344,3 +344,14 @@ def test_a_dotted_tag_is_superseded_and_retired_by_its_tag(hub, run, tmp_path):
     result = bundle(checkpoint, metrics, tag="fmnist.r6", supersede=["fmnist.r5"])
     assert [e.tag for e in result.superseded] == ["fmnist.r5"]
     assert [e.tag for e in retire(MODEL, ["fmnist.r6"])] == ["fmnist.r6"] and manifest.entries_for(MODEL) == []
+
+
+def test_a_publish_the_manifest_would_refuse_uploads_nothing(hub, run):
+    """The entry is checked before the upload: a tag listed in another family file is refused with
+    nothing pushed to the Hub (was: uploaded, then refused by the manifest write)."""
+    checkpoint, metrics, _ = run
+    publish(checkpoint, metrics, REPO, tag="t", family="fam_a")
+    commit = hub.head(REPO)
+    with pytest.raises(manifest.ManifestError, match="already listed in fam_a.json"):
+        publish(checkpoint, metrics, "org/other-repo", tag="t", family="fam_b")
+    assert "org/other-repo" not in hub.repos and hub.head(REPO) == commit

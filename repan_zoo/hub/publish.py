@@ -351,9 +351,10 @@ def publish(
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="repan-publish-"))
     p = prepare(Path(checkpoint), metrics_json, tag=tag, license=license, repo_id=repo_id, folder=folder)
     _check_supersede(p.run.model, tag, supersede, manifest_dir)
+    planned = _entry(p, source="hub", hf_hub_id=repo_id, revision="0" * 40, filename=DEFAULT_FILENAME)
+    manifest.check_entry(planned, family=family, directory=manifest_dir)  # refused before anything is uploaded
     if dry_run:
-        entry = _entry(p, source="hub", hf_hub_id=repo_id, revision="0" * 40, filename=DEFAULT_FILENAME)
-        return PublishResult(entry, None, folder)
+        return PublishResult(planned, None, folder)
     api = HfApi(endpoint=endpoint, token=token, library_name="repan_zoo")
     operations = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
