@@ -216,10 +216,18 @@ def load_fashion_mnist(root: PathArg = None) -> Dict[str, torch.Tensor]:
     for key, path in found.items():
         arr = read_idx(path)  # type: ignore[arg-type]
         if key.endswith("images"):
-            if arr.ndim != 3:
+            if arr.ndim != 3 or arr.shape[1:] != (28, 28):
                 raise DatasetNotFoundError(f"{path}: expected images [N, 28, 28], got shape {arr.shape}")
             out[key] = torch.from_numpy(arr.copy()).unsqueeze(1)
         else:
+            n = len(FASHION_MNIST_CLASSES)
+            if arr.ndim != 1:
+                raise DatasetNotFoundError(f"{path}: expected labels [N], got shape {arr.shape}")
+            bad = arr[(arr < 0) | (arr >= n)]
+            if len(bad):
+                raise DatasetNotFoundError(
+                    f"{path}: label {int(bad[0])} (and {len(bad) - 1} more) outside the classes 0..{n - 1}; the file "
+                    "is corrupt. Reinstall it (apt-get install --reinstall dataset-fashion-mnist)")
             out[key] = torch.from_numpy(arr.astype(np.int64))
     for split in ("train", "test"):
         if len(out[f"{split}_images"]) != len(out[f"{split}_labels"]):
@@ -227,6 +235,10 @@ def load_fashion_mnist(root: PathArg = None) -> Dict[str, torch.Tensor]:
                 f"Fashion-MNIST {split}: {len(out[f'{split}_images'])} images but {len(out[f'{split}_labels'])} "
                 "labels; the files do not belong together"
             )
+    if len(out["train_images"]) < len(out["test_images"]):  # 60,000 vs 10,000 in the published set
+        raise DatasetNotFoundError(
+            f"Fashion-MNIST in {root}: {len(out['train_images'])} training images and {len(out['test_images'])} test "
+            "images: the train-* and t10k-* files look swapped (the training set is the larger); restore their names")
     _FMNIST_CACHE.clear()
     _FMNIST_CACHE[cache_key] = dict(out)
     return out

@@ -10,6 +10,7 @@ import torch
 
 from repan_zoo.data import (
     FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
     ImageSet,
     calibration_batches,
     load_fashion_mnist,
@@ -59,6 +60,31 @@ def test_fashion_mnist_from_debian_files():
     assert arrays["test_images"].shape == (10000, 1, 28, 28)
     assert sorted(arrays["train_labels"].unique().tolist()) == list(range(10))
     assert torch.bincount(arrays["test_labels"]).tolist() == [1000] * 10
+
+
+@needs_fmnist
+def test_fashion_mnist_files_with_wrong_content_are_named(tmp_path):
+    """Files that read as IDX but hold the wrong data: a label outside 0..9 (was: loaded, then
+    cross-entropy's index error mid-training) and train/test files swapped (was: trained on the
+    10,000 test images and scored on the training set)."""
+    import shutil
+
+    for name in FASHION_MNIST_FILES.values():
+        shutil.copy(FASHION_MNIST_DIR / f"{name}.gz", tmp_path / f"{name}.gz")
+    labels = read_idx(tmp_path / "train-labels-idx1-ubyte.gz").copy()
+    labels[7] = 200
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DatasetNotFoundError, match=r"train-labels-idx1-ubyte.gz.*label 200 .*0\.\.9"):
+        load_fashion_mnist(tmp_path)
+    for name in FASHION_MNIST_FILES.values():
+        shutil.copy(FASHION_MNIST_DIR / f"{name}.gz", tmp_path / f"{name}.gz")
+    for train, test in (("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"),
+                        ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")):
+        (tmp_path / f"{train}.gz").rename(tmp_path / "swap.gz")
+        (tmp_path / f"{test}.gz").rename(tmp_path / f"{train}.gz")
+        (tmp_path / "swap.gz").rename(tmp_path / f"{test}.gz")
+    with pytest.raises(DatasetNotFoundError, match=r"(?s)10000 training images and 60000 test images.*swapped"):
+        load_fashion_mnist(tmp_path)
 
 
 def test_missing_fashion_mnist_names_files_and_apt(tmp_path):
