@@ -153,6 +153,9 @@ def test_feature_stride_errors():
         tiny_detector("retinanet", out_indices=[3])
     with pytest.raises(FeatureStrideError, match="does not increase"):
         tiny_detector("fasterrcnn", out_indices=[2, 1])
+    for bad in ([7, 8, 9], [1, 4]):  # levels the backbone does not have (was: a bare IndexError from timm)
+        with pytest.raises(FeatureStrideError, match=r"out of range for 4 feature levels"):
+            tiny_detector("retinanet", out_indices=bad)
     # feature_info that lies about a level's reduction is caught on a real forward
     model = tiny_detector("retinanet")
     body = model.backbone.body

@@ -194,9 +194,8 @@ def create_body(
     import repan_zoo.models  # noqa: F401  (registers the repan_* models)
 
     if checkpoint is None:
-        if out_indices is None:
-            probe = timm.create_model(name, features_only=True, **model_kwargs)
-            out_indices = default_out_indices(len(probe.feature_info.info))
+        levels = len(timm.create_model(name, features_only=True, device="meta", **model_kwargs).feature_info.info)
+        out_indices = default_out_indices(levels) if out_indices is None else _check_out_indices(out_indices, levels)
         return timm.create_model(name, features_only=True, out_indices=tuple(out_indices), pretrained=pretrained,
                                  **model_kwargs)
     if pretrained:
@@ -242,14 +241,21 @@ def _shape_kwargs(state: Dict[str, torch.Tensor], given: Dict[str, Any]) -> Dict
     return out
 
 
+def _check_out_indices(out_indices: Sequence[int], n: int) -> Tuple[int, ...]:
+    """``out_indices`` as a tuple, each a level of a backbone with ``n`` feature levels (negative:
+    from the end, as timm's); :class:`FeatureStrideError` naming the others."""
+    bad = [i for i in out_indices if isinstance(i, bool) or not isinstance(i, int) or not -n <= i < n]
+    if bad:
+        raise FeatureStrideError(f"out_indices {tuple(out_indices)}: {bad} out of range for {n} feature levels "
+                                 f"(0..{n - 1}, or negative from the end)")
+    return tuple(out_indices)
+
+
 def _features(model: nn.Module, out_indices: Sequence[int]) -> nn.Module:
     """Wrap a built (and loaded) classifier like timm's ``features_only=True`` does."""
     from ..timm_private import pretrained_cfg_for_features
 
-    n = len(model.feature_info)
-    bad = [i for i in out_indices if not isinstance(i, int) or not -n <= i < n]
-    if bad:
-        raise FeatureStrideError(f"out_indices {tuple(out_indices)}: {bad} out of range for {n} feature levels")
+    out_indices = _check_out_indices(out_indices, len(model.feature_info))
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     body = FeatureListNet(model, out_indices=tuple(out_indices), flatten_sequential=True)
     body.pretrained_cfg = body.default_cfg = pretrained_cfg_for_features(cfg)
