@@ -9,6 +9,7 @@ import copy
 import math
 from itertools import product
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -155,7 +156,7 @@ def test_dbb_1x1_kxk_is_exact_on_borders_and_zero_padding_is_not(k, stride, grou
 
 
 # -- errors ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), "abc", None])
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), float("inf"), "abc", None, "0.5", True, False])
 def test_lambda_out_of_range_is_a_typed_error(bad):
     with pytest.raises(LambdaRangeError, match=r"λ.*(outside \[0, 1\]|must be a number)"):
         RepBlock(8, 8, branches=("conv_1x1",), lam=bad)
@@ -165,7 +166,7 @@ def test_lambda_out_of_range_is_a_typed_error(bad):
     assert float(block.lam) == 0.5  # unchanged
 
 
-@pytest.mark.parametrize("lam", [0.0, 1.0])
+@pytest.mark.parametrize("lam", [0.0, 1.0, 1, torch.tensor(0.25), np.float32(0.75)])
 def test_lambda_bounds_are_allowed(lam):
     assert float(RepBlock(8, 8, branches=("conv_1x1",), lam=lam).lam) == lam
 

@@ -18,7 +18,10 @@ __all__ = ["RepBlock", "check_lambda", "convert_block_state", "rep_blocks"]
 
 
 def check_lambda(value) -> float:
-    """Validate the attach rate λ of Eq. (3): a finite number in [0, 1]."""
+    """Validate the attach rate λ of Eq. (3): a finite number in [0, 1] (a Python or numpy number,
+    or a one-element tensor; not a bool or a string, which ``float`` would take silently)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise LambdaRangeError(f"λ must be a number in [0, 1], got {value!r} ({type(value).__name__})")
     try:
         lam = float(value)
     except (TypeError, ValueError):
