@@ -237,6 +237,12 @@ def test_branch_override_and_widths():
         (dict(drop_path_rate=0.1), ModelConfigError, "drop_path_rate"),
         (dict(output_stride=12), ModelConfigError, "output_stride"),
         (dict(branches=("conv_9x9",)), Exception, "unknown branch kind"),
+        # numbers outside what the layers can be built with (was: a net no input fits, or a failure at the
+        # first forward: 'bernoulli_ expects p to be in [0, 1]')
+        (dict(in_chans=0), ModelConfigError, r"in_chans=0: must be ≥ 1"),
+        (dict(in_chans="3"), ModelConfigError, r"in_chans='3': expected an integer"),
+        (dict(num_classes=-1), ModelConfigError, r"num_classes=-1"),
+        (dict(drop_rate=1.0), ModelConfigError, r"drop_rate=1.0: must be ≥ 0 and < 1"),
     ],
 )
 def test_conflicting_kwargs_raise_clear_errors(kwargs, error, match):
@@ -252,6 +258,8 @@ def test_fixed_variants_refuse_other_widths_and_layouts():
     with pytest.raises(TypeError, match="width_mult"):  # unknown kwargs are also TypeErrors, listing the known ones
         timm.create_model("repan_mobilenet", widthmult=0.5)
     assert timm.create_model("repan_resnet18_w025", drop_path_rate=0.1).stages[1][1].drop_path.drop_prob > 0
+    with pytest.raises(ModelConfigError, match=r"drop_path_rate=1.5: must be ≥ 0 and < 1"):
+        timm.create_model("repan_resnet18_w025", drop_path_rate=1.5)
 
 
 def test_unknown_model_name_is_named():

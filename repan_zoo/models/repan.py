@@ -26,6 +26,7 @@ verifies the manifest's weights for ``pretrained_cfg['architecture'/'tag']`` and
 """
 from __future__ import annotations
 
+import argparse
 import math
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -34,6 +35,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, list_pretrained, register_model, resolve_pretrained_cfg
 
+from ..cli_types import number
 from ..errors import ModelConfigError, UnknownModelArgError, UnknownTagError
 from ..manifest import timm_cfgs
 from .families import MODELS, ModelDef
@@ -122,6 +124,13 @@ for _dc in default_cfgs.values():
 
 
 # -- the builder -----------------------------------------------------------------------------
+#: the numeric model kwargs and their ranges (what the layers can be built with)
+_NUMERIC_KWARGS = {
+    "in_chans": number(int, 1), "num_classes": number(int, 0),
+    "drop_rate": number(float, 0.0, 1.0, hi_open=True), "drop_path_rate": number(float, 0.0, 1.0, hi_open=True),
+}
+
+
 def _check_kwargs(variant: str, kwargs: Dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - set(_MODEL_KWARGS + _ARCH_KWARGS + _PLACEMENT_KWARGS + _TIMM_KWARGS))
     if unknown:
@@ -129,6 +138,12 @@ def _check_kwargs(variant: str, kwargs: Dict[str, Any]) -> None:
             f"{variant} got unexpected keyword argument(s) {unknown}; repan_* models take "
             f"{sorted(_MODEL_KWARGS + _ARCH_KWARGS)}, {list(_PLACEMENT_KWARGS)} and timm's {sorted(_TIMM_KWARGS)}"
         )
+    for name, rule in _NUMERIC_KWARGS.items():  # e.g. in_chans=0 built a net no input fits
+        if kwargs.get(name) is not None:
+            try:
+                rule.check(kwargs[name])
+            except argparse.ArgumentTypeError as exc:
+                raise ModelConfigError(f"{variant}: {name}={kwargs[name]!r}: {exc}") from None
 
 
 def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
