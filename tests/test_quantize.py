@@ -110,6 +110,28 @@ def test_bad_calibration_batches_are_refused(tiny):
         q.quantize(tiny, _batches(), backend="arm", compile=False)
 
 
+@pytest.mark.parametrize("batches, probe, words", [
+    ([torch.randn(4, 1, 16, 16)] * 2, None, r"does not run on the calibration images \(1×16×16\)"),
+    ([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 20, 20)], None, r"batch 1 holds 3×20×20 images.*batch 0's are 3×16×16"),
+    (_batches(), torch.randn(3, 16, 16), r"probe has shape \(3, 16, 16\).*N×3×16×16"),
+    (_batches(), torch.randn(4, 3, 20, 20), r"probe has shape \(4, 3, 20, 20\).*N×3×16×16"),
+], ids=["wrong-channels", "mixed-sizes", "3d-probe", "other-size-probe"])
+def test_calibration_and_probe_the_model_cannot_take_are_named_before_quantizing(tiny, batches, probe, words):
+    """Images of another channel count or size, and a probe of another shape, are QuantizationErrors
+    naming the shapes, raised before any quantization (was: PyTorch's conv / cat / matmul errors)."""
+    with pytest.raises(QuantizationError, match=words):
+        q.quantize(tiny, batches, probe=probe, compile=False)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(min_agreement=2), r"min_agreement=2"), (dict(max_rel_error=0.0), r"max_rel_error=0.0"),
+    (dict(min_agreement=float("nan")), r"min_agreement=nan"),
+])
+def test_self_check_thresholds_out_of_range_are_refused_before_quantizing(tiny, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        q.quantize(tiny, _batches(), compile=False, **kwargs)
+
+
 class _Unfused(nn.Module):
     def __init__(self):
         super().__init__()
@@ -293,6 +315,21 @@ def test_load_refuses_non_archives_and_pickles(tmp_path):
         q.load_int8(pickled)
     with pytest.raises(FileNotFoundError, match="repan export"):
         q.load_int8(tmp_path / "missing.pt2")
+    for sha in (123, "abc", "g" * 64):  # was: AttributeError: 'int' object has no attribute 'lower'
+        with pytest.raises(ValueError, match="64 hex digits"):
+            q.load_int8(plain, sha256=sha)
+
+
+def test_export_int8_names_a_bad_path_or_a_one_image_probe_before_quantizing(tmp_path, tiny, monkeypatch):
+    """A folder in the way of the file, or a probe of one image (the program's batch axis is dynamic
+    only from 2), is refused before the quantization runs (was: after it, from torch.export)."""
+    monkeypatch.setattr(sys.modules["repan_zoo.quantize.program"], "quantize",
+                        lambda *a, **k: pytest.fail("quantized before the check"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        q.export_int8(tiny, tmp_path / "a_file" / "m.pt2", _batches())
+    with pytest.raises(QuantizationError, match="probe .* at least 2 images"):
+        q.export_int8(tiny, tmp_path / "m.pt2", _batches(), probe=torch.randn(1, 3, 16, 16))
 
 
 @pytest.mark.slow

@@ -219,6 +219,45 @@ def _calibration(batches: Iterable[Any]) -> List[torch.Tensor]:
     return out
 
 
+def _probe_for(batches: List[torch.Tensor], probe: Optional[torch.Tensor]) -> torch.Tensor:
+    """The self-check's probe (default: the calibration images), after checking one ``C×H×W`` for
+    every calibration batch and the probe (the INT8 program is exported at one image size):
+    :class:`QuantizationError` naming the shapes."""
+    shape = tuple(batches[0].shape[1:])
+    size = "×".join(map(str, shape))
+    for i, b in enumerate(batches):
+        if tuple(b.shape[1:]) != shape:
+            raise QuantizationError(f"calibration batch {i} holds {'×'.join(map(str, b.shape[1:]))} images and batch "
+                                    f"0's are {size}: give every batch one image size (the size the model will serve)")
+    probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
+    if probe.dim() != 4 or tuple(probe.shape[1:]) != shape:
+        raise QuantizationError(f"probe has shape {tuple(probe.shape)}; it must be N×{size} like the calibration "
+                                "images (held-out images, e.g. a validation batch)")
+    return probe
+
+
+def _check_runs(deploy: nn.Module, batches: List[torch.Tensor]) -> None:
+    """:class:`QuantizationError` when the model cannot run the calibration images (another
+    channel count or size than it takes), before any quantization."""
+    try:
+        with torch.no_grad():
+            deploy(batches[0][:2])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        size = "×".join(map(str, batches[0].shape[1:]))
+        raise QuantizationError(f"the model does not run on the calibration images ({size}): "
+                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; give images of the "
+                                "model's input channels and size, normalised as for the fp32 model") from exc
+
+
+def _check_thresholds(min_agreement: float, max_rel_error: float) -> None:
+    """The self-check's bounds: ``min_agreement`` in [0, 1], ``max_rel_error`` > 0 (inf: none)."""
+    for name, value, ok in (("min_agreement", min_agreement, lambda v: 0.0 <= v <= 1.0),
+                            ("max_rel_error", max_rel_error, lambda v: v > 0)):  # inf: no bound; NaN fails both
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+            raise ValueError(f"{name}={value!r}: min_agreement is a top-1 agreement in [0, 1], max_rel_error a "
+                             "relative error > 0 (inf: no bound; defaults: DEFAULT_MIN_AGREEMENT, DEFAULT_MAX_REL_ERROR)")
+
+
 def _reference64(deploy: nn.Module, batches: List[torch.Tensor]) -> Tuple[List[torch.Tensor], float]:
     """The unchanged ``deploy`` model's outputs on ``batches`` computed in float64, and the largest
     relative error of its own fp32 evaluation against them: what folding and equalizing are judged by
@@ -312,20 +351,24 @@ def quantize(
     :class:`~repan_zoo.errors.MissingExtraError` without torchao,
     :class:`~repan_zoo.errors.QuantizationError` for a multi-branch model, unusable
     calibration batches, or a self-check below ``min_agreement`` / above ``max_rel_error``;
-    ``ValueError`` for an unknown backend or an ``equalize`` string other than ``"auto"``.
+    ``ValueError`` for an unknown backend, an ``equalize`` string other than ``"auto"``, or
+    thresholds out of range. Calibration images of several sizes, a probe of another shape or
+    images the model cannot run are refused before quantizing.
     """
     api = _torchao()
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
     if isinstance(equalize, str) and equalize != "auto":
         raise ValueError(f"equalize={equalize!r}: give a SmoothQuant strength in [0, 1], None (off) or 'auto'")
+    _check_thresholds(min_agreement, max_rel_error)
     deploy = _deploy_copy(model)
     unknown = sorted(set(fp32_modules) - {n for n, _ in deploy.named_modules()})
     if unknown:
         raise QuantizationError(f"fp32_modules names no submodule of the deploy model: {unknown}; "
                                 "use names from reparameterize(model).named_modules()")
     batches = _calibration(calibration_batches)
-    probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
+    probe = _probe_for(batches, probe)
+    _check_runs(deploy, batches)
     with torch.no_grad():
         reference = deploy(probe)
     alphas = EQUALIZE_CANDIDATES if equalize == "auto" else (equalize,)

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -13,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import QuantizationError
-from ..fileio import atomic_write, file_facts
+from ..fileio import atomic_write, check_file_target, file_facts
 from ..verify import relative_error
-from .core import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, _calibration, _judge, agreement, quantize
+from .core import DEFAULT_MAX_REL_ERROR, DEFAULT_MIN_AGREEMENT, _calibration, _judge, agreement, _probe_for, quantize
 
 
 # -- the shippable artefact -------------------------------------------------------------------------------
@@ -50,6 +51,8 @@ def load_int8(path: os.PathLike, *, sha256: Optional[str] = None) -> nn.Module:
     :class:`~repan_zoo.errors.QuantizationError` otherwise, and ``FileNotFoundError``.
     """
     path = os.fspath(path)
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        raise ValueError(f"sha256={sha256!r}: give the file's sha256 as 64 hex digits (export_int8's report['sha256'])")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no INT8 program at {path}; write one with `repan export MODEL --int8 --out {path}`")
     with open(path, "rb") as fh:
@@ -90,8 +93,12 @@ def export_int8(
     self-check, and the file-vs-memory relative error. Raises what :func:`quantize` raises, and
     :class:`~repan_zoo.errors.QuantizationError` when the reloaded file computes something else.
     """
+    check_file_target(path)  # a folder in the way is named before the quantization runs
     batches = _calibration(calibration_batches)
-    probe = torch.cat(batches) if probe is None else probe.detach().float().cpu()
+    probe = _probe_for(batches, probe)
+    if len(probe) < 2:
+        raise QuantizationError(f"the probe holds {len(probe)} image(s); export needs at least 2 images "
+                                "(torch.export keeps the batch axis dynamic only from 2)")
     int8 = quantize(model, batches, probe=probe, fold_constants=fold_constants, equalize=equalize,
                     fp32_modules=fp32_modules, compile=False, min_agreement=min_agreement, max_rel_error=max_rel_error)
     inputs = [probe, probe[:1]]
