@@ -139,6 +139,29 @@ def test_detector_forward_backward(detector, backbone, kwargs):
     assert model.pretrained_cfg["input_size"][0] == model.backbone.in_chans
 
 
+def test_export_detector_names_bad_probe_images_and_paths_before_fusing(tmp_path, monkeypatch):
+    """Probe images that are no images of the detector's input (none, 1 channel for a 3-channel
+    detector, a batch tensor, integers) and a folder in the way of the file are refused by name
+    before the detector is fused (was: a TorchScript interpreter trace, or 'batch_size=0 must be
+    >= 1' naming an argument the caller never passed)."""
+    from repan_zoo.detection import export as det_export
+
+    model = tiny_detector("retinanet")
+    c = model.pretrained_cfg["input_size"][0]
+    monkeypatch.setattr(det_export, "_deploy_copy", lambda detector: pytest.fail("fused before the check"))
+    for images, words in [([], "at least one image"),
+                          ([torch.rand(c + 1, SIDE, SIDE)], rf"image 0 has {c + 1} channel.*takes {c}"),
+                          (torch.rand(2, c, SIDE, SIDE), "a list of"),
+                          ([torch.rand(c, SIDE)], r"image 0 has shape \(\d+, \d+\); an image is \[C, H, W\]"),
+                          ([torch.randint(0, 255, (c, SIDE, SIDE), dtype=torch.uint8)], r"torch.uint8.*float.*\[0, 1\]")]:
+        for part in ("full", "dense"):
+            with pytest.raises(ValueError, match=words):
+                det_export.export_detector(model, tmp_path / "d.pt", part=part, images=images)
+    with pytest.raises(IsADirectoryError):
+        det_export.export_detector(model, tmp_path, images=[torch.rand(c, SIDE, SIDE)])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_feature_stride_errors():
     assert check_feature_strides([4, 8, 16]) == [4, 8, 16]
     with pytest.raises(FeatureStrideError, match="at least 2"):

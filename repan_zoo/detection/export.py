@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..fileio import atomic_write, file_facts
+from ..fileio import atomic_write, check_file_target, file_facts
 from ..convert import reparameterize
 from ..errors import ExportError
 from ..extras import require_extra
@@ -185,6 +185,26 @@ def _export_full_onnx(detector: nn.Module, deploy: nn.Module, images: List[torch
     return facts
 
 
+def _checked_images(detector: nn.Module, images: Any) -> Sequence[torch.Tensor]:
+    """``images`` if they are probe images the detector takes: a non-empty list of float ``[C, H, W]``
+    tensors with the detector's input channels; ``ValueError`` naming the first that is not."""
+    if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
+        raise ValueError(f"images: give a list of [C, H, W] tensors (torchvision's detector input), got a "
+                         f"{type(images).__name__}{' of shape ' + str(tuple(images.shape)) if isinstance(images, torch.Tensor) else ''}")
+    if not images:
+        raise ValueError("images: give at least one image [C, H, W] in [0, 1] (or None: seeded random images)")
+    channels = ((getattr(detector, "pretrained_cfg", None) or {}).get("input_size") or (None,))[0]
+    for i, img in enumerate(images):
+        if not isinstance(img, torch.Tensor) or img.dim() != 3:
+            shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+            raise ValueError(f"images: image {i} has shape {shape}; an image is [C, H, W]")
+        if not img.is_floating_point():
+            raise ValueError(f"images: image {i} holds {img.dtype}; give float images in [0, 1] (e.g. x.float() / 255)")
+        if channels is not None and img.shape[0] != channels:
+            raise ValueError(f"images: image {i} has {img.shape[0]} channel(s) and the detector takes {channels}")
+    return images
+
+
 def export_detector(
     detector: nn.Module,
     path: os.PathLike,
@@ -198,7 +218,8 @@ def export_detector(
     """Reparameterize a copy of ``detector`` and export it (see the module docstring).
 
     ``images``: probe images ``[C, H, W]`` in [0, 1] (default: two seeded images of the
-    detector's input size). Returns a report (format, part, exporter, errors against the fused
+    detector's input size); a list that is empty or holds anything else is a ``ValueError``,
+    and so is a folder at ``path`` (``IsADirectoryError``), before the detector is fused. Returns a report (format, part, exporter, errors against the fused
     copy and the unfused detector, file size and sha256). The caller's detector is not changed.
     ONNX without the ``export`` extra: :class:`~repan_zoo.errors.MissingExtraError`, before any work.
     """
@@ -208,7 +229,9 @@ def export_detector(
         raise ValueError(f"part={part!r}: choose one of {PARTS}")
     if fmt == "onnx":
         require_extra("export", "ONNX export of a detector", ("onnx", "onnxruntime"))
-    images = [img.detach().cpu() for img in (images if images is not None else probe_images(detector))]
+    check_file_target(path)
+    images = [img.detach().cpu() for img in (_checked_images(detector, images) if images is not None
+                                             else probe_images(detector))]
     deploy = _deploy_copy(detector)
     report: Dict[str, Any] = {"format": fmt, "part": part, "path": os.fspath(path),
                               "fusion_exactness": dict(getattr(deploy, "repan_exactness", {}) or {})}
