@@ -280,6 +280,9 @@ def load_splits(
             reader's files are missing or unreadable.
         RecipeError: ``val_size``, ``train_subset`` or ``test_subset`` out of range (a ``ValueError``).
     """
+    for option, value in (("--val-size", val_size), ("--train-subset", train_subset), ("--test-subset", test_subset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RecipeError(f"{option} {value!r}: give a whole number of images")
     name = dataset_key(name)
     arrays = get_dataset(name)(data_dir, img_size=img_size)
     info: Dict[str, object] = {"split_seed": split_seed, "source": arrays.source}

@@ -18,7 +18,7 @@ from repan_zoo.data import (
     read_idx,
     train_loader,
 )
-from repan_zoo.errors import DatasetNotFoundError
+from repan_zoo.errors import DatasetNotFoundError, RecipeError
 
 HAVE_FMNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
@@ -85,6 +85,13 @@ def test_fashion_mnist_files_with_wrong_content_are_named(tmp_path):
         (tmp_path / "swap.gz").rename(tmp_path / f"{test}.gz")
     with pytest.raises(DatasetNotFoundError, match=r"(?s)10000 training images and 60000 test images.*swapped"):
         load_fashion_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs", [dict(val_size=100.5), dict(train_subset="100"), dict(test_subset=True)])
+def test_split_sizes_must_be_whole_numbers(kwargs):
+    """(was: 'slice indices must be integers' from inside the split)."""
+    with pytest.raises(RecipeError, match="whole number of images"):
+        load_splits("fashion_mnist", **kwargs)
 
 
 def test_missing_fashion_mnist_names_files_and_apt(tmp_path):

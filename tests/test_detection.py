@@ -162,6 +162,19 @@ def test_export_detector_names_bad_probe_images_and_paths_before_fusing(tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(num_classes="5"), r"num_classes='5': expected an integer ≥ 2"),
+    (dict(num_classes=1), r"num_classes=1: must be ≥ 2.*background"),
+    (dict(score_thresh=2.0), r"score_thresh=2.0: must be ≥ 0 and ≤ 1"),
+    (dict(fpn_channels=0), r"fpn_channels=0: must be ≥ 1"),
+    (dict(anchor_scale=float("nan")), r"anchor_scale=nan"),
+])
+def test_detector_config_numbers_are_checked_by_name(kwargs, words):
+    """Each numeric field with the command line's rule (was: "'<' not supported between str and int")."""
+    with pytest.raises(ValueError, match=words):
+        DetectorConfig(**kwargs)
+
+
 def test_feature_stride_errors():
     assert check_feature_strides([4, 8, 16]) == [4, 8, 16]
     with pytest.raises(FeatureStrideError, match="at least 2"):
