@@ -216,6 +216,14 @@ def _read(path: PathLike, tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict[
                               + (f" (it holds {', '.join(found[:5])})" if found else ""))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    # safetensors: an 8-byte header length, then the JSON header ('{'); else a zip archive (torch.save) or a pickle
+    if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path} is a torch.save file (a pickle), not safetensors: repan_zoo reads safetensors only. Convert "
+            "a state dict you trust with safetensors.torch.save_file(torch.load(path, weights_only=True), "
+            "'model.safetensors'), or save the model with repan_zoo.checkpoint.save_checkpoint")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})

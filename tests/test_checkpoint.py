@@ -264,6 +264,11 @@ def test_truncated_file_is_a_checkpoint_error(tiny_net, tmp_path):
         read_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.safetensors")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "state.pt")  # a valid file of another format: never "delete it"
+    with pytest.raises(CheckpointError, match=r"torch.save file \(a pickle\), not safetensors.*save_file") as info:
+        read_checkpoint(tmp_path / "state.pt")
+    assert "Delete" not in str(info.value)
+    (tmp_path / "state.pt").unlink()
     with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file.*\(it holds m\.safetensors\)"):
         read_checkpoint(tmp_path)  # a run folder instead of the file in it
     for bad in (path, tmp_path, tmp_path / "missing.safetensors"):  # the metadata alone: the same errors
