@@ -307,6 +307,29 @@ def test_a_blown_up_network_at_a_cycle_start_is_named_as_divergence_not_a_bug(sp
         trainer.calibrate(1, [o + 1.0 for o in outputs])
 
 
+def test_non_finite_evaluation_outputs_stop_the_run_as_divergence(tmp_path, splits, monkeypatch):
+    """Activations that overflow in evaluation only (finite weights, finite training loss: a too high
+    lr on a small image set was seen) gave a NaN validation loss that was logged and saved, and the
+    run then failed at Rep with 'load the last good checkpoint' on every --resume. The epoch now
+    stops as divergence, unsaved, naming the validation loss."""
+    import repan_zoo.annealing.trainer as trainer_mod
+
+    real, calls = trainer_mod.evaluate, []
+
+    def overflowing(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        return {**out, "loss": float("nan")} if len(calls) >= 3 else out  # epoch 2's validation
+
+    monkeypatch.setattr(trainer_mod, "evaluate", overflowing)
+    trainer = RepAnTrainer(tiny_cfg(method="baseline", cycles=1, epochs=3), splits, out=tmp_path, plot=False)
+    with pytest.raises(TrainingDivergedError) as info:
+        trainer.run()
+    msg = str(info.value)
+    assert "validation loss is nan" in msg and "cycle 1, epoch 2/3" in msg and "lower --lr" in msg, msg
+    assert Checkpointer(tmp_path).latest_dir() == info.value.checkpoint == tmp_path / "checkpoints" / "ep0001"
+
+
 def test_a_loss_that_failed_on_another_process_is_not_quoted_as_this_one(tmp_path, splits, monkeypatch):
     """Under DDP every process stops when any loss is non-finite; a process whose own loss was finite
     says the loss failed on another process instead of quoting its finite value as the divergence."""

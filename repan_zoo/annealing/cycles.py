@@ -31,6 +31,7 @@ re-seeded), and every Rep / Expand+Restore / Calibrate is verified and recorded 
 from __future__ import annotations
 
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -297,6 +298,9 @@ class CycleRun(CycleTask):
                 raise self.diverged(cp, epoch, NonFiniteLoss(steps, None), lr_at(steps), state=bad) from None
             self.global_step += steps
             row = self.end_epoch(cp, epoch, global_epoch, steps, sums, lr_at(steps) if steps else None, t_epoch)
+            val_loss = row.get("val_loss")  # finite weights can still overflow in evaluation
+            if val_loss is not None and self.ctx.any_true(not math.isfinite(val_loss)):
+                raise self.diverged(cp, epoch, NonFiniteLoss(steps, None), lr_at(steps), val_loss=val_loss) from None
             self.history.append(row)
             self.save(self.checkpoint_state(cp, ci, epoch, global_epoch, optimizer, scaler), tag=f"ep{global_epoch:04d}")
             self.after_epoch_saved()
@@ -330,15 +334,20 @@ class CycleRun(CycleTask):
                 + ", --clip-grad 5" + (", or a smaller --branch-gamma / a slower --lam-schedule" if expand else ""))
 
     def diverged(self, cp: CyclePlan, epoch: int, exc: NonFiniteLoss, lr: float,
-                 state: Optional[List[str]] = None) -> TrainingDivergedError:
+                 state: Optional[List[str]] = None, val_loss: Optional[float] = None) -> TrainingDivergedError:
         """The error of a run whose loss (``exc``), or with ``state`` whose weights or BN statistics
-        (their names; empty: on another process), became NaN/inf in ``epoch`` of cycle ``cp``."""
+        (their names; empty: on another process), or with ``val_loss`` whose evaluation outputs,
+        became NaN/inf in ``epoch`` of cycle ``cp``."""
         where = f"cycle {cp.index}, epoch {epoch}/{cp.epochs}, step {exc.step}"
         kept = (f"The last good checkpoint {self.last_checkpoint} (end of the previous epoch) is untouched; "
                 "continue from it with --resume after changing the recipe" if self.last_checkpoint is not None
                 else "No epoch had completed, so there is no checkpoint")
         lam = self.current_lambda()
-        if state is None:
+        if val_loss is not None:
+            what = (f"the validation loss is {val_loss} (the network's outputs overflow in evaluation; its weights "
+                    "and training loss stayed finite)")
+            done = "This epoch was not saved."
+        elif state is None:
             what = f"the loss became {'non-finite on another process' if exc.value is None else exc.value}"
             done = "The weights were not updated by this step."
         else:
