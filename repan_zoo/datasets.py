@@ -330,7 +330,12 @@ def imagefolder(data_dir: PathArg, *, img_size: int = 224) -> DatasetArrays:
 
     def fetcher(folder) -> Callable[[int], torch.Tensor]:
         def fetch(i: int) -> torch.Tensor:
-            img = folder.loader(folder.samples[i][0]).convert("RGB")
+            path = folder.samples[i][0]
+            try:
+                img = folder.loader(path).convert("RGB")
+            except OSError as exc:  # PIL's UnidentifiedImageError, a truncated file
+                raise DatasetNotFoundError(f"imagefolder: {path} is not a readable image ({exc}); remove or replace "
+                                           "it, then run again (--resume continues a started run)") from exc
             return resize(img)
         return fetch
 

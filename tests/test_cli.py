@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -127,3 +128,35 @@ def test_unknown_model_and_bad_arguments(tmp_path, capsys):
     assert info.value.code == 2
     with pytest.raises(SystemExit):
         build_parser().parse_args(["export", MODEL, "--out", "x", "--format", "tflite"])
+
+
+def _with_closed_stdout(code: str):
+    """Run ``code`` in a child whose stdout reader has gone away (its pipe's read end closed)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    child.stdout.close()  # the reader goes away before the child writes
+    _, err = child.communicate(timeout=300)
+    return child.returncode, err.decode()
+
+
+def test_a_closed_output_pipe_ends_a_command_quietly_and_does_not_stop_a_training_log():
+    """``repan list | head -1``: no BrokenPipeError traceback but the documented status 141; the
+    trainer's log (console_print) stops printing and the run goes on (was: the run died after its
+    first log line with 'writing the run's files failed (Broken pipe)')."""
+    code, err = _with_closed_stdout(
+        "import sys, argparse\n"
+        "from repan_zoo.cli.base import run_command\n"
+        "def run(args):\n"
+        "    for _ in range(2000): print('x' * 100)\n"
+        "    return 0\n"
+        "sys.exit(run_command('repan list', run, argparse.Namespace()))\n")
+    assert code == 141 and "Traceback" not in err and "BrokenPipe" not in err, (code, err)
+    code, err = _with_closed_stdout(
+        "import sys\n"
+        "from repan_zoo.cli.base import console_print\n"
+        "for _ in range(2000): console_print('x' * 100)\n"
+        "print('trained on', file=sys.stderr)\n")
+    assert code == 0 and "trained on" in err and "Traceback" not in err, (code, err)

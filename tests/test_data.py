@@ -192,6 +192,10 @@ def test_imagefolder_tree(tmp_path):
     assert splits.classes == ("cat", "dog") and splits.num_classes == 2
     with pytest.raises(DatasetNotFoundError, match="val"):
         load_splits("imagefolder", tmp_path / "train")
+    (tmp_path / "val" / "cat" / "0.png").write_bytes(b"not an image")  # was PIL's error, reported as a disk failure
+    test = load_splits("imagefolder", tmp_path, val_size=4, img_size=16).test
+    with pytest.raises(DatasetNotFoundError, match=r"val/cat/0.png is not a readable image.*remove or replace"):
+        test[list(range(len(test)))]
 
 
 @pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")

@@ -14,6 +14,8 @@ code  meaning
       (any other :class:`~repan_zoo.errors.RepanError`); nothing was written
 3     training diverged (:class:`~repan_zoo.errors.TrainingDivergedError`; the message names
       cycle, epoch, step and the last good checkpoint)
+141   the reader of stdout went away (``repan list | head -1``): the output stops quietly, as a
+      shell tool's does on SIGPIPE; a training run only stops printing and goes on
 ====  ==========================================================================================
 
 Every error is one line on stderr: ``<prog>: error: <message>``, where ``<prog>`` is
@@ -27,6 +29,7 @@ A subcommand is a module with ``NAME``, ``HELP`` (its line in ``repan --help``),
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from types import ModuleType
@@ -119,6 +122,27 @@ def standalone_parser(module: ModuleType, prog: str) -> OneLineParser:
     return parser
 
 
+#: exit status when the reader of stdout went away (``repan list | head -1``): the shells' 128 + SIGPIPE
+EXIT_PIPE = 141
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null (its reader went away), so that later writes, and the interpreter's
+    flush at exit, do not raise ``BrokenPipeError`` again (Python docs, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def console_print(msg: str) -> None:
+    """``print(msg, flush=True)`` that survives a closed stdout: when its reader went away, the
+    rest of the output is dropped and the caller goes on (a training run piped into ``head``)."""
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
 def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command, turning a reported error into its message and exit status.
 
@@ -139,6 +163,9 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
         code = exit_code(exc)
         report(prog, exc)
         return code
+    except BrokenPipeError:  # the reader of the output went away: nothing to report, and nowhere to
+        _stdout_to_devnull()
+        return EXIT_PIPE
 
 
 def alias_main(module: ModuleType, prog: str, argv: Optional[Sequence[str]] = None) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from ..cli_types import given_options, number
+from .base import console_print
 from .options import add_config_options, add_run_options, check_files_exist, check_min_lr, check_model_names
 
 NAME = "train"
@@ -238,7 +239,7 @@ def train(args: argparse.Namespace):
         try:
             def log(msg: str) -> None:
                 if ctx.is_main:
-                    print(msg, flush=True)
+                    console_print(msg)  # a closed pipe (| head) stops the printing, not the run
 
             out = Path(args.out)
             if ctx.is_main:
@@ -268,6 +269,9 @@ def train(args: argparse.Namespace):
                 result = trainer.run(resume=args.resume)
             except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file
                 from ..errors import CheckpointError
+
+                if exc.errno is None:  # not the file system's (e.g. an image decoder's, a download's): as it is
+                    raise
 
                 raise CheckpointError(
                     f"writing the run's files failed ({exc}); every completed epoch in {out / 'checkpoints'} is intact. "
