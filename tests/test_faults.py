@@ -159,6 +159,18 @@ def test_resume_removes_stale_temp_files_and_refuses_another_model_without_writi
     assert not stale.exists()
 
 
+@pytest.mark.parametrize("content", ["null", "[1, 2]", '"a recipe"'])
+def test_resume_with_a_recipe_json_that_is_not_an_object_is_refused_by_name(tmp_path, capsys, content):
+    """(was: AttributeError: 'NoneType' object has no attribute 'items', a traceback)."""
+    from repan_zoo.train_cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "recipe.json").write_text(content)
+    assert main([*SMALL, "--out", str(out), "--resume"]) == 2
+    assert "recipe.json is not a recipe (a JSON object of options)" in capsys.readouterr().err
+
+
 def test_resume_position_continues_the_plan_or_names_the_options_that_changed_it():
     from repan_zoo.annealing.cycles import CyclePlan, resume_position
     from repan_zoo.errors import RecipeError

@@ -168,6 +168,9 @@ def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
         saved = json.loads(saved_path.read_text())
     except json.JSONDecodeError as exc:
         raise RecipeError(f"{saved_path} is not JSON ({exc}); restore it, or start a new run (new --out)") from None
+    if not isinstance(saved, dict):
+        raise RecipeError(f"{saved_path} is not a recipe (a JSON object of options) but a {type(saved).__name__}; "
+                          "restore it, or start a new run (new --out)")
     overrides = {k: recipe[k] for k in fields if k in explicit and saved.get(k) != recipe[k]}
     if overrides:
         log(f"--resume: overriding the saved recipe with {overrides}")
