@@ -735,3 +735,13 @@ def test_continued_runs_are_paired_with_the_main_run_they_start_from(tmp_path):
     assert ("Starts: `continue/m__then_kd__s0` → then_kd2; `main/m__baseline__s0` → then_kd, then_repan_kd."
             in md)
     assert "| m | then_repan_kd | 1x20 |" in md and "| +1.00 ± 0.00 | 6.00 ± 0.00 |" in md
+
+
+def test_sweep_only_with_a_filter_that_matches_nothing_is_refused(tmp_path, capsys):
+    """``--only`` with a typo (was: 'plan cpu/main: 0 runs', exit 0: an overnight job that did nothing
+    'succeeded'); a matching filter still selects."""
+    sweep = load("sweep")
+    with pytest.raises(SystemExit) as info:
+        sweep.main(["--plan", "main", "--only", "bogus_name", "--work", str(tmp_path), "--dry-run"])
+    assert info.value.code == 2 and "--only bogus_name matches no run of cpu/main" in capsys.readouterr().err
+    assert sweep.main(["--plan", "main", "--only", "teacher", "--work", str(tmp_path), "--status"]) == 0

@@ -748,6 +748,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
     wanted = [w for w in (a.only or "").split(",") if w]
+    names = [r["name"] for r in plan_runs(a.plan, a.scale)]
+    unmatched = [w for w in wanted if not any(w in name for name in names)]
+    if unmatched:  # a typo in a long job's filter must not 'succeed' by running nothing
+        p.error(f"--only {','.join(unmatched)} matches no run of {a.scale}/{a.plan}; its runs: {', '.join(names)}")
     runs = [r for r in plan_runs(a.plan, a.scale) if not wanted or any(w in r["name"] for w in wanted)]
     if a.kd_runs != "all":
         runs = [r for r in runs if bool(r["needs"]) == (a.kd_runs == "only")]
