@@ -160,3 +160,20 @@ def test_a_closed_output_pipe_ends_a_command_quietly_and_does_not_stop_a_trainin
         "for _ in range(2000): console_print('x' * 100)\n"
         "print('trained on', file=sys.stderr)\n")
     assert code == 0 and "trained on" in err and "Traceback" not in err, (code, err)
+
+
+def test_ctrl_c_is_one_line_naming_the_resume_and_status_130(tmp_path, capsys):
+    """(was: about 40 lines of KeyboardInterrupt traceback from inside batch_norm)."""
+    import argparse
+
+    from repan_zoo.cli.base import run_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    args = argparse.Namespace(out=str(tmp_path / "run"), resume=False)
+    assert run_command("repan-train", interrupted, args) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"repan-train --out {tmp_path / 'run'} --resume" in err and "Traceback" not in err
+    assert run_command("repan list", interrupted, argparse.Namespace()) == 130
+    assert capsys.readouterr().err == "repan list: interrupted\n"

@@ -14,6 +14,7 @@ code  meaning
       (any other :class:`~repan_zoo.errors.RepanError`); nothing was written
 3     training diverged (:class:`~repan_zoo.errors.TrainingDivergedError`; the message names
       cycle, epoch, step and the last good checkpoint)
+130   interrupted (Ctrl-C): one line naming how to resume a run, not a traceback
 141   the reader of stdout went away (``repan list | head -1``): the output stops quietly, as a
       shell tool's does on SIGPIPE; a training run only stops printing and goes on
 ====  ==========================================================================================
@@ -122,6 +123,9 @@ def standalone_parser(module: ModuleType, prog: str) -> OneLineParser:
     return parser
 
 
+#: exit status after Ctrl-C (the shells' 128 + SIGINT)
+EXIT_INTERRUPTED = 130
+
 #: exit status when the reader of stdout went away (``repan list | head -1``): the shells' 128 + SIGPIPE
 EXIT_PIPE = 141
 
@@ -166,6 +170,12 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
     except BrokenPipeError:  # the reader of the output went away: nothing to report, and nowhere to
         _stdout_to_devnull()
         return EXIT_PIPE
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the run was
+        out = getattr(args, "out", None)
+        resume = (f"; every completed epoch in {out} is kept: continue with `{prog} --out {out} --resume`"
+                  if out is not None and hasattr(args, "resume") else "")
+        print(f"{prog}: interrupted{resume}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
 
 
 def alias_main(module: ModuleType, prog: str, argv: Optional[Sequence[str]] = None) -> int:
