@@ -445,15 +445,15 @@ def bundle(
         return PublishResult(entry, file, target_dir, None, retire(p.run.model, supersede, manifest_dir=manifest_dir))
 
 
-def superseded_names(model: str, supersede: Sequence[str]) -> List[Tuple[str, str]]:
+def superseded_names(model: str, supersede: Sequence[str], manifest_dir=None) -> List[Tuple[str, str]]:
     """``(model, tag)`` of each ``supersede`` item: a bare ``TAG`` is a tag of ``model``; ``MODEL.TAG``
     (timm's pretrained-tag syntax) names another model's entry, e.g. the weights of a layout that the new
     model's weights replace (``repan_mobileone_s0.fmnist_repan_kd`` by ``repan_mobileone_s0_w050``),
-    when ``MODEL`` is a model (registered with timm, or listed in the manifest); otherwise the dots
+    when ``MODEL`` is a model (registered with timm, or listed in the manifest at ``manifest_dir``); otherwise the dots
     belong to a tag of ``model`` (``fmnist.r5``, :func:`repan_zoo.manifest.is_valid_tag`)."""
     import timm
 
-    listed = {m for (m, _) in manifest.load_manifest()}
+    listed = {m for (m, _) in manifest.load_manifest(manifest_dir)}
 
     def split(item: str) -> Tuple[str, str]:
         head, dot, tail = item.partition(".")
@@ -463,7 +463,7 @@ def superseded_names(model: str, supersede: Sequence[str]) -> List[Tuple[str, st
 
 
 def _check_supersede(model: str, tag: str, supersede: Sequence[str], manifest_dir) -> None:
-    names = superseded_names(model, supersede)
+    names = superseded_names(model, supersede, manifest_dir)
     if (model, tag) in names:
         raise PublishError(f"--supersede names the tag being published ({model}.{tag}); publishing under the same "
                            "tag already replaces that entry")
@@ -484,7 +484,7 @@ def retire(model: str, tags: Sequence[str], *, manifest_dir=None) -> List[Weight
     their pinned revision. Returns the removed entries. Raises
     :class:`~repan_zoo.errors.ManifestError` naming every entry that is not listed, before any is
     removed (all or nothing)."""
-    names = superseded_names(model, tags)
+    names = superseded_names(model, tags, manifest_dir)
     listed = set(manifest.load_manifest(manifest_dir))
     missing = [n for n in names if n not in listed]
     if missing:
