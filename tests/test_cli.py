@@ -177,3 +177,16 @@ def test_ctrl_c_is_one_line_naming_the_resume_and_status_130(tmp_path, capsys):
     assert err.count("\n") == 1 and f"repan-train --out {tmp_path / 'run'} --resume" in err and "Traceback" not in err
     assert run_command("repan list", interrupted, argparse.Namespace()) == 130
     assert capsys.readouterr().err == "repan list: interrupted\n"
+
+
+def test_version_and_a_folder_given_as_a_checkpoint(tmp_path, capsys):
+    from repan_zoo.cli import main
+    from repan_zoo.cli.options import check_files_exist
+    from repan_zoo.errors import RecipeError
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"repan-zoo {repan_zoo.__version__}"
+    (tmp_path / "deploy.safetensors").write_bytes(b"")
+    with pytest.raises(RecipeError, match=r"is a folder; .*\(it holds deploy.safetensors\)"):  # was 'no such file'
+        check_files_exist(init_checkpoint=str(tmp_path))

@@ -41,8 +41,11 @@ def command_module(name: str) -> ModuleType:
 
 def build_parser() -> OneLineParser:
     """The ``repan`` parser with every subcommand mounted."""
+    from .. import __version__
+
     parser = OneLineParser(prog="repan", description="RepAn Zoo: train, fine-tune, publish, export, profile, list "
                            "and verify repan_* models")
+    parser.add_argument("--version", action="version", version=f"repan-zoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         add_parser(sub, command_module(name))

@@ -172,6 +172,10 @@ def check_files_exist(**paths: Optional[str]) -> None:
     from ..errors import RecipeError
 
     for option, path in paths.items():
+        if path and Path(path).is_dir():
+            found = sorted(p.name for p in Path(path).glob("*.safetensors"))
+            raise RecipeError(f"--{option.replace('_', '-')} {path} is a folder; give the path of a safetensors "
+                              "checkpoint" + (f" (it holds {', '.join(found[:5])})" if found else ""))
         if path and not Path(path).is_file():
             raise RecipeError(f"--{option.replace('_', '-')} {path}: no such file; give the path of a safetensors "
                               "checkpoint")
