@@ -406,6 +406,8 @@ def test_teacher_options_without_a_teacher_are_refused(tmp_path):
         with pytest.raises(RecipeError, match=f"{flag}.*without --teacher"):
             tiny_cfg(method="repan", **{field: value})
     tiny_cfg(method="repan", teacher="tinyrep_test", teacher_checkpoint=str(teacher), kd_alpha=0.5)  # all used
+    with pytest.raises(RecipeError, match=r"unknown model 'nonsense_model' \(--teacher\)"):  # was: 'has no weights'
+        tiny_cfg(method="kd", teacher="nonsense_model")
 
 
 @pytest.mark.parametrize("field,value,flag", [

@@ -151,6 +151,12 @@ class TrainConfig:
         if self.method == "kd" and not self.teacher:
             bad("--method kd needs --teacher MODEL (and --teacher-checkpoint FILE)")
         if self.uses_teacher() and not (self.teacher_checkpoint or self.teacher_pretrained):
+            from ..cli_types import check_model_name
+
+            try:  # an unknown name is the first thing to say (not that its weights are missing)
+                check_model_name(self.teacher, "--teacher")
+            except ValueError as exc:
+                bad(str(exc))
             bad(f"--teacher {self.teacher} has no weights and would teach noise: pass --teacher-checkpoint "
                 "FILE.safetensors (e.g. the deploy checkpoint of a baseline run on the same dataset) or "
                 "--teacher-pretrained")
