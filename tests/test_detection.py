@@ -362,6 +362,13 @@ def test_invalid_coco_files_raise_clear_errors(tmp_path):
         assert str(path) in str(info.value) and field in str(info.value)
     with pytest.raises(DatasetNotFoundError, match="a.png"):  # valid file, image missing on disk
         CocoDetectionSet(tmp_path, tmp_path / "good.json")
+    (tmp_path / "a.png").write_bytes(b"")
+    crowd_only = {**good, "annotations": [{**good["annotations"][0], "iscrowd": 1}]}
+    for name, content in (("nobox.json", {**good, "annotations": []}), ("crowd.json", crowd_only)):
+        with pytest.raises(CocoFormatError, match="holds no box") as info:  # was: trained on nothing, mAP 0.0
+            CocoDetectionSet(tmp_path, _write(tmp_path / name, content))
+        assert info.value.field == "annotations"
+    (tmp_path / "a.png").unlink()
     # the fine-tuning script reports it, names the file, and exits with status 2
     (tmp_path / "imgs").mkdir()
     bad = str(tmp_path / "bbox.json")

@@ -230,6 +230,11 @@ class CocoDetectionSet(Dataset):
                     f"{len(missing)} image file(s) named in {self.annotation_file} are not in {self.images_dir}: "
                     f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
                 )
+        if not any(not ann.get("iscrowd", 0) for ann in self.data["annotations"]):
+            raise CocoFormatError(
+                f"{self.annotation_file} holds no box (no non-crowd annotation): a detector cannot learn from it, "
+                "and its mAP is undefined (COCOeval's -1). Add the annotations, or use another split",
+                path=str(self.annotation_file), field="annotations")
         self.categories = categories or CategoryMap.from_coco(self.data)
         unknown = sorted({c["id"] for c in self.data["categories"]} - set(self.categories.category_ids))
         if unknown:
