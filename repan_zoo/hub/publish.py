@@ -467,14 +467,22 @@ def _check_supersede(model: str, tag: str, supersede: Sequence[str], manifest_di
     if (model, tag) in names:
         raise PublishError(f"--supersede names the tag being published ({model}.{tag}); publishing under the same "
                            "tag already replaces that entry")
-    listed = {(e.model, e.tag) for e in manifest.load_manifest(manifest_dir).values()}
+    unlisted = _unlisted(names, manifest_dir)
+    if unlisted:
+        raise PublishError(f"cannot supersede {unlisted[0]}: not in the weights manifest ({unlisted[1]}); "
+                           "nothing was published")
+
+
+def _unlisted(names: Sequence[Tuple[str, str]], manifest_dir) -> Optional[Tuple[str, str]]:
+    """For the ``(model, tag)`` names the manifest at ``manifest_dir`` does not list: ``("m.t, ...",
+    "listed tags of m: ...; ...")``, the two parts of the refusal; None when all are listed."""
+    listed = set(manifest.load_manifest(manifest_dir))
     missing = [n for n in names if n not in listed]
-    if missing:
-        tags_of = {m: sorted(t for (lm, t) in listed if lm == m) for m, _ in missing}
-        raise PublishError(
-            f"cannot supersede {', '.join(f'{m}.{t}' for m, t in missing)}: not in the weights manifest ("
-            + "; ".join(f"listed tags of {m}: {', '.join(tags) or 'none'}" for m, tags in tags_of.items())
-            + "); nothing was published")
+    if not missing:
+        return None
+    tags_of = {m: sorted(t for (lm, t) in listed if lm == m) for m, _ in missing}
+    return (", ".join(f"{m}.{t}" for m, t in missing),
+            "; ".join(f"listed tags of {m}: {', '.join(tags) or 'none'}" for m, tags in tags_of.items()))
 
 
 def retire(model: str, tags: Sequence[str], *, manifest_dir=None) -> List[WeightEntry]:
@@ -485,13 +493,9 @@ def retire(model: str, tags: Sequence[str], *, manifest_dir=None) -> List[Weight
     :class:`~repan_zoo.errors.ManifestError` naming every entry that is not listed, before any is
     removed (all or nothing)."""
     names = superseded_names(model, tags, manifest_dir)
-    listed = set(manifest.load_manifest(manifest_dir))
-    missing = [n for n in names if n not in listed]
-    if missing:
-        tags_of = {m: sorted(t for (lm, t) in listed if lm == m) for m, _ in missing}
-        raise manifest.ManifestError(
-            f"{', '.join(f'{m}.{t}' for m, t in missing)} is not in the weights manifest; nothing was retired ("
-            + "; ".join(f"listed tags of {m}: {', '.join(ts) or 'none'}" for m, ts in tags_of.items()) + ")")
+    unlisted = _unlisted(names, manifest_dir)
+    if unlisted:
+        raise manifest.ManifestError(f"{unlisted[0]} is not in the weights manifest; nothing was retired ({unlisted[1]})")
     removed = [manifest.remove_entry(m, t, directory=manifest_dir)[0] for m, t in names]
     still = {e.filename for e in manifest.load_manifest(manifest_dir).values() if e.source == "bundled"}
     for entry in removed:
