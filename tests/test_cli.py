@@ -188,5 +188,5 @@ def test_version_and_a_folder_given_as_a_checkpoint(tmp_path, capsys):
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"repan-zoo {repan_zoo.__version__}"
     (tmp_path / "deploy.safetensors").write_bytes(b"")
-    with pytest.raises(RecipeError, match=r"is a folder; .*\(it holds deploy.safetensors\)"):  # was 'no such file'
+    with pytest.raises(RecipeError, match=r"--init-checkpoint .* is a folder, not a checkpoint file: .*\(it holds deploy.safetensors\)"):  # was 'no such file'
         check_files_exist(init_checkpoint=str(tmp_path))

@@ -169,13 +169,15 @@ def check_files_exist(**paths: Optional[str]) -> None:
     Raises:
         RecipeError: naming the option and the path.
     """
-    from ..errors import RecipeError
+    from ..checkpoint import read_metadata
+    from ..errors import CheckpointError, RecipeError
 
     for option, path in paths.items():
         if path and Path(path).is_dir():
-            found = sorted(p.name for p in Path(path).glob("*.safetensors"))
-            raise RecipeError(f"--{option.replace('_', '-')} {path} is a folder; give the path of a safetensors "
-                              "checkpoint" + (f" (it holds {', '.join(found[:5])})" if found else ""))
+            try:
+                read_metadata(path)  # names the folder and the checkpoints in it
+            except CheckpointError as exc:
+                raise RecipeError(f"--{option.replace('_', '-')} {exc}") from None
         if path and not Path(path).is_file():
             raise RecipeError(f"--{option.replace('_', '-')} {path}: no such file; give the path of a safetensors "
                               "checkpoint")
