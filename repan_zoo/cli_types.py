@@ -14,7 +14,7 @@ import os
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Union
 
 __all__ = [
     "json_dict", "csv_list", "int_list", "optional_int", "number", "device", "writable_dir", "writable_file",
@@ -288,6 +288,23 @@ def check_fields(config: Any, error: Callable[[str], Exception]) -> None:
             check(value)
         except argparse.ArgumentTypeError as exc:
             raise error(f"{spec.flag or '--' + f.name.replace('_', '-')} {exc}") from None
+
+
+def check_values(values: Any, rules: Dict[str, Callable[[str], Any]], error: Callable[[str], Exception],
+                 notes: Optional[Dict[str, str]] = None, *, none_passes: bool = True) -> None:
+    """Check each ``name`` of ``rules`` (:func:`number` rules) on ``values`` (a mapping, or an
+    object's attributes) the way the command line would; ``None`` means "not given" and passes
+    unless ``none_passes=False``. Raises ``error("name=value: must be …, got …" + notes[name])``:
+    for keyword arguments and config fields that are not command-line options (:func:`check_fields`
+    covers those that are)."""
+    for name, rule in rules.items():
+        value = values.get(name) if isinstance(values, Mapping) else getattr(values, name)
+        if value is None and none_passes:
+            continue
+        try:
+            rule.check(value)
+        except argparse.ArgumentTypeError as exc:
+            raise error(f"{name}={value!r}: {exc}{(notes or {}).get(name, '')}") from None
 
 
 def no_option() -> Dict[str, None]:

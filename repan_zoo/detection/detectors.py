@@ -16,7 +16,6 @@ it with images of the right shape, and :func:`repan_zoo.checkpoint.save_checkpoi
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,11 +24,21 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from ..cli_types import check_values, number
 from .backbone import RepanFPNBackbone, create_body
 
 __all__ = ["DETECTORS", "DetectorConfig", "build_detector", "detector_config", "probe_images"]
 
 DETECTORS = ("retinanet", "fasterrcnn")
+
+
+#: the numeric fields of :class:`DetectorConfig` and their ranges (the command line's rule)
+_NUMBERS = {
+    "num_classes": number(int, 2), "fpn_channels": number(int, 1), "min_size": number(int, 1),
+    "max_size": number(int, 1), "anchor_scale": number(float, 0.0, lo_open=True),
+    "score_thresh": number(float, 0.0, 1.0), "nms_thresh": number(float, 0.0, 1.0),
+    "detections_per_img": number(int, 1), "topk_candidates": number(int, 1), "representation_size": number(int, 1),
+}
 
 
 @dataclass
@@ -63,24 +72,14 @@ class DetectorConfig:
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from ..cli_types import number
-
         if self.detector not in DETECTORS:
             raise ValueError(f"detector={self.detector!r}: choose one of {DETECTORS}")
-        for name, rule in (("num_classes", number(int, 2)), ("fpn_channels", number(int, 1)),
-                           ("min_size", number(int, 1)), ("max_size", number(int, 1)),
-                           ("anchor_scale", number(float, 0.0, lo_open=True)), ("score_thresh", number(float, 0.0, 1.0)),
-                           ("nms_thresh", number(float, 0.0, 1.0)), ("detections_per_img", number(int, 1)),
-                           ("topk_candidates", number(int, 1)), ("representation_size", number(int, 1))):
-            try:
-                rule.check(getattr(self, name))
-            except argparse.ArgumentTypeError as exc:
-                raise ValueError(f"{name}={getattr(self, name)!r}: {exc}"
-                                 + (": it counts the background too (K categories → K + 1 ≥ 2)" if name == "num_classes" else "")) from None
-        if not (1 <= self.min_size <= self.max_size):
+        check_values(self, _NUMBERS, ValueError, {"num_classes": ": it counts the background too (K categories → K + 1 ≥ 2)"},
+                     none_passes=False)
+        if self.min_size > self.max_size:
             raise ValueError(f"need 1 ≤ min_size ≤ max_size, got {self.min_size}, {self.max_size}")
-        if self.anchor_scale <= 0 or not self.aspect_ratios or min(self.aspect_ratios) <= 0:
-            raise ValueError("anchor_scale and aspect_ratios must be positive")
+        if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
+            raise ValueError(f"aspect_ratios={self.aspect_ratios!r} must be a non-empty list of positive ratios")
         if self.out_indices is not None:
             self.out_indices = [int(i) for i in self.out_indices]
 

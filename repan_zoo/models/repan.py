@@ -26,7 +26,6 @@ verifies the manifest's weights for ``pretrained_cfg['architecture'/'tag']`` and
 """
 from __future__ import annotations
 
-import argparse
 import math
 from functools import partial
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -35,7 +34,7 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, list_pretrained, register_model, resolve_pretrained_cfg
 
-from ..cli_types import number
+from ..cli_types import check_values, number
 from ..errors import ModelConfigError, UnknownModelArgError, UnknownTagError
 from ..manifest import timm_cfgs
 from .families import MODELS, ModelDef
@@ -138,12 +137,8 @@ def _check_kwargs(variant: str, kwargs: Dict[str, Any]) -> None:
             f"{variant} got unexpected keyword argument(s) {unknown}; repan_* models take "
             f"{sorted(_MODEL_KWARGS + _ARCH_KWARGS)}, {list(_PLACEMENT_KWARGS)} and timm's {sorted(_TIMM_KWARGS)}"
         )
-    for name, rule in _NUMERIC_KWARGS.items():  # e.g. in_chans=0 built a net no input fits
-        if kwargs.get(name) is not None:
-            try:
-                rule.check(kwargs[name])
-            except argparse.ArgumentTypeError as exc:
-                raise ModelConfigError(f"{variant}: {name}={kwargs[name]!r}: {exc}") from None
+    # e.g. in_chans=0 built a net no input fits
+    check_values(kwargs, _NUMERIC_KWARGS, lambda msg: ModelConfigError(f"{variant}: {msg}"))
 
 
 def _resolve_cfg(variant: str, mdef: ModelDef, kwargs: Dict[str, Any]):
