@@ -452,3 +452,26 @@ def test_a_finetune_config_built_in_python_checks_each_option_like_the_command_l
     FinetuneConfig(**paths).check()
     with pytest.raises(RecipeError, match=f"^{flag} "):
         FinetuneConfig(**paths, **{field: value}).check()
+
+
+@pytest.mark.extras  # pycocotools
+@pytest.mark.parametrize("with_detections", [True, False])
+def test_coco_map_reports_figures_cocoeval_cannot_define_as_none(with_detections):
+    """Only small objects (area < 32²): mAP_medium / mAP_large and their recalls are undefined
+    (COCOeval's -1), not 0 — with detections and without any."""
+    from pycocotools.coco import COCO
+
+    from repan_zoo.detection.evaluate import COCO_STATS, coco_map
+
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i, "width": 64, "height": 64} for i in (1, 2)],
+                  "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [4, 4, 20, 20],
+                                   "area": 400.0, "iscrowd": 0} for i in (1, 2)],
+                  "categories": [{"id": 1, "name": "item"}]}
+    gt.createIndex()
+    results = [{"image_id": 1, "category_id": 1, "bbox": [4, 4, 20, 20], "score": 0.9}] if with_detections else []
+    metrics = coco_map(gt, results)
+    undefined = {"mAP_medium", "mAP_large", "AR_medium", "AR_large"}
+    assert {name for name in COCO_STATS if metrics[name] is None} == undefined
+    assert all(0.0 <= metrics[name] <= 1.0 for name in COCO_STATS if name not in undefined)
+    assert (metrics["mAP"] > 0.0) == with_detections

@@ -54,31 +54,39 @@ def predict(detector: nn.Module, loader: DataLoader, dataset: CocoDetectionSet, 
     return results
 
 
-def coco_map(coco_gt: Any, results: List[Dict[str, Any]], image_ids: Optional[List[int]] = None) -> Dict[str, float]:
-    """``COCOeval`` (bbox) of ``results`` against ``coco_gt``; the 12 standard figures in [0, 1]
-    (:data:`COCO_STATS`). No detection at all scores 0 everywhere. Without pycocotools (the
-    ``detection`` extra): :class:`~repan_zoo.errors.MissingExtraError`."""
+def coco_map(coco_gt: Any, results: List[Dict[str, Any]],
+             image_ids: Optional[List[int]] = None) -> Dict[str, Optional[float]]:
+    """``COCOeval`` (bbox) of ``results`` against ``coco_gt``: the 12 standard figures
+    (:data:`COCO_STATS`), each in [0, 1], or ``None`` where COCOeval cannot define it (its -1: no
+    ground-truth box in that area range, e.g. ``mAP_large`` on a set of small objects). No detection
+    at all scores 0 on every defined figure. Without pycocotools (the ``detection`` extra):
+    :class:`~repan_zoo.errors.MissingExtraError`."""
     require_extra("detection", "COCO mAP (pycocotools' COCOeval)")
+    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    if not results:
-        return {name: 0.0 for name in COCO_STATS}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes needs one result at least: an empty detection set scores the same way
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                               "annotations": []}
+            coco_dt.createIndex()
         ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    # COCOeval writes -1 where a figure is undefined (e.g. no large objects): report 0 there
-    return {name: max(0.0, float(v)) for name, v in zip(COCO_STATS, ev.stats)}
+    return {name: None if v < 0 else float(v) for name, v in zip(COCO_STATS, ev.stats)}
 
 
 def evaluate_detector(detector: nn.Module, dataset: CocoDetectionSet, *, device: torch.device,
                       batch_size: int = 16, rank: int = 0, world_size: int = 1, workers: int = 0,
-                      progress: bool = False) -> Dict[str, float]:
-    """mAP of ``detector`` on ``dataset`` (every process must call it when ``world_size > 1``)."""
+                      progress: bool = False) -> Dict[str, Any]:
+    """:func:`coco_map` of ``detector`` on ``dataset`` (``None`` where undefined) and the number of
+    ``detections``; every process must call it when ``world_size > 1``."""
     share = Subset(dataset, list(range(rank, len(dataset), world_size)))
     loader = DataLoader(share, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=workers)
     results = predict(detector, loader, dataset, device, progress=progress and rank == 0)
