@@ -745,3 +745,18 @@ def test_sweep_only_with_a_filter_that_matches_nothing_is_refused(tmp_path, caps
         sweep.main(["--plan", "main", "--only", "bogus_name", "--work", str(tmp_path), "--dry-run"])
     assert info.value.code == 2 and "--only bogus_name matches no run of cpu/main" in capsys.readouterr().err
     assert sweep.main(["--plan", "main", "--only", "teacher", "--work", str(tmp_path), "--status"]) == 0
+
+
+def test_aggregate_help_writes_nothing_and_results_picks_the_folder(tmp_path, capsys):
+    agg = load("aggregate")
+    plan = tmp_path / "cpu" / "main"
+    write_run(plan, "m__baseline__s0", "m", "baseline", 0, 90.0, 89.0)
+    with pytest.raises(SystemExit) as stop:
+        agg.main(["--help", "--results", str(tmp_path)])
+    assert stop.value.code == 0 and "summary.md" in capsys.readouterr().out
+    assert not (plan / "summary.json").exists()
+    with pytest.raises(SystemExit) as stop:
+        agg.main(["--unknown"])
+    assert stop.value.code == 2
+    assert agg.main(["--results", str(tmp_path)]) == 0
+    assert json.loads((plan / "summary.json").read_text())["runs"][0]["run"] == "m__baseline__s0"

@@ -11,12 +11,14 @@ Writes, for every ``<scale>/<plan>`` folder found:
 The main table also gives the paired per-seed difference to the baseline; an ablation plan gets
 one table per factor (k, KD α/T, λ schedule) around its reference run.
 
-Usage: ``python benchmarks/accuracy/aggregate.py`` (no arguments; reads every plan that has results).
+Usage: ``python benchmarks/accuracy/aggregate.py`` (reads every plan that has results; ``--results DIR``
+for another results folder).
 Nothing here trains or evaluates: every number is copied from a run's ``final.json``, which the
 training script wrote after re-loading the deploy checkpoint.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -328,10 +330,14 @@ def plot(plan_dir: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
-    plan_dirs = sorted({p.parent.parent for p in RESULTS.glob("*/*/*/final.json")})
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="the results folder (<scale>/<plan>/<run>/final.json); default: %(default)s")
+    results = p.parse_args(argv).results
+    plan_dirs = sorted({p.parent.parent for p in results.glob("*/*/*/final.json")})
     if not plan_dirs:
-        print(f"no results under {RESULTS}: run benchmarks/accuracy/sweep.py first", file=sys.stderr)
+        print(f"no results under {results}: run benchmarks/accuracy/sweep.py first", file=sys.stderr)
         return 1
     for plan_dir in plan_dirs:
         summary = summarize(plan_dir)
