@@ -441,6 +441,17 @@ def test_finetune_script_end_to_end_and_resume(tmp_path, tiny_set):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.extras  # pycocotools
+def test_finetune_resume_without_a_run_is_refused_and_leaves_no_folder(tmp_path, tiny_set, capsys):
+    out = tmp_path / "never_started"
+    assert _finetune(tiny_set, out, "--resume") != 0
+    assert "without --resume" in capsys.readouterr().err
+    assert not out.exists()  # nothing made: the same command without --resume starts cleanly
+    out.mkdir()  # a folder the user made is kept
+    assert _finetune(tiny_set, out, "--resume") != 0
+    assert out.is_dir() and not any(out.iterdir())
+
+
 @pytest.mark.parametrize("field,value,flag", [("lr", 0.0, "--lr"), ("cycles", 0, "--cycles"), ("min_lr", -1.0, "--min-lr"),
                                               ("score_thresh", 2.0, "--score-thresh"), ("eval_every", 0, "--eval-every")])
 def test_a_finetune_config_built_in_python_checks_each_option_like_the_command_line(tmp_path, field, value, flag):

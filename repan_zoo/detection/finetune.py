@@ -164,11 +164,6 @@ class _Run(CycleRun):
         self.model.to(self.device)
         return self.model
 
-    def resume(self) -> Optional[Dict[str, Any]]:
-        if not self.checkpointer.exists():
-            raise CheckpointError(f"--resume: {self.checkpointer.pointer} does not exist; start the run without --resume")
-        return super().resume()
-
     def prepare(self) -> None:
         if self.ctx.is_main:  # after a resume's checks: a refused resume leaves config.json as it was
             self.out.mkdir(parents=True, exist_ok=True)
@@ -352,7 +347,10 @@ def run_finetune(cfg: FinetuneConfig) -> Dict[str, Any]:
             lock.acquire()  # one writer per run directory
             if cfg.resume:
                 remove_stale_temps(cfg.out)  # left by a killed write; this process is the only writer
-        if not cfg.resume and Checkpointer(Path(cfg.out)).exists():
+        checkpointer = Checkpointer(Path(cfg.out))
+        if cfg.resume and not checkpointer.exists():  # before the run is built: the lock's new folder goes again
+            raise CheckpointError(f"--resume: {checkpointer.pointer} does not exist; start the run without --resume")
+        if not cfg.resume and checkpointer.exists():
             raise RecipeError(f"{cfg.out} already holds a run (checkpoints/latest.json); pass --resume to continue "
                               "it or choose a new --out")
         run = _Run(cfg, ctx)
