@@ -33,20 +33,11 @@ from repan_zoo.convert import calibrate_bn, reparameterize
 from repan_zoo.data import Normalize, calibration_batches, load_splits
 from repan_zoo.errors import UncalibratedBNWarning, WeightsError
 from repan_zoo.manifest import load_manifest
+from repan_zoo.metrics import top1
 from repan_zoo.profile import count_params
 from repan_zoo.runtime.report import write_json
 
 OUT = Path(__file__).resolve().parent / "results" / "pretrained_check.json"
-
-
-@torch.no_grad()
-def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize: Normalize,
-         batch: int = 500) -> float:
-    """top-1 (%) of ``model`` in its current mode, ``batch`` images per forward pass."""
-    correct = 0
-    for i in range(0, len(images), batch):
-        correct += (model(normalize(images[i:i + batch])).argmax(1) == labels[i:i + batch]).sum().item()
-    return 100.0 * correct / len(images)
 
 
 @torch.no_grad()
@@ -60,7 +51,7 @@ def train_mode_top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.
         calibrate_bn(model.eval(), [normalize(b) for b in calibrate])
     with warnings.catch_warnings():  # as loaded, the uncalibrated statistics are what is measured
         warnings.simplefilter("ignore", UncalibratedBNWarning)
-        return top1(model.train(), images, labels, normalize, batch)
+        return top1(model.train(), images, labels, normalize=normalize, batch_size=batch)
 
 
 def main(argv=None) -> int:
@@ -86,7 +77,7 @@ def main(argv=None) -> int:
             print(f"{entry.name}: unavailable ({type(exc).__name__})")
             continue
         norm = Normalize(entry.mean, entry.std)
-        measured = top1(model.eval(), images, labels, norm)
+        measured = top1(model.eval(), images, labels, normalize=norm)
         ok = listed is not None and abs(measured - listed) <= a.tolerance
         failed |= not ok
         row.update(status="ok" if ok else "MISMATCH", measured_test_top1=measured,

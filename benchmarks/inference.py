@@ -59,6 +59,7 @@ import repan_zoo
 from repan_zoo.checkpoint import atomic_write
 from repan_zoo.models import RepConvAct, checkpoint_filter
 from repan_zoo.models.families import MODELS
+from repan_zoo.metrics import top1
 from repan_zoo.profile import cpu_name
 from repan_zoo.verify import relative_error
 
@@ -165,11 +166,10 @@ def fit(model: nn.Module, size: int, steps: int, seed: int, *, amp: bool, fit_si
         epoch += 1
     batches = itertools.islice(train_loader(splits.train, 16, seed=seed + 1, epoch=0), 4)
     measured_bn(model, [shape(b, size) for b, _ in batches])
-    with torch.inference_mode():
-        images, labels = splits.val[torch.arange(256)]
-        top1 = float((model(shape(images, size)).argmax(1) == labels).float().mean() * 100)
+    images, labels = splits.val[torch.arange(256)]
+    val_top1 = top1(model, shape(images, size), labels)
     return {"steps": steps, "batch": batch_size, "lr": lr, "bf16": amp, "fit_size": fit_size, "size": size,
-            "seconds": round(time.perf_counter() - t0), "val_top1_256": round(top1, 2),
+            "seconds": round(time.perf_counter() - t0), "val_top1_256": round(val_top1, 2),
             "final_loss": round(float(loss.detach()), 4)}
 
 

@@ -41,6 +41,7 @@ from repan_zoo.checkpoint import atomic_write
 from repan_zoo.data import Normalize, load_splits
 from repan_zoo.errors import WeightsError
 from repan_zoo.manifest import load_manifest, write_entry
+from repan_zoo.metrics import top1
 from repan_zoo.quantize import calibration_data, quantize
 
 OUT = Path(__file__).resolve().parent / "results" / "int8_accuracy.json"
@@ -48,14 +49,6 @@ OUT = Path(__file__).resolve().parent / "results" / "int8_accuracy.json"
 ARMS = {"int8": {}, "int8_no_fold": {"fold_constants": False}, "int8_equalize": {"equalize": 0.5},
         "int8_no_equalize": {"equalize": None}}
 COMMAND = "HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/int8_accuracy.py --update-manifest"
-
-
-@torch.no_grad()
-def top1(model: Any, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
-    """Top-1 in percent of ``model`` on normalised ``images`` (N×C×H×W) and ``labels`` (N)."""
-    correct = sum((model(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum().item()
-                  for i in range(0, len(images), batch))
-    return 100.0 * correct / len(images)
 
 
 def main(argv=None) -> int:

@@ -517,3 +517,26 @@ def test_a_run_from_deploy_weights_calibrates_the_restored_bns_before_it_trains(
     save_checkpoint(source, train_ckpt)
     resumed = RepAnTrainer(tiny_cfg(method=method, first_cycle=first, init_checkpoint=str(train_ckpt)), splits)
     assert uncalibrated_blocks(resumed.initialise()) == [] and resumed.cycle_log == []
+
+
+def test_evaluate_counts_no_image_with_non_finite_logits_as_correct():
+    """torch.argmax takes NaN for the maximum: an image whose logits are NaN at its label's index
+    would count as correct. Non-finite logits are wrong, and the loss says NaN."""
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from repan_zoo.annealing.engine import evaluate
+    from repan_zoo.runtime.distributed import DistContext
+
+    class Logits(nn.Module):
+        def forward(self, x):  # image i's logits are row i of x (N×1×1×4 → N×4)
+            return x.flatten(1)
+
+    nan = float("nan")
+    images = torch.tensor([[0.0, 1.0, 0.0, 0.0], [nan, 0.0, 0.0, 0.0], [0.0, 0.0, float("inf"), 0.0],
+                           [0.0, 0.0, 0.0, 1.0]]).view(4, 1, 1, 4)
+    labels = torch.tensor([1, 0, 2, 0])
+    out = evaluate(Logits(), DataLoader(TensorDataset(images, labels), batch_size=2), normalize=nn.Identity(),
+                   ctx=DistContext())
+    assert out["top1"] == 25.0 and out["n"] == 4  # only image 0: 1 NaN, 1 inf, 1 wrong
+    assert out["loss"] != out["loss"]  # NaN

@@ -23,22 +23,12 @@ import torch
 import timm
 
 import repan_zoo
-from repan_zoo import train_cli
+from repan_zoo import metrics, train_cli
 from repan_zoo.checkpoint import load_into, read_checkpoint
 from repan_zoo.data import Normalize, load_splits
 from repan_zoo.manifest import load_manifest
 from repan_zoo.profile import profile_forms
 from repan_zoo.verify import relative_error
-
-
-def _top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, normalize, batch: int = 500) -> float:
-    correct = 0
-    model.eval()
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            x = normalize(images[i:i + batch])
-            correct += (model(x).argmax(1) == labels[i:i + batch]).sum().item()
-    return 100.0 * correct / len(images)
 
 
 def main(argv=None) -> int:
@@ -115,7 +105,7 @@ def main(argv=None) -> int:
     images, labels = data.test[torch.arange(len(data.test))]
     for entry in bundled:
         model = timm.create_model(f"{entry.model}.{entry.tag}", pretrained=True)
-        top1 = _top1(model, images, labels, Normalize(entry.mean, entry.std))  # the weights' own preprocessing
+        top1 = metrics.top1(model.eval(), images, labels, normalize=Normalize(entry.mean, entry.std))  # the weights' own preprocessing
         listed = entry.metrics.get("fashion_mnist", {})
         listed = listed.get("test_top1") if isinstance(listed, dict) else listed
         print(f"== 5. timm.create_model('{entry.model}.{entry.tag}', pretrained=True) (bundled, sha256 verified): "

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
+from ..metrics import count_correct
 from ..runtime.distributed import DistContext
 
 __all__ = ["train_steps", "train_one_epoch", "classification_step", "classification_stats", "evaluate",
@@ -156,7 +157,7 @@ def classification_step(model: nn.Module, *, normalize: nn.Module, loss_fn: nn.M
                     teacher_logits = teacher(x)
             loss = loss_fn(logits.float(), labels, teacher_logits)
         n = labels.shape[0]
-        figures = {"loss_sum": float(loss.detach()) * n, "correct": float((logits.detach().argmax(1) == labels).sum()),
+        figures = {"loss_sum": float(loss.detach()) * n, "correct": float(count_correct(logits.detach(), labels)),
                    "seen": float(n)}
         return loss, figures
 
@@ -207,7 +208,8 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader: DataLoader, *, normalize: nn.Module, ctx: DistContext,
              progress: bool = False, desc: str = "eval") -> Dict[str, float]:
     """Top-1 (%) and mean cross-entropy of ``model`` in eval mode (fp32) over this process's
-    shard, all-reduced over the processes."""
+    shard, all-reduced over the processes. An image whose logits are not all finite counts as
+    wrong (and makes the loss NaN / inf)."""
     was_training = model.training
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
@@ -218,7 +220,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, normalize: nn.Module, ctx:
             labels = labels.to(ctx.device, non_blocking=True)
             logits = model(normalize(images)).float()
             loss_sum += float(loss_fn(logits, labels))
-            correct += float((logits.argmax(1) == labels).sum())
+            correct += count_correct(logits, labels)
             seen += labels.shape[0]
     finally:
         model.train(was_training)
