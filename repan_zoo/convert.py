@@ -16,7 +16,7 @@ import itertools
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
@@ -318,30 +318,33 @@ def set_lambda(model: nn.Module, value: float, *, only_train_form: bool = False)
     return count
 
 
-_BATCH_FORMS = ("tensors (N, C, H, W), (images, labels) pairs as a DataLoader yields them, or dicts with "
-                "'pixel_values' (Hugging Face datasets / image processors)")
+#: the forms of an image batch that calibration (calibrate_bn, INT8 quantize) takes
+BATCH_FORMS = ("tensors (N, C, H, W), (images, labels) pairs as a DataLoader yields them, or dicts with "
+               "'pixel_values' (Hugging Face datasets / image processors)")
 
 
-def _batch_tensor(batch: Any, index: int) -> torch.Tensor:
-    """The images of calibration batch ``index``: a float tensor ``(N, C, H, W)``, the first item of
-    a tuple / list (a DataLoader's ``(images, labels)``) or a dict's ``pixel_values``. Anything
-    else raises :class:`~repan_zoo.errors.CalibrationError` naming the batch, what it is and the fix."""
-    what = f"calibrate_bn: batch {index}"
+def batch_images(batch: Any, what: str, error: Type[RepanError] = CalibrationError) -> torch.Tensor:
+    """The images of one calibration batch: a float tensor ``(N, C, H, W)`` given as it is, as the
+    first item of a tuple / list (a DataLoader's ``(images, labels)``) or as a dict's
+    ``pixel_values`` (Hugging Face). Anything else raises ``error`` naming the batch (``what``, e.g.
+    ``"calibrate_bn: batch 3"``), what it is and the fix; used by :func:`calibrate_bn` and
+    :func:`repan_zoo.quantize.quantize`."""
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
         batch = batch[0]
     elif isinstance(batch, Mapping):
         if "pixel_values" not in batch:
-            raise CalibrationError(f"{what} is a dict with keys {sorted(map(str, batch))[:8]}; pass {_BATCH_FORMS}")
+            raise error(f"{what} is a dict with keys {sorted(map(str, batch))[:8]}; pass {BATCH_FORMS}")
         batch = batch["pixel_values"]
     if not isinstance(batch, torch.Tensor):
-        raise CalibrationError(f"{what} is a {type(batch).__name__}, not images; pass {_BATCH_FORMS}")
+        raise error(f"{what} is a {type(batch).__name__}, not images; pass {BATCH_FORMS}")
     if batch.dim() != 4:
         one = "; one image? add the batch dimension: x.unsqueeze(0)" if batch.dim() == 3 else ""
-        raise CalibrationError(f"{what} has shape {tuple(batch.shape)}; a batch of images is (N, C, H, W){one}")
+        raise error(f"{what} has shape {tuple(batch.shape)}; a batch of images is (N, C, H, W){one}")
     if not batch.is_floating_point():
-        raise CalibrationError(
+        raise error(
             f"{what} holds {batch.dtype} values; the model takes float images normalised as it was trained "
-            "(e.g. x.float() / 255, then the mean / std of timm.data.resolve_data_config(model=model))")
+            "(e.g. x.float() / 255, then the mean / std of timm.data.resolve_data_config(model=model), "
+            "or repan_zoo.data.Normalize)")
     return batch
 
 
@@ -377,7 +380,7 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
                                     or num_batches < 1):
         raise CalibrationError(f"calibrate_bn: num_batches={num_batches!r}; give a whole number ≥ 1 "
                                "(or None to take every batch)")
-    batches = [_batch_tensor(b, i) for i, b in enumerate(itertools.islice(batches, num_batches))]
+    batches = [batch_images(b, f"calibrate_bn: batch {i}") for i, b in enumerate(itertools.islice(batches, num_batches))]
     if not batches:
         raise CalibrationError("calibrate_bn needs at least one batch of inputs")
     if device is not None:

@@ -102,12 +102,25 @@ def test_broken_calibration_is_refused(tiny):
 
 
 def test_bad_calibration_batches_are_refused(tiny):
-    with pytest.raises(QuantizationError, match="dtype torch.uint8"):
+    with pytest.raises(QuantizationError, match="calibration batch 0 holds torch.uint8 values"):
         q.quantize(tiny, [torch.zeros(4, 3, 16, 16, dtype=torch.uint8)], compile=False)
     with pytest.raises(QuantizationError, match="at least 2"):
         q.quantize(tiny, [torch.zeros(1, 3, 16, 16)], compile=False)
     with pytest.raises(ValueError, match="backend"):
         q.quantize(tiny, _batches(), backend="arm", compile=False)
+
+
+def test_calibration_takes_the_batch_forms_calibrate_bn_takes(tiny):
+    """Tensors, (images, labels) pairs and Hugging Face ``pixel_values`` dicts, as calibrate_bn;
+    other forms are named with the forms that work."""
+    batches = _batches()
+    program = q.quantize(tiny, [{"pixel_values": b} for b in batches], probe=batches[0], compile=False)
+    again = q.quantize(tiny, [(b, torch.zeros(len(b))) for b in batches], probe=batches[0], compile=False)
+    assert torch.equal(program(batches[0]), again(batches[0]))
+    with pytest.raises(QuantizationError, match=r"calibration batch 0 is a dict with keys \['image'\].*pixel_values"):
+        q.quantize(tiny, [{"image": batches[0]}], compile=False)
+    with pytest.raises(QuantizationError, match=r"calibration batch 1 has shape \(3, 16, 16\).*unsqueeze\(0\)"):
+        q.quantize(tiny, [batches[0], batches[1][0]], compile=False)
 
 
 @pytest.mark.parametrize("batches, probe, words", [

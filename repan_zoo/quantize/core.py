@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..blocks import RepBlock
+from ..convert import batch_images
 from ..errors import QuantizationError
 from ..extras import missing_extra
 from ..export import unfused_modules
@@ -203,16 +204,8 @@ def _deploy_copy(model: nn.Module) -> nn.Module:
 
 
 def _calibration(batches: Iterable[Any]) -> List[torch.Tensor]:
-    out = []
-    for i, batch in enumerate(batches):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise QuantizationError(f"calibration batch {i} is not an N×C×H×W tensor ({type(x).__name__}); give "
-                                    "batches of normalised training images (or (images, labels) pairs)")
-        if not x.is_floating_point():
-            raise QuantizationError(f"calibration batch {i} has dtype {x.dtype}: convert and normalise the images "
-                                    "as for the fp32 model (e.g. repan_zoo.data.Normalize) before calibrating")
-        out.append(x.detach().float().cpu())
+    out = [batch_images(batch, f"calibration batch {i}", QuantizationError).detach().float().cpu()
+           for i, batch in enumerate(batches)]
     if sum(len(x) for x in out) < 2:
         raise QuantizationError("calibration needs at least 2 training images (torch.export keeps the batch "
                                 "axis dynamic only from 2)")
@@ -331,8 +324,9 @@ def quantize(
 ) -> Int8Model:
     """An INT8 CPU model of ``model`` through torchao's PT2E flow, self-checked (module docstring).
 
-    ``calibration_batches``: ``N×C×H×W`` float tensors (or ``(images, labels)`` pairs) of
-    normalised *training* images; every one is run through the observers. ``probe``: the
+    ``calibration_batches``: ``N×C×H×W`` float tensors of normalised *training* images, in any
+    form :func:`repan_zoo.convert.batch_images` takes (``(images, labels)`` pairs, Hugging Face
+    ``pixel_values`` dicts); every one is run through the observers. ``probe``: the
     ``N×C×H×W`` batch of the self-check (held-out images, e.g. a validation split; default:
     the calibration images). ``fold_constants``: :func:`fold_constant_channels` first.
     ``equalize``: the SmoothQuant strength α of :func:`equalize_activations` (exact
