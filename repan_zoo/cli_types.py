@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, MutableMapping, Optional, Sequence, Union
 
 __all__ = [
     "json_dict", "csv_list", "int_list", "optional_int", "number", "device", "writable_dir", "writable_file",
@@ -69,6 +70,18 @@ def _bound_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
     return " and ".join(parts)
 
 
+def _plain_number(value: Any) -> Any:
+    """A numpy (or other ``numbers``) integer as ``int`` and real as ``float``, as timm's own models
+    take them; anything else as it is."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, numbers.Integral):  # numpy.bool_ is no Integral: refused like bool
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
 def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
            none: bool = False, words: Sequence[str] = ()) -> Callable[[str], Any]:
     """An argparse ``type=`` that parses ``kind`` (int or float) and refuses NaN, ±inf and values
@@ -76,8 +89,9 @@ def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_op
     that states the allowed range. ``none=True`` also accepts none/all/'' (→ ``None``: no limit);
     each of ``words`` (e.g. ``"auto"``) is accepted in any case and returned as written in ``words``.
     The returned function has ``.check(value)``: the same rule for a value already parsed (the
-    Python API, a saved recipe), raising ``argparse.ArgumentTypeError`` and returning the value
-    (:func:`check_fields` applies it to every option field of a config)."""
+    Python API, a saved recipe), raising ``argparse.ArgumentTypeError`` and returning the value, a
+    numpy number as the Python ``int`` / ``float`` it stands for (:func:`check_fields` applies it
+    to every option field of a config)."""
     rule = _bound_text(lo, hi, lo_open, hi_open)
     alternatives = "".join(f" or {w!r}" for w in words)
     expected = f"expected {'an integer' if kind is int else 'a number'}{' ' + rule if rule else ''}{alternatives}"
@@ -86,6 +100,7 @@ def number(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, hi_op
         shown = repr(value) if shown is None else shown
         if (value is None and none) or (isinstance(value, str) and value in words):
             return value
+        value = _plain_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
             raise argparse.ArgumentTypeError(f"{expected}, got {shown}")
         try:  # an int stands for itself, exactly, unless a float is wanted and it has none
@@ -294,7 +309,8 @@ def check_values(values: Any, rules: Dict[str, Callable[[str], Any]], error: Cal
                  notes: Optional[Dict[str, str]] = None, *, none_passes: bool = True) -> None:
     """Check each ``name`` of ``rules`` (:func:`number` rules) on ``values`` (a mapping, or an
     object's attributes) the way the command line would; ``None`` means "not given" and passes
-    unless ``none_passes=False``. Raises ``error("name=value: must be …, got …" + notes[name])``:
+    unless ``none_passes=False``; in a mapping, a numpy number is replaced by the Python number it
+    stands for. Raises ``error("name=value: must be …, got …" + notes[name])``:
     for keyword arguments and config fields that are not command-line options (:func:`check_fields`
     covers those that are)."""
     for name, rule in rules.items():
@@ -302,9 +318,11 @@ def check_values(values: Any, rules: Dict[str, Callable[[str], Any]], error: Cal
         if value is None and none_passes:
             continue
         try:
-            rule.check(value)
+            checked = rule.check(value)
         except argparse.ArgumentTypeError as exc:
             raise error(f"{name}={value!r}: {exc}{(notes or {}).get(name, '')}") from None
+        if checked is not value and isinstance(values, MutableMapping):
+            values[name] = checked  # a numpy number as the Python number it stands for
 
 
 def no_option() -> Dict[str, None]:

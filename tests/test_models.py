@@ -250,6 +250,30 @@ def test_conflicting_kwargs_raise_clear_errors(kwargs, error, match):
         timm.create_model("repan_repvgg_a0_w025", **kwargs)
 
 
+def test_numpy_numbers_are_taken_as_timm_takes_them(tmp_path):
+    """timm's own models take numpy scalars for in_chans / num_classes / drop rates (e.g. a class
+    count from ``labels.max() + 1``); they are stored as Python numbers, so the saved metadata stays JSON."""
+    import json
+
+    import numpy as np
+
+    from helpers import same_state
+    from repan_zoo.checkpoint import save_checkpoint
+
+    model = timm.create_model("repan_repvgg_a0_w025", in_chans=np.int64(1), num_classes=np.int32(5),
+                              drop_rate=np.float32(0.25))
+    assert model.num_classes == 5 and type(model.num_classes) is int
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+    json.dumps(model.pretrained_cfg)
+    path = save_checkpoint(model, tmp_path / "m.safetensors", architecture="repan_repvgg_a0_w025")
+    again = timm.create_model("repan_repvgg_a0_w025", in_chans=1, num_classes=5, checkpoint_path=str(path))
+    assert same_state(model.state_dict(), again.state_dict())
+    with pytest.raises(ModelConfigError, match=r"in_chans=\S*0\)?: must be ≥ 1"):  # numpy ≥ 2 shows np.int64(0)
+        timm.create_model("repan_repvgg_a0_w025", in_chans=np.int64(0))
+    with pytest.raises(ModelConfigError, match="expected an integer"):
+        timm.create_model("repan_repvgg_a0_w025", num_classes=np.float64(5.0))
+
+
 def test_fixed_variants_refuse_other_widths_and_layouts():
     with pytest.raises(ModelConfigError, match="width_mult=0.25"):
         timm.create_model("repan_repvgg_a1_w025", width_mult=0.5)
