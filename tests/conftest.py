@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import random
 import sys
+
+import numpy as np
 
 import pytest
 import torch
@@ -14,6 +17,29 @@ import fake_hub  # noqa: E402  weights-hub tests: a loopback Hub; HF_ENDPOINT mu
 fake_hub.install_session_hub()
 
 from helpers import TinyNet, make_input, randomize  # noqa: E402
+
+
+SEED = 0
+
+
+def _seed_global_rngs() -> None:
+    torch.manual_seed(SEED)
+    random.seed(SEED)
+    np.random.seed(SEED)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _seeded_module():
+    """Module fixtures (built before any test's own fixtures) start from the seeded global RNGs."""
+    _seed_global_rngs()
+
+
+@pytest.fixture(autouse=True)
+def _seeded_test():
+    """Each test starts from the seeded global RNGs (torch, random, numpy), whatever ran before, as
+    pytest-randomly resets them: a model whose init draws from the global RNG (a Linear head, timm's
+    init) is the same in any order. Was: a module fixture's head depended on the files run earlier."""
+    _seed_global_rngs()
 
 
 @pytest.fixture

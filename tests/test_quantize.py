@@ -114,8 +114,9 @@ def test_calibration_takes_the_batch_forms_calibrate_bn_takes(tiny):
     """Tensors, (images, labels) pairs and Hugging Face ``pixel_values`` dicts, as calibrate_bn;
     other forms are named with the forms that work."""
     batches = _batches()
-    program = q.quantize(tiny, [{"pixel_values": b} for b in batches], probe=batches[0], compile=False)
-    again = q.quantize(tiny, [(b, torch.zeros(len(b))) for b in batches], probe=batches[0], compile=False)
+    forms = dict(probe=batches[0], compile=False, min_agreement=0.0)  # the forms are the subject: one of 8
+    program = q.quantize(tiny, [{"pixel_values": b} for b in batches], **forms)  # probe images may flip
+    again = q.quantize(tiny, [(b, torch.zeros(len(b))) for b in batches], **forms)
     assert torch.equal(program(batches[0]), again(batches[0]))
     with pytest.raises(QuantizationError, match=r"calibration batch 0 is a dict with keys \['image'\].*pixel_values"):
         q.quantize(tiny, [{"image": batches[0]}], compile=False)
