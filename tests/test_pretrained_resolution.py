@@ -135,3 +135,51 @@ def test_an_unknown_pretrained_tag_names_the_tags_the_model_has(pretrained):
     assert isinstance(exc.value, RuntimeError) and "fmnist_long_kd" in exc.value.available
     with pytest.raises(UnknownTagError, match="tags it has: none"):
         timm.create_model("repan_repvgg_a0.nope", pretrained=pretrained, device="meta")
+
+
+SHIPPED = [n for n in NAMES if any(_fits(e, base_cfg(n)) for e in manifest.entries_for(n))]
+
+
+@pytest.mark.parametrize("deploy", [False, True], ids=["train", "deploy"])
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 3e-2), (torch.float16, 3e-3), (torch.float64, 1e-5)],
+                         ids=["bf16", "fp16", "fp64"])
+def test_pretrained_weights_load_into_a_model_built_in_another_float_dtype(dtype, tol, deploy):
+    """``create_model(..., pretrained=True, dtype=...)`` casts the fp32 file's floats as timm does
+    (was: a dtype-mismatch CheckpointError advising cast_floats=True, which create_model refuses)."""
+    name = SHIPPED[0]
+    reference = timm.create_model(name, pretrained=True, deploy=deploy).eval()
+    model = timm.create_model(name, pretrained=True, deploy=deploy, dtype=dtype).eval()
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    assert all(b.dtype == dtype for b in model.buffers() if b.is_floating_point())
+    x = torch.randn(4, *base_cfg(name)["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert rel_err(reference(x).double(), model(x.to(dtype)).double()) <= tol
+
+
+@pytest.mark.parametrize("overlay", [dict(mean=(0.5,), std=(0.25,)), dict(mean=(0.3,)), dict(crop_pct=0.9)],
+                         ids=["mean-std", "mean", "crop_pct"])
+def test_pretrained_cfg_overlay_preprocessing_is_kept_when_manifest_weights_load(overlay):
+    """timm's ``pretrained_cfg_overlay`` entries for preprocessing win over the manifest's, as in timm
+    (was: ``mean`` / ``std`` silently replaced by the manifest's when its weights loaded)."""
+    name = SHIPPED[0]
+    entry = next(e for e in manifest.entries_for(name) if _fits(e, base_cfg(name)))
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
+    expected = {"mean": tuple(entry.mean), "std": tuple(entry.std), **overlay}
+    cfg = model.pretrained_cfg
+    assert cfg["tag"] == entry.tag
+    assert {k: (tuple(cfg[k]) if isinstance(cfg[k], (list, tuple)) else cfg[k]) for k in expected} == expected
+    data = timm.data.resolve_data_config(model=model)
+    assert tuple(data["mean"]) == expected["mean"] and tuple(data["std"]) == expected["std"]
+
+
+def test_a_missing_overlay_file_is_named_as_the_callers_not_as_the_tagged_weights(tmp_path):
+    """The error names the file the caller gave and the fix, not the manifest tag of the name the
+    model was built with (was: 'weights of <model>.<tag>: ... a local-dir: model folder needs ...')."""
+    name = SHIPPED[0]
+    entry = next(e for e in manifest.entries_for(name) if _fits(e, base_cfg(name)))
+    missing = tmp_path / "mine.safetensors"
+    with pytest.raises(WeightsNotFoundError) as info:
+        timm.create_model(f"{name}.{entry.tag}", pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
+    message = str(info.value)
+    assert str(missing) in message and "does not exist" in message and "file=" in message
+    assert entry.tag not in message and "local-dir" not in message

@@ -84,9 +84,10 @@ def fetch(source: WeightSource, *, cache_dir: Optional[str] = None) -> Fetched:
             pickles = sorted(p.name for p in source.path.parent.glob("*") if p.suffix in PICKLE_SUFFIXES) \
                 if source.path is not None and source.path.parent.is_dir() else []
             found = (f"; the folder holds {', '.join(pickles)}, which repan_zoo does not load" if pickles else "")
+            need = (f"check the path given as pretrained_cfg_overlay=dict(file=...){found}" if source.user else
+                    f"a local-dir: model folder needs model.safetensors beside config.json{found}")
             raise WeightsNotFoundError(
-                f"weights of {source.label}: {source.path} does not exist; a local-dir: model folder needs "
-                f"model.safetensors beside config.json{found}. {SAFETENSORS_ONLY}",
+                f"weights of {source.label}: {source.path} does not exist; {need}. {SAFETENSORS_ONLY}",
                 model=source.label, filename=str(source.path),
             )
         return Fetched(source.path)

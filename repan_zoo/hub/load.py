@@ -24,13 +24,20 @@ from .resolve import WeightSource, resolve_source, user_source
 __all__ = ["load_pretrained", "adapt_classifier", "adapt_input_channels", "describe_loaded", "user_source"]
 
 
+#: ``pretrained_cfg`` entries that say how to feed the model, not which weights it holds: a caller's
+#: ``pretrained_cfg_overlay`` value wins over the manifest's, as timm's overlay wins over its cfg.
+USER_PREPROCESSING_KEYS = ("input_size", "mean", "std")
+
+
 def load_pretrained(
     model: nn.Module, *, cache_dir: Optional[str] = None, user: Optional[Mapping[str, str]] = None
 ) -> nn.Module:
     """Load the verified pretrained weights named by ``model.pretrained_cfg`` into ``model`` (in place).
 
     ``user``: the caller's ``pretrained_cfg_overlay`` (and ``pretrained_cfg`` dict) entries; a
-    ``file`` / ``url`` / ``hf_hub_id`` in it is loaded, never a manifest entry instead. Any state dict the checkpoint
+    ``file`` / ``url`` / ``hf_hub_id`` in it is loaded, never a manifest entry instead, and its
+    ``input_size`` / ``mean`` / ``std`` stay in the loaded cfg (:data:`USER_PREPROCESSING_KEYS`).
+    Floats are cast to the model's dtype (``create_model(..., dtype=torch.bfloat16)``), as timm does. Any state dict the checkpoint
     filter knows goes in: ours in either form, timm's ``repvgg_*`` / ``mobileone_*`` / ``resnet*``.
     Afterwards ``model.pretrained_cfg`` describes the loaded weights (:func:`describe_loaded`).
 
@@ -45,18 +52,20 @@ def load_pretrained(
             "timm.create_model('repan_...') (after `import repan_zoo`)"
         )
     cfg = dict(cfg)
+    preprocessing = {k: user[k] for k in USER_PREPROCESSING_KEYS if user and user.get(k) is not None}
     user = user_source(user or {})
     source = resolve_source(cfg, user)
     fetched = fetch(source, cache_dir=cache_dir)
     state_dict, metadata = read_checkpoint(fetched.path)
     if user and detect_source(state_dict) != "repan":  # a user's file in timm's key layout: renamed to ours
         state_dict, metadata = checkpoint_filter(state_dict, model), {}
-    loaded = describe_loaded(cfg, source, state_dict)
+    loaded = {**describe_loaded(cfg, source, state_dict), **preprocessing}
     if source.entry is not None:
         check_entry_against_tensors(source.entry, state_dict, cfg)
     state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
     state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"))
-    load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})")
+    load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})",
+              cast_floats=True)  # a model built with dtype=: timm casts the file's floats too
     model.repan_weights = _provenance(source, fetched)
     model.pretrained_cfg = loaded
     if hasattr(model, "default_cfg"):

@@ -25,7 +25,7 @@ Order of resolution (:func:`resolve_source`):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
@@ -57,10 +57,13 @@ class WeightSource:
     path: Optional[Path] = None
     entry: Optional[WeightEntry] = None
     url: Optional[str] = None
+    #: the caller named this file / URL (``pretrained_cfg_overlay=dict(file=...)`` / ``url=``): errors
+    #: name it as theirs, not by the manifest tag of the model name
+    user: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.model}.{self.tag}" if self.tag else self.model
+        return f"{self.model}.{self.tag}" if self.tag and not self.user else self.model
 
     @property
     def where(self) -> str:
@@ -152,10 +155,11 @@ def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = N
     filename = cfg.get("hf_hub_filename") or None
     user = dict(user or {})
     if user.get("file"):
-        return _local_source(model, tag, user["file"], filename)
+        return replace(_local_source(model, tag, user["file"], filename), user=True)
     if user.get("url"):
         url = user["url"]
-        return WeightSource(model, tag, "url", url.rstrip("/").rsplit("/", 1)[-1] or DEFAULT_FILENAME, url=url)
+        return WeightSource(model, tag, "url", url.rstrip("/").rsplit("/", 1)[-1] or DEFAULT_FILENAME, url=url,
+                            user=True)
     if user.get("hf_hub_id"):
         pinned = manifest.find_entry(model, tag) if tag else None
         if pinned is not None and pinned.source == "hub" and not _overridden(pinned, user["hf_hub_id"]):
