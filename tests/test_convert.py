@@ -659,3 +659,38 @@ def test_a_meta_device_model_is_refused_by_a_checked_conversion_by_name():
     assert bns(deploy) == 0 < bns(model)
     train = unfold(deploy, verify=False)
     assert all(p.is_meta for p in train.parameters()) and bns(train) == bns(model)
+
+
+def _frozen_state(model):
+    """Per Rep block: (whether every parameter is frozen, the set of its BN-like classes)."""
+    from repan_zoo.blocks import rep_blocks
+    from repan_zoo.blocks.bn import is_bn_like
+    return {name: (all(not p.requires_grad for p in b.parameters()),
+                   {type(m).__name__ for m in b.modules() if is_bn_like(m)})
+            for name, b in rep_blocks(model)}
+
+
+@pytest.mark.parametrize("how", ["timm-freeze", "requires_grad"])
+def test_frozen_blocks_stay_frozen_through_reparameterize_and_unfold(how):
+    """A frozen stem (timm's ``freeze``: FrozenBatchNorm2d + requires_grad=False; or requires_grad=False
+    alone) is still frozen after fusing and after a RepAn cycle's unfold, with the same kind of BN;
+    the other blocks stay trainable (was: the fused conv and the unfolded branches trained again)."""
+    from timm.utils.model import freeze
+    model = randomize(timm.create_model("repan_resnet18_w025", branches=("conv_1x1",)), seed=1)
+    if how == "timm-freeze":
+        freeze(model, ["stem"])
+    else:
+        model.stem.requires_grad_(False)
+    before = _frozen_state(model)
+    frozen = {n for n, (f, _) in before.items() if f}
+    assert frozen and all(n.startswith("stem") for n in frozen) and len(frozen) < len(before)
+    deploy = rz.reparameterize(model)
+    fused = {name: not b.reparam_conv.weight.requires_grad for name, b in rz.rep_blocks(deploy)}
+    assert {n for n, f in fused.items() if f} == frozen
+    for model_again in (rz.unfold(deploy, ["conv_1x1", "conv_kxk"]), rz.unfold(model)):
+        after = _frozen_state(model_again)
+        assert {n for n, (f, _) in after.items() if f} == frozen
+        for name in frozen:
+            assert after[name][1] == before[name][1]  # FrozenBatchNorm2d stays frozen, BatchNorm2d stays BN
+        assert all(after[n][1] == {"BatchNorm2d"} for n in after if n not in frozen)
+        assert all(p.requires_grad for n, p in model_again.named_parameters() if not n.startswith("stem"))

@@ -7,6 +7,7 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, 
 
 import torch
 import torch.nn as nn
+from timm.layers import freeze_batch_norm_2d
 
 from .. import algebra
 from ..algebra import BNParams, KernelBias
@@ -84,6 +85,9 @@ class RepBlock(nn.Module):
         self._inherit_bn: Optional[BNParams] = None
         #: whether the remembered trunk BN's statistics were themselves invented (Branch.uncalibrated)
         self._inherit_uncalibrated = False
+        #: whether the train form's BNs were frozen ones (timm's ``freeze``) when this block was last
+        #: fused: :meth:`unfold` builds frozen BNs again (kept across weight loads: it is the block's)
+        self._frozen_bn = False
         if deploy:
             self.trunk: Optional[Branch] = None
             self.extras = nn.ModuleList()
@@ -203,7 +207,9 @@ class RepBlock(nn.Module):
     @torch.no_grad()
     def reparameterize(self) -> None:
         """Train → deploy in place: fuse all branches into ``reparam_conv`` (idempotent). Refuses,
-        unchanged, what cannot be fused exactly (:meth:`check_fusable`: :class:`UnfusableBranchError`)."""
+        unchanged, what cannot be fused exactly (:meth:`check_fusable`: :class:`UnfusableBranchError`).
+        The fused conv trains (``requires_grad``) when any parameter it sums did: a frozen block
+        (``requires_grad_(False)``, timm's ``freeze``) stays frozen."""
         if self.reparam_conv is not None:
             return
         assert self.trunk is not None
@@ -211,9 +217,12 @@ class RepBlock(nn.Module):
         kernel, bias = self.fused_kernel_bias()
         self._inherit_bn = BNParams(*(t.clone() for t in bn_params(self.trunk.bn)[:4]), self.trunk.bn.eps)
         self._inherit_uncalibrated = self.trunk.uncalibrated
+        branches = [self.trunk, *self.extras]
+        self._frozen_bn = any(not isinstance(bn, nn.modules.batchnorm._BatchNorm) for b in branches for bn in b.bns())
         conv = _placed_like(self._new_conv(), ref)
         conv.weight.copy_(kernel.to(ref.dtype))
         conv.bias.copy_(bias.to(ref.dtype))
+        conv.requires_grad_(any(p.requires_grad for b in branches for p in b.parameters()))
         self.reparam_conv = conv
         self.trunk = None
         self.extras = nn.ModuleList()
@@ -245,6 +254,9 @@ class RepBlock(nn.Module):
         A trunk whose BN statistics the rule had to invent (no previous BN to inherit, or a rule
         that does not inherit) is marked :attr:`~repan_zoo.blocks.branches.Branch.uncalibrated`:
         its first training-mode forward warns until :func:`repan_zoo.calibrate_bn` has run.
+        A frozen block stays frozen: when the fused conv has ``requires_grad=False`` so has every
+        new parameter, and BNs that were frozen when the block was fused (timm's ``freeze``:
+        ``FrozenBatchNorm2d``) come back as timm's ``FrozenBatchNorm2d``.
         Returns the new branches.
         """
         lam = check_lambda(lam)
@@ -276,6 +288,12 @@ class RepBlock(nn.Module):
                     raise
                 init_branch_(branch, generator=generator, gamma=branch_gamma)
                 new.append(_placed_like(branch, ref))
+        trainable = self.reparam_conv.weight.requires_grad
+        if self._frozen_bn:  # timm's freeze() made them FrozenBatchNorm2d: so are the new ones
+            trunk = freeze_batch_norm_2d(trunk)
+            new = [freeze_batch_norm_2d(b) for b in new]
+        for branch in (trunk, *new):
+            branch.requires_grad_(trainable)
         self.trunk = trunk
         self.extras = nn.ModuleList(new)
         self.reparam_conv = None
