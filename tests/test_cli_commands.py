@@ -237,6 +237,21 @@ def test_resume_overrides_only_what_was_given(entry, tmp_path):
     assert recipe["lr"] == 0.1 and recipe["epochs"] == 3  # epochs not given: the saved recipe's
 
 
+def test_resume_names_the_recipe_keys_the_saved_recipe_lacks(tmp_path):
+    """A recipe.json without some options (written before they existed, or edited) resumes with their
+    defaults, and the log says which and what (was: they fell back silently)."""
+    from repan_zoo.cli.train import _resolve_recipe
+
+    saved = {k: v for k, v in TrainConfig().as_dict().items() if k not in ("epochs", "wd")}
+    (tmp_path / "recipe.json").write_text(json.dumps(saved))
+    args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--resume", "--epochs", "7"])
+    logged = []
+    recipe = _resolve_recipe(args, tmp_path, log=logged.append)
+    assert recipe["epochs"] == 7 and "wd" not in recipe
+    missing = [m for m in logged if "recipe.json has no" in m]
+    assert len(missing) == 1 and f"wd={TrainConfig().wd!r}" in missing[0] and "epochs" not in missing[0]
+
+
 # -- repan verify ----------------------------------------------------------------------------------
 def test_verify_a_fresh_model_with_random_bn_statistics(capsys):
     assert cli.main(["verify", MODEL, *SMALL, "--json"]) == 0

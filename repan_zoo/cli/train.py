@@ -143,7 +143,8 @@ def _check_resumable(cfg, data, out: Path) -> None:
 
 def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
     """The recipe of this run: the options, or with ``--resume`` the saved ``recipe.json`` with
-    the options given explicitly (and not None) overriding it (recorded by :func:`_record_overrides`)."""
+    the options given explicitly (and not None) overriding it (recorded by :func:`_record_overrides`);
+    options the saved recipe lacks take their defaults, named in the log."""
     from ..runtime.checkpointing import Checkpointer
     from ..annealing.config import TrainConfig
     from ..errors import RecipeError
@@ -175,6 +176,10 @@ def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
     if overrides:
         log(f"--resume: overriding the saved recipe with {overrides}")
         args.recipe_overrides = overrides  # recorded in resume.json once every check passed
+    lacking = [k for k in fields if k not in saved and k not in overrides]
+    if lacking:
+        log(f"--resume: {saved_path} has no {', '.join(f'{k}={recipe[k]!r}' for k in lacking)}; resuming with "
+            "these defaults (options added after the run started, or removed from the file): pass them to change")
     return {**{k: v for k, v in saved.items() if k in fields}, **overrides}
 
 
