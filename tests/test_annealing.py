@@ -354,6 +354,43 @@ def test_run_checkpoints_are_atomic_pairs_and_pruned(tmp_path, splits):
     assert not list((tmp_path / "checkpoints").glob("**/*.tmp"))
 
 
+def test_a_resumed_kd_run_continues_the_saved_global_random_stream(tmp_path, splits, monkeypatch):
+    """Building the KD teacher (timm's init draws from the global RNG) leaves the global RNG alone, so a
+    resumed run's first training step sees the state saved with the checkpoint, as the uninterrupted
+    run did (dropout / drop-path masks) — was: the teacher was built after the RNG was restored."""
+    import timm
+
+    teacher = timm.create_model("tinyrep_test", num_classes=10, in_chans=1)
+    path = save_checkpoint(randomize_bn(teacher, torch.Generator().manual_seed(3)), tmp_path / "t.safetensors",
+                           architecture="tinyrep_test")
+    kd = dict(method="kd", cycles=1, teacher="tinyrep_test", teacher_checkpoint=str(path))
+    out, cfg = tmp_path / "run", tiny_cfg(**kd, epochs=2)
+    save = cycles_mod.CycleRun.save
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        raise Killed  # the process ends right after epoch 1's checkpoint
+
+    with monkeypatch.context() as m:
+        m.setattr(cycles_mod.CycleRun, "save", save_then_die)
+        with pytest.raises(Killed):
+            RepAnTrainer(cfg, splits, out=out, plot=False).run()
+    saved = Checkpointer(out).load().state["rng"]["torch"]
+    seen = []
+    original = cycles_mod.CycleRun.train_cycle
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.get_rng_state())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cycles_mod.CycleRun, "train_cycle", spy)
+    RepAnTrainer(cfg, splits, out=out, plot=False).run(resume=True)
+    assert len(seen) == 1 and torch.equal(seen[0], saved)
+
+
 def test_sync_bn_conversion_keeps_function_and_fuses(splits):
     import copy
 

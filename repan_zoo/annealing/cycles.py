@@ -30,6 +30,7 @@ re-seeded), and every Rep / Expand+Restore / Calibrate is verified and recorded 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -241,7 +242,8 @@ class CycleRun(CycleTask):
             self.place()
             if plan[0].expand:
                 self.rep(cycle=0, when="before the first cycle (Alg. 1, line 2)")  # line 2
-        self.prepare()
+        with _rng_untouched(self.device):  # a teacher's init must not move the resumed / training random stream
+            self.prepare()
         for ci in range(start_ci, len(plan)):
             cp = plan[ci]
             first_epoch = start_epoch + 1 if ci == start_ci else 1
@@ -412,3 +414,12 @@ class CycleRun(CycleTask):
         self.log(f"resuming from {ck.directory} (cycle {p['cycle']}, epoch {p['epoch']}"
                  + (f"/{p['epochs']}" if "epochs" in p else "") + " done)")
         return state
+
+
+def _rng_untouched(device) -> contextlib.AbstractContextManager:
+    """The global torch RNG (and ``device``'s, on CUDA) as it was before the block: what the block
+    draws (a model's init) does not shift the run's random stream."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=cuda)
