@@ -425,6 +425,22 @@ def test_bad_recipes_are_typed_errors():
         RepAnTrainer(tiny_cfg(batch_size=33), synthetic_splits(), ctx=DistContext(world_size=2))
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(epochs=3, warmup_epochs=3), r"--warmup-epochs 3 leaves no epoch of a 3-epoch cycle to anneal"),
+    (dict(epochs=3, warmup_epochs=4), r"--warmup-epochs 4 leaves no epoch of a 3-epoch cycle"),
+    (dict(method="repan", first_cycle="plain", epochs=2, warmup_epochs=2), r"2-epoch cycle"),
+    (dict(min_lr=0.5, lr=0.1), r"--min-lr 0.5 is above --lr 0.1"),
+    (dict(min_lr=0.05, lr=0.1, later_lr=0.01), r"--min-lr 0.05 is above --later-lr 0.01"),
+])
+def test_a_cycle_that_cannot_anneal_is_refused_by_the_python_api_too(kwargs, words):
+    """A warmup as long as a cycle keeps every step at the peak LR (Rep then fuses an un-annealed
+    network), a floor above a peak makes the cosine rise: TrainConfig refuses both, so RepAnTrainer's
+    Python users get what repan-train's users get (was: only the command line checked, and only >)."""
+    with pytest.raises(RecipeError, match=words):
+        tiny_cfg(**kwargs)
+    tiny_cfg(epochs=3, warmup_epochs=2)  # the longest warmup allowed: one epoch of cosine
+
+
 def test_teacher_options_without_a_teacher_are_refused(tmp_path):
     """A teacher's weights or KD settings that no teacher would use (no --teacher, or a method that
     distils nothing) are a RecipeError naming them and the fix, not a run that silently trains

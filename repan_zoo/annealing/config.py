@@ -21,7 +21,7 @@ from ..cli_types import SEED_MAX, check_fields, json_dict, number, option
 from ..errors import RecipeError
 from ..expansion import Expansion, ExpansionError, flat_fields
 from .task import CyclePlan
-from .schedules import LambdaSchedule
+from .schedules import LambdaSchedule, check_min_lr
 
 __all__ = ["TrainConfig", "CyclePlan", "METHODS", "FIRST_CYCLE_MODES"]
 
@@ -171,6 +171,12 @@ class TrainConfig:
                 f"architecture with --teacher MODEL{self._teacher_hint()}, or drop them")
         if self.nesterov and self.momentum == 0:
             bad("--momentum must be > 0 with Nesterov (use --no-nesterov)")
+        check_min_lr(self.min_lr, [("--lr", self.lr), ("--later-lr", self.later_lr)])
+        shortest = min(cp.epochs for cp in self.plan())  # the LR schedule restarts with each planned cycle
+        if self.warmup_epochs >= shortest:
+            bad(f"--warmup-epochs {self.warmup_epochs:g} leaves no epoch of a {shortest}-epoch cycle to anneal (the "
+                f"cosine starts after the warmup, and Rep would fuse a network trained at the peak LR); use "
+                f"--warmup-epochs < {shortest}")
         self.lambda_schedule()  # validates name and values
         policy = self.augment_policy()
         if self.augment is not None and policy.flip and not self.flip:

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..blocks import check_lambda
 from ..errors import RecipeError
 
 __all__ = [
+    "check_min_lr",
     "LAMBDA_SCHEDULES",
     "register_lambda_schedule",
     "LambdaSchedule",
@@ -121,6 +122,18 @@ class LambdaSchedule:
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "start": self.start, "end": self.end, "warmup": self.warmup,
                 "per_iter": self.per_iter, **self.params}
+
+
+def check_min_lr(min_lr: float, peaks: Sequence[Tuple[str, Optional[float]]]) -> None:
+    """Refuse a ``--min-lr`` above a peak learning rate (``peaks``: ``(option, value)`` pairs).
+
+    Raises:
+        RecipeError: the cosine schedule would rise; names both options and the largest allowed value.
+    """
+    for name, peak in peaks:
+        if peak is not None and min_lr > peak:
+            raise RecipeError(f"--min-lr {min_lr:g} is above {name} {peak:g}: the cosine schedule would rise; "
+                              f"use --min-lr ≤ {peak:g}")
 
 
 def cosine_lr(step: int, total: int, peak: float, *, warmup: int = 0, floor: float = 0.0) -> float:

@@ -38,7 +38,8 @@ import os
 from pathlib import Path
 from typing import Dict
 
-from .options import add_config_options, add_run_options, check_files_exist, check_min_lr, check_model_names, config_values
+from ..annealing.schedules import check_min_lr
+from .options import add_config_options, add_run_options, check_files_exist, check_model_names, config_values
 
 NAME = "detect"
 HELP = "fine-tune a RetinaNet / Faster R-CNN on a Rep backbone, then reparameterize it"

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from ..cli_types import CLI_KEY, Option, device, number, writable_dir
 
 __all__ = [
     "add_config_options", "config_values", "RUN_OPTIONS", "add_run_options", "check_model_names",
-    "check_files_exist", "check_min_lr",
+    "check_files_exist",
 ]
 
 #: Options of a run that are no recipe field (or the same for every recipe): defined once here,
@@ -181,17 +181,3 @@ def check_files_exist(**paths: Optional[str]) -> None:
         if path and not Path(path).is_file():
             raise RecipeError(f"--{option.replace('_', '-')} {path}: no such file; give the path of a safetensors "
                               "checkpoint")
-
-
-def check_min_lr(min_lr: float, peaks: Sequence[Tuple[str, Optional[float]]]) -> None:
-    """Refuse a ``--min-lr`` above a peak learning rate (``peaks``: ``(option, value)`` pairs).
-
-    Raises:
-        RecipeError: the cosine schedule would rise; names both options and the largest allowed value.
-    """
-    from ..errors import RecipeError
-
-    for name, peak in peaks:
-        if peak is not None and min_lr > peak:
-            raise RecipeError(f"--min-lr {min_lr:g} is above {name} {peak:g}: the cosine schedule would rise; "
-                              f"use --min-lr ≤ {peak:g}")

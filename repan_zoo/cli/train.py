@@ -40,7 +40,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from ..cli_types import given_options, number
 from .base import console_print
-from .options import add_config_options, add_run_options, check_files_exist, check_min_lr, check_model_names
+from .options import add_config_options, add_run_options, check_files_exist, check_model_names
 
 NAME = "train"
 HELP = "train with RepAn (Algorithm 1), plain training or KD"
@@ -85,15 +85,14 @@ def _import_plugins(names: Sequence[str]) -> None:
 
 
 def check_recipe(cfg) -> None:
-    """Checks across options that argparse's per-option types cannot make; run on the resolved
-    recipe, before anything is written.
+    """Checks of the resolved recipe against this machine and the registries (models, datasets,
+    files), before anything is written; the checks between options are :meth:`TrainConfig.validate`'s.
 
     Args:
         cfg: the :class:`~repan_zoo.annealing.TrainConfig`.
 
     Raises:
-        RecipeError: an unknown model or dataset, a missing checkpoint file, ``--min-lr`` above a
-            peak learning rate, a warmup longer than a cycle.
+        RecipeError: an unknown model or dataset, a missing checkpoint file.
         UnknownTagError: a pretrained tag the model does not have.
     """
     from ..data import DATASETS
@@ -105,12 +104,7 @@ def check_recipe(cfg) -> None:
                           "with repan_zoo.datasets.register_dataset (e.g. in an --import plugin)")
 
     check_model_names(model=cfg.model, teacher=cfg.teacher)
-    check_min_lr(cfg.min_lr, [("--lr", cfg.lr), ("--later-lr", cfg.later_lr)])
     check_files_exist(init_checkpoint=cfg.init_checkpoint, teacher_checkpoint=cfg.teacher_checkpoint)
-    shortest = min(cp.epochs for cp in cfg.plan())  # the LR schedule restarts with each planned cycle
-    if cfg.warmup_epochs > shortest:
-        raise RecipeError(f"--warmup-epochs {cfg.warmup_epochs:g} is longer than a cycle ({shortest} epochs); "
-                          f"use --warmup-epochs ≤ {shortest}")
 
 
 def _check_resumable(cfg, data, out: Path) -> None:
