@@ -10,9 +10,10 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, List, Union
+from typing import Callable, Dict, List, TypeVar, Union
 
-__all__ = ["PathLike", "TEMP_SUFFIX", "atomic_write", "check_file_target", "file_facts", "remove_stale_temps", "sha256_file"]
+__all__ = ["PathLike", "TEMP_SUFFIX", "atomic_write", "check_file_target", "file_facts", "remove_stale_temps", "sha256_file",
+           "unverified_path", "write_verified"]
 
 #: suffix of :func:`atomic_write`'s temp files (``.<name>.<random>.tmp`` beside the target)
 TEMP_SUFFIX = ".tmp"
@@ -118,3 +119,28 @@ def remove_stale_temps(folder: PathLike) -> List[Path]:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
+
+
+T = TypeVar("T")
+
+
+def unverified_path(path: PathLike) -> Path:
+    """Where :func:`write_verified` keeps ``path`` until its check passed: ``deploy.safetensors`` →
+    ``deploy.unverified.safetensors``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.unverified{path.suffix}")
+
+
+def write_verified(path: PathLike, write: Callable[[Path], object], check: Callable[[Path], T]) -> T:
+    """Write a run's output file, and give it its name only once it has passed a check.
+
+    ``write(tmp)`` writes the file as :func:`unverified_path` (itself atomically), ``check(tmp)`` reads
+    it back and raises when it is wrong, then it is renamed to ``path``. A file that fails keeps the
+    unverified name, for inspection, and no reader mistakes it for the output. Returns ``check``'s value.
+    """
+    path = Path(path)
+    tmp = unverified_path(path)
+    write(tmp)
+    result = check(tmp)
+    os.replace(tmp, path)
+    return result

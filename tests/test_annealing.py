@@ -391,6 +391,21 @@ def test_a_resumed_kd_run_continues_the_saved_global_random_stream(tmp_path, spl
     assert len(seen) == 1 and torch.equal(seen[0], saved)
 
 
+def test_a_deploy_file_that_fails_its_reload_check_is_never_the_runs_output(tmp_path, splits, monkeypatch):
+    """deploy.safetensors appears only once reloading it reproduced the trained model; a file that did
+    not is kept under a name that says so (the error names it), and no final.json claims it (was: the
+    unchecked file stayed as deploy.safetensors)."""
+    from repan_zoo.annealing import trainer as trainer_mod
+    from repan_zoo.errors import CheckpointError
+
+    monkeypatch.setattr(trainer_mod, "default_tolerance", lambda model: -1.0)
+    with pytest.raises(CheckpointError, match=r"deploy\.unverified\.safetensors") as info:
+        RepAnTrainer(tiny_cfg(method="baseline", cycles=1, epochs=1), splits, out=tmp_path, plot=False).run()
+    assert "does not reproduce" in str(info.value)
+    assert not (tmp_path / "deploy.safetensors").exists() and not (tmp_path / "final.json").exists()
+    assert (tmp_path / "deploy.unverified.safetensors").is_file()
+
+
 def test_sync_bn_conversion_keeps_function_and_fuses(splits):
     import copy
 

@@ -442,6 +442,21 @@ def test_finetune_script_end_to_end_and_resume(tmp_path, tiny_set):
 
 
 @pytest.mark.extras  # pycocotools
+def test_a_detector_that_fails_its_reload_check_is_never_the_runs_output(tmp_path, tiny_set, monkeypatch, capsys):
+    """As repan-train's: deploy.safetensors only once reloading it reproduced the detections."""
+    from repan_zoo.detection import finetune
+
+    real = finetune.detections_match
+    monkeypatch.setattr(finetune, "detections_match",
+                        lambda report, **kw: False if kw.get("tolerance") == 0.0 else real(report, **kw))
+    out = tmp_path / "run"
+    assert _finetune(tiny_set, out, "--cycles", "1", "--epochs", "1") != 0
+    assert "deploy.unverified.safetensors" in capsys.readouterr().err
+    assert not (out / "deploy.safetensors").exists() and not (out / "final.json").exists()
+    assert (out / "deploy.unverified.safetensors").is_file()
+
+
+@pytest.mark.extras  # pycocotools
 def test_finetune_resume_without_a_run_is_refused_and_leaves_no_folder(tmp_path, tiny_set, capsys):
     out = tmp_path / "never_started"
     assert _finetune(tiny_set, out, "--resume") != 0

@@ -26,7 +26,7 @@ from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
 from ..convert import calibrate_bn, default_tolerance, uncalibrated_blocks
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError
-from ..fileio import sha256_file
+from ..fileio import sha256_file, write_verified
 from ..manifest import published_recipe
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext
@@ -406,9 +406,9 @@ class RepAnTrainer(CycleRun):
                     "std": list(self.data.std), "input_size": list(self.data.input_size),
                     "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
             self.model.repan_exactness = {k: v for k, v in certificate.items() if k != "probe"}
-            save_checkpoint(self.model, path, architecture=cfg.model, metadata=meta)
+            summary.reload_check = write_verified(  # the run's output once reloading it reproduces the model
+                path, lambda p: save_checkpoint(self.model, p, architecture=cfg.model, metadata=meta), self._reload_check)
             summary.checkpoint = {"path": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
-            summary.reload_check = self._reload_check(path)
             write_json(self.out / "exactness.json", certificate)
             write_json(self.out / "final.json", summary.as_dict())
             self.after_epoch_saved()
@@ -467,6 +467,9 @@ class RepAnTrainer(CycleRun):
             from ..errors import CheckpointError
 
             raise CheckpointError(f"{path}: the reloaded deploy model's output differs from the trained model's "
-                                  f"by {err:.3g} (relative); the checkpoint does not reproduce the model")
+                                  f"by {err:.3g} (relative); the checkpoint does not reproduce the model, so it is "
+                                  "not the run's deploy.safetensors (kept under this name for inspection; the last "
+                                  "epoch's train-form checkpoint is in checkpoints/). Please report it with the model "
+                                  "and recipe")
         (test,) = self._evaluate_all(fresh, splits=("test",))
         return {"test_top1": test["top1"], "logits_rel_error": err, "deploy_form": model_form(fresh)}

@@ -40,7 +40,7 @@ from ..annealing.schedules import LambdaSchedule
 from ..checkpoint import load_into, metadata_json, model_form, read_checkpoint, save_checkpoint
 from ..convert import reparameterize
 from ..errors import CheckpointError, RecipeError
-from ..fileio import remove_stale_temps
+from ..fileio import remove_stale_temps, write_verified
 from ..runtime.checkpointing import Checkpointer, RunCheckpoint
 from ..runtime.distributed import DistContext, init_distributed
 from ..runtime.report import write_json
@@ -296,14 +296,20 @@ class _Run(CycleRun):
         if self.ctx.is_main:
             path = self.out / "deploy.safetensors"
             deploy.repan_exactness = exactness
-            save_checkpoint(deploy, path, architecture=deploy.pretrained_cfg["architecture"],
-                            metadata={**self._metadata(), "metrics": {"val": deploy_metrics}})
-            reloaded, _ = load_detector(str(path), device=str(self.device))
-            reload = compare_detectors(deploy, reloaded, images)
+
+            def reload_check(written: Path) -> Dict[str, Any]:
+                reloaded, _ = load_detector(str(written), device=str(self.device))
+                reload = compare_detectors(deploy, reloaded, images)
+                if not detections_match(reload, tolerance=0.0):
+                    raise CheckpointError(f"{written}: the reloaded detector differs from the saved one: {reload}; "
+                                          "so it is not the run's deploy.safetensors (kept under this name for "
+                                          "inspection). Please report it with the backbone and recipe")
+                return {**reload, "ok": True}
+
+            final["reload_check"] = write_verified(path, lambda p: save_checkpoint(
+                deploy, p, architecture=deploy.pretrained_cfg["architecture"],
+                metadata={**self._metadata(), "metrics": {"val": deploy_metrics}}), reload_check)
             final["checkpoint"] = path.name
-            final["reload_check"] = {**reload, "ok": detections_match(reload, tolerance=0.0)}
-            if not final["reload_check"]["ok"]:
-                raise CheckpointError(f"{path}: the reloaded detector differs from the saved one: {reload}")
             for fmt in cfg.export:
                 from .export import export_detector
 
