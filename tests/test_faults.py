@@ -106,6 +106,35 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_epoch(tmp_path, da
         cp.load()
 
 
+def test_a_failed_save_over_a_damaged_epoch_never_mixes_two_epochs_files(tmp_path, monkeypatch):
+    """Resumed from ep0001 because ep0002's files were damaged, the run saves ep0002 again; a write
+    that fails there leaves no folder with one new and one old file, and the error names the
+    checkpoint that reads, not the damaged one the pointer names (was: ep0002 rewritten file by
+    file, the new model beside the damaged state.pt, called 'the last good checkpoint')."""
+    cp = Checkpointer(tmp_path / "run", keep=2)
+    model = tiny()
+    for epoch in (1, 2):
+        cp.save(model, progress_state(epoch), tag=f"ep000{epoch}", architecture="tinyrep_test")
+    damaged = cp.root / "ep0002" / "state.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="ep0002"):
+        assert cp.load().directory.name == "ep0001"
+    before = {p.name: p.read_bytes() for p in (cp.root / "ep0002").iterdir()}
+
+    def full_disk(obj, path):
+        raise RuntimeError("file write failed")
+
+    monkeypatch.setattr(checkpointing.torch, "save", full_disk)
+    with pytest.raises(CheckpointError) as info:
+        cp.save(tiny(width=4), progress_state(2), tag="ep0002", architecture="tinyrep_test")
+    assert {p.name: p.read_bytes() for p in (cp.root / "ep0002").iterdir()} == before  # untouched, not mixed
+    assert "the last checkpoint that reads is" in str(info.value) and "ep0001" in str(info.value)
+    assert sorted(p.name for p in cp.root.iterdir()) == ["ep0001", "ep0002", "latest.json"]  # no temp folder left
+    monkeypatch.undo()
+    cp.save(model, progress_state(2), tag="ep0002", architecture="tinyrep_test")  # the retry replaces it whole
+    assert cp.load().state["progress"]["epoch"] == 2
+
+
 def test_a_folder_or_a_file_in_the_way_of_a_written_file_is_named_before_any_work(tmp_path, monkeypatch):
     """A path that is a folder, or lies under a file, is named (IsADirectoryError /
     NotADirectoryError) before the work for the file starts: export_torchscript does not fuse and

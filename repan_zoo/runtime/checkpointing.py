@@ -14,7 +14,9 @@ tensors, numbers, strings, lists and dicts and is read with ``torch.load(weights
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,28 +124,53 @@ class Checkpointer:
              metadata: Optional[Dict[str, Any]] = None) -> Path:
         """Write ``model`` + ``state`` into ``<root>/<tag>/`` and move the pointer to it.
 
-        A failed write (disk full, I/O error) raises :class:`CheckpointError` naming the last
-        good checkpoint, which is left untouched with the pointer on it, and how to resume."""
+        The pair is written into a fresh hidden folder and renamed into place whole, so a folder of
+        that name (an epoch redone after a resume fell back past it) is replaced, never rewritten file
+        by file. A failed write (disk full, I/O error) raises :class:`CheckpointError` naming the
+        last checkpoint that reads, which is left untouched, and how to resume."""
         folder = self.root / tag
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stale in self.root.glob(".ep*.tmp"):  # what a save killed mid-way left
+            shutil.rmtree(stale, ignore_errors=True)
+        fresh = self._hidden(tag)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(model, folder / "model.safetensors", architecture=architecture, metadata=metadata)
-            atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
+            save_checkpoint(model, fresh / "model.safetensors", architecture=architecture, metadata=metadata)
+            atomic_write(fresh / "state.pt", lambda tmp: torch.save(state, tmp))
+            if folder.exists():  # an older folder of that name goes aside first: a folder is renamed onto nothing
+                os.replace(folder, self._hidden(tag) / tag)
+            os.replace(fresh, folder)
             info = {"dir": tag, "progress": state.get("progress", {})}
             atomic_write(self.pointer, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1)))
         except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
-            last = self._pointed_dir() if self.exists() else None
-            if last != folder:
-                shutil.rmtree(folder, ignore_errors=True)
-            good = (f"the last good checkpoint is {last} (latest.json still points at it)" if last is not None
-                    else "no earlier checkpoint exists")
+            shutil.rmtree(fresh, ignore_errors=True)
+            good = self._readable_dir()
+            good = (f"the last checkpoint that reads is {good}" if good is not None
+                    else "no earlier checkpoint reads")
             raise CheckpointError(
                 f"writing the checkpoint {folder} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}); "
                 f"{good}. Free disk space (or fix the I/O problem), then continue with "
                 f"`{self.resume_command} --out {self.root.parent} --resume`"
             ) from exc
+        for stale in self.root.glob(".ep*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         self._prune(keep_tag=tag)
         return folder
+
+    def _hidden(self, tag: str) -> Path:
+        """A new empty folder ``<root>/.<tag>.<unique>.tmp`` (ignored by every reader, removed by the next save)."""
+        folder = self.root / f".{tag}.{uuid.uuid4().hex[:12]}.tmp"
+        folder.mkdir()
+        return folder
+
+    def _readable_dir(self) -> Optional[Path]:
+        """The folder :meth:`load` would resume from, or None (no checkpoint, or none reads)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                loaded = self.load()
+            except CheckpointError:
+                return None
+        return loaded.directory if loaded is not None else None
 
     def _prune(self, keep_tag: str) -> None:
         folders = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ep"))
