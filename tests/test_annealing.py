@@ -571,6 +571,7 @@ def test_a_run_from_deploy_weights_calibrates_the_restored_bns_before_it_trains(
     model = trainer.initialise()
     assert model_form(model) == "train"
     assert [(r["step"], r["images"]) for r in trainer.cycle_log] == [("calibrate_restored", 3 * 32)]
+    assert trainer.cycle_log[0]["rel_error_vs_fused"] <= 1e-5  # checked like line 6's Calibrate
     assert uncalibrated_blocks(model) == []
     with torch.no_grad():
         ev, tr = model.eval()(x), model.train()(x)

@@ -23,7 +23,7 @@ import torch.nn as nn
 from ..augment import mix_seed
 from ..blocks import rep_blocks
 from ..checkpoint import load_into, model_form, read_checkpoint, save_checkpoint
-from ..convert import calibrate_bn, default_tolerance, uncalibrated_blocks
+from ..convert import default_tolerance, uncalibrated_blocks
 from ..data import DataSplits, calibration_batches, eval_loader, train_loader
 from ..errors import RecipeError
 from ..fileio import sha256_file, write_verified
@@ -211,13 +211,11 @@ class RepAnTrainer(CycleRun):
         Calibrate (line 6,
         :func:`repan_zoo.calibrate_bn`) on ``calib_batches`` training batches keeps the eval function
         and makes the train-mode one start equal to it. Not needed when the first cycle expands: its
-        own Rep → Expand + Restore → Calibrate follows."""
-        inputs = self._calibration_inputs(self.cfg.calib_batches, cycle=0)
-        with exact_fp32():
-            calibrate_bn(self.model, inputs)
-        images = sum(len(b) for b in inputs)
-        self.cycle_log.append({"cycle": 0, "step": "calibrate_restored", "images": images})
-        self.log(f"line 1: deploy weights restored into the train form → Calibrate ({images} images)")
+        own Rep → Expand + Restore → Calibrate follows. The eval function is checked as line 6's."""
+        record = self.calibrate(0, self.eval_outputs())
+        record["step"] = "calibrate_restored"
+        self.log(f"line 1: deploy weights restored into the train form → Calibrate ({record['images']} images), "
+                 f"output rel. error {record['rel_error_vs_fused']:.2e}")
 
     @torch.no_grad()
     def _initial_bn_statistics(self) -> None:
