@@ -382,7 +382,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
     if mform == "mixed":
         raise CheckpointError("the model mixes fused and unfused Rep blocks; reparameterize or unfold it first")
     if ckpt_form == "deploy":  # into a train-form model
-        lams = {name: float(b.lam) for name, b in blocks}
+        lams = {name: b.lam_value for name, b in blocks}
         for _, b in blocks:
             b.reparameterize()
         strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)",
@@ -412,7 +412,7 @@ def _shape_like_checkpoint(blocks, metadata: Mapping[str, str]) -> None:
     for name, b in blocks:
         kinds = branches.get(name)
         if kinds is not None and list(kinds) != b.branch_kinds:
-            b.unfold(kinds, k=1, lam=float(b.lam), restore="normalized")
+            b.unfold(kinds, k=1, lam=b.lam_value, restore="normalized")
 
 
 def _set_lambdas(blocks, metadata: Mapping[str, str]) -> None:

@@ -661,6 +661,31 @@ def test_a_meta_device_model_is_refused_by_a_checked_conversion_by_name():
     assert all(p.is_meta for p in train.parameters()) and bns(train) == bns(model)
 
 
+@pytest.mark.parametrize("how", ["load_state_dict", "load_into"])
+def test_a_meta_model_materialised_with_to_empty_takes_deploy_weights(how):
+    """The route the meta-device error names: build on meta, ``to_empty``, load a deploy state dict.
+    A deploy state dict carries no λ, so the train-form blocks keep theirs: the λ they were built or
+    last set with, not the uninitialised memory ``to_empty`` left in the buffer (was: 'λ=nan is
+    outside [0, 1]', or a silently wrong λ)."""
+    from repan_zoo.checkpoint import load_into
+
+    name = "repan_repvgg_a0_w025"
+    deploy = rz.reparameterize(randomize(timm.create_model(name, num_classes=10), seed=2))
+    state = deploy.state_dict()
+    for garbage in (float("nan"), -1.8e38, 0.0):
+        model = timm.create_model(name, num_classes=10, device="meta").to_empty(device="cpu")
+        for _, block in rz.rep_blocks(model):
+            block.lam.fill_(garbage)  # what to_empty may leave there
+        if how == "load_state_dict":
+            model.load_state_dict(state)
+        else:
+            load_into(model, state, {"form": "deploy"})
+        assert {float(b.lam) for _, b in rz.rep_blocks(model)} == {1.0}  # the constructor's λ
+        x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            assert rel_err(deploy.eval()(x), model.eval()(x)) <= 1e-5
+
+
 def _frozen_state(model):
     """Per Rep block: (whether every parameter is frozen, the set of its BN-like classes)."""
     from repan_zoo.blocks import rep_blocks

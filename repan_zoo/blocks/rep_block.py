@@ -59,7 +59,7 @@ class RepBlock(nn.Module):
     ``timm.utils.reparameterize_model`` calls. :meth:`unfold` goes the other way.
     """
 
-    __jit_unused_properties__ = ["in_channels", "out_channels", "deploy", "branch_kinds"]
+    __jit_unused_properties__ = ["in_channels", "out_channels", "deploy", "branch_kinds", "lam_value"]
 
     def __init__(
         self,
@@ -76,7 +76,8 @@ class RepBlock(nn.Module):
     ):
         super().__init__()
         self.spec = BlockSpec(in_channels, out_channels, kernel_size, stride, groups, dilation)
-        self.register_buffer("lam", torch.tensor(check_lambda(lam)), persistent=not deploy)
+        self._lam_value = check_lambda(lam)  # see lam_value
+        self.register_buffer("lam", torch.tensor(self._lam_value), persistent=not deploy)
         #: the branch kinds this block was built with (kept in deploy form, so a train-form
         #: checkpoint can be loaded into a deploy model and vice versa).
         self.arch_branches = tuple(branches)
@@ -122,7 +123,15 @@ class RepBlock(nn.Module):
 
     def set_lambda(self, value) -> None:
         """Set λ of Eq. (3); raises :class:`LambdaRangeError` outside [0, 1]."""
-        self.lam.fill_(check_lambda(value))
+        self._lam_value = check_lambda(value)
+        self.lam.fill_(self._lam_value)
+
+    @property
+    def lam_value(self) -> float:
+        """λ as last set (construction, :meth:`set_lambda`, a loaded state dict's ``lam``), a Python
+        float: what a conversion carries over (a deploy state dict has no λ). Unlike the ``lam``
+        buffer, it is defined after ``model.to_empty()``, which leaves the buffer uninitialised."""
+        return self._lam_value
 
     def _new_conv(self) -> nn.Conv2d:
         s = self.spec
@@ -312,8 +321,10 @@ class RepBlock(nn.Module):
         # a train-form state dict from before λ was saved has no ``lam``: keep the block's λ (like
         # BatchNorm's num_batches_tracked for old state dicts); checkpoints carry it in metadata
         if not self.deploy and prefix + "lam" not in state_dict:
-            state_dict[prefix + "lam"] = self.lam.detach().clone()
+            state_dict[prefix + "lam"] = torch.tensor(self.lam_value, dtype=self.lam.dtype)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if not self.deploy and not self.lam.is_meta:
+            self._lam_value = float(self.lam)  # what the state dict held
         if self.trunk is not None and prefix + "trunk.bn.running_mean" in state_dict:
             # statistics that came with the weights, unless this load invented them from a deploy conv
             self.trunk.uncalibrated = from_deploy
@@ -395,7 +406,7 @@ def convert_block_state(
         load(source, sub)
     source.reparameterize()  # remembers the trunk BN for the inherit restore
     if not target.deploy:
-        unfold_loaded(source, target.branch_kinds, lam=float(target.lam))
+        unfold_loaded(source, target.branch_kinds, lam=target.lam_value)
     return source.state_dict()
 
 
