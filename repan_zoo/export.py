@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
+from timm.utils import unwrap_model
 
 from .blocks import Branch, RepBlock
 from .fileio import atomic_write, check_file_target, file_facts
@@ -126,6 +127,7 @@ class _Prepared:
 
     def __init__(self, model: nn.Module, example_input: Any, input_size: Optional[Sequence[int]], batch_size: int,
                  tolerance: Optional[float]):
+        model = unwrap_model(model)  # DataParallel / DDP / ModelEma / torch.compile: the model inside, as saved
         self.tolerance = default_tolerance(model) if tolerance is None else float(tolerance)
         probe = _make_probe(model, example_input, input_size, batch_size)
         deploy = reparameterize(model, inplace=False, verify=True, example_input=probe)

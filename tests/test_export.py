@@ -185,6 +185,23 @@ def test_already_deployed_model_exports(net, tmp_path):
     assert report["max_rel_error"] == 0.0 or report["max_rel_error"] <= TOL
 
 
+@pytest.mark.parametrize("wrap", ["DataParallel", "ModelEmaV3", "compile"])
+def test_a_wrapped_model_exports_as_the_model_it_wraps(net, tmp_path, wrap):
+    """DataParallel / timm's ModelEmaV3 / torch.compile wrappers, which reparameterize and unfold
+    take, are exported as the model inside (as save_checkpoint saves them; was: torch's own
+    export errors, 'DataParallel is not supported')."""
+    from timm.utils import ModelEmaV3
+
+    wrapped = {"DataParallel": lambda m: nn.DataParallel(m), "ModelEmaV3": lambda m: ModelEmaV3(m, decay=0.9),
+               "compile": lambda m: torch.compile(m)}[wrap](net)
+    x = make_input(3, 9, 2, seed=4)
+    report = export_onnx(wrapped, tmp_path / "w.onnx", example_input=x)
+    assert report["max_rel_error"] <= TOL
+    inner = wrapped.module if wrap == "ModelEmaV3" else net
+    with torch.no_grad():
+        assert relative_error(inner.eval()(x), _ort(tmp_path / "w.onnx", x)) <= TOL
+
+
 def test_bad_inputs_are_named(net, tmp_path):
     with pytest.raises(ValueError, match="input_size"):
         export_onnx(net, tmp_path / "x.onnx", input_size=(9, 9))

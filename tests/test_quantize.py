@@ -124,6 +124,14 @@ def test_calibration_takes_the_batch_forms_calibrate_bn_takes(tiny):
         q.quantize(tiny, [batches[0], batches[1][0]], compile=False)
 
 
+def test_a_wrapped_model_is_quantized_as_the_model_it_wraps(tiny):
+    """nn.DataParallel / torch.compile wrappers are quantized as the model inside (was: torch export errors)."""
+    plain = q.quantize(tiny, _batches(), probe=_batches(1, 32, seed=9)[0], compile=False)
+    for wrapped in (nn.DataParallel(tiny), torch.compile(tiny)):
+        int8 = q.quantize(wrapped, _batches(), probe=_batches(1, 32, seed=9)[0], compile=False)
+        assert torch.equal(int8(_batches(1, 4, seed=5)[0]), plain(_batches(1, 4, seed=5)[0]))
+
+
 @pytest.mark.parametrize("batches, probe, words", [
     ([torch.randn(4, 1, 16, 16)] * 2, None, r"does not run on the calibration images \(1×16×16\)"),
     ([torch.randn(4, 3, 16, 16), torch.randn(4, 3, 20, 20)], None, r"batch 1 holds 3×20×20 images.*batch 0's are 3×16×16"),

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 import torch.nn as nn
+from timm.utils import unwrap_model
 
 from ..blocks import RepBlock
 from ..convert import batch_images
@@ -185,8 +186,11 @@ def _freezing() -> Iterator[None]:
 
 
 def _deploy_copy(model: nn.Module) -> nn.Module:
-    """A fused (deploy-form) CPU eval copy of ``model``; refuses what still computes branches."""
+    """A fused (deploy-form) CPU eval copy of ``model`` (of the model inside a DataParallel / DDP /
+    ModelEma / torch.compile wrapper); refuses what still computes branches."""
     from ..convert import reparameterize
+
+    model = unwrap_model(model)
 
     if any(isinstance(m, RepBlock) and not m.deploy for m in model.modules()):
         deploy = reparameterize(model, inplace=False, verify=True)
