@@ -329,6 +329,14 @@ def batch_images(batch: Any, what: str, error: Type[RepanError] = CalibrationErr
     ``pixel_values`` (Hugging Face). Anything else raises ``error`` naming the batch (``what``, e.g.
     ``"calibrate_bn: batch 3"``), what it is and the fix; used by :func:`calibrate_bn` and
     :func:`repan_zoo.quantize.quantize`."""
+    singles = batch[0] if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], (list, tuple)) else batch
+    if isinstance(singles, (list, tuple)) and len(singles) > 1 and all(
+            isinstance(t, torch.Tensor) and t.dim() == 3 for t in singles):  # torchvision detection's form
+        raise error(
+            f"{what} holds {len(singles)} single images (C×H×W each), a torchvision detection loader's form; a "
+            "detector's backbone calibrates on (N, C, H, W) batches as it sees them (normalised, resized, padded): "
+            "calibrate_bn(detector.backbone.body, repan_zoo.detection.calibration_batches(detector, images, "
+            "batch_size))")
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
         batch = batch[0]
     elif isinstance(batch, Mapping):

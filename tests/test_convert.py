@@ -424,6 +424,22 @@ def test_calibrate_bn_takes_num_batches_from_a_loader(deploy_net, tiny_input):
     assert same_state(before, snapshot(un))
 
 
+@pytest.mark.parametrize("form", ["loader-pair", "image-list"])
+def test_calibrate_bn_names_the_detection_helper_for_lists_of_single_images(deploy_net, form):
+    """A torchvision detection loader yields (images, targets) with images a tuple of C×H×W tensors:
+    the error names that form and the helper that makes backbone batches of it (was: 'batch 0 is a
+    tuple, not images; pass ... (images, labels) pairs as a DataLoader yields them')."""
+    images = tuple(make_input(3, seed=s)[0] for s in range(2))
+    batch = (images, ({"boxes": torch.zeros(0, 4)},) * 2) if form == "loader-pair" else list(images)
+    un = rz.unfold(deploy_net, branches=("conv_1x1",))
+    before = snapshot(un)
+    with pytest.raises(CalibrationError, match=r"batch 0 holds 2 single images.*detection.*"
+                                               r"calibrate_bn\(detector\.backbone\.body, "
+                                               r"repan_zoo\.detection\.calibration_batches\(detector, images"):
+        rz.calibrate_bn(un, [batch])
+    assert same_state(before, snapshot(un))
+
+
 def test_calibrate_bn_keeps_function_at_positive_lambda_for_inherited(deploy_net, tiny_input):
     """Inherited BNs keep the block function whatever the statistics are: with no extra branches
     the model output is unchanged even at λ>0."""
