@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import tempfile
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,8 @@ def device(text: str) -> str:
 
 
 def writable_dir_problem(path: os.PathLike) -> Optional[str]:
-    """Why a run directory cannot be created or written at ``path`` (None: it can). Checks only:
-    creates nothing."""
+    """Why a run directory cannot be created or written at ``path`` (None: it can). Leaves nothing
+    behind: the nearest existing folder is tried with a temporary file, deleted at once."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         return f"{path} is a file, not a directory; choose a directory path"
@@ -157,11 +158,17 @@ def writable_dir_problem(path: os.PathLike) -> Optional[str]:
         return f"{probe} is a file, so {path} cannot be created under it; choose another path"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable by this user; choose a writable directory"
+    if probe.is_dir():  # os.access reads permission bits (all yes for root); a read-only or virtual
+        try:            # file system (sysfs, a read-only mount) refuses only when a file is made
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as exc:
+            return f"{probe} does not take new files ({exc.strerror or exc}); choose a writable directory"
     return None
 
 
 def writable_file_problem(path: os.PathLike) -> Optional[str]:
-    """Why a file cannot be written at ``path`` (None: it can). Creates nothing."""
+    """Why a file cannot be written at ``path`` (None: it can). Leaves nothing behind."""
     path = Path(path)
     if path.is_dir():
         return f"{path} is a directory; give a file name (e.g. {path / 'model.onnx'})"
@@ -169,7 +176,7 @@ def writable_file_problem(path: os.PathLike) -> Optional[str]:
 
 
 def writable_dir(text: str) -> str:
-    """A run directory that can be created or written (:func:`writable_dir_problem`); creates nothing."""
+    """A run directory that can be created or written (:func:`writable_dir_problem`); leaves nothing behind."""
     problem = writable_dir_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)
@@ -177,7 +184,7 @@ def writable_dir(text: str) -> str:
 
 
 def writable_file(text: str) -> str:
-    """A file path that can be written (:func:`writable_file_problem`); creates nothing."""
+    """A file path that can be written (:func:`writable_file_problem`); leaves nothing behind."""
     problem = writable_file_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)

@@ -175,6 +175,48 @@ def test_repan_train_refuses_a_read_only_out(tmp_path, capsys, monkeypatch):
     refused(train_cli.main, [*TRAIN, "--out", str(ro / "run")], tmp_path, capsys, "--out")
 
 
+def _refuses_creating_files(folder: str) -> bool:
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return False
+    except OSError:
+        return True
+
+
+UNWRITABLE = "/sys/kernel"  # sysfs: permission bits say writable to root, yet no file can be created there
+
+
+@pytest.mark.skipif(not (os.path.isdir(UNWRITABLE) and os.access(UNWRITABLE, os.W_OK)
+                         and _refuses_creating_files(UNWRITABLE)), reason="needs sysfs as root")
+@pytest.mark.parametrize("main,argv", [
+    (cli.main, ["export", "repan_repvgg_a0_w025", "--out", f"{UNWRITABLE}/m.onnx"]),
+    (train_cli.main, [*TRAIN, "--out", f"{UNWRITABLE}/run"]),
+], ids=["repan export", "repan-train"])
+def test_an_out_the_file_system_refuses_is_named_before_any_work(main, argv, tmp_path, capsys, monkeypatch):
+    """os.access answers from permission bits (yes, for root), not from whether the file system lets
+    a file be made: --out is checked by making one (was: the whole export or the run's setup, then a
+    PermissionError traceback naming a temp file)."""
+    monkeypatch.chdir(tmp_path)
+    refused(main, argv, tmp_path, capsys, "--out")
+
+
+def test_a_file_system_error_during_a_command_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """A disk that fills up (or a file system that fails) in the middle of a command: one line, exit 2,
+    the file and the OS's reason (was: a traceback, and exit 1, the status of a failed check)."""
+    import repan_zoo.export as export_mod
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "m.onnx"))
+
+    monkeypatch.setattr(export_mod, "export_onnx", full)
+    code = cli.main(["export", "repan_repvgg_a0_w025", "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert f"{tmp_path / 'm.onnx'}: No space left on device" in err and "free space" in err
+
+
 @pytest.mark.parametrize("argv,must", [c[1:] for c in REPAN_CASES], ids=[c[0] for c in REPAN_CASES])
 def test_repan_refuses(argv, must, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

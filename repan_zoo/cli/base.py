@@ -11,7 +11,8 @@ code  meaning
       not exact (:class:`~repan_zoo.errors.ReparameterizationError`), ``repan list`` matched
       nothing (:class:`CheckFailed`)
 2     refused: a bad option (argparse), recipe, model, dataset, checkpoint, weights, export …
-      (any other :class:`~repan_zoo.errors.RepanError`); nothing was written
+      (any other :class:`~repan_zoo.errors.RepanError`); nothing was written. Also a file the
+      operating system would not read or write (an ``OSError`` naming a file: disk full, I/O error)
 3     training diverged (:class:`~repan_zoo.errors.TrainingDivergedError`; the message names
       cycle, epoch, step and the last good checkpoint)
 130   interrupted (Ctrl-C): one line naming how to resume a run, not a traceback
@@ -159,7 +160,8 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
         ``run(args)``'s status, or the error's from :data:`EXIT_CODES`.
 
     Raises:
-        Exception: anything that is not a :class:`~repan_zoo.errors.RepanError` (a bug) propagates.
+        Exception: anything that is neither a :class:`~repan_zoo.errors.RepanError` nor an ``OSError``
+            naming a file (a bug) propagates.
     """
     try:
         return run(args)
@@ -170,6 +172,12 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
     except BrokenPipeError:  # the reader of the output went away: nothing to report, and nowhere to
         _stdout_to_devnull()
         return EXIT_PIPE
+    except OSError as exc:
+        if exc.filename is None:  # not a file's problem: a bug, with its traceback
+            raise
+        report(prog, f"{exc.filename}: {exc.strerror or exc}; check the path, its permissions and the free space "
+                     "on its disk, then run the command again")
+        return EXIT_REFUSED
     except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the run was
         out = getattr(args, "out", None)
         resume = (f"; every completed epoch in {out} is kept: continue with `{prog} --out {out} --resume`"
