@@ -297,6 +297,7 @@ def export_onnx(
 
     Raises :class:`~repan_zoo.errors.MissingExtraError` (before any work) without the ``export``
     extra's onnx / onnxruntime (and onnxscript for ``dynamo=True``); :class:`ExportError` when a
+    bfloat16 model (before any work: ONNX Runtime has no bfloat16 convolution), when a
     multi-branch block survives fusion, when the graph holds
     more convolutions / BatchNorms than the fused model runs, or when onnxruntime's output differs
     from torch beyond ``tolerance`` (fp32: 1e-5 relative); no file is left at ``path`` then.
@@ -308,6 +309,11 @@ def export_onnx(
     import onnxruntime
 
     check_file_target(path)  # a folder at ``path`` is named before the model is fused and exported
+    _, dtype = weights_device_dtype(unwrap_model(model))
+    if dtype == torch.bfloat16:
+        raise ExportError("the model's weights are torch.bfloat16, and ONNX Runtime has no bfloat16 convolution to "
+                          "check (or run) the file with: export model.float() (float32, the file is checked against "
+                          "it) and convert the file's precision with ONNX tools if needed")
     prep = _Prepared(model, example_input, input_size, batch_size, tolerance)
     output_names = ["output"] if prep.num_outputs == 1 else [f"output_{i}" for i in range(prep.num_outputs)]
     facts: Dict[str, Any] = {}

@@ -202,6 +202,15 @@ def test_a_wrapped_model_exports_as_the_model_it_wraps(net, tmp_path, wrap):
         assert relative_error(inner.eval()(x), _ort(tmp_path / "w.onnx", x)) <= TOL
 
 
+def test_a_bfloat16_model_is_refused_by_onnx_export_before_any_work(net, tmp_path, monkeypatch):
+    """ONNX Runtime has no bfloat16 convolution: the export says so and names the fix before fusing
+    (was: onnxruntime's 'Type tensor(bfloat16) ... of operator (Conv) is invalid' after the export)."""
+    monkeypatch.setattr(export_mod, "_Prepared", lambda *a, **k: pytest.fail("fused before the check"))
+    with pytest.raises(ExportError, match=r"torch\.bfloat16.*ONNX Runtime.*model\.float\(\)"):
+        export_onnx(net.to(torch.bfloat16), tmp_path / "bf.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_bad_inputs_are_named(net, tmp_path):
     with pytest.raises(ValueError, match="input_size"):
         export_onnx(net, tmp_path / "x.onnx", input_size=(9, 9))
