@@ -63,6 +63,17 @@ def test_export_onnx(tmp_path, capsys):
 
 
 @needs_model
+def test_export_takes_the_format_from_the_file_name(tmp_path, capsys):
+    """--out m.pt without --format writes TorchScript, as the name says (was: an ONNX file named m.pt)."""
+    out = tmp_path / "a0.pt"
+    assert main(["export", MODEL, "--out", str(out), *SMALL, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "torchscript"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(out))
+
+
+@needs_model
 def test_export_torchscript_from_checkpoint(tmp_path, capsys):
     """--checkpoint: a deploy-form safetensors file is loaded strictly and is what gets exported."""
     model = randomize(timm.create_model(MODEL, num_classes=10), seed=9)

@@ -87,6 +87,9 @@ TRAIN_CASES = [
 ]
 EXPORT = ["export", "repan_repvgg_a0_w025", "--input-size", "1", "28", "28", "--num-classes", "10"]
 REPAN_CASES = [
+    ("export-format-against-name", [*EXPORT, "--format", "torchscript", "--out", "{tmp}/m.onnx"], "--format"),
+    ("export-onnx-named-pt", [*EXPORT, "--format", "onnx", "--out", "{tmp}/m.pt"], "--format"),
+    ("export-int8-named-onnx", [*EXPORT, "--int8", "--out", "{tmp}/m.onnx"], "--int8"),
     ("export-out-is-a-directory", [*EXPORT, "--out", "{tmp}"], "--out"),
     ("export-out-under-a-file", [*EXPORT, "--out", "{tmp}/afile/m.onnx"], "--out"),
     ("export-batch-size-0", [*EXPORT, "--out", "{tmp}/m.onnx", "--batch-size", "0"], "--batch-size"),

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+from typing import Optional
 
 from ..cli_types import number, writable_file
+from ..errors import ExportError
 from .model_options import add_model_options, model_from_args
 
 NAME = "export"
@@ -19,7 +22,8 @@ HELP = "fuse a copy, export (ONNX / TorchScript / INT8) and check the file again
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
+                   help="file format (default: from the --out name: .onnx → onnx, .pt / .ts → torchscript; else onnx)")
     p.add_argument("--out", required=True, type=writable_file, metavar="PATH",
                    help="file to write (written only once it checked out)")
     p.add_argument("--batch-size", type=number(int, 1), default=2, help="probe batch size (the batch axis stays dynamic)")
@@ -47,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
     """Export and print the check (one line, or the JSON report)."""
     from ..export import export_onnx, export_torchscript
 
+    fmt = export_format(args.out, args.format, args.int8)
     model = model_from_args(args)
-    if args.int8:
+    if fmt == "int8":
         return _export_int8(model, args)
     common = dict(input_size=args.input_size, batch_size=args.batch_size)
-    if args.format == "onnx":
+    if fmt == "onnx":
         report = export_onnx(model, args.out, opset=args.opset, dynamo=not args.legacy_onnx, **common)
     else:
         report = export_torchscript(model, args.out, **common)
@@ -67,6 +72,29 @@ def run(args: argparse.Namespace) -> int:
             f"{report['conv_nodes']} conv, {report['batchnorm_nodes']} BatchNorm nodes; sha256 {report['sha256']}"
         )
     return 0
+
+
+#: file-name suffix → the format it names
+SUFFIX_FORMATS = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pt2": "int8"}
+
+
+def export_format(out: str, fmt: Optional[str], int8: bool) -> str:
+    """The format to write: ``int8`` with ``--int8``, else ``--format``, else the one the ``--out``
+    name says (``onnx`` when it says none). Raises :class:`~repan_zoo.errors.ExportError` when the
+    options and the name disagree (an ONNX file named ``.pt`` helps no one)."""
+    named = SUFFIX_FORMATS.get(Path(out).suffix.lower())
+    if int8:
+        if named not in (None, "int8"):
+            raise ExportError(f"--int8 writes a torch.export program, but --out {out} is named as a {named} file; "
+                              "name it .pt2")
+        return "int8"
+    if named == "int8":
+        raise ExportError(f"--out {out} is named as a torch.export program (.pt2), which --int8 writes; add --int8, "
+                          "or name the file .onnx / .pt")
+    if fmt is not None and named is not None and named != fmt:
+        raise ExportError(f"--format {fmt} but --out {out} is named as a {named} file; drop --format (the name "
+                          "decides) or rename the file")
+    return fmt or named or "onnx"
 
 
 def _export_int8(model, args: argparse.Namespace) -> int:
