@@ -74,13 +74,18 @@ def exact_fp32():
     cuDNN runs fp32 convolutions in TF32 by default, whose 10-bit mantissa alone makes two
     equal functions differ by ~1e-3 relative: the exactness checks of Rep / Expand+Restore /
     Calibrate (≤ 1e-5) run without it. Used by every check here (``capture``) and by ``calibrate_bn``;
-    training keeps the user's setting.
+    training keeps the user's setting. An enclosing ``torch.autocast`` region (CPU or CUDA) is
+    switched off for the duration too: its bf16 / fp16 convolutions differ by ~1e-2.
     """
     cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        yield
+        with contextlib.ExitStack() as stack:
+            for device in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(device):
+                    stack.enter_context(torch.autocast(device_type=device, enabled=False))
+            yield
     finally:
         torch.backends.cudnn.allow_tf32 = cudnn
         torch.backends.cuda.matmul.allow_tf32 = matmul

@@ -702,6 +702,19 @@ def test_a_meta_model_materialised_with_to_empty_takes_deploy_weights(how):
             assert rel_err(deploy.eval()(x), model.eval()(x)) <= 1e-5
 
 
+def test_conversions_inside_an_autocast_region_check_in_fp32():
+    """A user's ``with torch.autocast('cpu', dtype=torch.bfloat16):`` around reparameterize / unfold /
+    calibrate_bn does not reach the exactness checks: their figures are fp32's (was: model_rel_error
+    0.026 against a 1e-5 tolerance, accepted only by the float64 fallback)."""
+    model = randomize(timm.create_model("repan_resnet18_acb_w025", num_classes=10), seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        deploy = rz.reparameterize(model)
+        train = rz.unfold(deploy)
+    for converted in (deploy, train):
+        assert converted.repan_exactness["model_rel_error"] <= 1e-5
+        assert converted.repan_exactness.get("float64") is None  # no fallback was needed
+
+
 def _frozen_state(model):
     """Per Rep block: (whether every parameter is frozen, the set of its BN-like classes)."""
     from repan_zoo.blocks import rep_blocks
