@@ -176,14 +176,15 @@ class RepNet(nn.Module):
                         if k in saved and v.shape == saved[k].shape:
                             v.copy_(saved[k])
             name = (getattr(self, "pretrained_cfg", None) or {}).get("architecture") or type(self).__name__
-            raise StateDictMismatchError(
-                f"the state dict does not fit {name} (num_classes={self.num_classes}, in_chans={self.in_chans}); the "
-                "model was left unchanged. Build the model the weights were saved from: a repan checkpoint names it "
+            advice = wrapper_prefix_hint(state_dict) or (  # a wrapper's keys: that is the cause, nothing else to try
+                " Build the model the weights were saved from: a repan checkpoint names it "
                 "in its metadata (repan_zoo.checkpoint.read_checkpoint(path)[1]['architecture']) and "
                 "repan_zoo.checkpoint.load_into(model, *read_checkpoint(path)) compares the two; pass the same "
                 "num_classes / in_chans, or drop the head entries and load with strict=False to re-train it; a "
-                f"timm-native state dict goes through repan_zoo.models.checkpoint_filter.{wrapper_prefix_hint(state_dict)} "
-                f"PyTorch: {exc}") from exc
+                "timm-native state dict goes through repan_zoo.models.checkpoint_filter.")
+            raise StateDictMismatchError(
+                f"the state dict does not fit {name} (num_classes={self.num_classes}, in_chans={self.in_chans}); the "
+                f"model was left unchanged.{advice} PyTorch: {exc}") from exc
 
     def _pooled_width(self) -> int:
         """Width of the pooled (pre-logits) features: ×2 for timm's 'catavgmax' pooling."""
