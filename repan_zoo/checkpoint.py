@@ -230,8 +230,9 @@ def _read(path: PathLike, tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict[
             data = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except Exception as exc:  # safetensors raises its own error types for bad headers / short files
         raise CheckpointError(
-            f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a checkpoint. "
-            "Delete it and download / save it again"
+            f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a checkpoint. Give a "
+            "safetensors checkpoint (repan_zoo.checkpoint.save_checkpoint writes them); if this one was cut short, "
+            "save or download it again"
         ) from exc
     return data, meta
 

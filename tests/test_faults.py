@@ -135,6 +135,18 @@ def test_a_failed_save_over_a_damaged_epoch_never_mixes_two_epochs_files(tmp_pat
     assert cp.load().state["progress"]["epoch"] == 2
 
 
+def test_a_file_that_is_not_safetensors_is_named_without_advising_its_deletion(tmp_path):
+    """The user's own file (a JSON given as --checkpoint, say) is never theirs to delete on our word
+    (was: 'Delete it and download / save it again')."""
+    from repan_zoo.checkpoint import read_checkpoint
+
+    path = tmp_path / "m.json"
+    path.write_text('{"lr": 0.1}')
+    with pytest.raises(CheckpointError, match=r"m\.json is not a readable safetensors file.*save_checkpoint") as info:
+        read_checkpoint(path)
+    assert "Delete" not in str(info.value) and path.read_text() == '{"lr": 0.1}'
+
+
 def test_a_folder_or_a_file_in_the_way_of_a_written_file_is_named_before_any_work(tmp_path, monkeypatch):
     """A path that is a folder, or lies under a file, is named (IsADirectoryError /
     NotADirectoryError) before the work for the file starts: export_torchscript does not fuse and
