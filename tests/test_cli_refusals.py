@@ -87,6 +87,8 @@ TRAIN_CASES = [
 ]
 EXPORT = ["export", "repan_repvgg_a0_w025", "--input-size", "1", "28", "28", "--num-classes", "10"]
 REPAN_CASES = [
+    ("unknown-option-named-by-its-command", ["profile", "repan_repvgg_a0_w025", "--json-out"],
+     "repan profile: error: unrecognized arguments: --json-out (see repan profile --help)"),
     ("export-format-against-name", [*EXPORT, "--format", "torchscript", "--out", "{tmp}/m.onnx"], "--format"),
     ("export-onnx-named-pt", [*EXPORT, "--format", "onnx", "--out", "{tmp}/m.pt"], "--format"),
     ("export-int8-named-onnx", [*EXPORT, "--int8", "--out", "{tmp}/m.onnx"], "--int8"),

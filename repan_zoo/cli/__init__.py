@@ -47,8 +47,7 @@ def build_parser() -> OneLineParser:
                            "and verify repan_* models")
     parser.add_argument("--version", action="version", version=f"repan-zoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        add_parser(sub, command_module(name))
+    parser.subcommand_parsers = {name: add_parser(sub, command_module(name)) for name in SUBCOMMANDS}
     return parser
 
 
@@ -62,5 +61,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         The exit status (:data:`repan_zoo.cli.base.EXIT_CODES`): 0 done, 1 a check found a problem,
         2 refused, 3 training diverged. A usage error exits 2 through ``SystemExit``.
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the subcommand's parser: `repan profile: error: ...`, with its --help
+        parser.subcommand_parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return run_command(f"repan {args.command}", lambda a: a.command_module.run(a), args)
