@@ -28,17 +28,19 @@ def _seed_global_rngs() -> None:
     np.random.seed(SEED)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _seeded_module():
-    """Module fixtures (built before any test's own fixtures) start from the seeded global RNGs."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before any fixture of a test is set up: a module / session fixture is built by the first test
+    that asks for it, whichever that is (``-k``, ``--lf``), from the seeded global RNGs."""
     _seed_global_rngs()
 
 
 @pytest.fixture(autouse=True)
 def _seeded_test():
-    """Each test starts from the seeded global RNGs (torch, random, numpy), whatever ran before, as
-    pytest-randomly resets them: a model whose init draws from the global RNG (a Linear head, timm's
-    init) is the same in any order. Was: a module fixture's head depended on the files run earlier."""
+    """Each test starts from the seeded global RNGs (torch, random, numpy), whatever ran before and
+    whichever module fixtures its setup built, as pytest-randomly resets them: a model whose init
+    draws from the global RNG (a Linear head, timm's init) is the same in any order. Was: a module
+    fixture's head depended on the files run earlier."""
     _seed_global_rngs()
 
 

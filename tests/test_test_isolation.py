@@ -25,7 +25,7 @@ def drawn_at_module_start():
     return torch.rand(3), random.random(), np.random.rand()
 
 
-@pytest.mark.parametrize("draw_first", [True, False])
+@pytest.mark.parametrize("draw_first", [False, True])  # True last: the module fixture below is built after a draw
 def test_each_test_starts_from_the_seeded_global_rng(draw_first):
     """The two cases consume the RNG differently; both start seeded (run in any order)."""
     assert torch.equal(torch.get_rng_state(), _state_after_seeding())
@@ -39,6 +39,7 @@ def test_each_test_starts_from_the_seeded_global_rng(draw_first):
 
 
 def test_module_fixtures_draw_from_the_seeded_global_rng(drawn_at_module_start):
+    """Also when the test before it drew (``-k "True or module_fixtures"``: was not the case then)."""
     torch.rand(5)  # the test's own draws do not move the module fixture's
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
