@@ -677,6 +677,21 @@ def test_a_meta_device_model_is_refused_by_a_checked_conversion_by_name():
     assert all(p.is_meta for p in train.parameters()) and bns(train) == bns(model)
 
 
+def test_frozen_bns_with_trainable_convs_leave_the_new_branches_trainable():
+    """BNs frozen alone (timm's freeze_batch_norm_2d, as detection backbones do) with trainable convs:
+    the restored trunk keeps its frozen BN, the new branches get trainable BNs (a frozen output BN at
+    γ = 0 would keep a new branch silent for good: was FrozenBatchNorm2d, no gradient)."""
+    from timm.layers import freeze_batch_norm_2d
+
+    model = freeze_batch_norm_2d(randomize(timm.create_model("repan_repvgg_a0_w025"), seed=1))
+    train = rz.unfold(rz.reparameterize(model), lam=1.0)
+    block = train.stem.conv
+    assert type(block.trunk.bn).__name__ == "FrozenBatchNorm2d"
+    assert all(isinstance(bn, nn.BatchNorm2d) for b in block.extras for bn in b.bns())
+    train.train()(torch.randn(2, 1, 28, 28)).sum().backward()
+    assert all(float(bn.weight.grad.abs().sum()) > 0 for b in block.extras for bn in b.bns())  # γ can grow
+
+
 @pytest.mark.parametrize("how", ["load_state_dict", "load_into"])
 def test_a_meta_model_materialised_with_to_empty_takes_deploy_weights(how):
     """The route the meta-device error names: build on meta, ``to_empty``, load a deploy state dict.
@@ -688,7 +703,7 @@ def test_a_meta_model_materialised_with_to_empty_takes_deploy_weights(how):
     name = "repan_repvgg_a0_w025"
     deploy = rz.reparameterize(randomize(timm.create_model(name, num_classes=10), seed=2))
     state = deploy.state_dict()
-    for garbage in (float("nan"), -1.8e38, 0.0):
+    for garbage in (float("nan"), -1.8e38, 5.0):  # a λ no set_lambda can give (one in [0, 1] is taken as λ)
         model = timm.create_model(name, num_classes=10, device="meta").to_empty(device="cpu")
         for _, block in rz.rep_blocks(model):
             block.lam.fill_(garbage)  # what to_empty may leave there
@@ -700,6 +715,32 @@ def test_a_meta_model_materialised_with_to_empty_takes_deploy_weights(how):
         x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             assert rel_err(deploy.eval()(x), model.eval()(x)) <= 1e-5
+
+
+def test_a_deploy_state_dict_keeps_the_lambda_an_ema_copy_or_a_refused_load_left():
+    """λ carried into the train form by a deploy state dict is the block's buffer, whoever wrote it:
+    timm's ModelEmaV3 copies it in place (not through set_lambda), and a load that was refused and
+    rolled back leaves the λ from before."""
+    from timm.utils import ModelEmaV3
+
+    from repan_zoo.checkpoint import load_into
+    from repan_zoo.errors import StateDictMismatchError
+
+    name = "repan_repvgg_a0_w025"
+    model = randomize(timm.create_model(name, num_classes=10), seed=2)
+    ema = ModelEmaV3(model, decay=0.0)
+    rz.set_lambda(model, 0.3)
+    ema.update(model)
+    ema.module.load_state_dict(rz.reparameterize(model).state_dict())
+    assert {float(b.lam) for _, b in rz.rep_blocks(ema.module)} == {float(torch.tensor(0.3))}
+
+    other = timm.create_model(name, num_classes=7)
+    rz.set_lambda(other, 0.5)
+    fresh = timm.create_model(name, num_classes=10)
+    with pytest.raises(StateDictMismatchError):
+        fresh.load_state_dict(other.state_dict())
+    load_into(fresh, rz.reparameterize(model).state_dict(), {"form": "deploy"})
+    assert {float(b.lam) for _, b in rz.rep_blocks(fresh)} == {1.0}
 
 
 def test_conversions_inside_an_autocast_region_check_in_fp32():

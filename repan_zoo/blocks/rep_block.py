@@ -128,9 +128,15 @@ class RepBlock(nn.Module):
 
     @property
     def lam_value(self) -> float:
-        """λ as last set (construction, :meth:`set_lambda`, a loaded state dict's ``lam``), a Python
-        float: what a conversion carries over (a deploy state dict has no λ). Unlike the ``lam``
-        buffer, it is defined after ``model.to_empty()``, which leaves the buffer uninitialised."""
+        """λ as a Python float: what a conversion carries over (a deploy state dict has no λ). The
+        ``lam`` buffer's value, whoever wrote it (:meth:`set_lambda`, a state dict, timm's model EMA);
+        when the buffer holds no λ — on the meta device, or not a number in [0, 1], as
+        ``model.to_empty()`` may leave it — the λ last set through construction, :meth:`set_lambda`
+        or a load. (``to_empty`` leaving a number in [0, 1] there is indistinguishable from a λ.)"""
+        if not self.lam.is_meta:
+            value = float(self.lam)
+            if math.isfinite(value) and 0.0 <= value <= 1.0:
+                return value
         return self._lam_value
 
     def _new_conv(self) -> nn.Conv2d:
@@ -265,7 +271,9 @@ class RepBlock(nn.Module):
         its first training-mode forward warns until :func:`repan_zoo.calibrate_bn` has run.
         A frozen block stays frozen: when the fused conv has ``requires_grad=False`` so has every
         new parameter, and BNs that were frozen when the block was fused (timm's ``freeze``:
-        ``FrozenBatchNorm2d``) come back as timm's ``FrozenBatchNorm2d``.
+        ``FrozenBatchNorm2d``) come back as timm's ``FrozenBatchNorm2d`` — the trunk's always, the new
+        branches' only when the block does not train (frozen BNs with trainable convs: the new
+        branches get trainable BNs, or their output BN would hold them at γ = 0).
         Returns the new branches.
         """
         lam = check_lambda(lam)
@@ -298,9 +306,10 @@ class RepBlock(nn.Module):
                 init_branch_(branch, generator=generator, gamma=branch_gamma)
                 new.append(_placed_like(branch, ref))
         trainable = self.reparam_conv.weight.requires_grad
-        if self._frozen_bn:  # timm's freeze() made them FrozenBatchNorm2d: so are the new ones
-            trunk = freeze_batch_norm_2d(trunk)
-            new = [freeze_batch_norm_2d(b) for b in new]
+        if self._frozen_bn:  # frozen BNs (timm's freeze_batch_norm_2d / freeze()): the trunk's stays frozen,
+            trunk = freeze_batch_norm_2d(trunk)  # the new branches' too when nothing here trains (a frozen
+            if not trainable:                    # output BN at γ = 0 would keep a trainable branch silent)
+                new = [freeze_batch_norm_2d(b) for b in new]
         for branch in (trunk, *new):
             branch.requires_grad_(trainable)
         self.trunk = trunk
@@ -321,7 +330,10 @@ class RepBlock(nn.Module):
         # a train-form state dict from before λ was saved has no ``lam``: keep the block's λ (like
         # BatchNorm's num_batches_tracked for old state dicts); checkpoints carry it in metadata
         if not self.deploy and prefix + "lam" not in state_dict:
-            state_dict[prefix + "lam"] = torch.tensor(self.lam_value, dtype=self.lam.dtype)
+            like = next((v for k, v in state_dict.items() if k.startswith(prefix) and isinstance(v, torch.Tensor)),
+                        self.lam)  # assign=True takes the state dict's device
+            state_dict[prefix + "lam"] = torch.tensor(self.lam_value, dtype=self.lam.dtype,
+                                                      device="cpu" if like.is_meta else like.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         if not self.deploy and not self.lam.is_meta:
             self._lam_value = float(self.lam)  # what the state dict held
@@ -335,10 +347,11 @@ class RepBlock(nn.Module):
     def load_flags(self) -> tuple:
         """What a ``load_state_dict`` changes besides the tensors (the trunk's ``uncalibrated`` flag,
         the trunk BN remembered from the last fusion), for :meth:`restore_load_flags` after a failed load."""
-        return (self.trunk.uncalibrated if self.trunk is not None else None, self._inherit_bn, self._inherit_uncalibrated)
+        return (self.trunk.uncalibrated if self.trunk is not None else None, self._inherit_bn, self._inherit_uncalibrated,
+                self._lam_value)
 
     def restore_load_flags(self, flags: tuple) -> None:
-        uncalibrated, self._inherit_bn, self._inherit_uncalibrated = flags
+        uncalibrated, self._inherit_bn, self._inherit_uncalibrated, self._lam_value = flags
         if self.trunk is not None:
             self.trunk.uncalibrated = uncalibrated
 
