@@ -92,6 +92,7 @@ REPAN_CASES = [
     ("export-format-against-name", [*EXPORT, "--format", "torchscript", "--out", "{tmp}/m.onnx"], "--format"),
     ("export-onnx-named-pt", [*EXPORT, "--format", "onnx", "--out", "{tmp}/m.pt"], "--format"),
     ("export-int8-named-onnx", [*EXPORT, "--int8", "--out", "{tmp}/m.onnx"], "--int8"),
+    ("export-int8-with-format", [*EXPORT, "--int8", "--format", "onnx", "--out", "{tmp}/m.pt2"], "--format onnx"),
     ("export-out-is-a-directory", [*EXPORT, "--out", "{tmp}"], "--out"),
     ("export-out-under-a-file", [*EXPORT, "--out", "{tmp}/afile/m.onnx"], "--out"),
     ("export-batch-size-0", [*EXPORT, "--out", "{tmp}/m.onnx", "--batch-size", "0"], "--batch-size"),
@@ -220,6 +221,13 @@ def test_a_file_system_error_during_a_command_is_one_line_naming_the_file(tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert f"{tmp_path / 'm.onnx'}: No space left on device" in err and "free space" in err
+
+    def bug(*args, **kwargs):  # not a storage refusal: a missing file of the package is a bug, traceback kept
+        raise FileNotFoundError(2, "No such file or directory", "/site-packages/repan_zoo/missing.json")
+
+    monkeypatch.setattr(export_mod, "export_onnx", bug)
+    with pytest.raises(FileNotFoundError):
+        cli.main(["export", "repan_repvgg_a0_w025", "--out", str(tmp_path / "m.onnx")])
 
 
 @pytest.mark.parametrize("argv,must", [c[1:] for c in REPAN_CASES], ids=[c[0] for c in REPAN_CASES])

@@ -12,7 +12,8 @@ code  meaning
       nothing (:class:`CheckFailed`)
 2     refused: a bad option (argparse), recipe, model, dataset, checkpoint, weights, export …
       (any other :class:`~repan_zoo.errors.RepanError`); nothing was written. Also a file the
-      operating system would not read or write (an ``OSError`` naming a file: disk full, I/O error)
+      operating system refused mid-way (permission, disk full, read-only, I/O error: the message
+      names it; a run's completed epochs are kept)
 3     training diverged (:class:`~repan_zoo.errors.TrainingDivergedError`; the message names
       cycle, epoch, step and the last good checkpoint)
 130   interrupted (Ctrl-C): one line naming how to resume a run, not a traceback
@@ -31,6 +32,7 @@ A subcommand is a module with ``NAME``, ``HELP`` (its line in ``repan --help``),
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import re
 import sys
@@ -148,6 +150,10 @@ def console_print(msg: str) -> None:
         _stdout_to_devnull()
 
 
+#: errno of the storage failures reported as one line (disk full, quota, read-only, I/O, file too large)
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
 def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command, turning a reported error into its message and exit status.
 
@@ -160,8 +166,8 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
         ``run(args)``'s status, or the error's from :data:`EXIT_CODES`.
 
     Raises:
-        Exception: anything that is neither a :class:`~repan_zoo.errors.RepanError` nor an ``OSError``
-            naming a file (a bug) propagates.
+        Exception: anything that is neither a :class:`~repan_zoo.errors.RepanError` nor a storage
+            ``OSError`` naming a file (a bug) propagates.
     """
     try:
         return run(args)
@@ -173,8 +179,8 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
         _stdout_to_devnull()
         return EXIT_PIPE
     except OSError as exc:
-        if exc.filename is None:  # not a file's problem: a bug, with its traceback
-            raise
+        if exc.filename is None or not (isinstance(exc, PermissionError) or exc.errno in _STORAGE_ERRNOS):
+            raise  # not a file system's refusal (a missing file of the package, say): a bug, with its traceback
         report(prog, f"{exc.filename}: {exc.strerror or exc}; check the path, its permissions and the free space "
                      "on its disk, then run the command again")
         return EXIT_REFUSED

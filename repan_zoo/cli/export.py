@@ -84,6 +84,8 @@ def export_format(out: str, fmt: Optional[str], int8: bool) -> str:
     options and the name disagree (an ONNX file named ``.pt`` helps no one)."""
     named = SUFFIX_FORMATS.get(Path(out).suffix.lower())
     if int8:
+        if fmt is not None:
+            raise ExportError(f"--int8 writes a torch.export program, not --format {fmt}; drop one of the two")
         if named not in (None, "int8"):
             raise ExportError(f"--int8 writes a torch.export program, but --out {out} is named as a {named} file; "
                               "name it .pt2")
