@@ -406,6 +406,42 @@ def test_a_deploy_file_that_fails_its_reload_check_is_never_the_runs_output(tmp_
     assert (tmp_path / "deploy.unverified.safetensors").is_file()
 
 
+def _two_ranks(rank: int, failed_elsewhere: bool):
+    """Rank ``rank`` of two processes whose reductions see a failure on the other process when
+    ``failed_elsewhere``; a barrier is a hang (the test fails instead of waiting)."""
+    from repan_zoo.runtime.distributed import DistContext
+
+    class Ctx(DistContext):
+        def all_sum(self, values):
+            return [float(v) + (1.0 if failed_elsewhere else 0.0) for v in values]
+
+        def barrier(self):
+            raise AssertionError("waited at a barrier for a process that had stopped")
+
+    return Ctx(rank=rank, world_size=2)
+
+
+def test_a_failed_write_on_the_main_process_stops_every_process(tmp_path, splits):
+    """Rank 0's checkpoint write fails (disk full): every process learns it from the next reduction and
+    stops with an error naming it, instead of waiting at the barrier until the process group times out."""
+    from repan_zoo.errors import CheckpointError
+
+    calls = []
+    ctx = _two_ranks(1, failed_elsewhere=True)
+    with pytest.raises(CheckpointError, match=r"main process \(rank 0\) failed writing the checkpoint ep0001.*rank 1"):
+        ctx.on_main(lambda: calls.append(1), "writing the checkpoint ep0001")
+    assert calls == []  # only the main process writes
+    main = _two_ranks(0, failed_elsewhere=False)
+    with pytest.raises(OSError, match="No space left"):
+        main.on_main(lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")), "writing")
+    assert main.on_main(lambda: 5, "writing") == 5
+
+    trainer = RepAnTrainer(tiny_cfg(cycles=1, epochs=1), splits, out=tmp_path, plot=False, ctx=ctx)
+    trainer.initialise()
+    with pytest.raises(CheckpointError, match="rank 0"):
+        trainer.save({"progress": {}}, tag="ep0001")
+
+
 def test_sync_bn_conversion_keeps_function_and_fuses(splits):
     import copy
 

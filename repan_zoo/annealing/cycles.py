@@ -386,12 +386,19 @@ class CycleRun(CycleTask):
         }
 
     def save(self, state: Dict[str, Any], tag: str) -> None:
-        if self.checkpointer is not None and self.ctx.is_main:
+        """Write the epoch's checkpoint on the main process; a failed write stops every process
+        (:meth:`DistContext.on_main`), the main one with the write's error."""
+        if self.checkpointer is None:
+            return
+
+        def write() -> Path:
             architecture, metadata = self.checkpoint_identity()
-            self.last_checkpoint = self.checkpointer.save(
-                unwrap(self.model), state, tag=tag, architecture=architecture,
-                metadata={"progress": state["progress"], **metadata},
-            )
+            return self.checkpointer.save(unwrap(self.model), state, tag=tag, architecture=architecture,
+                                          metadata={"progress": state["progress"], **metadata})
+
+        written = self.ctx.on_main(write, f"writing the checkpoint {tag}")
+        if written is not None:
+            self.last_checkpoint = written
         self.ctx.barrier()
 
     def resume(self) -> Optional[Dict[str, Any]]:

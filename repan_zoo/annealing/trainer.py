@@ -395,26 +395,34 @@ class RepAnTrainer(CycleRun):
             epochs_trained=len(self.history),
             cycles=self.cycle_log, train_time_s=sum(r["epoch_time_s"] for r in self.history), versions=versions(),
         )
-        if self.out is not None and self.ctx.is_main:
-            path = self.out / "deploy.safetensors"
-            # the file that gets published: its recipe names the teacher and the start by content
-            # (sha256, manifest name), not by this machine's paths (final.json keeps those)
-            recipe = published_recipe(cfg.as_dict(), summary.teacher, summary.init)
-            meta = {"recipe": recipe, "dataset": self.data.name, "mean": list(self.data.mean),
-                    "std": list(self.data.std), "input_size": list(self.data.input_size),
-                    "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
-            self.model.repan_exactness = {k: v for k, v in certificate.items() if k != "probe"}
-            summary.reload_check = write_verified(  # the run's output once reloading it reproduces the model
-                path, lambda p: save_checkpoint(self.model, p, architecture=cfg.model, metadata=meta), self._reload_check)
-            summary.checkpoint = {"path": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
-            write_json(self.out / "exactness.json", certificate)
-            write_json(self.out / "final.json", summary.as_dict())
-            self.after_epoch_saved()
-            self._plot()
-            self.log(f"deploy model: val {val['top1']:.2f}  test {test['top1']:.2f}  "
-                     f"exactness {certificate.get('model_rel_error')}  → {path}")
+        if self.out is not None:
+            self.ctx.on_main(lambda: self._write_outputs(summary, certificate, val, test),
+                             "writing the deploy checkpoint and final.json")
         self.ctx.barrier()
         return TrainResult(self.model, val["top1"], test["top1"], certificate, self.history, summary.as_dict(), summary)
+
+    def _write_outputs(self, summary: RunSummary, certificate: Dict[str, Any], val: Dict[str, float],
+                       test: Dict[str, float]) -> None:
+        """The run's outputs (main process): the verified ``deploy.safetensors``, ``exactness.json``,
+        ``final.json``, the metrics and the curves."""
+        cfg = self.cfg
+        path = self.out / "deploy.safetensors"
+        # the file that gets published: its recipe names the teacher and the start by content
+        # (sha256, manifest name), not by this machine's paths (final.json keeps those)
+        recipe = published_recipe(cfg.as_dict(), summary.teacher, summary.init)
+        meta = {"recipe": recipe, "dataset": self.data.name, "mean": list(self.data.mean),
+                "std": list(self.data.std), "input_size": list(self.data.input_size),
+                "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
+        self.model.repan_exactness = {k: v for k, v in certificate.items() if k != "probe"}
+        summary.reload_check = write_verified(  # the run's output once reloading it reproduces the model
+            path, lambda p: save_checkpoint(self.model, p, architecture=cfg.model, metadata=meta), self._reload_check)
+        summary.checkpoint = {"path": path.name, "sha256": sha256_file(path), "size": path.stat().st_size}
+        write_json(self.out / "exactness.json", certificate)
+        write_json(self.out / "final.json", summary.as_dict())
+        self.after_epoch_saved()
+        self._plot()
+        self.log(f"deploy model: val {val['top1']:.2f}  test {test['top1']:.2f}  "
+                 f"exactness {certificate.get('model_rel_error')}  → {path}")
 
     def _evaluate_all(self, model: nn.Module, splits=("val", "test")) -> List[Dict[str, float]]:
         """fp32 evaluation of ``model`` on whole splits in this process."""

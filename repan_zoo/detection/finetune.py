@@ -293,7 +293,8 @@ class _Run(CycleRun):
             "cycles": _jsonable(self.cycle_log),
             "train_time_s": sum(r["epoch_time_s"] for r in self.history),
         }
-        if self.ctx.is_main:
+
+        def write_outputs() -> None:  # the main process; a failure stops every process (DistContext.on_main)
             path = self.out / "deploy.safetensors"
             deploy.repan_exactness = exactness
 
@@ -323,6 +324,8 @@ class _Run(CycleRun):
                      f"{final['val_train_form'].get('mAP', float('nan')):.4f}), feature rel. error "
                      f"{agreement['feature_rel_error']:.2e}, detections match: {final['exactness']['detections_match']}"
                      f" → {path}")
+
+        self.ctx.on_main(write_outputs, "writing the deploy detector and final.json")
         self.ctx.barrier()
         return final
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 __all__ = ["DistContext", "init_distributed", "CPUSyncBatchNorm", "convert_sync_bn", "wrap_ddp", "unwrap"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,6 +56,33 @@ class DistContext:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def on_main(self, fn: Callable[[], T], what: str) -> Optional[T]:
+        """Run ``fn`` (a file write) on the main process only, and let every process learn whether it
+        failed, so that none waits at the next collective call until the process group times out.
+
+        Returns:
+            ``fn()``'s value on the main process, None on the others.
+
+        Raises:
+            Exception: ``fn``'s own error, on the main process.
+            CheckpointError: on the other processes when it failed there, naming ``what`` (e.g. "writing
+                the checkpoint ep0004") and that the main process's message says why.
+        """
+        from ..errors import CheckpointError
+
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as exc:  # shared below before it is raised: the others must not wait for it
+                error = exc
+        if self.any_true(error is not None):
+            if error is not None:
+                raise error
+            raise CheckpointError(f"the main process (rank 0) failed {what}; its message says why. This process "
+                                  f"(rank {self.rank}) stops with it")
+        return result
 
     def broadcast_object(self, obj):
         if not self.distributed:
