@@ -442,6 +442,26 @@ def test_a_failed_write_on_the_main_process_stops_every_process(tmp_path, splits
         trainer.save({"progress": {}}, tag="ep0001")
 
 
+def test_train_steps_draws_no_batch_it_does_not_train_on():
+    """With max_steps below the loader's length, exactly max_steps batches are drawn (each one costs
+    loading and augmentation; was: one more, drawn and thrown away, every epoch)."""
+    from repan_zoo.annealing.engine import train_steps
+    from repan_zoo.runtime.distributed import DistContext
+
+    drawn = []
+
+    def batches():
+        for i in range(10):
+            drawn.append(i)
+            yield torch.ones(2, 3)
+
+    weight = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([weight], lr=0.1)
+    steps, _ = train_steps(batches(), step_loss=lambda b: ((b * weight).sum() ** 2, {}), optimizer=opt,
+                           ctx=DistContext(), lr_at=lambda s: 0.1, max_steps=3)
+    assert steps == 3 and drawn == [0, 1, 2]
+
+
 def test_sync_bn_conversion_keeps_function_and_fuses(splits):
     import copy
 

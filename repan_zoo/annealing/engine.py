@@ -6,6 +6,7 @@ them is only the plan of cycles around it (:mod:`repan_zoo.annealing.trainer`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -101,10 +102,9 @@ def train_steps(
     total = max_steps
     if total is None and hasattr(batches, "__len__"):
         total = len(batches)
-    bar = _progress(batches, total, progress and ctx.is_main, desc)
+    taken = batches if max_steps is None else itertools.islice(batches, max_steps)  # draws no batch beyond it
+    bar = _progress(taken, total, progress and ctx.is_main, desc)
     for batch in bar:
-        if total is not None and steps >= total:
-            break
         step = steps + 1
         lr = lr_at(step)
         for group in optimizer.param_groups:
