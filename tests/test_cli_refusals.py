@@ -71,6 +71,12 @@ TRAIN_CASES = [
     ("out-is-a-file", ["--out", "{tmp}/afile"], "--out"),
     ("out-under-a-file", ["--out", "{tmp}/afile/run"], "--out"),
     ("unknown-pretrained-tag", ["--model", "repan_repvgg_a1_w025.nosuchtag"], "nosuchtag"),
+    ("model-with-a-weights-tag", ["--model", "repan_repvgg_a1_w025.fmnist_long_kd"], "--init-checkpoint"),
+    ("device-mps-absent", ["--device", "mps"], "--device mps"),
+    ("device-meta", ["--device", "meta"], "--device meta"),
+    ("model-kwargs-num-classes", ["--model-kwargs", '{{"num_classes": 10}}'], "num_classes"),
+    ("model-kwargs-features-only", ["--model-kwargs", '{{"features_only": true}}'], "features_only"),
+    ("batch-size-above-the-split", ["--train-subset", "64", "--val-size", "32", "--batch-size", "128"], "--batch-size"),
     ("unknown-model", ["--model", "no_such_model"], "no_such_model"),
     ("init-checkpoint-missing", ["--init-checkpoint", "{tmp}/none.safetensors"], "--init-checkpoint"),
     ("teacher-checkpoint-missing", ["--method", "kd", "--teacher", "tinyrep_test", "--teacher-checkpoint",
@@ -228,6 +234,20 @@ def test_a_file_system_error_during_a_command_is_one_line_naming_the_file(tmp_pa
     monkeypatch.setattr(export_mod, "export_onnx", bug)
     with pytest.raises(FileNotFoundError):
         cli.main(["export", "repan_repvgg_a0_w025", "--out", str(tmp_path / "m.onnx")])
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.parametrize("contents", [["notes.txt"], ["final.json", "checkpoints/epoch_best/model.pt"]],
+                         ids=["a-file", "run-like-names"])
+def test_repan_train_refuses_an_out_holding_files_of_no_run(tmp_path, capsys, monkeypatch, contents):
+    """A folder of the user's own files is not a run directory: refused, nothing touched (was: final.json
+    replaced and every checkpoints/ep* folder pruned, the user's checkpoints/epoch_best included)."""
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine"
+    for name in contents:
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text("keep me")
+    refused(train_cli.main, [*TRAIN, "--out", str(mine)], tmp_path, capsys, "--out")
 
 
 @pytest.mark.parametrize("argv,must", [c[1:] for c in REPAN_CASES], ids=[c[0] for c in REPAN_CASES])

@@ -29,6 +29,11 @@ METHODS = ("baseline", "kd", "repan")
 FIRST_CYCLE_MODES = ("expand", "plain")
 
 
+#: model kwargs the trainer sets itself (``build_model``) or that would build another kind of model
+RESERVED_MODEL_KWARGS = frozenset({"num_classes", "in_chans", "pretrained", "features_only", "checkpoint_path",
+                                   "pretrained_cfg", "pretrained_cfg_overlay", "deploy"})
+
+
 @dataclass
 class TrainConfig:
     """A complete training recipe; :meth:`as_dict` is what ``final.json`` records."""
@@ -169,6 +174,11 @@ class TrainConfig:
         if unused:
             bad(f"{', '.join(unused)} without --teacher would do nothing (no distillation): name the teacher's "
                 f"architecture with --teacher MODEL{self._teacher_hint()}, or drop them")
+        reserved = sorted(set(self.model_kwargs) & RESERVED_MODEL_KWARGS)
+        if reserved:
+            bad(f"--model-kwargs {', '.join(reserved)}: the trainer sets these itself (classes and input channels "
+                "from the dataset, the train-form classifier it trains, starting weights from --init-checkpoint); "
+                "drop them")
         if self.nesterov and self.momentum == 0:
             bad("--momentum must be > 0 with Nesterov (use --no-nesterov)")
         check_min_lr(self.min_lr, [("--lr", self.lr), ("--later-lr", self.later_lr)])

@@ -36,7 +36,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..cli_types import given_options, number
 from .base import console_print
@@ -104,6 +104,13 @@ def check_recipe(cfg) -> None:
                           "with repan_zoo.datasets.register_dataset (e.g. in an --import plugin)")
 
     check_model_names(model=cfg.model, teacher=cfg.teacher)
+    arch, _, tag = cfg.model.partition(".")
+    if tag:  # the trainer builds the architecture; weights come only through --init-checkpoint
+        raise RecipeError(
+            f"--model {cfg.model}: repan-train builds the architecture {arch} and starts from --init-checkpoint "
+            f"weights, so the tag {tag!r} would be ignored (training from random weights). To start from those "
+            f"weights: --model {arch} --init-checkpoint \"$(python -c \"import repan_zoo; "
+            f"print(repan_zoo.hub.fetch_weights('{cfg.model}'))\")\"")
     check_files_exist(init_checkpoint=cfg.init_checkpoint, teacher_checkpoint=cfg.teacher_checkpoint)
 
 
@@ -177,6 +184,38 @@ def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
     return {**{k: v for k, v in saved.items() if k in fields}, **overrides}
 
 
+#: what a folder may hold when a new run starts in it: the run lock, the log a launcher (the sweep)
+#: opened there, and the recipe of a start that was refused
+_BEFORE_A_RUN = {".repan.lock", "log.txt", "recipe.json"}
+
+
+def _files_of_no_run(out: Path) -> List[str]:
+    """The entries of ``out`` (sorted) that a new run must not overwrite or prune: none when it is
+    absent, empty, or holds only :data:`_BEFORE_A_RUN`."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if p.name not in _BEFORE_A_RUN)
+
+
+def _check_out_holds_no_foreign_files(out: Path, resume: bool) -> None:
+    """A new run (no --resume, no run in ``out``) writes only into a folder holding nothing of the user's:
+    it would overwrite ``final.json`` / ``metrics.*`` and prune ``checkpoints/ep*`` folders.
+
+    Raises:
+        RecipeError: naming the first few entries and the fix.
+    """
+    from ..errors import RecipeError
+    from ..runtime.checkpointing import Checkpointer
+
+    if resume or Checkpointer(out).exists():  # a run: --resume continues it, or the recipe check refuses
+        return
+    foreign = _files_of_no_run(out)
+    if foreign:
+        raise RecipeError(f"--out {out} holds files that are not a run's ({', '.join(foreign[:5])}"
+                          f"{', ...' if len(foreign) > 5 else ''}); a new run would overwrite or prune them. "
+                          "Choose an empty or new folder")
+
+
 def _record_overrides(out: Path, overrides: Dict[str, Any]) -> None:
     from ..runtime.report import write_json
     from ..errors import RecipeError
@@ -244,6 +283,7 @@ def train(args: argparse.Namespace):
                     console_print(msg)  # a closed pipe (| head) stops the printing, not the run
 
             out = Path(args.out)
+            _check_out_holds_no_foreign_files(out, args.resume)  # before the lock touches the folder
             if ctx.is_main:
                 lock.acquire()  # one writer per run directory (the other ranks write nothing)
             recipe = _resolve_recipe(args, out, log)
@@ -255,6 +295,9 @@ def train(args: argparse.Namespace):
                                img_size=cfg.img_size)
             if args.resume:
                 _check_resumable(cfg, data, out)
+            progress = args.progress if args.progress is not None else sys.stderr.isatty()
+            trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
+                                   keep_checkpoints=args.keep_checkpoints, plot=args.plot)  # its refusals write nothing
             started = True
             if ctx.is_main:
                 if args.resume:
@@ -262,11 +305,8 @@ def train(args: argparse.Namespace):
                 if getattr(args, "recipe_overrides", None):
                     _record_overrides(out, args.recipe_overrides)
                 write_json(out / "recipe.json", cfg.as_dict())
-            progress = args.progress if args.progress is not None else sys.stderr.isatty()
             log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
                 f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")
-            trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
-                                   keep_checkpoints=args.keep_checkpoints, plot=args.plot)
             try:
                 result = trainer.run(resume=args.resume)
             except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file

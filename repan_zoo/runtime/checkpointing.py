@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -30,6 +31,9 @@ from ..fileio import atomic_write
 from ..errors import CheckpointError
 
 __all__ = ["RunCheckpoint", "Checkpointer", "rng_state", "restore_rng_state"]
+
+#: the epoch folders a run writes (``ep0001`` …, the trainer's ``ep{global_epoch:04d}``); only these are pruned
+_EPOCH_DIR = re.compile(r"ep\d{4,}")
 
 
 def rng_state(generator: Optional[torch.Generator] = None) -> Dict[str, Any]:
@@ -102,7 +106,7 @@ class Checkpointer:
         """Epoch folders holding both files, newest first."""
         if not self.root.is_dir():
             return []
-        return sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ep")
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and _EPOCH_DIR.fullmatch(p.name)
                        and (p / "model.safetensors").is_file() and (p / "state.pt").is_file()), reverse=True)
 
     def latest_dir(self) -> Optional[Path]:
@@ -173,7 +177,7 @@ class Checkpointer:
         return loaded.directory if loaded is not None else None
 
     def _prune(self, keep_tag: str) -> None:
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("ep"))
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and _EPOCH_DIR.fullmatch(p.name))
         stale = [p for p in folders if p.name != keep_tag][: max(0, len(folders) - self.keep)]
         for p in stale:
             shutil.rmtree(p, ignore_errors=True)

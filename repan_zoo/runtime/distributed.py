@@ -99,7 +99,14 @@ class DistContext:
 def _pick_device(requested: Optional[str], local_rank: int) -> torch.device:
     if requested in (None, "", "auto"):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    from ..errors import RecipeError
+
     device = torch.device(requested)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RecipeError(f"--device {requested}: Apple's MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise RecipeError(f"--device {requested}: the trainer runs on cpu, cuda or mps (where available), not on "
+                          f"{device.type!r}; use --device cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             from ..errors import RecipeError
