@@ -174,7 +174,8 @@ def test_a_closed_output_pipe_ends_a_command_quietly_and_does_not_stop_a_trainin
 
 
 def test_ctrl_c_is_one_line_naming_the_resume_and_status_130(tmp_path, capsys):
-    """(was: about 40 lines of KeyboardInterrupt traceback from inside batch_norm)."""
+    """(was: about 40 lines of KeyboardInterrupt traceback from inside batch_norm; and, before the
+    first epoch completed, a resume of epochs that were not there)."""
     import argparse
 
     from repan_zoo.cli.base import run_command
@@ -183,6 +184,11 @@ def test_ctrl_c_is_one_line_naming_the_resume_and_status_130(tmp_path, capsys):
         raise KeyboardInterrupt
 
     args = argparse.Namespace(out=str(tmp_path / "run"), resume=False)
+    assert run_command("repan-train", interrupted, args) == 130  # before the first epoch completed
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no epoch had completed" in err and "--resume" not in err, err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest.json").write_text('{"dir": "ep0001"}')
     assert run_command("repan-train", interrupted, args) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"repan-train --out {tmp_path / 'run'} --resume" in err and "Traceback" not in err

@@ -186,8 +186,13 @@ def run_command(prog: str, run: Callable[[argparse.Namespace], int], args: argpa
         return EXIT_REFUSED
     except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever the run was
         out = getattr(args, "out", None)
-        resume = (f"; every completed epoch in {out} is kept: continue with `{prog} --out {out} --resume`"
-                  if out is not None and hasattr(args, "resume") else "")
+        resume = ""
+        if out is not None and hasattr(args, "resume"):  # a run: say whether there is anything to resume
+            from ..runtime.checkpointing import Checkpointer
+
+            resume = (f"; every completed epoch in {out} is kept: continue with `{prog} --out {out} --resume`"
+                      if Checkpointer(out).exists() else
+                      f"; no epoch had completed, so {out} holds nothing to continue: run the command again")
         print(f"{prog}: interrupted{resume}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
 
