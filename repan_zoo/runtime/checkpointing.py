@@ -134,8 +134,7 @@ class Checkpointer:
         last checkpoint that reads, which is left untouched, and how to resume."""
         folder = self.root / tag
         self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".ep*.tmp"):  # what a save killed mid-way left
-            shutil.rmtree(stale, ignore_errors=True)
+        self._remove_hidden()  # what a save killed mid-way left
         fresh = self._hidden(tag)
         try:
             save_checkpoint(model, fresh / "model.safetensors", architecture=architecture, metadata=metadata)
@@ -155,8 +154,7 @@ class Checkpointer:
                 f"{good}. Free disk space (or fix the I/O problem), then continue with "
                 f"`{self.resume_command} --out {self.root.parent} --resume`"
             ) from exc
-        for stale in self.root.glob(".ep*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+        self._remove_hidden()  # the folder of that name moved aside above
         self._prune(keep_tag=tag)
         return folder
 
@@ -165,6 +163,11 @@ class Checkpointer:
         folder = self.root / f".{tag}.{uuid.uuid4().hex[:12]}.tmp"
         folder.mkdir()
         return folder
+
+    def _remove_hidden(self) -> None:
+        """Remove every :meth:`_hidden` folder (this process is the run's only writer)."""
+        for stale in self.root.glob(".ep*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def _readable_dir(self) -> Optional[Path]:
         """The folder :meth:`load` would resume from, or None (no checkpoint, or none reads)."""

@@ -109,8 +109,6 @@ def _pick_device(requested: Optional[str], local_rank: int) -> torch.device:
                           f"{device.type!r}; use --device cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            from ..errors import RecipeError
-
             raise RecipeError(f"--device {requested}: CUDA is not available here; use --device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
