@@ -317,7 +317,8 @@ def name_for_sha256(sha256: Optional[str], directory: Optional[os.PathLike] = No
     return next((f"{m}.{t}" for (m, t), e in load_manifest(directory).items() if e.sha256 == sha256), None)
 
 
-def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = None) -> Dict[str, Any]:
+def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = None,
+                     resumed_with: Any = None) -> Dict[str, Any]:
     """The recipe as published: the teacher and the starting weights named by content and, where
     the zoo ships them, by manifest name (``teacher_weights``: model, sha256, ``model.tag``;
     ``init_weights``: sha256, ``model.tag``) instead of ``teacher_checkpoint`` / ``init_checkpoint``,
@@ -326,8 +327,12 @@ def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = No
     ``dataset`` names the data). ``teacher`` and ``init`` are ``final.json``'s records of them
     (``checkpoint_sha256``); without one, the sha256 of the path's file where it still exists.
     The recipe of a manifest entry, and the one the trainer writes into a deploy checkpoint's
-    metadata (the file that gets published): neither names a path of the training machine."""
+    metadata (the file that gets published): neither names a path of the training machine.
+    ``resumed_with`` (``final.json``'s recipe changes on resumes) is kept as ``resumed_with`` with
+    the changed paths named by option only (``changed_paths``)."""
     recipe = dict(recipe)
+    if resumed_with:
+        recipe["resumed_with"] = [_published_change(c) for c in resumed_with]
     recipe.pop("data_dir", None)
     teacher_path = recipe.pop("teacher_checkpoint", None)
     init_path = recipe.pop("init_checkpoint", None)
@@ -335,7 +340,27 @@ def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = No
         recipe["init_weights"] = _weights_by_content(init_path, init)
     if recipe.get("teacher"):
         recipe["teacher_weights"] = {"model": recipe["teacher"], **_weights_by_content(teacher_path, teacher)}
+        source = teacher.get("pretrained_source") if isinstance(teacher, dict) else None
+        if not recipe["teacher_weights"]["sha256"] and isinstance(source, dict):  # timm's weights, not pinned
+            recipe["teacher_weights"]["source"] = {k: source[k] for k in ("architecture", "tag", "hf_hub_id", "url")
+                                                   if source.get(k)}
     return recipe
+
+
+#: recipe options holding a path of the training machine (never published as such)
+_PATH_OPTIONS = ("data_dir", "teacher_checkpoint", "init_checkpoint")
+
+
+def _published_change(change: Any) -> Any:
+    """One ``resumed_with`` record without paths: path options moved to ``changed_paths`` by name."""
+    if not isinstance(change, dict) or not isinstance(change.get("overrides"), dict):
+        return change
+    overrides = change["overrides"]
+    out = {**change, "overrides": {k: v for k, v in overrides.items() if k not in _PATH_OPTIONS}}
+    paths = [k for k in overrides if k in _PATH_OPTIONS]
+    if paths:
+        out["changed_paths"] = paths
+    return out
 
 
 def _weights_by_content(path: Optional[str], record: Any) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ import configparser
 import dataclasses
 import importlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
@@ -235,6 +236,28 @@ def test_resume_overrides_only_what_was_given(entry, tmp_path):
     recipe = _resolve_recipe(args, tmp_path, log=lambda msg: None)
     assert args.recipe_overrides == {"lr": 0.1}  # --wd equals the saved value; None is never an override
     assert recipe["lr"] == 0.1 and recipe["epochs"] == 3  # epochs not given: the saved recipe's
+
+
+@pytest.mark.parametrize("option,value", [("--split-seed", "1"), ("--val-size", "100"), ("--train-subset", "50"),
+                                          ("--test-subset", "10"), ("--dataset", "cifar10"), ("--img-size", "32")])
+def test_resume_refuses_overrides_that_change_the_data_split(tmp_path, option, value):
+    """The split is fixed when a run starts: resuming with another --split-seed / --val-size /
+    --train-subset / --dataset would train on images the run validated on (and report val / test
+    figures of other images in one curve). Refused before anything is written; --data-dir (the same
+    files moved) and the other recipe options stay overridable."""
+    from repan_zoo.cli.train import _resolve_recipe
+    from repan_zoo.errors import RecipeError
+
+    saved = TrainConfig().as_dict()
+    (tmp_path / "recipe.json").write_text(json.dumps(saved))
+    args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--resume", option, value])
+    with pytest.raises(RecipeError, match=re.escape(option) + ".*split.*new --out"):
+        _resolve_recipe(args, tmp_path, log=lambda msg: None)
+    assert json.loads((tmp_path / "recipe.json").read_text()) == saved and not (tmp_path / "resume.json").exists()
+    args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--resume", "--data-dir", str(tmp_path),
+                                                "--lr", "0.1"])
+    _resolve_recipe(args, tmp_path, log=lambda msg: None)
+    assert args.recipe_overrides == {"data_dir": str(tmp_path), "lr": 0.1}
 
 
 def test_resume_names_the_recipe_keys_the_saved_recipe_lacks(tmp_path):

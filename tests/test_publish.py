@@ -203,6 +203,12 @@ def test_published_recipe_names_the_teacher_by_content_and_manifest_not_by_path(
     # where the data lay on the training machine is not part of the recipe either (the dataset name is)
     assert _published_recipe({"teacher": None, "dataset": "fashion_mnist", "data_dir": ".fmnist"}, None) == {
         "teacher": None, "dataset": "fashion_mnist"}
+    # timm's own pretrained weights (--teacher-pretrained, not pinned by sha256): named by their hub source
+    hub_teacher = {"checkpoint_sha256": None, "manifest": None, "pretrained_source": {
+        "architecture": "resnet18", "tag": "a1_in1k", "hf_hub_id": "timm/resnet18.a1_in1k", "checkpoint_sha256": None}}
+    out = _published_recipe({"teacher": "resnet18", "teacher_pretrained": True}, hub_teacher)
+    assert out["teacher_weights"] == {"model": "resnet18", "sha256": None, "manifest": None, "source": {
+        "architecture": "resnet18", "tag": "a1_in1k", "hf_hub_id": "timm/resnet18.a1_in1k"}}
 
 
 def test_default_and_supersede_replace_old_weights(hub, run, tmp_path, capsys):

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
+import repan_zoo
 import tinyrep_models  # noqa: F401  (registers tinyrep_test with timm)
 from repan_zoo.checkpoint import load_into, read_checkpoint
 from repan_zoo.data import FASHION_MNIST_DIR, eval_loader, load_splits
@@ -150,6 +152,40 @@ def test_kd_run_with_teacher_from_checkpoint(tmp_path):
     assert recipe["kd_alpha"] == 0.5 and recipe["augment"] == "crop_flip_erase"
 
 
+def test_kd_run_with_a_pretrained_teacher_names_its_weights(tmp_path):
+    """--teacher-pretrained: final.json and the deploy file's recipe name the weights the teacher
+    loaded (zoo weights by manifest name and sha256; was: only "pretrained": true, which names no
+    weights once the manifest's default tag changes), never the local file timm loaded them from."""
+    from repan_zoo import manifest
+
+    shipped = manifest.find_entry("repan_repvgg_a1_w025")
+    result = run(["--method", "kd", "--teacher", "repan_repvgg_a1_w025", "--teacher-pretrained", "--cycles", "1",
+                  "--epochs", "1", "--max-steps-per-epoch", "2", "--out", str(tmp_path / "kd"), *SMALL])
+    teacher = result.final["teacher"]
+    assert teacher["checkpoint_sha256"] == shipped.sha256 and teacher["manifest"] == shipped.name
+    assert teacher["pretrained_source"]["tag"] == shipped.tag and "file" not in teacher["pretrained_source"]
+    _, meta = read_checkpoint(tmp_path / "kd" / "deploy.safetensors")
+    recipe = json.loads(meta["recipe"])
+    assert recipe["teacher_weights"] == {"model": "repan_repvgg_a1_w025", "sha256": shipped.sha256,
+                                         "manifest": shipped.name}
+    assert str(Path(repan_zoo.__file__).parent) not in meta["recipe"] + json.dumps(result.final["teacher"])
+
+
+def test_pretrained_source_of_a_timm_model_names_its_weights_not_a_path(tmp_path):
+    """timm loads a cfg's ``file`` first, then ``hf_hub_id``, then ``url``: the record names that
+    source, a local file by its sha256 only."""
+    from repan_zoo.annealing.kd import pretrained_source
+    from repan_zoo.fileio import sha256_file
+
+    src = pretrained_source(timm.create_model("resnet18", pretrained=False))
+    assert src == {"architecture": "resnet18", "tag": "a1_in1k", "hf_hub_id": "timm/resnet18.a1_in1k",
+                   "checkpoint_sha256": None, "manifest": None}
+    f = tmp_path / "w.pth"
+    f.write_bytes(b"weights")
+    src = pretrained_source(timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay={"file": str(f)}))
+    assert src == {"architecture": "resnet18", "tag": "a1_in1k", "checkpoint_sha256": sha256_file(f), "manifest": None}
+
+
 def test_channels_last_run_matches_the_contiguous_run(tmp_path):
     """--channels-last (here with --no-test-each-epoch) keeps the model (through Rep and Expand, which build new convs) and its
     inputs in NHWC and trains the same network up to convolution rounding (measured 3e-4 after one
@@ -239,6 +275,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     straight = json.loads((tmp_path / "straight" / "final.json").read_text())
     assert resumed["test_top1"] == straight["test_top1"]
     assert len(json.loads((killed / "metrics.json").read_text())) == 4
+    # the override of the last resume is part of the run's record, in final.json and in the deploy file's
+    # recipe, with the epoch it took effect after (was: only in resume.json, which is not published)
+    assert resumed["resumed_with"] == [{"after_epoch": 3, "overrides": {"model_kwargs": {}}}]
+    assert "resumed_with" not in straight
+    assert json.loads(read_checkpoint(killed / "deploy.safetensors")[1]["recipe"])["resumed_with"] == \
+        resumed["resumed_with"]
     diff = max_rel_diff(weights(killed / "deploy.safetensors"), weights(tmp_path / "straight" / "deploy.safetensors"))
     assert diff <= 1e-5, diff
 

@@ -23,7 +23,7 @@ from ..expansion import Expansion, ExpansionError, flat_fields
 from .task import CyclePlan
 from .schedules import LambdaSchedule, check_min_lr
 
-__all__ = ["TrainConfig", "CyclePlan", "METHODS", "FIRST_CYCLE_MODES"]
+__all__ = ["TrainConfig", "CyclePlan", "METHODS", "FIRST_CYCLE_MODES", "SPLIT_KEYS"]
 
 METHODS = ("baseline", "kd", "repan")
 FIRST_CYCLE_MODES = ("expand", "plain")
@@ -32,6 +32,10 @@ FIRST_CYCLE_MODES = ("expand", "plain")
 #: model kwargs the trainer sets itself (``build_model``) or that would build another kind of model
 RESERVED_MODEL_KWARGS = frozenset({"num_classes", "in_chans", "pretrained", "features_only", "checkpoint_path",
                                    "pretrained_cfg", "pretrained_cfg_overlay", "deploy"})
+
+#: the options that decide which images a run trains, validates and tests on (:func:`~repan_zoo.data.load_splits`):
+#: fixed when a run starts (a resumed run with another split would train on images it validated on)
+SPLIT_KEYS = ("dataset", "val_size", "train_subset", "test_subset", "split_seed", "img_size")
 
 
 @dataclass

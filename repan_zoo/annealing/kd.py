@@ -8,16 +8,17 @@ without KD (Table 4, row 2).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import RecipeError
+from ..errors import ManifestError, RecipeError
 from .build import build_model
 
-__all__ = ["KDLoss", "build_teacher"]
+__all__ = ["KDLoss", "build_teacher", "pretrained_source"]
 
 
 class KDLoss(nn.Module):
@@ -42,6 +43,39 @@ class KDLoss(nn.Module):
         q = F.log_softmax(teacher_logits.float().detach() / t, dim=1)
         soft = F.kl_div(log_p, q, reduction="batchmean", log_target=True) * (t * t)
         return (1.0 - self.alpha) * hard + self.alpha * soft
+
+
+def pretrained_source(model: nn.Module) -> Dict[str, Any]:
+    """The pretrained weights ``model`` was built with, by portable name (its ``pretrained_cfg``,
+    resolved in timm's order: a local ``file``, else ``hf_hub_id``, else ``url``).
+
+    Returns:
+        ``architecture``, ``tag``; zoo weights (a :mod:`repan_zoo.manifest` entry): ``manifest``
+        (``model.tag``) and ``checkpoint_sha256`` from the manifest; a local file: its
+        ``checkpoint_sha256`` (never its path, which is one machine's); else ``hf_hub_id`` or
+        ``url`` (``checkpoint_sha256`` None: timm does not pin the bytes).
+    """
+    from ..fileio import sha256_file
+    from ..manifest import find_entry
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture"), cfg.get("tag")
+    record: Dict[str, Any] = {"architecture": arch, "tag": tag}
+    try:
+        entry = find_entry(arch, tag) if arch and tag else None
+    except ManifestError:
+        entry = None
+    if entry is not None:
+        return {**record, "checkpoint_sha256": entry.sha256, "manifest": entry.name}
+    file = cfg.get("file")
+    if file:
+        sha = sha256_file(Path(file)) if Path(file).is_file() else None
+        return {**record, "checkpoint_sha256": sha, "manifest": None}
+    for key in ("hf_hub_id", "url"):
+        if cfg.get(key):
+            record[key] = cfg[key]
+            break
+    return {**record, "checkpoint_sha256": None, "manifest": None}
 
 
 def build_teacher(

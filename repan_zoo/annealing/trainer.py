@@ -15,7 +15,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ from .config import TrainConfig
 from .cycles import CyclePlan, CycleRun, ExpansionGroup
 from .engine import classification_stats, classification_step, evaluate, precision_name
 from .build import build_model, versions
-from .kd import KDLoss, build_teacher
+from .kd import KDLoss, build_teacher, pretrained_source
 
 __all__ = ["RepAnTrainer", "TrainResult", "build_model"]
 
@@ -73,6 +73,9 @@ class RepAnTrainer(CycleRun):
         out: where rank 0 writes checkpoints and reports (None: nothing is written and
             ``resume`` is impossible).
         progress, log, workers, keep_checkpoints, plot: run options.
+        resumed_with: the recipe changes of earlier resumes (``repan-train``'s ``resume.json``:
+            ``{"after_epoch", "overrides"}`` each), recorded in ``final.json`` and in the deploy
+            file's recipe: ``cfg`` is the recipe of the last part of the run only.
 
     Raises:
         RecipeError: a batch that does not divide over the processes or exceeds the split.
@@ -92,8 +95,10 @@ class RepAnTrainer(CycleRun):
         workers: int = 0,
         keep_checkpoints: int = 2,
         plot: bool = True,
+        resumed_with: Sequence[Dict[str, Any]] = (),
     ):
         self._init_cycles()
+        self.resumed_with = [dict(r) for r in resumed_with]
         self.cfg = cfg
         self.data = data
         self.ctx = ctx or DistContext()
@@ -394,6 +399,7 @@ class RepAnTrainer(CycleRun):
             init=self._init_record(), world_size=self.ctx.world_size, device=str(self.device),
             epochs_trained=len(self.history),
             cycles=self.cycle_log, train_time_s=sum(r["epoch_time_s"] for r in self.history), versions=versions(),
+            resumed_with=self.resumed_with,
         )
         if self.out is not None:
             self.ctx.on_main(lambda: self._write_outputs(summary, certificate, val, test),
@@ -409,7 +415,7 @@ class RepAnTrainer(CycleRun):
         path = self.out / "deploy.safetensors"
         # the file that gets published: its recipe names the teacher and the start by content
         # (sha256, manifest name), not by this machine's paths (final.json keeps those)
-        recipe = published_recipe(cfg.as_dict(), summary.teacher, summary.init)
+        recipe = published_recipe(cfg.as_dict(), summary.teacher, summary.init, summary.resumed_with)
         meta = {"recipe": recipe, "dataset": self.data.name, "mean": list(self.data.mean),
                 "std": list(self.data.std), "input_size": list(self.data.input_size),
                 "metrics": {"val_top1": val["top1"], "test_top1": test["top1"]}}
@@ -437,8 +443,14 @@ class RepAnTrainer(CycleRun):
         if not cfg.uses_teacher():
             return None
         ckpt = Path(cfg.teacher_checkpoint) if cfg.teacher_checkpoint else None
-        return {"model": cfg.teacher, "kwargs": cfg.teacher_kwargs, "pretrained": cfg.teacher_pretrained,
-                "checkpoint_sha256": sha256_file(ckpt) if ckpt is not None and ckpt.is_file() else None}
+        record = {"model": cfg.teacher, "kwargs": cfg.teacher_kwargs, "pretrained": cfg.teacher_pretrained,
+                  "checkpoint_sha256": sha256_file(ckpt) if ckpt is not None and ckpt.is_file() else None}
+        if cfg.teacher_pretrained and ckpt is None:  # timm's weights: by manifest name / hub id, sha256 where pinned
+            self.prepare()
+            source = pretrained_source(self.teacher)
+            record.update(checkpoint_sha256=source["checkpoint_sha256"], manifest=source["manifest"],
+                          pretrained_source=source)
+        return record
 
     def _init_record(self) -> Optional[Dict[str, Any]]:
         """The ``--init-checkpoint`` weights by content (sha256) and, where the zoo ships them, by

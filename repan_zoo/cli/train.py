@@ -23,8 +23,9 @@ lr, cycle, time), ``learning_curve.png`` (cycle boundaries dotted, like Fig. 3),
 and ``final.json`` (full recipe, final val/test top-1 of the deploy model).
 
 With ``--resume`` the recipe saved in ``recipe.json`` is used; options given explicitly on the
-command line override it (recorded in ``resume.json``; the run is then no longer the one an
-uninterrupted run would give).
+command line override it (recorded in ``resume.json`` and ``final.json``; the run is then no
+longer the one an uninterrupted run would give), except the options of the data split
+(:data:`~repan_zoo.annealing.config.SPLIT_KEYS`), which are refused.
 """
 from __future__ import annotations
 
@@ -114,12 +115,12 @@ def check_recipe(cfg) -> None:
     check_files_exist(init_checkpoint=cfg.init_checkpoint, teacher_checkpoint=cfg.teacher_checkpoint)
 
 
-def _check_resumable(cfg, data, out: Path) -> None:
+def _check_resumable(cfg, data, out: Path) -> Optional[int]:
     """Load the run's last checkpoint into the model the (resolved) recipe builds, so that a
     recipe that does not fit the run (another --model, other model kwargs, a cycle plan without the
     cycle where it stopped: :func:`~repan_zoo.annealing.cycles.resume_position`) is refused before
-    ``recipe.json`` is touched. Raises :class:`~repan_zoo.errors.RecipeError` /
-    :class:`~repan_zoo.errors.CheckpointError`."""
+    ``recipe.json`` is touched. Returns the epochs the run completed (None: no checkpoint yet).
+    Raises :class:`~repan_zoo.errors.RecipeError` / :class:`~repan_zoo.errors.CheckpointError`."""
     from ..runtime.checkpointing import Checkpointer
     from ..annealing.cycles import resume_position
     from ..annealing.trainer import build_model
@@ -128,7 +129,7 @@ def _check_resumable(cfg, data, out: Path) -> None:
 
     ck = Checkpointer(out).load()
     if ck is None:
-        return
+        return None
     trained = ck.model_meta.get("architecture")
     if trained and trained != cfg.model:
         raise RecipeError(f"{out} holds a run of {trained}, not {cfg.model}: drop --model to resume it, "
@@ -139,15 +140,17 @@ def _check_resumable(cfg, data, out: Path) -> None:
     except CheckpointError as exc:
         raise RecipeError(f"the recipe does not fit the run in {out}: {exc}. Resume without changing the "
                           "model options, or choose a new --out") from None
-    resume_position(cfg.plan(), ck.state["progress"])  # the cycle plan must still hold where the run stopped
+    progress = ck.state["progress"]
+    resume_position(cfg.plan(), progress)  # the cycle plan must still hold where the run stopped
+    return int(progress.get("global_epoch", len(ck.state.get("history", []))))
 
 
 def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
     """The recipe of this run: the options, or with ``--resume`` the saved ``recipe.json`` with
-    the options given explicitly (and not None) overriding it (recorded by :func:`_record_overrides`);
+    the options given explicitly (and not None) overriding it (recorded in ``resume.json`` by :func:`train`);
     options the saved recipe lacks take their defaults, named in the log."""
     from ..runtime.checkpointing import Checkpointer
-    from ..annealing.config import TrainConfig
+    from ..annealing.config import SPLIT_KEYS, TrainConfig
     from ..errors import RecipeError
 
     fields = TrainConfig.recipe_keys()
@@ -174,6 +177,14 @@ def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
         raise RecipeError(f"{saved_path} is not a recipe (a JSON object of options) but a {type(saved).__name__}; "
                           "restore it, or start a new run (new --out)")
     overrides = {k: recipe[k] for k in fields if k in explicit and saved.get(k) != recipe[k]}
+    split = [k for k in SPLIT_KEYS if k in overrides and k in saved]
+    if split:
+        given = ", ".join(f"--{k.replace('_', '-')} {recipe[k]}" for k in split)
+        was = ", ".join(f"{k}={saved[k]!r}" for k in split)
+        raise RecipeError(f"--resume with {given}: the run in {out} started with {was}, and the data split is fixed "
+                          "when a run starts (another split would train on images the run validated on, or put "
+                          "figures of other images into one curve). Resume without these options, or start a new "
+                          "run (new --out)")
     if overrides:
         log(f"--resume: overriding the saved recipe with {overrides}")
         args.recipe_overrides = overrides  # recorded in resume.json once every check passed
@@ -216,17 +227,24 @@ def _check_out_holds_no_foreign_files(out: Path, resume: bool) -> None:
                           "Choose an empty or new folder")
 
 
-def _record_overrides(out: Path, overrides: Dict[str, Any]) -> None:
-    from ..runtime.report import write_json
+def _resume_history(out: Path) -> List[Dict[str, Any]]:
+    """The recipe changes of earlier resumes, from ``resume.json`` (``[]`` when there is none).
+
+    Raises:
+        RecipeError: a ``resume.json`` that is not a JSON list.
+    """
     from ..errors import RecipeError
 
-    history = []
-    if (out / "resume.json").is_file():
-        try:
-            history = json.loads((out / "resume.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise RecipeError(f"{out / 'resume.json'} is not JSON ({exc}); restore or delete it") from None
-    write_json(out / "resume.json", history + [{"overrides": overrides}])
+    path = out / "resume.json"
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{path} is not JSON ({exc}); restore or delete it") from None
+    if not isinstance(history, list):
+        raise RecipeError(f"{path} is not the run's list of resumes; restore or delete it")
+    return history
 
 
 @contextlib.contextmanager
@@ -293,17 +311,21 @@ def train(args: argparse.Namespace):
                                test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed,
                                augment=cfg.augment_policy(),
                                img_size=cfg.img_size)
-            if args.resume:
-                _check_resumable(cfg, data, out)
+            after_epoch = _check_resumable(cfg, data, out) if args.resume else None
+            history = _resume_history(out) if args.resume else []
+            overrides = getattr(args, "recipe_overrides", None) or {}
+            if overrides:
+                history = history + [{"after_epoch": after_epoch, "overrides": overrides}]
             progress = args.progress if args.progress is not None else sys.stderr.isatty()
             trainer = RepAnTrainer(cfg, data, ctx=ctx, out=out, progress=progress, log=log, workers=args.workers,
-                                   keep_checkpoints=args.keep_checkpoints, plot=args.plot)  # its refusals write nothing
+                                   keep_checkpoints=args.keep_checkpoints, plot=args.plot,
+                                   resumed_with=history)  # its refusals write nothing
             started = True
             if ctx.is_main:
                 if args.resume:
                     remove_stale_temps(out)  # left by a killed write; this process is the only writer
-                if getattr(args, "recipe_overrides", None):
-                    _record_overrides(out, args.recipe_overrides)
+                if overrides:
+                    write_json(out / "resume.json", history)
                 write_json(out / "recipe.json", cfg.as_dict())
             log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
                 f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")

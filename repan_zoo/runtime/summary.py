@@ -38,6 +38,8 @@ class RunSummary:
             where the zoo ships them, manifest name ``model.tag`` (None: a fresh initialisation).
         cycles: the driver's log of every Rep / Expand+Restore / Calibrate.
         checkpoint, reload_check: the written deploy file (name, sha256, size) and its reload check.
+        resumed_with: recipe changes made when the run was resumed (``{"after_epoch", "overrides"}``
+            each, in order; ``recipe`` is the last part's recipe); absent from the JSON when none.
     """
 
     model: str
@@ -60,16 +62,18 @@ class RunSummary:
     versions: Dict[str, str] = field(default_factory=dict)
     checkpoint: Optional[Dict[str, Any]] = None
     reload_check: Optional[Dict[str, Any]] = None
+    resumed_with: List[Dict[str, Any]] = field(default_factory=list)
 
     @property
     def dataset(self) -> Optional[str]:
         return self.data.get("dataset") or self.recipe.get("dataset")
 
     def as_dict(self) -> Dict[str, Any]:
-        """The JSON form (fields in declaration order; ``checkpoint`` / ``reload_check`` only once written)."""
+        """The JSON form (fields in declaration order; ``checkpoint`` / ``reload_check`` only once
+        written, ``resumed_with`` only when the recipe changed on a resume)."""
         d = dataclasses.asdict(self)
-        for key in ("checkpoint", "reload_check"):
-            if d[key] is None:
+        for key in ("checkpoint", "reload_check", "resumed_with"):
+            if not d[key]:
                 del d[key]
         return d
 
