@@ -294,6 +294,17 @@ def test_a_final_json_with_extra_figures_keeps_them(hub, run):
         bundle(checkpoint, metrics, tag="arm2")
 
 
+def test_a_resumed_runs_recipe_changes_reach_the_manifest_recipe(hub, run):
+    """A run resumed with other options (final.json ``resumed_with``) is published with them, the
+    paths named by option only: the manifest recipe is otherwise that of the run's last part."""
+    checkpoint, metrics, _ = run
+    changes = [{"after_epoch": 3, "overrides": {"lr": 0.1, "data_dir": "/data/fmnist"}}]
+    doc = dict(json.loads(metrics.read_text()), versions={"torch": torch.__version__}, resumed_with=changes)
+    metrics.write_text(json.dumps(doc))
+    entry = bundle(checkpoint, metrics, tag="resumed").entry
+    assert entry.recipe["resumed_with"] == [{"after_epoch": 3, "overrides": {"lr": 0.1}, "changed_paths": ["data_dir"]}]
+
+
 # -- refusals lose nothing --------------------------------------------------------------------------
 def _state() -> dict:
     """Every manifest file's and bundled weight file's bytes."""

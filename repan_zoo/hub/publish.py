@@ -147,7 +147,8 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
         _merge_figures(metrics, _normalise_metrics(doc.get("metrics"), summary.dataset, str(path)), str(path))
         return RunRecord(summary.model, dict(summary.create_kwargs), metrics,
                          check_exactness(summary.exactness, str(path)),
-                         manifest.published_recipe(dict(summary.recipe), summary.teacher, summary.init), dict(summary.data))
+                         manifest.published_recipe(dict(summary.recipe), summary.teacher, summary.init,
+                                                   summary.resumed_with), dict(summary.data))
     recipe = doc.get("recipe") if isinstance(doc.get("recipe"), dict) else {}
     data = next((doc[k] for k in ("data", "data_config") if isinstance(doc.get(k), dict)), {})
     data = dict(data)
@@ -173,7 +174,7 @@ def read_run(metrics_json: Optional[Path], checkpoint_meta: Mapping[str, str]) -
     cert = doc.get("exactness") or checkpoint_meta.get("exactness")
     exactness = check_exactness(cert, str(path))
     return RunRecord(str(model), dict(kwargs), metrics, exactness,
-                     manifest.published_recipe(recipe, doc.get("teacher"), doc.get("init")), data)
+                     manifest.published_recipe(recipe, doc.get("teacher"), doc.get("init"), doc.get("resumed_with")), data)
 
 
 @dataclass
