@@ -359,7 +359,8 @@ def test_status_counts_done_and_estimates_time_left(tmp_path, monkeypatch):
     assert states == {done["name"]: "done", partial["name"]: "partial", runs[2]["name"]: "pending"}
     # 5 epochs left of the partial run at its median 35 s, 8 of the pending one at the same model's 35 s
     assert st["hours_left"] == pytest.approx((5 + 8) * 35.0 / 3600)
-    assert sweep.status("cpu/main", runs, work, jobs=2)["hours_left"] == pytest.approx((5 + 8) * 35.0 / 7200)
+    # two jobs: the runs side by side, so the longer one decides (was: the sum halved, 227 s < its 280 s)
+    assert sweep.status("cpu/main", runs, work, jobs=2)["hours_left"] == pytest.approx(8 * 35.0 / 3600)
     # a finished run whose run folder is gone (a fresh machine) is timed by its committed history
     committed = tmp_path / "results" / "cpu" / "main" / done["name"] / "metrics.json"
     committed.write_text(json.dumps([{"epoch_time_s": t} for t in (50.0, 60.0, 70.0)]))
@@ -413,7 +414,8 @@ def test_status_scales_times_measured_on_another_processor_by_this_ones_speed(tm
     rows = {r["run"]: r for r in st["rows"]}
     assert st["speed_factor"] is None and rows[base[1]]["epoch_s"] == 40.0 and rows[base[1]]["timed"] == "elsewhere"
     sweep._print_status("cpu/main", st, 1)
-    assert "used as they are until an epoch has run here (AMD EPYC (AVX2))" in capsys.readouterr().out
+    assert ("used as they are until a run of the same model, method, teacher and training-set size has epochs both "
+            "here (AMD EPYC (AVX2)) and there") in capsys.readouterr().out
     history(base[1], (100.0,), "AMD EPYC (AVX2)")  # one epoch here: this machine takes 2.5x the time
     st = sweep.status("cpu/main", runs, work, processor="AMD EPYC (AVX2)")
     rows = {r["run"]: r for r in st["rows"]}
@@ -739,11 +741,14 @@ def test_continued_runs_are_paired_with_the_main_run_they_start_from(tmp_path):
 
 def test_sweep_only_with_a_filter_that_matches_nothing_is_refused(tmp_path, capsys):
     """``--only`` with a typo (was: 'plan cpu/main: 0 runs', exit 0: an overnight job that did nothing
-    'succeeded'); a matching filter still selects."""
+    'succeeded') or with no name (was: the whole plan); a matching filter still selects."""
     sweep = load("sweep")
     with pytest.raises(SystemExit) as info:
         sweep.main(["--plan", "main", "--only", "bogus_name", "--work", str(tmp_path), "--dry-run"])
     assert info.value.code == 2 and "--only bogus_name matches no run of cpu/main" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # an empty filter (a launcher's empty list) is not "every run"
+        sweep.main(["--plan", "main", "--only", ",", "--work", str(tmp_path), "--dry-run"])
+    assert info.value.code == 2 and "--only names no run" in capsys.readouterr().err
     assert sweep.main(["--plan", "main", "--only", "teacher", "--work", str(tmp_path), "--status"]) == 0
 
 
@@ -760,3 +765,45 @@ def test_aggregate_help_writes_nothing_and_results_picks_the_folder(tmp_path, ca
     assert stop.value.code == 2
     assert agg.main(["--results", str(tmp_path)]) == 0
     assert json.loads((plan / "summary.json").read_text())["runs"][0]["run"] == "m__baseline__s0"
+
+
+def test_a_results_copy_marks_the_run_done_only_when_every_file_is_there(tmp_path, monkeypatch):
+    """``final.json`` marks a run done (status, aggregate): it is copied last, so a copy stopped
+    mid-way leaves the run to be copied again (was: final.json second, then metrics.csv, the curve
+    and command.txt; a sweep killed in between counted the run done with them missing)."""
+    sweep = load("sweep")
+    out, dest = tmp_path / "run", tmp_path / "results" / "r"
+    out.mkdir()
+    (out / "metrics.json").write_text(json.dumps([{"epoch_time_s": 1.0}]))
+    (out / "final.json").write_text(json.dumps({"model": "m", "recipe": {"data_dir": str(tmp_path / "data")}}))
+    (out / "metrics.csv").write_text("epoch\n1\n")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep.shutil, "copy2", fail)
+    with pytest.raises(OSError):
+        sweep.copy_results(out, dest, ["python", "-m", "x"], {str(tmp_path): "$REPAN_RUNS"})
+    assert not (dest / "final.json").exists()
+    monkeypatch.undo()
+    sweep.copy_results(out, dest, ["python", "-m", "x"], {str(tmp_path): "$REPAN_RUNS"})
+    assert sorted(p.name for p in dest.iterdir()) == ["command.txt", "final.json", "metrics.csv", "metrics.json"]
+    assert json.loads((dest / "final.json").read_text())["recipe"]["data_dir"] == "$REPAN_RUNS/data"
+
+
+def test_a_run_carried_from_another_machine_resumes_with_this_ones_data(tmp_path, monkeypatch):
+    """A run continued from a GPU call saved that machine's --data-dir (``.fmnist`` beside its
+    checkout); resumed here, where no such folder is, the sweep passes this machine's dataset folder
+    (was: DatasetNotFoundError on every resume). A data folder that exists here is left as saved."""
+    from repan_zoo.data import FASHION_MNIST_DIR
+
+    sweep = load("sweep")
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")
+    run = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_repvgg_a1_w025__baseline__s0")
+    out = tmp_path / "work" / "long" / "main" / run["name"]
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "recipe.json").write_text(json.dumps({"dataset": "fashion_mnist", "data_dir": ".fmnist_of_a_gpu_call"}))
+    cmd = sweep._execute("long/main", run, tmp_path / "work", "cpu", 1, [], dry=True)
+    assert "--resume" in cmd and f"--data-dir {FASHION_MNIST_DIR}" in cmd
+    (out / "recipe.json").write_text(json.dumps({"dataset": "fashion_mnist", "data_dir": str(tmp_path)}))
+    assert "--data-dir" not in sweep._execute("long/main", run, tmp_path / "work", "cpu", 1, [], dry=True)

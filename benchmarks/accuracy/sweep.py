@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import heapq
 import os
 import shutil
 import subprocess
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aggregate import gpu_call_epochs, row_devices  # noqa: E402  (same folder)
+from repan_zoo.data import FASHION_MNIST_DIR  # noqa: E402
 from repan_zoo.runtime.hardware import device_name  # noqa: E402
 from repan_zoo.runtime.onednn import cpu_bf16_native  # noqa: E402
 from repan_zoo.runtime.report import portable, write_json  # noqa: E402
@@ -474,6 +476,7 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
            "--threads", str(threads), *extra]
     if (out / "checkpoints").exists():  # a stopped run continues from its last completed epoch
         cmd.append("--resume")
+        cmd += _data_dir_here(out / "recipe.json", extra)
     if dry:
         return " ".join(cmd)
     if deadline is not None and time.time() >= deadline:
@@ -490,16 +493,36 @@ def _execute(plan: str, run: Dict, work: Path, device: str, threads: int, extra:
             return f"stopped {run['name']} at the deadline (resumable)"
     if proc.returncode != 0:
         return f"FAIL {run['name']} (rc {proc.returncode}, see {out / 'log.txt'})"
-    dest = _result_dir(plan, run["name"])
+    copy_results(out, _result_dir(plan, run["name"]), ["python", *cmd[1:]], _roots(work))
+    return f"done {run['name']} in {time.time() - start:.0f}s"
+
+
+def _data_dir_here(recipe_json: Path, extra: List[str]) -> List[str]:
+    """``--data-dir`` of this machine's Fashion-MNIST for a run whose saved data folder is not here
+    (a run continued from a GPU call saved that machine's, e.g. ``.fmnist`` beside its checkout;
+    relative folders are the checkout's); nothing when the folder is here or ``extra`` names one."""
+    if "--data-dir" in extra or not recipe_json.is_file():
+        return []
+    try:
+        saved = json.loads(recipe_json.read_text())
+    except json.JSONDecodeError:
+        return []  # repan-train names the broken recipe itself
+    data_dir = saved.get("data_dir") if isinstance(saved, dict) else None
+    if not data_dir or (ROOT / data_dir).is_dir() or saved.get("dataset", "fashion_mnist") != "fashion_mnist":
+        return []
+    return ["--data-dir", str(FASHION_MNIST_DIR)]
+
+
+def copy_results(out: Path, dest: Path, command: List[str], roots: Dict[str, str]) -> None:
+    """A finished run's small files into its results folder, machine paths made portable:
+    ``final.json`` last, since it marks the run done (a copy stopped before it is redone)."""
     dest.mkdir(parents=True, exist_ok=True)
-    roots = _roots(work)
-    for name in ("metrics.json", "final.json"):
-        write_json(dest / name, portable(json.loads((out / name).read_text()), roots))
+    write_json(dest / "metrics.json", portable(json.loads((out / "metrics.json").read_text()), roots))
     for name in ("metrics.csv", "learning_curve.png"):
         if (out / name).is_file():
             shutil.copy2(out / name, dest / name)
-    (dest / "command.txt").write_text(portable(" ".join(["python", *cmd[1:]]), roots) + "\n")
-    return f"done {run['name']} in {time.time() - start:.0f}s"
+    (dest / "command.txt").write_text(portable(" ".join(command), roots) + "\n")
+    write_json(dest / "final.json", portable(json.loads((out / "final.json").read_text()), roots))
 
 
 def restore_published(final_json: Path, dest: Path) -> Optional[str]:
@@ -620,7 +643,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     processor come first (a row's ``timed``: ``"here"``), and times measured on others
     (``"elsewhere"``) are scaled by :func:`speed_factor` once a kind of run has epochs both here and
     elsewhere (``speed_factor``; None: unscaled)."""
-    rows, seconds, unknown = [], 0.0, 0
+    rows, lengths, unknown = [], [], 0
     kind = device.split(":")[0]  # the device type epochs record ("cuda:1" → "cuda")
     here = processor or device_name(device)
     on_gpu: Dict[str, Dict[str, int]] = {}  # per plan folder: each run's epochs in the GPU calls
@@ -698,12 +721,23 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
             approx = per is not None
         if left and per is None:
             unknown += 1
-        seconds += left * (per or 0.0)
+        lengths.append(left * (per or 0.0))
         rows.append({"run": run["name"], "state": "done" if done else ("partial" if trained else "pending"),
                      "epochs": f"{total - left}/{total}", "epoch_s": per, "approx": approx, "timed": timed})
     return {"rows": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows),
-            "hours_left": seconds / 3600 / max(1, jobs), "unknown_eta": unknown, "processor": here,
+            "hours_left": _makespan(lengths, jobs) / 3600, "unknown_eta": unknown, "processor": here,
             "speed_factor": factor}
+
+
+def _makespan(lengths: List[float], jobs: int) -> float:
+    """Seconds until runs of these ``lengths`` (in the sweep's order) are done on ``jobs`` workers,
+    each run starting on the first worker free, as the sweep starts them (one long run is not
+    shortened by more jobs)."""
+    free = [0.0] * max(1, jobs)
+    for length in lengths:
+        if length > 0:
+            heapq.heapreplace(free, free[0] + length)
+    return max(free)
 
 
 def _print_status(plan: str, st: Dict, jobs: int) -> None:
@@ -722,8 +756,8 @@ def _print_status(plan: str, st: Dict, jobs: int) -> None:
     if any(r.get("timed") == "elsewhere" for r in st["rows"] if r["state"] != "done"):
         speed = (f"; epochs here ({st['processor']}) take {st['speed_factor']:.2f}x the time of those measured "
                  "on other machines, and their times are scaled by that" if st["speed_factor"] else
-                 f"; times measured on other machines are used as they are until an epoch has run here "
-                 f"({st['processor']})")
+                 f"; times measured on other machines are used as they are until a run of the same model, method, "
+                 f"teacher and training-set size has epochs both here ({st['processor']}) and there")
     print(f"plan {plan}: {st['done']}/{st['total']} runs done; about {st['hours_left']:.1f} h left with "
           f"{jobs} job(s){extra}{speed}", flush=True)
 
@@ -748,6 +782,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     extra = a.extra[1:] if a.extra[:1] == ["--"] else a.extra
     wanted = [w for w in (a.only or "").split(",") if w]
+    if a.only is not None and not wanted:  # a launcher's empty list must not mean the whole plan
+        p.error(f"--only names no run ({a.only!r}); give run names or substrings, or drop --only for every run")
     names = [r["name"] for r in plan_runs(a.plan, a.scale)]
     unmatched = [w for w in wanted if not any(w in name for name in names)]
     if unmatched:  # a typo in a long job's filter must not 'succeed' by running nothing
