@@ -125,3 +125,59 @@ def test_runs_outside_the_plan_are_refused_with_the_names_to_choose_from(tmp_pat
     with pytest.raises(SystemExit, match="not in the long/main plan; choose from"):
         g.main(["--out", str(tmp_path), "--runs", "repan_repvgg_a1_w025__nope__s0", "--device", "cpu",
                 "--budget", "1"])
+
+
+def test_unpack_leaves_a_run_that_is_training_here_alone(tmp_path):
+    """A local run whose lock is held (training now) is not replaced by a call's copy that got
+    further (was: renamed to .before-gpu under the live trainer, which then wrote into the GPU's copy
+    with no lock); unpacking again after it stopped replaces it."""
+    from repan_zoo.runlock import RunLock
+
+    g = load()
+    work, out = tmp_path / "gpu" / "runs", tmp_path / "out"
+    out.mkdir()
+    stopped_run(work, "r", 20)
+    g.pack_runs(work, tmp_path / "gpu" / "results", PLAN, ["r"], out)
+    here = tmp_path / "here" / "runs"
+    stopped_run(here, "r", 10)
+    with RunLock(here / PLAN / "r"):
+        log = g.unpack(out, results=tmp_path / "here" / "results", runs_root=here)
+        assert any("being trained here" in line for line in log)
+        assert g._epochs_done(here / PLAN / "r") == 10 and not (here / PLAN / "r.before-gpu").exists()
+    g.unpack(out, results=tmp_path / "here" / "results", runs_root=here)
+    assert g._epochs_done(here / PLAN / "r") == 20 and g._epochs_done(here / PLAN / "r.before-gpu") == 10
+
+
+def test_a_checkpoint_pointer_without_its_files_counts_no_epochs(tmp_path):
+    """A run folder whose latest.json arrived but whose epoch files did not (a copy cut short) is
+    not 'ahead': it counts no epochs, so the next unpack replaces it (was: kept for good)."""
+    g = load()
+    work, out = tmp_path / "gpu" / "runs", tmp_path / "out"
+    out.mkdir()
+    stopped_run(work, "r", 20)
+    g.pack_runs(work, tmp_path / "gpu" / "results", PLAN, ["r"], out)
+    here = tmp_path / "here" / "runs"
+    stopped_run(here, "r", 20)
+    for f in (here / PLAN / "r" / "checkpoints" / "ep0020").iterdir():
+        f.unlink()
+    assert g._epochs_done(here / PLAN / "r") == 0
+    g.unpack(out, results=tmp_path / "here" / "results", runs_root=here)
+    assert g._epochs_done(here / PLAN / "r") == 20
+    assert not list((here / PLAN).glob("*.unpacking*"))  # copied beside, then renamed into place
+
+
+def test_a_call_whose_runs_all_have_results_trains_nothing(tmp_path, monkeypatch):
+    """Every run asked for already finished: the call writes its summary and starts no sweep (was:
+    ``--only ''``, which the sweep took as the whole plan)."""
+    g = load()
+    done = sorted(p.parent.name for p in (g.sweep.RESULTS / PLAN).glob("*/final.json") if p.parent.name != "teacher")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError(f"a sweep was started: {args}")
+
+    monkeypatch.setattr(g.subprocess, "Popen", no_sweep)
+    monkeypatch.setattr(g, "_gpu_name", lambda: "none")
+    assert g.main(["--out", str(tmp_path / "out"), "--runs", done[0], "--device", "cpu", "--budget", "60"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["runs"] == {} and summary["rc"] == 0

@@ -49,6 +49,8 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks" / "accuracy"))
 import sweep  # noqa: E402
+from repan_zoo.errors import RunLockedError  # noqa: E402
+from repan_zoo.runlock import LOCK_NAME, RunLock  # noqa: E402
 from repan_zoo.runtime.checkpointing import Checkpointer  # noqa: E402
 
 #: what comes back from a call: files of at most 16 MiB, 64 MiB together, 8 files (the device
@@ -61,10 +63,17 @@ RUN_FILES = ("recipe.json", "metrics.json", "metrics.csv", "log.txt")
 
 
 def _epochs_done(run_dir: Path) -> int:
+    """Epochs of the run's last checkpoint whose files are there (0: none, or a pointer to a folder
+    a copy cut short)."""
+    ck = Checkpointer(run_dir)
     try:
-        return int(Checkpointer(run_dir).progress().get("global_epoch", 0))
-    except (TypeError, ValueError):
+        epochs = int(ck.progress().get("global_epoch", 0))
+        folder = ck.latest_dir()
+    except (TypeError, ValueError, OSError):
         return 0
+    if folder is None or not all((folder / n).is_file() for n in ("model.safetensors", "state.pt")):
+        return 0
+    return epochs
 
 
 def _run_files(run_dir: Path, finished: bool) -> List[Path]:
@@ -179,13 +188,20 @@ def train(a: argparse.Namespace) -> int:
         shutil.copytree(sweep.RESULTS, results)
     path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)  # and the carried wheels
     env = dict(os.environ, REPAN_RESULTS=str(results), PYTHONPATH=path, PYTHONUNBUFFERED="1")
+    names = [n for n in names if n != "teacher" and not (results / plan / n / "final.json").is_file()]
+    if not names:  # every run asked for has results: nothing to train (an empty --only is the whole plan)
+        summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": 0,
+                   "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": "not started", "device": a.device,
+                   "runs": {}, "note": "every run asked for already has results; nothing trained"}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        print(json.dumps(summary, indent=1))
+        return 0
     mps = _start_mps(env) if a.mps else "not asked"
     print(mps, flush=True)
     if a.teacher:  # the teacher's weights where the sweep looks for them
         dest = work / "long" / "main" / "teacher"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy2(a.teacher, dest / "deploy.safetensors")
-    names = [n for n in names if n != "teacher" and not (results / plan / n / "final.json").is_file()]
     jobs = a.jobs or max(1, len(names))
     cmd = [sys.executable, str(ROOT / "benchmarks" / "accuracy" / "sweep.py"), "--scale", "long", "--plan", a.plan,
            "--device", a.device, "--jobs", str(jobs), "--work", str(work), "--only", ",".join(names),
@@ -262,11 +278,25 @@ def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.
             if dest.exists() and here >= there:
                 done.append(f"kept local {rel} ({here} epochs; GPU {there})")
                 continue
-            if dest.exists():
-                backup = dest.with_name(dest.name + ".before-gpu")
-                shutil.rmtree(backup, ignore_errors=True)
-                dest.rename(backup)
-            shutil.copytree(run_dir, dest)
+            lock = RunLock(dest, command="gpu_long.py --unpack")
+            try:
+                lock.acquire()  # a run training here now keeps its folder
+            except RunLockedError as exc:
+                done.append(f"skipped {rel}: being trained here ({exc.pid or 'lock held'}); unpack again once it stops")
+                continue
+            try:
+                incoming = dest.with_name(dest.name + ".unpacking")
+                shutil.rmtree(incoming, ignore_errors=True)
+                shutil.copytree(run_dir, incoming)  # beside, then renamed into place whole
+                if here or any(p.name != LOCK_NAME for p in dest.iterdir()):
+                    backup = dest.with_name(dest.name + ".before-gpu")
+                    shutil.rmtree(backup, ignore_errors=True)
+                    dest.rename(backup)
+                else:
+                    shutil.rmtree(dest)  # only the lock this call made
+                incoming.rename(dest)
+            finally:
+                lock.release()
             done.append(f"checkpoint {rel} ({there} epochs)" + (f"; local {here} epochs kept as {dest.name}.before-gpu"
                                                                if here else ""))
         shutil.rmtree(staging)
