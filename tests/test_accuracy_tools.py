@@ -48,6 +48,14 @@ def test_main_table_pairs_seeds_with_their_baseline(tmp_path):
     md = agg.markdown(s)
     assert "| m | repan | 2x4 | 8 | 2 | 81.75 ± 1.06 | 81.75 ± 1.06 | +0.75 ± 0.35 |" in md
     assert s["total_train_time_s"] == 240.0
+    # one seed: no spread to show (was "± 0.00", read as none); a Δ over fewer seeds than the row names its n
+    write_run(plan, "m__kd__s0", "m", "kd", 0, 80.5, 80.5)
+    write_run(plan, "m__kd__s2", "m", "kd", 2, 81.0, 81.0)
+    write_run(plan, "n__baseline__s0", "n", "baseline", 0, 70.0, 70.0)
+    write_run(plan, "n__repan__s0", "n", "repan", 0, 71.0, 71.0)
+    md = agg.markdown(agg.summarize(plan))
+    assert "| m | kd | 1x4 | 8 | 2 | 80.75 ± 0.35 | 80.75 ± 0.35 | +0.50 (n = 1) |" in md
+    assert "| n | repan | 2x4 | 8 | 1 | 71.00 | 71.00 | +1.00 |" in md and "± 0.00" not in md
 
 
 def test_ablation_tables_put_the_reference_in_each_factor(tmp_path):
@@ -736,7 +744,7 @@ def test_continued_runs_are_paired_with_the_main_run_they_start_from(tmp_path):
     assert "starts from the deploy weights of the finished run its group names below" in md
     assert ("Starts: `continue/m__then_kd__s0` → then_kd2; `main/m__baseline__s0` → then_kd, then_repan_kd."
             in md)
-    assert "| m | then_repan_kd | 1x20 |" in md and "| +1.00 ± 0.00 | 6.00 ± 0.00 |" in md
+    assert "| m | then_repan_kd | 1x20 |" in md and "| +1.00 | 6.00 |" in md
 
 
 def test_sweep_only_with_a_filter_that_matches_nothing_is_refused(tmp_path, capsys):

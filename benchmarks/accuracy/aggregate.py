@@ -206,8 +206,15 @@ def summarize(plan_dir: Path) -> Dict:
                                  if r["fp32_epochs_of_amp"]}}
 
 
-def _pm(stats: Dict[str, float], signed: bool = False) -> str:
-    return f"{stats['mean']:{'+' if signed else ''}.2f} ± {stats['std']:.2f}"
+def _pm(stats: Dict[str, float], signed: bool = False, of: Optional[int] = None) -> str:
+    """``mean ± std`` (sample std); one value alone (no spread to show); `` (n = k)`` when fewer
+    than ``of`` values went into it (a paired Δ whose other seeds have no baseline yet)."""
+    text = f"{stats['mean']:{'+' if signed else ''}.2f}"
+    if stats["n"] > 1:
+        text += f" ± {stats['std']:.2f}"
+    if of is not None and stats["n"] < of:
+        text += f" (n = {stats['n']})"
+    return text
 
 
 def markdown(summary: Dict) -> str:
@@ -238,7 +245,7 @@ def markdown(summary: Dict) -> str:
         d, drop = g.get("delta_test_vs_baseline"), g.get("cycle_start_drop")
         lines.append(f"| {g['model']} | {g['method']} | {g['schedule']} | {g['epochs_trained']} | "
                      f"{len(g['seeds'])} | {_pm(g['val_top1'])} | {_pm(g['test_top1'])} | "
-                     f"{_pm(d, signed=True) if d else '—'} | {_pm(drop) if drop else '—'} |")
+                     f"{_pm(d, signed=True, of=len(g['seeds'])) if d else '—'} | {_pm(drop) if drop else '—'} |")
     if starts:
         lines += ["", "Starts: " + "; ".join(
             f"`{s}` → " + ", ".join(f"{g['method']}" for g in summary["groups"] if s in g.get("starts_from", []))
