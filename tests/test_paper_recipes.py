@@ -38,6 +38,10 @@ def test_cifar100_matches_the_paper(recipes, tmp_path):
         assert (a[arm].kd_alpha, a[arm].kd_T) == (0.9, 10.0)
         assert a[arm].teacher_checkpoint == str(tmp_path / "teacher" / "deploy.safetensors")
     assert a["repan"].model == a["baseline"].model == "repan_repvgg_a1_w025"
+    # RepAn as the paper runs it (was the Fashion-MNIST sweep's: cycle 1 plain, a generic conv_kxk + conv_1x1
+    # pair): Alg. 1 line 2 fuses before cycle 1 and every Expand re-adds the network's own branch kinds (Sec. 3 (iii))
+    for arm in ("repan", "repan_kd"):
+        assert a[arm].first_cycle == "expand" and list(a[arm].branches) == ["arch"], arm
 
 
 def test_imagenet_uses_torchrun_and_a_pretrained_teacher(recipes, tmp_path, capsys):

@@ -56,8 +56,10 @@ SETTINGS: Dict[str, Dict] = {
         "nproc": 8,
     },
 }
-#: RepAn as in the Fashion-MNIST sweep (benchmarks/accuracy/sweep.py): Expand from cycle 2, λ ramp.
-REPAN = ["--first-cycle", "plain", "--restore", "inherit", "--branches", "conv_kxk,conv_1x1",
+#: RepAn as the paper runs it: Alg. 1 line 2 fuses before cycle 1, so every cycle starts with Expand;
+#: each Expand re-adds the network's own branch kinds (Sec. 3 (iii)), new branches at BN γ = 0
+#: (``--branch-gamma``'s default: an exact no-op at the cycle start), Restore by Sec. 3.3, λ by Θ (Eq. 3).
+REPAN = ["--first-cycle", "expand", "--restore", "inherit", "--branches", "arch", "--branch-gamma", "0",
          "--lam-schedule", "linear", "--lam-warmup", "0.3", "--calib-batches", "5"]
 
 
