@@ -52,7 +52,7 @@ def inference() -> List[str]:
         return []
     c = d["config"]
     out = ["### Deploy inference speed vs timm's reparameterized twin and the plain-conv limit", "",
-           f"`python benchmarks/inference.py` — batch {c['batch']} at {'×'.join(map(str, c['input']))}, {c['threads']} thread, "
+           f"`python benchmarks/inference.py --repeats {c['repeats']}` — batch {c['batch']} at {'×'.join(map(str, c['input']))}, {c['threads']} thread, "
            f"median of {c['repeats']} rounds (random order per round); torch {c['torch']}, timm {c['timm']}, CPU {c['cpu']}.", ""]
 
     def row(r: dict) -> tuple:
@@ -89,7 +89,8 @@ def cycle_overhead() -> List[str]:
     if not rows:
         return []
     out = ["### RepAn cycle overhead (Rep + Expand + Restore + Calibrate) vs one training epoch", "",
-           "`python benchmarks/cycle_overhead.py [--device cuda]`", "",
+           "`python benchmarks/cycle_overhead.py` (CPU row); `python benchmarks/cycle_overhead.py --device cuda "
+           "--out benchmarks/results/cycle_overhead_cuda.json` (CUDA row)", "",
            *_table(("model", "device", "train images", "epoch (s)", "cycle overhead (s)", "fraction"),
                    ((d["model"], d["device"], d["train_images"], f"{d['epoch_train_s']:.1f}",
                      f"{d['cycle_overhead_s_median']:.2f}", f"{100 * d['overhead_fraction_of_epoch']:.2f} %")
@@ -258,7 +259,11 @@ def detection() -> List[str]:
                     for row in d["latency"]["rows"] for form, f in row["forms"].items()))]
     m = d.get("map")
     if m:
-        out += ["", f"mAP, baseline-trained vs RepAn-trained backbone (`{m.get('command', 'benchmarks/detection.py')}`)"
+        command = m.get("command", "benchmarks/detection.py")
+        moved = (("; the backbones are the `small/main` sweep's seed-0 runs, whose folders the sweep now keeps under "
+                  "`~/.cache/repan/runs/accuracy/small/main/` (`python benchmarks/accuracy/sweep.py --scale small "
+                  "--plan main` trains them again)") if "runs/accuracy_cpu/" in command else "")
+        out += ["", f"mAP, baseline-trained vs RepAn-trained backbone (`{command}`{moved})"
                 + (": **smoke run only** (a few steps on 64 canvases), so these figures say nothing about RepAn yet; "
                    "the real comparison is still to be run." if m.get("smoke") else ":"), ""]
 
@@ -287,7 +292,7 @@ INT8_SPEED_TEXT = ("Speed, INT8 vs timm's fp32 eager twin (reparameterized) and 
                    "`python benchmarks/inference.py --shipped --only mobileone --size 224 --batch 8 --out benchmarks/results/inference_int8_s0_224.json`,\n"
                    "`python benchmarks/inference.py --shipped --batch 64 --out benchmarks/results/inference_int8_shipped.json`.\n"
                    "The ImageNet-shaped 224² rows (3 channels, 1000 classes) are our models *fitted* first (`--fit-steps`, `--fit-more`: SGD on Fashion-MNIST training images resized to 224², classes 0–9; the `fit` record in each file gives steps, time and top-1 on 256 validation images; fitted weights are cached outside the tree), because there are no ImageNet weights here and random weights give near-uniform logits on which top-1 agreement is noise. timm's twin keeps random weights: it is only timed. "
-                   "RepVGG-A0 fitted 200 steps (61 % validation top-1) passes the self-check at 4.0× timm's speed. MobileOne-S0 passes once it is trained enough to have margins between its classes: fitted 1,500 steps (80 %) it agrees on 0.938 of the probe (relative error 0.13) at 3.5× timm's speed; fitted 500 steps (66 %) it was refused (0.58 / 0.70 agreement with 64 / 512 calibration images before equalization, 0.79 with it — the analysis below). The shipped 28×28 checkpoints run {shipped_speedup}× faster in INT8 than in their fp32 deploy form (eager, `inference_int8_shipped.json`), and the shipped MobileOne-S0 at 224² (1 channel, trained at 28²) passes too.")
+                   "RepVGG-A0 fitted 200 steps (61 % validation top-1) passes the self-check at 4.0× timm's speed. MobileOne-S0 passes once it is trained enough to have margins between its classes: fitted 1,500 steps (80 %) it agrees on 0.938 of the probe (relative error 0.13) at 3.5× timm's speed; fitted 500 steps (66 %) it was refused (0.58 / 0.70 agreement with 64 / 512 calibration images before equalization, 0.79 with it — the analysis below). The shipped 28×28 checkpoints run {shipped_speedup}× faster in INT8 than in their fp32 deploy form (eager, `inference_int8_shipped.json`), and the MobileOne-S0 checkpoint shipped when it was measured (`repan_mobileone_s0.fmnist_repan_kd`, since superseded by the `repan_mobileone_s0_w050` layout and no longer in the manifest) passed at 224² too (1 channel, trained at 28²); the same command now measures today's MobileOne entry.")
 INT8_SPEED_FILES = ("inference_int8_224_a0.json", "inference_int8_224_s0_fit1500.json", "inference_int8_224_s0.json",
                     "inference_int8_224_s0_calib512.json", "inference_int8_s0_224.json", "inference_int8_shipped.json")
 INT8_SENSITIVITY_TEXT = (
