@@ -88,6 +88,8 @@ TRAIN_CASES = [
     ("train-subset-above-the-split", ["--train-subset", "59999"], "--train-subset"),
     ("test-subset-above-the-test-set", ["--test-subset", "10001"], "--test-subset"),
     ("seed-beyond-any-float", ["--seed", "1" + "0" * 400], "--seed"),
+    ("flip-with-a-policy-without-flips", ["--augment", "none", "--flip"], "--flip"),
+    ("img-size-of-a-dataset-that-does-not-resize", ["--img-size", "32"], "--img-size"),
     ("import-missing-module", ["--import", "no_such_plugin_module"], "--import"),
     ("import-missing-file", ["--import", "{tmp}/none.py"], "--import"),
 ]

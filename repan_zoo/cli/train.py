@@ -115,6 +115,26 @@ def check_recipe(cfg) -> None:
     check_files_exist(init_checkpoint=cfg.init_checkpoint, teacher_checkpoint=cfg.teacher_checkpoint)
 
 
+def check_given_options(cfg, data, given) -> None:
+    """Options given on the command line that this recipe and dataset would ignore (the defaults
+    of such options are not checked: ``--flip`` and ``--img-size`` have defaults every run records).
+
+    Raises:
+        RecipeError: ``--flip`` with an ``--augment`` policy without flips; ``--img-size`` for a
+            dataset whose reader does not resize (its images keep their own size).
+    """
+    from ..errors import RecipeError
+
+    if "flip" in given and cfg.flip and cfg.augment is not None and not cfg.augment_policy().flip:
+        raise RecipeError(f"--flip does nothing with --augment {cfg.augment} (a policy without flips): choose a policy "
+                          "that flips (--augment flip, crop_flip, ...) or drop --flip")
+    side = tuple(data.input_size)[-2:]
+    if "img_size" in given and side != (cfg.img_size, cfg.img_size):
+        raise RecipeError(f"--img-size {cfg.img_size} does nothing for {data.name}: its reader does not resize, the "
+                          f"images stay {side[0]}×{side[1]}; drop --img-size (it applies to readers that resize, e.g. "
+                          "imagefolder)")
+
+
 def _check_resumable(cfg, data, out: Path) -> Optional[int]:
     """Load the run's last checkpoint into the model the (resolved) recipe builds, so that a
     recipe that does not fit the run (another --model, other model kwargs, a cycle plan without the
@@ -311,6 +331,7 @@ def train(args: argparse.Namespace):
                                test_subset=cfg.test_subset, split_seed=cfg.split_seed, seed=cfg.seed,
                                augment=cfg.augment_policy(),
                                img_size=cfg.img_size)
+            check_given_options(cfg, data, given_options(args))
             after_epoch = _check_resumable(cfg, data, out) if args.resume else None
             history = _resume_history(out) if args.resume else []
             overrides = getattr(args, "recipe_overrides", None) or {}
