@@ -285,6 +285,22 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert diff <= 1e-5, diff
 
 
+def test_resume_imports_the_plugins_the_run_started_with(tmp_path):
+    """A run of a model registered by an --import plugin resumes without repeating --import (was:
+    "unknown model tinyrep_test" on every --resume that forgot it): recipe.json records the plugins."""
+    out = tmp_path / "run"
+    args = ["--method", "baseline", "--cycles", "1", "--epochs", "1", "--max-steps-per-epoch", "1", *SMALL]
+    first = subprocess.run([sys.executable, "-m", "repan_zoo.train_cli", "--import", "tinyrep_models", "--out",
+                            str(out), *args], env=env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads((out / "recipe.json").read_text())["imports"] == ["tinyrep_models"]
+    (out / "final.json").unlink()  # as if killed before the end: the resume finishes the run
+    again = subprocess.run([sys.executable, "-m", "repan_zoo.train_cli", "--out", str(out), "--resume",
+                            "--threads", "1", "--no-progress"], env=env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "importing tinyrep_models" in again.stdout and (out / "final.json").is_file()
+
+
 def test_train_leaves_the_process_torch_settings_as_it_found_them(tmp_path, monkeypatch):
     """--threads and --deterministic are set for the run only (an in-process caller keeps its own)."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
