@@ -299,6 +299,7 @@ def test_resume_imports_the_plugins_the_run_started_with(tmp_path):
                             "--threads", "1", "--no-progress"], env=env(), capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "importing tinyrep_models" in again.stdout and (out / "final.json").is_file()
+    assert "· 1 epoch in 1 cycle · 1 process(es) on cpu" in first.stdout  # the whole budget in the first line
 
 
 def test_train_leaves_the_process_torch_settings_as_it_found_them(tmp_path, monkeypatch):

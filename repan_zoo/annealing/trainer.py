@@ -344,7 +344,7 @@ class RepAnTrainer(CycleRun):
         self.log(
             f"cycle {cp.index}/{len(self.cycle_plan())} epoch {epoch}/{cp.epochs}: "
             f"loss {row['train_loss']:.4f}  val {row['val_top1']:.2f}  {test_part}"
-            f"λ {row['lam'] if row['lam'] is not None else '-'}  lr {row['lr'] or 0:.4g}  "
+            f"λ {format(row['lam'], '.3g') if row['lam'] is not None else '-'}  lr {row['lr'] or 0:.4g}  "
             f"({row['epoch_time_s']:.1f} s)"
         )
         return row

@@ -365,8 +365,10 @@ def train(args: argparse.Namespace):
                 if overrides:
                     write_json(out / "resume.json", history)
                 write_json(out / "recipe.json", {**cfg.as_dict(), **({"imports": args.imports} if args.imports else {})})
+            epochs, cycles = sum(cp.epochs for cp in cfg.plan()), len(cfg.plan())
             log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
-                f"test {len(data.test)} · {ctx.world_size} process(es) on {ctx.device}")
+                f"test {len(data.test)} · {epochs} epoch{'s' * (epochs != 1)} in {cycles} cycle{'s' * (cycles != 1)} · "
+                f"{ctx.world_size} process(es) on {ctx.device}")
             try:
                 result = trainer.run(resume=args.resume)
             except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file
