@@ -238,26 +238,36 @@ def test_resume_overrides_only_what_was_given(entry, tmp_path):
     assert recipe["lr"] == 0.1 and recipe["epochs"] == 3  # epochs not given: the saved recipe's
 
 
-@pytest.mark.parametrize("option,value", [("--split-seed", "1"), ("--val-size", "100"), ("--train-subset", "50"),
-                                          ("--test-subset", "10"), ("--dataset", "cifar10"), ("--img-size", "32")])
-def test_resume_refuses_overrides_that_change_the_data_split(tmp_path, option, value):
+@pytest.mark.parametrize("option,value,saved_lacks", [
+    ("--split-seed", "1", None), ("--val-size", "100", None), ("--train-subset", "50", None),
+    ("--test-subset", "10", None), ("--dataset", "cifar10", None), ("--img-size", "32", None),
+    ("--val-size", "100", "val_size"),  # a recipe.json without the key: the run took the default
+    ("--train-subset", "none", None)])  # all images, where the run trained on a subset
+def test_resume_refuses_overrides_that_change_the_data_split(tmp_path, option, value, saved_lacks):
     """The split is fixed when a run starts: resuming with another --split-seed / --val-size /
     --train-subset / --dataset would train on images the run validated on (and report val / test
     figures of other images in one curve). Refused before anything is written; --data-dir (the same
-    files moved) and the other recipe options stay overridable."""
+    files moved) and the other recipe options stay overridable; a dataset named another way is the
+    same dataset; with no checkpoint yet (no epoch trained) the split may still change."""
     from repan_zoo.cli.train import _resolve_recipe
     from repan_zoo.errors import RecipeError
 
-    saved = TrainConfig().as_dict()
+    saved = {k: v for k, v in {**TrainConfig().as_dict(), "train_subset": 5000}.items() if k != saved_lacks}
     (tmp_path / "recipe.json").write_text(json.dumps(saved))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest.json").write_text(json.dumps({"dir": "ep0001", "progress": {}}))
     args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--resume", option, value])
     with pytest.raises(RecipeError, match=re.escape(option) + ".*split.*new --out"):
         _resolve_recipe(args, tmp_path, log=lambda msg: None)
     assert json.loads((tmp_path / "recipe.json").read_text()) == saved and not (tmp_path / "resume.json").exists()
     args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--resume", "--data-dir", str(tmp_path),
-                                                "--lr", "0.1"])
+                                                "--lr", "0.1", "--dataset", "Fashion-MNIST"])
     _resolve_recipe(args, tmp_path, log=lambda msg: None)
     assert args.recipe_overrides == {"data_dir": str(tmp_path), "lr": 0.1}
+    (tmp_path / "checkpoints" / "latest.json").unlink()  # killed before its first epoch completed
+    args = train_cli.build_parser().parse_args(["--out", str(tmp_path), "--resume", option, value])
+    assert _resolve_recipe(args, tmp_path, log=lambda msg: None)[option[2:].replace("-", "_")] == args.__dict__[
+        option[2:].replace("-", "_")]
 
 
 def test_resume_names_the_recipe_keys_the_saved_recipe_lacks(tmp_path):

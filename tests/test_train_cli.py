@@ -285,7 +285,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     assert diff <= 1e-5, diff
 
 
-def test_resume_imports_the_plugins_the_run_started_with(tmp_path):
+def test_resume_imports_the_plugins_the_run_started_with(tmp_path, monkeypatch):
     """A run of a model registered by an --import plugin resumes without repeating --import (was:
     "unknown model tinyrep_test" on every --resume that forgot it): recipe.json records the plugins."""
     out = tmp_path / "run"
@@ -300,6 +300,28 @@ def test_resume_imports_the_plugins_the_run_started_with(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "importing tinyrep_models" in again.stdout and (out / "final.json").is_file()
     assert "· 1 epoch in 1 cycle · 1 process(es) on cpu" in first.stdout  # the whole budget in the first line
+    # a plugin given as a .py file is recorded by its absolute path: a resume from another folder finds it
+    plugin = tmp_path / "plug.py"
+    plugin.write_text("import tinyrep_models  # noqa: F401\n")
+    out2 = tmp_path / "run2"
+    monkeypatch.chdir(tmp_path)
+    assert main(["--import", "plug.py", "--out", str(out2), *args]) == 0
+    assert json.loads((out2 / "recipe.json").read_text())["imports"] == [str(plugin)]
+
+
+def test_a_resume_before_any_epoch_is_a_fresh_start_not_a_recipe_change(tmp_path):
+    """--resume of a run killed before its first checkpoint (recipe.json only) trains from epoch 1
+    with the options given: nothing of an earlier recipe went into it, so final.json and the deploy
+    recipe record no resume change (was: resumed_with after_epoch None)."""
+    out = tmp_path / "run"
+    args = ["--method", "baseline", "--cycles", "1", "--epochs", "1", "--max-steps-per-epoch", "1", *SMALL]
+    out.mkdir()
+    from repan_zoo.annealing.config import TrainConfig
+
+    (out / "recipe.json").write_text(json.dumps({**TrainConfig(method="baseline").as_dict(), "lr": 0.5}))
+    assert main(["--out", str(out), "--resume", *args, "--lr", "0.06"]) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert final["recipe"]["lr"] == 0.06 and "resumed_with" not in final and not (out / "resume.json").exists()
 
 
 def test_train_leaves_the_process_torch_settings_as_it_found_them(tmp_path, monkeypatch):

@@ -171,6 +171,7 @@ def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
     options the saved recipe lacks take their defaults, named in the log."""
     from ..runtime.checkpointing import Checkpointer
     from ..annealing.config import SPLIT_KEYS, TrainConfig
+    from ..datasets import dataset_key
     from ..errors import RecipeError
 
     fields = TrainConfig.recipe_keys()
@@ -196,11 +197,19 @@ def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
     if not isinstance(saved, dict):
         raise RecipeError(f"{saved_path} is not a recipe (a JSON object of options) but a {type(saved).__name__}; "
                           "restore it, or start a new run (new --out)")
-    overrides = {k: recipe[k] for k in fields if k in explicit and saved.get(k) != recipe[k]}
-    split = [k for k in SPLIT_KEYS if k in overrides and k in saved]
+    defaults = TrainConfig().as_dict()
+
+    def same_split(k: str) -> bool:  # the value the run started with: saved, else the default it took
+        before = saved.get(k, defaults[k])
+        return dataset_key(recipe[k]) == dataset_key(before) if k == "dataset" else recipe[k] == before
+
+    split_given = set(given_options(args)) & set(SPLIT_KEYS)  # `--train-subset none` too
+    overrides = {k: recipe[k] for k in fields if (k in explicit or k in split_given) and saved.get(k) != recipe[k]
+                 and not (k in SPLIT_KEYS and same_split(k))}
+    split = [k for k in SPLIT_KEYS if k in overrides] if has_run else []  # no epoch trained: nothing to keep
     if split:
         given = ", ".join(f"--{k.replace('_', '-')} {recipe[k]}" for k in split)
-        was = ", ".join(f"{k}={saved[k]!r}" for k in split)
+        was = ", ".join(f"{k}={saved.get(k, defaults[k])!r}" for k in split)
         raise RecipeError(f"--resume with {given}: the run in {out} started with {was}, and the data split is fixed "
                           "when a run starts (another split would train on images the run validated on, or put "
                           "figures of other images into one curve). Resume without these options, or start a new "
@@ -320,6 +329,7 @@ def train(args: argparse.Namespace):
     from ..annealing.trainer import RepAnTrainer
     from ..fileio import remove_stale_temps
     from ..data import load_splits
+    from ..errors import RecipeError
     from ..runlock import RunLock
 
     with _torch_settings(args.threads, args.deterministic):
@@ -339,7 +349,11 @@ def train(args: argparse.Namespace):
                 saved = _saved_imports(out)
                 if saved:
                     log(f"--resume: importing {', '.join(saved)} as the run did (recipe.json imports)")
-                    _import_plugins(saved)
+                    try:
+                        _import_plugins(saved)
+                    except RecipeError as exc:
+                        raise RecipeError(f"{out / 'recipe.json'} imports: {exc}; pass --import with the plugin's "
+                                          "module or file as it is here") from None
                     args.imports = saved
             recipe = _resolve_recipe(args, out, log)
             cfg = TrainConfig.from_dict(recipe)
@@ -352,6 +366,8 @@ def train(args: argparse.Namespace):
             after_epoch = _check_resumable(cfg, data, out) if args.resume else None
             history = _resume_history(out) if args.resume else []
             overrides = getattr(args, "recipe_overrides", None) or {}
+            if overrides and after_epoch is None:  # no epoch trained yet: a fresh start with this recipe
+                overrides = {}
             if overrides:
                 history = history + [{"after_epoch": after_epoch, "overrides": overrides}]
             progress = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -364,7 +380,8 @@ def train(args: argparse.Namespace):
                     remove_stale_temps(out)  # left by a killed write; this process is the only writer
                 if overrides:
                     write_json(out / "resume.json", history)
-                write_json(out / "recipe.json", {**cfg.as_dict(), **({"imports": args.imports} if args.imports else {})})
+                imports = [str(Path(i).resolve()) if i.endswith(".py") else i for i in args.imports]  # from any folder
+                write_json(out / "recipe.json", {**cfg.as_dict(), **({"imports": imports} if imports else {})})
             epochs, cycles = sum(cp.epochs for cp in cfg.plan()), len(cfg.plan())
             log(f"{cfg.method} · {cfg.model} · {data.name}: train {len(data.train)}, val {len(data.val)}, "
                 f"test {len(data.test)} · {epochs} epoch{'s' * (epochs != 1)} in {cycles} cycle{'s' * (cycles != 1)} · "
