@@ -164,6 +164,13 @@ def test_a_checkpoint_pointer_without_its_files_counts_no_epochs(tmp_path):
     g.unpack(out, results=tmp_path / "here" / "results", runs_root=here)
     assert g._epochs_done(here / PLAN / "r") == 20
     assert not list((here / PLAN).glob("*.unpacking*"))  # copied beside, then renamed into place
+    # a pointer to a missing folder: the epochs of the folder a resume would use (the newest complete one)
+    stopped_run(here, "s", 19)
+    stopped_run(here, "s", 20)
+    for f in (here / PLAN / "s" / "checkpoints" / "ep0020").iterdir():
+        f.unlink()
+    (here / PLAN / "s" / "checkpoints" / "ep0020").rmdir()
+    assert g._epochs_done(here / PLAN / "s") == 19
 
 
 def test_a_call_whose_runs_all_have_results_trains_nothing(tmp_path, monkeypatch):

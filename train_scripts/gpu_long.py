@@ -67,13 +67,17 @@ def _epochs_done(run_dir: Path) -> int:
     a copy cut short)."""
     ck = Checkpointer(run_dir)
     try:
-        epochs = int(ck.progress().get("global_epoch", 0))
-        folder = ck.latest_dir()
-    except (TypeError, ValueError, OSError):
+        folder = ck.latest_dir()  # the pointer's folder, else the newest epoch folder holding both files
+    except OSError:
         return 0
     if folder is None or not all((folder / n).is_file() for n in ("model.safetensors", "state.pt")):
         return 0
-    return epochs
+    if folder.name[2:].isdigit():  # ep0020: the trainer names epoch folders by global epoch
+        return int(folder.name[2:])
+    try:
+        return int(ck.progress().get("global_epoch", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _run_files(run_dir: Path, finished: bool) -> List[Path]:
@@ -189,10 +193,10 @@ def train(a: argparse.Namespace) -> int:
     path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)  # and the carried wheels
     env = dict(os.environ, REPAN_RESULTS=str(results), PYTHONPATH=path, PYTHONUNBUFFERED="1")
     names = [n for n in names if n != "teacher" and not (results / plan / n / "final.json").is_file()]
-    if not names:  # every run asked for has results: nothing to train (an empty --only is the whole plan)
+    if not names:  # every run asked for has results (or is the teacher): nothing to train
         summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": 0,
                    "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": "not started", "device": a.device,
-                   "runs": {}, "note": "every run asked for already has results; nothing trained"}
+                   "runs": {}, "note": "every run asked for already has results (the teacher is never trained here); nothing trained"}
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(json.dumps(summary, indent=1))
         return 0
@@ -292,8 +296,10 @@ def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.
                     backup = dest.with_name(dest.name + ".before-gpu")
                     shutil.rmtree(backup, ignore_errors=True)
                     dest.rename(backup)
+                    lock.path = backup / LOCK_NAME  # the held lock moved with it: released there below
                 else:
                     shutil.rmtree(dest)  # only the lock this call made
+                    lock.path = dest / ".gone"  # nothing to unlink; never a lock a new run makes at dest
                 incoming.rename(dest)
             finally:
                 lock.release()
