@@ -369,6 +369,10 @@ def test_status_counts_done_and_estimates_time_left(tmp_path, monkeypatch):
     assert st["hours_left"] == pytest.approx((5 + 8) * 35.0 / 3600)
     # two jobs: the runs side by side, so the longer one decides (was: the sum halved, 227 s < its 280 s)
     assert sweep.status("cpu/main", runs, work, jobs=2)["hours_left"] == pytest.approx(8 * 35.0 / 3600)
+    # a KD run holds its worker until its teacher is done (the sweep waits on the teacher there)
+    plan = [("teacher", 10.0, None), ("a", 1.0, None), ("a_kd", 1.0, "teacher"), ("b", 1.0, None), ("b_kd", 1.0, "teacher")]
+    assert sweep._makespan(plan, 2) == 12.0 and sweep._makespan(plan, 1) == 14.0
+    assert sweep._makespan([("teacher", 0.0, None), ("a_kd", 3.0, "teacher")], 4) == 3.0  # a finished teacher
     # a finished run whose run folder is gone (a fresh machine) is timed by its committed history
     committed = tmp_path / "results" / "cpu" / "main" / done["name"] / "metrics.json"
     committed.write_text(json.dumps([{"epoch_time_s": t} for t in (50.0, 60.0, 70.0)]))
@@ -422,8 +426,8 @@ def test_status_scales_times_measured_on_another_processor_by_this_ones_speed(tm
     rows = {r["run"]: r for r in st["rows"]}
     assert st["speed_factor"] is None and rows[base[1]]["epoch_s"] == 40.0 and rows[base[1]]["timed"] == "elsewhere"
     sweep._print_status("cpu/main", st, 1)
-    assert ("used as they are until a run of the same model, method, teacher and training-set size has epochs both "
-            "here (AMD EPYC (AVX2)) and there") in capsys.readouterr().out
+    assert ("used as they are until a run of the same model, layout, method, teacher and training-set size has epochs "
+            "both here (AMD EPYC (AVX2)) and there") in capsys.readouterr().out
     history(base[1], (100.0,), "AMD EPYC (AVX2)")  # one epoch here: this machine takes 2.5x the time
     st = sweep.status("cpu/main", runs, work, processor="AMD EPYC (AVX2)")
     rows = {r["run"]: r for r in st["rows"]}

@@ -44,7 +44,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -626,7 +626,7 @@ def speed_factor(pairs: List[tuple]) -> Optional[float]:
     median over ``(seconds per epoch here, seconds per epoch elsewhere)`` pairs, each for one kind of
     run (:func:`_timing_key`), of their ratio; None without a pair. Two CPUs of one model name can
     differ by 2× (a 2-core AMD EPYC host: 650 s per MobileOne epoch, an Intel Xeon 290 s), so times
-    measured elsewhere are only a guess until one epoch has run here."""
+    measured elsewhere are only a guess until one kind of run has epochs both here and there."""
     ratios = sorted(here / there for here, there in pairs if there)
     return ratios[len(ratios) // 2] if ratios else None
 
@@ -638,7 +638,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
     or, before its first epoch, of the finished or running runs with the same model, layout,
     method, teacher and training-set size in this plan's folders, then in ``<scale>/main``'s;
     failing those, of any method with the same model, layout, teacher and size: an estimate,
-    marked ``approx``), divided over ``jobs`` parallel runs. Epochs record the ``processor`` they
+    marked ``approx``), run on ``jobs`` workers as the sweep runs them (:func:`_makespan`). Epochs record the ``processor`` they
     ran on (default here: :func:`repan_zoo.runtime.device_name` of ``device``): times of this
     processor come first (a row's ``timed``: ``"here"``), and times measured on others
     (``"elsewhere"``) are scaled by :func:`speed_factor` once a kind of run has epochs both here and
@@ -721,7 +721,7 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
             approx = per is not None
         if left and per is None:
             unknown += 1
-        lengths.append(left * (per or 0.0))
+        lengths.append((run["name"], left * (per or 0.0), run.get("needs")))
         rows.append({"run": run["name"], "state": "done" if done else ("partial" if trained else "pending"),
                      "epochs": f"{total - left}/{total}", "epoch_s": per, "approx": approx, "timed": timed})
     return {"rows": rows, "done": sum(r["state"] == "done" for r in rows), "total": len(rows),
@@ -729,14 +729,18 @@ def status(plan: str, runs: List[Dict], work: Path, jobs: int = 1, device: str =
             "speed_factor": factor}
 
 
-def _makespan(lengths: List[float], jobs: int) -> float:
-    """Seconds until runs of these ``lengths`` (in the sweep's order) are done on ``jobs`` workers,
-    each run starting on the first worker free, as the sweep starts them (one long run is not
+def _makespan(runs: List[Tuple[str, float, Optional[str]]], jobs: int) -> float:
+    """Seconds until ``runs`` (``(name, seconds left, the run it needs or None)``, in the sweep's
+    order) are done on ``jobs`` workers as the sweep runs them: each takes the first worker free,
+    and a run that needs a teacher holds its worker until the teacher is done (one long run is not
     shortened by more jobs)."""
     free = [0.0] * max(1, jobs)
-    for length in lengths:
+    done: Dict[str, float] = {}
+    for name, length, needs in runs:
+        start = max(free[0], done.get(needs, 0.0)) if length > 0 else 0.0
+        done[name] = start + length
         if length > 0:
-            heapq.heapreplace(free, free[0] + length)
+            heapq.heapreplace(free, done[name])
     return max(free)
 
 
@@ -756,8 +760,8 @@ def _print_status(plan: str, st: Dict, jobs: int) -> None:
     if any(r.get("timed") == "elsewhere" for r in st["rows"] if r["state"] != "done"):
         speed = (f"; epochs here ({st['processor']}) take {st['speed_factor']:.2f}x the time of those measured "
                  "on other machines, and their times are scaled by that" if st["speed_factor"] else
-                 f"; times measured on other machines are used as they are until a run of the same model, method, "
-                 f"teacher and training-set size has epochs both here ({st['processor']}) and there")
+                 f"; times measured on other machines are used as they are until a run of the same model, layout, "
+                 f"method, teacher and training-set size has epochs both here ({st['processor']}) and there")
     print(f"plan {plan}: {st['done']}/{st['total']} runs done; about {st['hours_left']:.1f} h left with "
           f"{jobs} job(s){extra}{speed}", flush=True)
 
