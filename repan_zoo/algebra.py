@@ -141,7 +141,10 @@ def restore_inherit(kernel: Tensor, bias: Tensor, *, previous: Optional[BNParams
                     target_norm: float) -> Tuple[Tensor, Tensor, Tensor, float]:
     """The paper's default: keep the previous trunk BN's γ, μ, σ, so ``W' = (σ/γ) W`` and
     ``β = b + γμ/σ`` (the paper's ``b' = (σ/γ)(b-β)+μ`` with the conv bias folded into β, so the
-    conv stays bias-free). Channels with ``|γ| < min_gamma`` use ``±min_gamma``, keeping ``W'`` finite."""
+    conv stays bias-free). Channels with ``|γ| < min_gamma`` use ``±min_gamma``, keeping ``W'`` finite,
+    and μ = 0: such a channel carried (almost) nothing (a fused kernel row of ≈ 0, e.g. ResNet's
+    zero-initialised last BN), and μ = 0 gives ``β = b`` exactly (an inherited μ left a rounding
+    residue ``γμ/σ − γμ/σ`` on a channel whose output was exactly its bias)."""
     if previous is None:
         raise ValueError(
             "restore mode 'inherit' needs the previous BN parameters (previous=BNParams(...)); "
@@ -150,7 +153,8 @@ def restore_inherit(kernel: Tensor, bias: Tensor, *, previous: Optional[BNParams
     gamma = previous.weight.clone()
     small = gamma.abs() < min_gamma
     gamma = torch.where(small, torch.where(gamma < 0, -min_gamma, min_gamma).to(gamma), gamma)
-    return gamma, previous.running_mean.clone(), previous.running_var.clone(), previous.eps
+    mean = torch.where(small, torch.zeros_like(previous.running_mean), previous.running_mean)
+    return gamma, mean, previous.running_var.clone(), previous.eps
 
 
 @register_restore_rule("normalized")

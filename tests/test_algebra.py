@@ -123,6 +123,28 @@ def test_restore_inherit_guards_tiny_gamma(generator):
         assert rel_err(F.conv2d(x, kernel, bias, padding=1), _conv_bn_module(restored, new_bn)(x)) <= TOL
 
 
+def test_restore_inherit_of_a_silent_channel_outputs_its_bias_exactly(generator):
+    """A channel whose previous γ was 0 (ResNet's zero-initialised last BN before it trained) fused to
+    a zero kernel row and bias β. Restored with the floored γ and the inherited μ ≠ 0, its output was
+    β + γμ/σ − γμ/σ: a rounding residue (3e-11) where the fused block gave exactly 0, which a
+    block-relative check over an all-zero block calls an infinite error. Its μ is 0 now: exact."""
+    kernel, bias = _fused_pair(generator)
+    bn = _bn_module(8, generator)
+    with torch.no_grad():
+        bn.weight[:3] = 0.0
+        bn.running_mean[:3] = torch.tensor([0.69, -1.3, 2.1])
+    kernel[:3] = 0.0
+    bias[:3] = torch.tensor([0.0, 0.25, -1e-3])
+    restored, new_bn = algebra.restore_conv_bn(kernel, bias, "inherit", previous=_params(bn), min_gamma=1e-3)
+    assert torch.equal(new_bn.running_mean[:3], torch.zeros(3))
+    assert torch.equal(new_bn.running_mean[3:], bn.running_mean[3:])  # live channels inherit μ (Sec. 3.3)
+    x = make_input(8)
+    with torch.no_grad():
+        out = _conv_bn_module(restored, new_bn)(x)
+    for c in range(3):
+        assert torch.equal(out[:, c], torch.full_like(out[:, c], float(bias[c]))), c
+
+
 def test_restore_rejects_bad_mode_and_missing_previous(generator):
     kernel, bias = _fused_pair(generator)
     with pytest.raises(ValueError, match="unknown restore mode"):

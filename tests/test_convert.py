@@ -268,6 +268,27 @@ def test_unfold_default_re_adds_each_blocks_own_kinds_as_no_ops(deploy_net, tiny
         rz.unfold(deploy_net, branches=("arch", "conv_1x1"))
 
 
+def test_unfold_of_a_block_that_still_outputs_zero_is_exact():
+    """timm's ``zero_init_last``: a ResNet block whose last BN γ is still 0 outputs exactly 0 while
+    its running statistics moved (a frozen first stage, two SGD steps). unfold was refused with
+    "relative error inf" (a 3e-11 residue over an all-zero block) although the model was exact."""
+    torch.manual_seed(0)
+    m = timm.create_model("repan_resnet18_acb_w025", num_classes=5)
+    m.stages[0].requires_grad_(False)
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
+    m.train()
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(m(torch.randn(8, 1, 28, 28)), torch.randint(0, 5, (8,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    block = m.stages[0][0].conv2
+    assert float(block.trunk.bn.weight.abs().max()) == 0 and float(block.trunk.bn.running_mean.abs().max()) > 0
+    u = rz.unfold(m, lam=0.0)  # verified: every block within the tolerance
+    assert u.repan_exactness["model_rel_error"] <= 1e-5
+
+
 def test_unfold_arch_on_a_plain_network_names_the_fix():
     from repan_zoo.blocks import RepBlock
     from repan_zoo.errors import UnfusableBranchError
