@@ -296,19 +296,20 @@ def test_pretrained_loads_full_model_before_features_wrap(monkeypatch):
     pretrained_cfg (and kwargs such as num_classes applied); features_only wraps afterwards."""
     calls = []
 
-    def fake_load(model):
-        calls.append((type(model), dict(model.pretrained_cfg), model.num_classes, hasattr(model, "head")))
+    def fake_load(model, features_only=False):
+        calls.append((type(model), dict(model.pretrained_cfg), model.num_classes, hasattr(model, "head"), features_only))
         with torch.no_grad():
             model.stem.conv.trunk.conv.weight.fill_(0.5)
 
     monkeypatch.setitem(sys.modules, "repan_zoo.hub", types.SimpleNamespace(load_pretrained=fake_load))
     model = timm.create_model("repan_repvgg_a0_w025", pretrained=True, num_classes=4)
-    (cls, cfg, num_classes, has_head), = calls
-    assert cls is RepNet and has_head and num_classes == 4
+    (cls, cfg, num_classes, has_head, features_only), = calls
+    assert cls is RepNet and has_head and num_classes == 4 and not features_only
     assert cfg["architecture"] == "repan_repvgg_a0_w025" and "tag" in cfg
     assert torch.all(model.stem.conv.trunk.conv.weight == 0.5)
     features = timm.create_model("repan_repvgg_a0_w025", pretrained=True, features_only=True)
     assert len(calls) == 2 and calls[1][0] is RepNet and isinstance(features, FeatureListNet)
+    assert calls[1][4]  # told: a features model loads no classifier (timm's rule)
     assert torch.all(features.stem.conv.trunk.conv.weight == 0.5)
     assert features.pretrained_cfg["architecture"] == "repan_repvgg_a0_w025"
 

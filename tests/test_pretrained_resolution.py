@@ -85,6 +85,54 @@ def test_user_file_overlay_is_what_gets_loaded(name, timm_name, form, tmp_path):
     assert model.repan_weights["file"] == str(path)
 
 
+@pytest.mark.parametrize("name,timm_name", TIMM_TWINS, ids=[n for n, _ in TIMM_TWINS])
+def test_timm_weights_load_into_another_number_of_input_channels(name, timm_name, tmp_path):
+    """timm's own RGB weights into ``in_chans=1`` (Fashion-MNIST) adapt the stem as timm's own model
+    does (sum over RGB; was: CheckpointError, the 3-channel stem strictly loaded into a 1-channel
+    Rep block before any adaptation)."""
+    path = tmp_path / "timm.safetensors"
+    src = randomize(timm.create_model(timm_name, num_classes=10), seed=5)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    ours = timm.create_model(name, num_classes=10, in_chans=1, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(path))).eval()
+    theirs = timm.create_model(timm_name, num_classes=10, in_chans=1, pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # features: timm drops the file's head (num_classes 10 ≠ its cfg's 1000), we keep it
+        assert rel_err(theirs.forward_features(x), ours.forward_features(x)) <= 1e-5
+    assert torch.equal(ours.get_classifier().weight, src.get_classifier().weight)
+    assert ours.pretrained_cfg["input_size"][0] == 1  # what the model takes
+    # our own RGB file into the default 1-channel model: adapted as timm adapts, and the cfg names the
+    # channels the model takes (was: the file's 3, so feeding what the cfg says failed)
+    rgb = tmp_path / "rgb.safetensors"
+    save_checkpoint(_source(name, in_chans=3), rgb)
+    one = timm.create_model(name, num_classes=10, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(rgb)))
+    assert one.pretrained_cfg["input_size"][0] == 1
+
+
+def test_a_head_that_does_not_fit_is_refused_unless_another_was_asked_for(tmp_path):
+    """As timm: a classifier of another shape is replaced only when ``num_classes`` asks for another
+    one than the weights' cfg; otherwise loading is refused naming the fix (was: silently replaced by a
+    random head while ``pretrained_cfg`` named the file's classes; ``global_pool='catavgmax'`` on the
+    shipped weights dropped their trained head the same way)."""
+    from repan_zoo.errors import CheckpointError
+
+    src = randomize(timm.create_model("repan_repvgg_a0_w025", num_classes=5), seed=5)
+    path = tmp_path / "five.safetensors"
+    save_checkpoint(src, path)
+    overlay = dict(file=str(path))
+    with pytest.raises(CheckpointError, match="(?s)5 classes.*num_classes=5"):
+        timm.create_model("repan_repvgg_a0_w025", pretrained=True, pretrained_cfg_overlay=overlay)
+    loaded = timm.create_model("repan_repvgg_a0_w025", num_classes=5, pretrained=True, pretrained_cfg_overlay=overlay)
+    assert torch.equal(loaded.state_dict()["head.fc.weight"], src.state_dict()["head.fc.weight"])
+    fresh = timm.create_model("repan_repvgg_a0_w025", num_classes=7, pretrained=True, pretrained_cfg_overlay=overlay)
+    assert fresh.get_classifier().out_features == 7  # a new head was asked for: the file's is dropped
+    assert fresh.pretrained_cfg["num_classes"] == 5  # the cfg describes the weights, as timm's does
+    name = next(n for n in NAMES if manifest.entries_for(n))
+    with pytest.raises(CheckpointError, match="(?s)catavgmax.*reset_classifier"):
+        timm.create_model(name, pretrained=True, global_pool="catavgmax")
+
+
 def test_user_url_overlay_is_what_gets_loaded(tmp_path):
     src = _source("repan_repvgg_a0_w025")
     path = tmp_path / "served.safetensors"

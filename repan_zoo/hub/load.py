@@ -8,7 +8,6 @@ train-form model.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn as nn
 
 from ..blocks import RepBlock
 from ..checkpoint import load_into, read_checkpoint
-from ..models.timm_compat import checkpoint_filter, detect_source
+from ..models.timm_compat import adapt_input_kernel, checkpoint_filter, detect_source
 from ..errors import CheckpointError, WeightsNotFoundError
 from .download import Fetched, fetch
 from .resolve import WeightSource, resolve_source, user_source
@@ -30,13 +29,16 @@ USER_PREPROCESSING_KEYS = ("input_size", "mean", "std")
 
 
 def load_pretrained(
-    model: nn.Module, *, cache_dir: Optional[str] = None, user: Optional[Mapping[str, str]] = None
+    model: nn.Module, *, cache_dir: Optional[str] = None, user: Optional[Mapping[str, str]] = None,
+    features_only: bool = False,
 ) -> nn.Module:
     """Load the verified pretrained weights named by ``model.pretrained_cfg`` into ``model`` (in place).
 
     ``user``: the caller's ``pretrained_cfg_overlay`` (and ``pretrained_cfg`` dict) entries; a
     ``file`` / ``url`` / ``hf_hub_id`` in it is loaded, never a manifest entry instead, and its
     ``input_size`` / ``mean`` / ``std`` stay in the loaded cfg (:data:`USER_PREPROCESSING_KEYS`).
+    The weights' classifier is dropped for ``features_only`` and for a model built with another
+    ``num_classes`` than the cfg's; one that does not fit otherwise is refused (:func:`adapt_classifier`).
     Floats are cast to the model's dtype (``create_model(..., dtype=torch.bfloat16)``), as timm does. Any state dict the checkpoint
     filter knows goes in: ours in either form, timm's ``repvgg_*`` / ``mobileone_*`` / ``resnet*``.
     Afterwards ``model.pretrained_cfg`` describes the loaded weights (:func:`describe_loaded`).
@@ -59,11 +61,14 @@ def load_pretrained(
     state_dict, metadata = read_checkpoint(fetched.path)
     if user and detect_source(state_dict) != "repan":  # a user's file in timm's key layout: renamed to ours
         state_dict, metadata = checkpoint_filter(state_dict, model), {}
-    loaded = {**describe_loaded(cfg, source, state_dict), **preprocessing}
     if source.entry is not None:
         check_entry_against_tensors(source.entry, state_dict, cfg)
     state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
-    state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"))
+    loaded = {**describe_loaded(cfg, source, state_dict), **preprocessing}  # the channels the model takes
+    classes = getattr(model, "num_classes", None)
+    new_head = features_only or (cfg.get("num_classes") is not None and classes != cfg.get("num_classes"))
+    state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"), new_head=new_head,
+                                  label=f"{source.label} ({source.where})")
     load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})",
               cast_floats=True)  # a model built with dtype=: timm casts the file's floats too
     model.repan_weights = _provenance(source, fetched)
@@ -147,13 +152,41 @@ def _names(value) -> Tuple[str, ...]:
 
 
 @torch.no_grad()
-def adapt_classifier(model: nn.Module, state_dict: Dict[str, torch.Tensor], classifier) -> Dict[str, torch.Tensor]:
-    """Drop the pretrained classifier (``pretrained_cfg['classifier']``) when the model's differs in
-    shape (another ``num_classes``) or is absent (``num_classes=0``), as timm does. The model keeps
-    its freshly initialised classifier, so everything else still loads strictly."""
+def adapt_classifier(model: nn.Module, state_dict: Dict[str, torch.Tensor], classifier, *,
+                     new_head: bool = False, label: str = "the checkpoint") -> Dict[str, torch.Tensor]:
+    """Drop the pretrained classifier (``pretrained_cfg['classifier']``) when the model has none
+    (``num_classes=0``) or asked for another one, as timm does: the model keeps its freshly
+    initialised classifier, and everything else still loads strictly. A classifier of the same
+    shape always loads (also a user's file whose classes differ from the cfg's, where timm drops it).
+
+    Args:
+        new_head: the caller asked for a classifier not from the weights (a ``num_classes`` other
+            than the cfg's, or ``features_only``); otherwise one of another shape is refused, as
+            timm's strict load refuses it.
+
+    Raises:
+        CheckpointError: the weights' classifier does not fit and no new one was asked for, naming
+            its classes / features and the fix (``num_classes=``, or ``reset_classifier`` after loading).
+    """
     own = model.state_dict()
     out = dict(state_dict)
     for name in _names(classifier):
+        weight = f"{name}.weight"
+        if weight in own and weight in out and own[weight].shape != out[weight].shape:
+            theirs, mine = tuple(out[weight].shape), tuple(own[weight].shape)
+            if not new_head:
+                if theirs[0] != mine[0]:
+                    raise CheckpointError(
+                        f"pretrained weights {label}: their classifier {weight} has {theirs[0]} classes, the model "
+                        f"{mine[0]}; pass num_classes={theirs[0]} to load it, or another num_classes to train a "
+                        "new head on the pretrained features")
+                pool = getattr(model, "global_pool", None)
+                pool = getattr(pool, "pool_type", pool)
+                raise CheckpointError(
+                    f"pretrained weights {label}: their classifier {weight} takes {theirs[1:]} input features, the "
+                    f"model's {mine[1:]} (global_pool={pool!r}); build the model with the weights' pooling and call "
+                    f"model.reset_classifier({mine[0]}, global_pool={pool!r}) after loading to train a new head "
+                    "over this pooling")
         for key in (f"{name}.weight", f"{name}.bias"):
             if key not in out:
                 continue
@@ -195,9 +228,7 @@ def adapt_input_channels(
     """Adapt the first conv (``pretrained_cfg['first_conv']``) to the model's ``in_chans`` with timm's
     ``adapt_input_conv`` (sum for 1 channel, repeat and rescale for more). In a deploy checkpoint
     the stem Rep block is one fused conv, and the adaptation is linear in the input channels, so
-    adapting the fused kernel equals adapting every branch."""
-    from timm.models import adapt_input_conv
-
+    adapting the fused kernel equals adapting every branch (:func:`~repan_zoo.models.timm_compat.adapt_input_kernel`)."""
     out = dict(state_dict)
     label = source.label if source is not None else "the checkpoint"
     for name in _names(first_conv):
@@ -221,13 +252,8 @@ def adapt_input_channels(
                 f"{pretrained} input channels cannot be adapted to in_chans={target}; use in_chans={pretrained}"
             )
         try:
-            if "base_chans" in inspect.signature(adapt_input_conv).parameters:
-                out[key] = adapt_input_conv(target, weight, base_chans=pretrained)
-            elif pretrained == 3:
-                out[key] = adapt_input_conv(target, weight)
-            else:
-                raise NotImplementedError
-        except NotImplementedError:
+            out[key] = adapt_input_kernel(weight, target)
+        except ValueError:
             raise CheckpointError(
                 f"pretrained weights {label}: cannot adapt the first conv {name} from {pretrained} to "
                 f"{target} input channels with this timm; use in_chans={pretrained}"

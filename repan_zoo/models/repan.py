@@ -197,6 +197,7 @@ def _construct(
     pretrained_cfg: Dict[str, Any],
     user_cfgs: Tuple[Any, ...] = (),
     loaded_cfgs: Optional[List[Dict[str, Any]]] = None,
+    features_only: bool = False,
     cache_dir=None,
     device=None,
     dtype=None,
@@ -215,6 +216,8 @@ def _construct(
             load_kwargs["user"] = user
         if cache_dir is not None:
             load_kwargs["cache_dir"] = cache_dir
+        if features_only:  # timm's rule: a features model loads no classifier
+            load_kwargs["features_only"] = True
         _hub_load_pretrained()(model, **load_kwargs)
         if loaded_cfgs is not None:
             loaded_cfgs.append(model.pretrained_cfg)
@@ -270,6 +273,7 @@ def create_repnet(variant: str, pretrained: bool = False, **kwargs) -> nn.Module
     factory = partial(
         _construct, loaded_cfgs=loaded_cfgs, load_pretrained=bool(pretrained), pretrained_cfg=resolved, cache_dir=kwargs.get("cache_dir"),
         user_cfgs=(kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")),
+        features_only=bool(kwargs.get("features_only", False)),
     )
     model = build_model_with_cfg(
         factory,

@@ -33,7 +33,7 @@ from ..blocks.rep_block import convert_block_state
 from ..checkpoint import strict_load, strip_wrapper_prefixes
 from ..errors import CheckpointError
 
-__all__ = ["checkpoint_filter", "detect_source", "map_timm_byobnet", "map_timm_resnet"]
+__all__ = ["checkpoint_filter", "detect_source", "map_timm_byobnet", "map_timm_resnet", "adapt_input_kernel"]
 
 _BYOB_BRANCH = re.compile(r"^(stem|stages\.\d+\.\d+)\.(conv_kxk|conv_1x1|conv_scale|identity|reparam_conv|attn)\.(.+)$")
 _BN_PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -145,6 +145,45 @@ def map_timm_resnet(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, t
     return out, kinds
 
 
+def adapt_input_kernel(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An ungrouped ``[C_out, C_in, kh, kw]`` kernel for ``in_chans`` input channels, as timm adapts
+    a pretrained stem (``timm.models.adapt_input_conv``: summed for 1 channel, repeated and rescaled
+    for more). Linear in the input channels, so adapting every branch of a Rep block equals
+    adapting its fused kernel. Raises ``ValueError`` where this timm cannot adapt ``C_in`` channels
+    (timm before ``base_chans`` adapts only 3)."""
+    import inspect
+
+    from timm.models import adapt_input_conv
+
+    chans = int(weight.shape[1])
+    try:
+        if "base_chans" in inspect.signature(adapt_input_conv).parameters:
+            return adapt_input_conv(in_chans, weight, base_chans=chans)
+        if chans == 3:
+            return adapt_input_conv(in_chans, weight)
+    except NotImplementedError:
+        pass
+    raise ValueError(f"cannot adapt a kernel of {chans} input channels to {in_chans} with this timm")
+
+
+def _adapt_stem(name: str, sub: Dict[str, torch.Tensor], target: RepBlock) -> Dict[str, torch.Tensor]:
+    """The stem block's branch kernels for the target's input channels (``in_chans`` other than the
+    weights'), before the block is converted; other blocks and matching stems pass unchanged.
+    Raises :class:`CheckpointError` for a grouped stem or channels this timm cannot adapt."""
+    kernels = {k: v for k, v in sub.items() if k.endswith("weight") and v.ndim == 4}
+    stored = {int(v.shape[1]) for v in kernels.values()}
+    if len(stored) != 1 or stored == {target.in_channels // target.spec.groups}:
+        return sub
+    (chans,) = stored
+    if target.spec.groups != 1:
+        raise CheckpointError(f"the first conv {name} is grouped (groups={target.spec.groups}), so its {chans} input "
+                              f"channels cannot be adapted to in_chans={target.in_channels}; use in_chans={chans}")
+    try:
+        return {k: adapt_input_kernel(v, target.in_channels) if k in kernels else v for k, v in sub.items()}
+    except ValueError as exc:
+        raise CheckpointError(f"the first conv {name}: {exc}; use in_chans={chans}") from None
+
+
 def _block_of(key: str, names: Mapping[str, RepBlock]) -> Optional[str]:
     parts = key.split(".")
     for i in range(len(parts) - 1, 0, -1):
@@ -197,8 +236,11 @@ def checkpoint_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) 
             out[key] = value
         else:
             grouped[block][key[len(block) + 1:]] = value
+    stem = next(iter(blocks))
     for name, sub in grouped.items():
         target = blocks[name]
+        if name == stem and source in ("timm_byobnet", "timm_resnet"):  # another in_chans than timm's RGB weights
+            sub = _adapt_stem(name, sub, target)
         source_kinds = kinds.get(name, "ours")
         if source_kinds == "ours":  # our own state dict: the architecture's branches, either form
             source_kinds = None if any(k.startswith("reparam_conv.") for k in sub) else tuple(target.arch_branches)
