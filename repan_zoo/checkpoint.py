@@ -386,7 +386,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
         lams = {name: b.lam_value for name, b in blocks}
         for _, b in blocks:
             b.reparameterize()
-        strict_load(model, state_dict, f"{what} (a deploy-form checkpoint, loaded into a train-form model by fusing it)",
+        strict_load(model, state_dict, f"{what} (a deploy-form checkpoint: the train-form model is fused to take it, then unfolded)",
                     cast_floats=cast_floats)
         for name, b in blocks:
             unfold_loaded(b, b.arch_branches, lam=lams[name])
@@ -396,7 +396,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
     for name, b in blocks:
         kinds = branches.get(name, b.arch_branches)
         b.unfold(kinds, k=1, lam=1.0, restore="normalized")
-    strict_load(model, state_dict, f"{what} (a train-form checkpoint, loaded into a deploy model by unfolding it)",
+    strict_load(model, state_dict, f"{what} (a train-form checkpoint: the deploy model is unfolded to take it, then fused)",
                 cast_floats=cast_floats)
     _set_lambdas(blocks, metadata)
     for _, b in blocks:

@@ -108,6 +108,11 @@ def test_timm_weights_load_into_another_number_of_input_channels(name, timm_name
     save_checkpoint(_source(name, in_chans=3), rgb)
     one = timm.create_model(name, num_classes=10, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(rgb)))
     assert one.pretrained_cfg["input_size"][0] == 1
+    # ... into the deploy form too (the stem's 1×1 branch, absent from a deploy model, was left unadapted)
+    fused = timm.create_model(name, num_classes=10, in_chans=1, deploy=True, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(rgb))).eval()
+    with torch.no_grad():
+        assert rel_err(one.eval()(x), fused(x)) <= 1e-5
 
 
 def test_a_head_that_does_not_fit_is_refused_unless_another_was_asked_for(tmp_path):

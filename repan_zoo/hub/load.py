@@ -208,7 +208,12 @@ def _input_conv_keys(name: str) -> Iterable[str]:
 
 
 def _module_for(model: nn.Module, name: str) -> Optional[nn.Module]:
-    for candidate in (name, name.rsplit(".trunk.conv", 1)[0], name.rsplit(".reparam_conv", 1)[0]):
+    """The conv or Rep block that takes the input at ``name`` (a first conv of the cfg): the module
+    itself, or the Rep block owning it in either form (``stem.conv.extras.0.conv`` of a train-form
+    checkpoint is ``stem.conv`` of a deploy model)."""
+    parts = name.split(".")
+    owners = [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+    for candidate in (name, *owners):
         try:
             module = model.get_submodule(candidate)
         except AttributeError:
