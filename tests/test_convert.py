@@ -698,6 +698,18 @@ def test_a_meta_device_model_is_refused_by_a_checked_conversion_by_name():
     assert all(p.is_meta for p in train.parameters()) and bns(train) == bns(model)
 
 
+def test_sync_batchnorm_stays_sync_through_reparameterize_and_unfold(tiny_input):
+    """A model converted for DDP (``nn.SyncBatchNorm.convert_sync_batchnorm``) keeps synchronised BNs
+    after ``unfold`` (was: every new branch, the restored trunk included, came back as BatchNorm2d, so
+    a user's own DDP loop silently stopped syncing the statistics), as frozen BNs stay frozen."""
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(timm.create_model("repan_repvgg_a0_w025", num_classes=10)).eval()
+    u = rz.unfold(rz.reparameterize(model), lam=0.0)
+    bns = [m for m in u.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(isinstance(m, nn.SyncBatchNorm) for m in bns)
+    plain = rz.unfold(rz.reparameterize(timm.create_model("repan_repvgg_a0_w025", num_classes=10)), lam=0.0)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in plain.modules())
+
+
 def test_frozen_bns_with_trainable_convs_leave_the_new_branches_trainable():
     """BNs frozen alone (timm's freeze_batch_norm_2d, as detection backbones do) with trainable convs:
     the restored trunk keeps its frozen BN, the new branches get trainable BNs (a frozen output BN at

@@ -89,6 +89,10 @@ class RepBlock(nn.Module):
         #: whether the train form's BNs were frozen ones (timm's ``freeze``) when this block was last
         #: fused: :meth:`unfold` builds frozen BNs again (kept across weight loads: it is the block's)
         self._frozen_bn = False
+        #: whether the train form's BNs were SyncBatchNorms (and their process group) when the block was last
+        #: fused: :meth:`unfold` builds synchronised BNs again
+        self._sync_bn = False
+        self._sync_group = None
         if deploy:
             self.trunk: Optional[Branch] = None
             self.extras = nn.ModuleList()
@@ -234,6 +238,8 @@ class RepBlock(nn.Module):
         self._inherit_uncalibrated = self.trunk.uncalibrated
         branches = [self.trunk, *self.extras]
         self._frozen_bn = any(not isinstance(bn, nn.modules.batchnorm._BatchNorm) for b in branches for bn in b.bns())
+        sync = next((bn for b in branches for bn in b.bns() if isinstance(bn, nn.SyncBatchNorm)), None)
+        self._sync_bn, self._sync_group = sync is not None, getattr(sync, "process_group", None)
         conv = _placed_like(self._new_conv(), ref)
         conv.weight.copy_(kernel.to(ref.dtype))
         conv.bias.copy_(bias.to(ref.dtype))
@@ -273,7 +279,8 @@ class RepBlock(nn.Module):
         new parameter, and BNs that were frozen when the block was fused (timm's ``freeze``:
         ``FrozenBatchNorm2d``) come back as timm's ``FrozenBatchNorm2d`` — the trunk's always, the new
         branches' only when the block does not train (frozen BNs with trainable convs: the new
-        branches get trainable BNs, or their output BN would hold them at γ = 0).
+        branches get trainable BNs, or their output BN would hold them at γ = 0). BNs that were
+        ``SyncBatchNorm`` (``convert_sync_batchnorm``) come back synchronised, in the same process group.
         Returns the new branches.
         """
         lam = check_lambda(lam)
@@ -310,6 +317,8 @@ class RepBlock(nn.Module):
             trunk = freeze_batch_norm_2d(trunk)  # the new branches' too when nothing here trains (a frozen
             if not trainable:                    # output BN at γ = 0 would keep a trainable branch silent)
                 new = [freeze_batch_norm_2d(b) for b in new]
+        if self._sync_bn:  # a model converted for DDP (convert_sync_batchnorm) keeps synchronising its BNs
+            trunk, *new = (nn.SyncBatchNorm.convert_sync_batchnorm(b, self._sync_group) for b in (trunk, *new))
         for branch in (trunk, *new):
             branch.requires_grad_(trainable)
         self.trunk = trunk
