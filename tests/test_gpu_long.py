@@ -127,19 +127,25 @@ def test_runs_outside_the_plan_are_refused_with_the_names_to_choose_from(tmp_pat
                 "--budget", "1"])
 
 
-def test_unpack_leaves_a_run_that_is_training_here_alone(tmp_path):
-    """A local run whose lock is held (training now) is not replaced by a call's copy that got
-    further (was: renamed to .before-gpu under the live trainer, which then wrote into the GPU's copy
-    with no lock); unpacking again after it stopped replaces it."""
-    from repan_zoo.runlock import RunLock
-
+def _a_call_ahead_of_a_local_run(tmp_path, local_epochs):
+    """A GPU call's packed run ``r`` at epoch 20 and a local run ``r`` at ``local_epochs``."""
     g = load()
     work, out = tmp_path / "gpu" / "runs", tmp_path / "out"
     out.mkdir()
     stopped_run(work, "r", 20)
     g.pack_runs(work, tmp_path / "gpu" / "results", PLAN, ["r"], out)
     here = tmp_path / "here" / "runs"
-    stopped_run(here, "r", 10)
+    stopped_run(here, "r", local_epochs)
+    return g, out, here
+
+
+def test_unpack_leaves_a_run_that_is_training_here_alone(tmp_path):
+    """A local run whose lock is held (training now) is not replaced by a call's copy that got
+    further (was: renamed to .before-gpu under the live trainer, which then wrote into the GPU's copy
+    with no lock); unpacking again after it stopped replaces it."""
+    from repan_zoo.runlock import RunLock
+
+    g, out, here = _a_call_ahead_of_a_local_run(tmp_path, local_epochs=10)
     with RunLock(here / PLAN / "r"):
         log = g.unpack(out, results=tmp_path / "here" / "results", runs_root=here)
         assert any("being trained here" in line for line in log)
@@ -151,13 +157,7 @@ def test_unpack_leaves_a_run_that_is_training_here_alone(tmp_path):
 def test_a_checkpoint_pointer_without_its_files_counts_no_epochs(tmp_path):
     """A run folder whose latest.json arrived but whose epoch files did not (a copy cut short) is
     not 'ahead': it counts no epochs, so the next unpack replaces it (was: kept for good)."""
-    g = load()
-    work, out = tmp_path / "gpu" / "runs", tmp_path / "out"
-    out.mkdir()
-    stopped_run(work, "r", 20)
-    g.pack_runs(work, tmp_path / "gpu" / "results", PLAN, ["r"], out)
-    here = tmp_path / "here" / "runs"
-    stopped_run(here, "r", 20)
+    g, out, here = _a_call_ahead_of_a_local_run(tmp_path, local_epochs=20)
     for f in (here / PLAN / "r" / "checkpoints" / "ep0020").iterdir():
         f.unlink()
     assert g._epochs_done(here / PLAN / "r") == 0
