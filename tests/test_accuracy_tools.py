@@ -620,6 +620,7 @@ def test_the_sweep_trains_amp_runs_in_fp32_on_a_cpu_without_bf16_kernels(native,
     it); on a GPU and on a CPU with bf16 kernels the recipe runs as written."""
     sweep = load("sweep")
     monkeypatch.setattr(sweep, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "results")  # no run done, whichever have finished by now
     run = next(r for r in sweep.plan_runs("main", "long") if r["name"] == "repan_resnet18_acb_w025__repan_kd__s0")
     assert "--amp" in run["args"]
     cmd = sweep._execute("long/main", run, tmp_path, "cpu", 1, [], dry=True).split()
