@@ -410,8 +410,13 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, device: Optional[t
         for branch, fresh, uncalibrated in flags_before:
             branch.fresh, branch.uncalibrated = fresh, uncalibrated
         if isinstance(exc, (RuntimeError, ValueError, TypeError)) and not isinstance(exc, RepanError):
+            dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+            other = next((b.dtype for b in batches if b.is_floating_point() and b.dtype != dtype), None)
+            fix = (f"Pass batches in the model's dtype: they are {other}, the model {dtype} (batch.to({dtype}), or "
+                   "calibrate under torch.autocast)" if dtype is not None and other is not None
+                   else "Pass batches of the model's input shape")
             raise CalibrationError(f"calibrate_bn: the model cannot run on the batches ({exc}); the model was left "
-                                   "unchanged. Pass batches of the model's input shape") from exc
+                                   f"unchanged. {fix}") from exc
         raise
     return model
 

@@ -461,6 +461,16 @@ def test_calibrate_bn_names_the_detection_helper_for_lists_of_single_images(depl
     assert same_state(before, snapshot(un))
 
 
+def test_calibrate_bn_names_a_batch_dtype_that_is_not_the_models(deploy_net):
+    """A bfloat16 model (``create_model(..., dtype=torch.bfloat16)``) given float32 batches: the error
+    names both dtypes and the cast (was: 'Pass batches of the model's input shape', the shape being right)."""
+    un = rz.unfold(deploy_net, branches=("conv_1x1",)).to(torch.bfloat16)
+    before = snapshot(un)
+    with pytest.raises(CalibrationError, match=r"(?s)float32.*bfloat16.*\.to\(torch\.bfloat16\)"):
+        rz.calibrate_bn(un, [make_input(3)])
+    assert same_state(before, snapshot(un))
+
+
 def test_calibrate_bn_keeps_function_at_positive_lambda_for_inherited(deploy_net, tiny_input):
     """Inherited BNs keep the block function whatever the statistics are: with no extra branches
     the model output is unchanged even at λ>0."""
