@@ -248,19 +248,8 @@ def adapt_input_channels(
         weight = out[key]
         if weight.ndim != 4:
             continue
-        pretrained = weight.shape[1] * groups
-        if pretrained == target:
+        if weight.shape[1] * groups == target:
             continue
-        if groups != 1:
-            raise CheckpointError(
-                f"pretrained weights {label}: the first conv {name} is grouped (groups={groups}), so its "
-                f"{pretrained} input channels cannot be adapted to in_chans={target}; use in_chans={pretrained}"
-            )
-        try:
-            out[key] = adapt_input_kernel(weight, target)
-        except ValueError:
-            raise CheckpointError(
-                f"pretrained weights {label}: cannot adapt the first conv {name} from {pretrained} to "
-                f"{target} input channels with this timm; use in_chans={pretrained}"
-            ) from None
+        out[key] = adapt_input_kernel(weight, target, groups=groups,
+                                      context=f"pretrained weights {label}: the first conv {name}")
     return out

@@ -145,17 +145,25 @@ def map_timm_resnet(state_dict: Mapping[str, torch.Tensor]) -> Tuple[Dict[str, t
     return out, kinds
 
 
-def adapt_input_kernel(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """An ungrouped ``[C_out, C_in, kh, kw]`` kernel for ``in_chans`` input channels, as timm adapts
+def adapt_input_kernel(weight: torch.Tensor, in_chans: int, *, groups: int = 1,
+                       context: str = "the first conv") -> torch.Tensor:
+    """A ``[C_out, C_in / groups, kh, kw]`` stem kernel for ``in_chans`` input channels, as timm adapts
     a pretrained stem (``timm.models.adapt_input_conv``: summed for 1 channel, repeated and rescaled
     for more). Linear in the input channels, so adapting every branch of a Rep block equals
-    adapting its fused kernel. Raises ``ValueError`` where this timm cannot adapt ``C_in`` channels
-    (timm before ``base_chans`` adapts only 3)."""
+    adapting its fused kernel.
+
+    Raises:
+        CheckpointError: a grouped kernel, or channels this timm cannot adapt (timm before
+            ``base_chans`` adapts only 3), named by ``context`` with the ``in_chans`` to use instead.
+    """
     import inspect
 
     from timm.models import adapt_input_conv
 
-    chans = int(weight.shape[1])
+    chans = int(weight.shape[1]) * groups
+    if groups != 1:
+        raise CheckpointError(f"{context} is grouped (groups={groups}), so its {chans} input channels cannot be "
+                              f"adapted to in_chans={in_chans}; use in_chans={chans}")
     try:
         if "base_chans" in inspect.signature(adapt_input_conv).parameters:
             return adapt_input_conv(in_chans, weight, base_chans=chans)
@@ -163,25 +171,20 @@ def adapt_input_kernel(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
             return adapt_input_conv(in_chans, weight)
     except NotImplementedError:
         pass
-    raise ValueError(f"cannot adapt a kernel of {chans} input channels to {in_chans} with this timm")
+    raise CheckpointError(f"{context}: this timm cannot adapt it from {chans} to {in_chans} input channels; "
+                          f"use in_chans={chans}")
 
 
 def _adapt_stem(name: str, sub: Dict[str, torch.Tensor], target: RepBlock) -> Dict[str, torch.Tensor]:
     """The stem block's branch kernels for the target's input channels (``in_chans`` other than the
     weights'), before the block is converted; other blocks and matching stems pass unchanged.
-    Raises :class:`CheckpointError` for a grouped stem or channels this timm cannot adapt."""
+    Raises :class:`CheckpointError` (:func:`adapt_input_kernel`)."""
     kernels = {k: v for k, v in sub.items() if k.endswith("weight") and v.ndim == 4}
     stored = {int(v.shape[1]) for v in kernels.values()}
     if len(stored) != 1 or stored == {target.in_channels // target.spec.groups}:
         return sub
-    (chans,) = stored
-    if target.spec.groups != 1:
-        raise CheckpointError(f"the first conv {name} is grouped (groups={target.spec.groups}), so its {chans} input "
-                              f"channels cannot be adapted to in_chans={target.in_channels}; use in_chans={chans}")
-    try:
-        return {k: adapt_input_kernel(v, target.in_channels) if k in kernels else v for k, v in sub.items()}
-    except ValueError as exc:
-        raise CheckpointError(f"the first conv {name}: {exc}; use in_chans={chans}") from None
+    return {k: adapt_input_kernel(v, target.in_channels, groups=target.spec.groups, context=f"the first conv {name}")
+            if k in kernels else v for k, v in sub.items()}
 
 
 def _block_of(key: str, names: Mapping[str, RepBlock]) -> Optional[str]:
