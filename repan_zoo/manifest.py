@@ -317,6 +317,10 @@ def name_for_sha256(sha256: Optional[str], directory: Optional[os.PathLike] = No
     return next((f"{m}.{t}" for (m, t), e in load_manifest(directory).items() if e.sha256 == sha256), None)
 
 
+#: recipe options holding a path of the training machine (never published as such)
+_PATH_OPTIONS = ("data_dir", "teacher_checkpoint", "init_checkpoint")
+
+
 def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = None,
                      resumed_with: Any = None) -> Dict[str, Any]:
     """The recipe as published: the teacher and the starting weights named by content and, where
@@ -333,9 +337,8 @@ def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = No
     recipe = dict(recipe)
     if resumed_with:
         recipe["resumed_with"] = [_published_change(c) for c in resumed_with]
-    recipe.pop("data_dir", None)
-    teacher_path = recipe.pop("teacher_checkpoint", None)
-    init_path = recipe.pop("init_checkpoint", None)
+    paths = {k: recipe.pop(k, None) for k in _PATH_OPTIONS}
+    teacher_path, init_path = paths["teacher_checkpoint"], paths["init_checkpoint"]
     if init_path:
         recipe["init_weights"] = _weights_by_content(init_path, init)
     if recipe.get("teacher"):
@@ -345,10 +348,6 @@ def published_recipe(recipe: Dict[str, Any], teacher: Any = None, init: Any = No
             recipe["teacher_weights"]["source"] = {k: source[k] for k in ("architecture", "tag", "hf_hub_id", "url")
                                                    if source.get(k)}
     return recipe
-
-
-#: recipe options holding a path of the training machine (never published as such)
-_PATH_OPTIONS = ("data_dir", "teacher_checkpoint", "init_checkpoint")
 
 
 def _published_change(change: Any) -> Any:
