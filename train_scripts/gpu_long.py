@@ -194,11 +194,8 @@ def train(a: argparse.Namespace) -> int:
     env = dict(os.environ, REPAN_RESULTS=str(results), PYTHONPATH=path, PYTHONUNBUFFERED="1")
     names = [n for n in names if n != "teacher" and not (results / plan / n / "final.json").is_file()]
     if not names:  # every run asked for has results (or is the teacher): nothing to train
-        summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": 0,
-                   "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": "not started", "device": a.device,
-                   "runs": {}, "note": "every run asked for already has results (the teacher is never trained here); nothing trained"}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        print(json.dumps(summary, indent=1))
+        _write_summary(out, plan=plan, rc=0, t0=t0, mps="not started", device=a.device, runs={},
+                       note="every run asked for already has results (the teacher is never trained here); nothing trained")
         return 0
     mps = _start_mps(env) if a.mps else "not asked"
     print(mps, flush=True)
@@ -225,15 +222,20 @@ def train(a: argparse.Namespace) -> int:
         for n in finished:
             tar.add(results / plan / n, arcname=f"results/{plan}/{n}")
     packed = pack_runs(work, results, plan, names, out)
-    summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "rc": proc.returncode, "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps,
-               "device": a.device,
-               "runs": {n: {"state": "finished" if n in finished else "stopped",
-                            "epochs_done": _epochs_done(work / plan / n),
-                            "epoch_s": _median_epoch_s(work / plan / n), "packed": packed.get(n)} for n in names}}
+    _write_summary(out, plan=plan, rc=proc.returncode, t0=t0, mps=mps, device=a.device,
+                   runs={n: {"state": "finished" if n in finished else "stopped",
+                             "epochs_done": _epochs_done(work / plan / n),
+                             "epoch_s": _median_epoch_s(work / plan / n), "packed": packed.get(n)} for n in names})
+    return 0 if proc.returncode == 0 else 1
+
+
+def _write_summary(out: Path, *, plan: str, rc: int, t0: float, mps: str, device: str, runs: Dict, **extra) -> None:
+    """The call's ``summary.json`` (what ``--unpack`` files under ``gpu_calls/``), also printed."""
+    summary = {"plan": plan, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rc": rc,
+               "seconds": round(time.time() - t0, 1), "gpu": _gpu_name(), "mps": mps, "device": device, "runs": runs,
+               **extra}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
-    return 0 if proc.returncode == 0 else 1
 
 
 def unpack(folder: Path, results: Path = sweep.RESULTS, runs_root: Path = sweep.RUNS_ROOT) -> List[str]:
