@@ -222,8 +222,11 @@ def _read(path: PathLike, tensors: bool) -> Tuple[Dict[str, torch.Tensor], Dict[
     if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise CheckpointError(
             f"{path} is a torch.save file (a pickle), not safetensors: repan_zoo reads safetensors only. Convert "
-            "a state dict you trust with safetensors.torch.save_file(torch.load(path, weights_only=True), "
-            "'model.safetensors'), or save the model with repan_zoo.checkpoint.save_checkpoint")
+            "a file you trust with safetensors.torch.save_file(timm.models.load_state_dict(path), "
+            "'model.safetensors') (weights_only=True; it takes the weights out of a timm train.py checkpoint, "
+            "the EMA's first, without DDP's 'module.' prefix), or load it with timm.create_model(name, "
+            "checkpoint_path=path) and save with repan_zoo.checkpoint.save_checkpoint(model, 'model.safetensors'), "
+            "which also records the Rep form and branches")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
@@ -389,7 +392,7 @@ def _load_into(model: nn.Module, state_dict, metadata: Dict[str, str], ckpt_form
         strict_load(model, state_dict, f"{what} (a deploy-form checkpoint: the train-form model is fused to take it, then unfolded)",
                     cast_floats=cast_floats)
         for name, b in blocks:
-            unfold_loaded(b, b.arch_branches, lam=lams[name])
+            unfold_loaded(b, b.arch_branches, lam=lams[name], name=name)
         return model
     # train checkpoint into a deploy model
     branches = metadata_json(metadata, "branches") if "branches" in metadata else {}

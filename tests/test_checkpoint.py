@@ -112,6 +112,35 @@ def test_every_load_of_deploy_weights_gives_one_train_form_state(tiny_net, tmp_p
     assert same_state(loaded[0], loaded[1]) and same_state(loaded[0], loaded[2])
 
 
+def test_deploy_weights_load_into_independent_new_branches_per_block(tmp_path):
+    """Each block's new branches are drawn from a stream of their own (seeded by the block's name),
+    as one generator over the model would draw them: blocks of one shape do not start with the same
+    convs (was: every block reseeded 0, so all same-shape blocks held identical new branches), and
+    the load stays reproducible (both load paths, any global RNG)."""
+    timm = pytest.importorskip("timm")
+    deploy = rz.reparameterize(randomize(timm.create_model("repan_repvgg_a0_w025"), seed=4))
+    state, meta = read_checkpoint(save_checkpoint(deploy, tmp_path / "d.safetensors"))
+    loaded = []
+    for seed, how in [(1, "load_into"), (2, "load_state_dict")]:
+        model = timm.create_model("repan_repvgg_a0_w025")
+        torch.manual_seed(seed)
+        load_into(model, state, meta) if how == "load_into" else model.load_state_dict(state)
+        loaded.append(model)
+    weights = {}  # new-branch conv weights per block, grouped by shape
+    for name, block in rz.rep_blocks(loaded[0]):
+        for i, branch in enumerate(block.extras):
+            for pname, p in branch.named_parameters():
+                if p.dim() == 4:
+                    weights.setdefault((i, pname, tuple(p.shape)), []).append((name, p.detach().clone()))
+    groups = [g for g in weights.values() if len(g) > 1]
+    assert groups, "the model has no two blocks of one shape to compare"
+    for group in groups:
+        (first_name, first), *rest = group
+        for name, w in rest:
+            assert not torch.equal(first, w), f"{first_name} and {name} start with the same new-branch convs"
+    assert same_state(snapshot(loaded[0]), snapshot(loaded[1]))
+
+
 def test_plain_load_of_train_weights_into_a_fused_model_names_the_exact_ways(tiny_net):
     """The other way keys alone cannot say which kinds a train-form block holds (``identity`` and
     ``avg`` share theirs), so a plain load refuses, naming train form + reparameterize and load_into."""
@@ -277,6 +306,39 @@ def test_truncated_file_is_a_checkpoint_error(tiny_net, tmp_path):
             read_metadata(bad)
     good = save_checkpoint(tiny_net, tmp_path / "good.safetensors", architecture="tiny_net")
     assert read_metadata(good) == read_checkpoint(good)[1] and read_metadata(good)["architecture"] == "tiny_net"
+
+
+def test_a_timm_training_checkpoint_is_refused_with_advice_that_converts_it(tmp_path):
+    """timm's train.py saves a dict (``state_dict``, ``optimizer``, ``epoch``, ``args`` as an
+    argparse.Namespace) with DDP's ``module.`` prefix: the refusal's advice must convert that file
+    as written (was ``torch.load(path, weights_only=True)``, which refuses the Namespace and would
+    have saved the whole training dict)."""
+    import argparse
+
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    model = randomize(timm.create_model("repan_repvgg_a0_w025"), seed=2).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    path = tmp_path / "last.pth.tar"
+    torch.save({"epoch": 3, "arch": "repan_repvgg_a0_w025", "version": 2, "metric": 0.5,
+                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "args": argparse.Namespace(model="repan_repvgg_a0_w025")}, path)
+    with pytest.raises(CheckpointError, match=r"torch.save file \(a pickle\)") as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "timm.models.load_state_dict(path)" in message and "checkpoint_path=" in message
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    # the first way, as the message writes it
+    save_file(timm.models.load_state_dict(str(path)), str(tmp_path / "model.safetensors"))
+    loaded = timm.create_model("repan_repvgg_a0_w025")
+    load_into(loaded, *read_checkpoint(tmp_path / "model.safetensors"))
+    assert rel_err(_out(model, x), _out(loaded.eval(), x)) <= 1e-6
+    # the second way: timm loads it, save_checkpoint writes safetensors with the Rep form recorded
+    via_timm = timm.create_model("repan_repvgg_a0_w025", checkpoint_path=str(path)).eval()
+    saved = save_checkpoint(via_timm, tmp_path / "saved.safetensors")
+    assert read_metadata(saved)["form"] == "train"
+    assert rel_err(_out(model, x), _out(via_timm, x)) <= 1e-6
 
 
 def test_rewrite_metadata_replaces_fields_and_keeps_the_tensor_bytes(tiny_net, tmp_path):

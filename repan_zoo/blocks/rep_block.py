@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -10,6 +11,7 @@ import torch.nn as nn
 from timm.layers import freeze_batch_norm_2d
 
 from .. import algebra
+from ..augment import mix_seed
 from ..algebra import BNParams, KernelBias
 from ..errors import LambdaRangeError, UncalibratedBNWarning, UnfusableBranchError
 from .bn import bn_params
@@ -384,7 +386,7 @@ class RepBlock(nn.Module):
             return False
         keys = [k for k in state_dict if k.startswith(prefix)]
         try:
-            converted = convert_block_state({k[len(prefix):]: state_dict[k] for k in keys}, None, self)
+            converted = convert_block_state({k[len(prefix):]: state_dict[k] for k in keys}, None, self, name=name)
         except RuntimeError as exc:
             error_msgs.append(f"block {name}: its deploy-form entries do not fit this block ({str(exc).strip()})")
             return False
@@ -406,6 +408,8 @@ def convert_block_state(
     kinds: Optional[Sequence[str]],
     target: RepBlock,
     load: Optional[Callable[[RepBlock, Mapping[str, torch.Tensor]], None]] = None,
+    *,
+    name: str,
 ) -> Dict[str, torch.Tensor]:
     """The state dict, in ``target``'s form and structure, of a block computing what ``sub`` computes.
 
@@ -414,7 +418,8 @@ def convert_block_state(
     geometry as ``target`` (``load``, default a strict ``load_state_dict``), fused (Eq. 1, 2, 5; λ
     included) and, for a train-form ``target``, unfolded into ``target``'s current branch kinds at
     γ = 0 with ``target``'s λ (Restore: the source's trunk BN where it had one, else invented
-    statistics; the eval function is exact either way).
+    statistics; the eval function is exact either way), its new branches drawn from the seed of the
+    block's qualified ``name`` (:func:`unfold_loaded`).
 
     Raises:
         RuntimeError: ``sub`` does not have the structure ``kinds`` says (``load``'s own error).
@@ -428,21 +433,23 @@ def convert_block_state(
         load(source, sub)
     source.reparameterize()  # remembers the trunk BN for the inherit restore
     if not target.deploy:
-        unfold_loaded(source, target.branch_kinds, lam=target.lam_value)
+        unfold_loaded(source, target.branch_kinds, lam=target.lam_value, name=name)
     return source.state_dict()
 
 
-def unfold_loaded(block: RepBlock, kinds: Sequence[str], *, lam: float) -> None:
+def unfold_loaded(block: RepBlock, kinds: Sequence[str], *, lam: float, name: str) -> None:
     """A block holding loaded (or just fused) weights → train form with one branch of each kind in
     ``kinds`` at γ = 0, in place: the eval function is unchanged (exact), the trunk BN is the one the
     block's last fusion remembered, or invented and flagged
     :attr:`~repan_zoo.blocks.branches.Branch.uncalibrated` (restore ``"inherit"``, falling back to
-    ``"normalized"``). The new branches' convs are drawn from a fixed seed, so one file loads into the
-    same train-form state every time, and they are not ``fresh``: :func:`repan_zoo.calibrate_bn`
-    re-estimates their BNs in place rather than as new branches. The one conversion of deploy weights
-    into a train form (``load_state_dict``, :func:`repan_zoo.checkpoint.load_into`, timm's
-    ``checkpoint_filter``)."""
-    block.unfold(kinds, k=1, lam=lam, restore="inherit", generator=torch.Generator().manual_seed(0),
+    ``"normalized"``). The new branches' convs are drawn from a seed of the block's qualified
+    ``name`` in the model (e.g. ``"stages.0.1.conv"``): one file loads into the same train-form state
+    every time, whichever path loads it, and blocks of one shape get independent draws. They are not
+    ``fresh``: :func:`repan_zoo.calibrate_bn` re-estimates their BNs in place rather than as new
+    branches. The one conversion of deploy weights into a train form (``load_state_dict``,
+    :func:`repan_zoo.checkpoint.load_into`, timm's ``checkpoint_filter``)."""
+    seed = mix_seed(zlib.crc32(name.encode("utf-8")), 0x10AD)
+    block.unfold(kinds, k=1, lam=lam, restore="inherit", generator=torch.Generator().manual_seed(seed),
                  branch_gamma=0.0)
     for branch in block.extras:
         branch.fresh = False

@@ -199,7 +199,7 @@ def _block_of(key: str, names: Mapping[str, RepBlock]) -> Optional[str]:
 def _convert_block(name: str, sub: Dict[str, torch.Tensor], kinds: Kinds, target: RepBlock) -> Dict[str, torch.Tensor]:
     """The state of ``target`` computing what ``sub`` (a block of structure ``kinds``) computes; a
     ``sub`` of another structure raises :class:`CheckpointError` naming its keys and shapes."""
-    return convert_block_state(sub, kinds, target,
+    return convert_block_state(sub, kinds, target, name=name,
                                load=lambda source, s: strict_load(source, s, f"state dict block {name!r} (branches {kinds})"))
 
 
