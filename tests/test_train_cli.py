@@ -324,6 +324,22 @@ def test_a_resume_before_any_epoch_is_a_fresh_start_not_a_recipe_change(tmp_path
     assert final["recipe"]["lr"] == 0.06 and "resumed_with" not in final and not (out / "resume.json").exists()
 
 
+def test_a_resume_reads_the_last_checkpoint_once(tmp_path, monkeypatch):
+    """--resume checks the recipe against the last checkpoint and the trainer continues from that
+    same checkpoint (was: read and loaded twice, once for the check and once by the trainer)."""
+    from repan_zoo.runtime.checkpointing import Checkpointer
+
+    out = tmp_path / "run"
+    args = ["--method", "repan", "--cycles", "2", "--epochs", "1", "--max-steps-per-epoch", "1", *SMALL]
+    assert main(["--out", str(out), *args]) == 0
+    (out / "final.json").unlink()  # as if killed after its last checkpoint
+    reads = []
+    real_load = Checkpointer.load
+    monkeypatch.setattr(Checkpointer, "load", lambda self, *a, **k: reads.append(1) or real_load(self, *a, **k))
+    assert main(["--out", str(out), "--resume", "--threads", "1", "--no-progress"]) == 0
+    assert len(reads) == 1 and (out / "final.json").is_file()
+
+
 def test_train_leaves_the_process_torch_settings_as_it_found_them(tmp_path, monkeypatch):
     """--threads and --deterministic are set for the run only (an in-process caller keeps its own)."""
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)

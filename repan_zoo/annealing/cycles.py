@@ -35,7 +35,7 @@ import functools
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -44,7 +44,7 @@ from ..blocks import rep_blocks
 from ..checkpoint import model_form
 from ..convert import calibrate_bn, default_tolerance, reparameterize, set_lambda, unfold
 from ..errors import RecipeError, ReparameterizationError, TrainingDivergedError
-from ..runtime.checkpointing import Checkpointer, restore_rng_state, rng_state
+from ..runtime.checkpointing import Checkpointer, RunCheckpoint, restore_rng_state, rng_state
 from ..runtime.distributed import DistContext, convert_sync_bn, unwrap, wrap_ddp
 from ..verify import exact_fp32, non_finite_state, relative_error
 from .engine import NonFiniteLoss, train_steps
@@ -227,11 +227,16 @@ class CycleRun(CycleTask):
         set_lambda(self.model, value, only_train_form=True)
 
     # ------------------------------------------------------------------ the run
-    def run(self, *, resume: bool = False) -> Any:
-        """Train the plan (continuing a killed run with ``resume=True``), then :meth:`finish`."""
+    def run(self, *, resume: Union[bool, RunCheckpoint] = False) -> Any:
+        """Train the plan, then :meth:`finish`. ``resume=True`` continues a killed run from its last
+        checkpoint (a fresh start when there is none); a :class:`RunCheckpoint` already read (the
+        one ``repan-train`` checked the recipe against) continues from that one, without reading it again."""
         plan = self.cycle_plan()
         offsets = plan_offsets(plan)
-        state = self.resume() if resume else None
+        if isinstance(resume, RunCheckpoint):
+            state = self.resume(resume)
+        else:
+            state = self.resume() if resume else None
         start_ci, start_epoch = 0, 0
         if state is not None:
             start_ci, start_epoch = resume_position(plan, state["progress"])
@@ -401,11 +406,13 @@ class CycleRun(CycleTask):
             self.last_checkpoint = written
         self.ctx.barrier()
 
-    def resume(self) -> Optional[Dict[str, Any]]:
-        """Load the last completed epoch's checkpoint; returns its state (None: nothing to resume)."""
+    def resume(self, ck: Optional[RunCheckpoint] = None) -> Optional[Dict[str, Any]]:
+        """Load the last completed epoch's checkpoint (``ck``, when already read from this run's
+        checkpointer); returns its state (None: nothing to resume)."""
         if self.checkpointer is None:
             raise RecipeError("--resume needs --out (the run directory)")
-        ck = self.checkpointer.load()
+        if ck is None:
+            ck = self.checkpointer.load()
         if ck is None:
             return None
         self.model = self.model_from_checkpoint(ck)

@@ -135,11 +135,12 @@ def check_given_options(cfg, data, given) -> None:
                           "imagefolder)")
 
 
-def _check_resumable(cfg, data, out: Path) -> Optional[int]:
+def _check_resumable(cfg, data, out: Path):
     """Load the run's last checkpoint into the model the (resolved) recipe builds, so that a
     recipe that does not fit the run (another --model, other model kwargs, a cycle plan without the
     cycle where it stopped: :func:`~repan_zoo.annealing.cycles.resume_position`) is refused before
-    ``recipe.json`` is touched. Returns the epochs the run completed (None: no checkpoint yet).
+    ``recipe.json`` is touched. Returns ``(epochs the run completed, the checkpoint read)`` for the
+    trainer to resume from, or ``(None, None)`` when the run has no checkpoint yet.
     Raises :class:`~repan_zoo.errors.RecipeError` / :class:`~repan_zoo.errors.CheckpointError`."""
     from ..runtime.checkpointing import Checkpointer
     from ..annealing.cycles import resume_position
@@ -149,20 +150,21 @@ def _check_resumable(cfg, data, out: Path) -> Optional[int]:
 
     ck = Checkpointer(out).load()
     if ck is None:
-        return None
+        return None, None
     trained = ck.model_meta.get("architecture")
     if trained and trained != cfg.model:
         raise RecipeError(f"{out} holds a run of {trained}, not {cfg.model}: drop --model to resume it, "
                           "or choose a new --out to train another model")
     model = build_model(cfg.model, num_classes=data.num_classes, in_chans=data.in_chans, model_kwargs=cfg.model_kwargs)
     try:
-        load_into(model, ck.model_state, ck.model_meta, what=f"checkpoint {ck.directory}")
+        # a copy: a conversion on load replaces entries of the dict it is given, and the trainer loads ck again
+        load_into(model, dict(ck.model_state), ck.model_meta, what=f"checkpoint {ck.directory}")
     except CheckpointError as exc:
         raise RecipeError(f"the recipe does not fit the run in {out}: {exc}. Resume without changing the "
                           "model options, or choose a new --out") from None
     progress = ck.state["progress"]
     resume_position(cfg.plan(), progress)  # the cycle plan must still hold where the run stopped
-    return int(progress.get("global_epoch", len(ck.state.get("history", []))))
+    return int(progress.get("global_epoch", len(ck.state.get("history", [])))), ck
 
 
 def _resolve_recipe(args, out: Path, log) -> Dict[str, Any]:
@@ -363,7 +365,7 @@ def train(args: argparse.Namespace):
                                augment=cfg.augment_policy(),
                                img_size=cfg.img_size)
             check_given_options(cfg, data, given_options(args))
-            after_epoch = _check_resumable(cfg, data, out) if args.resume else None
+            after_epoch, checked = _check_resumable(cfg, data, out) if args.resume else (None, None)
             history = _resume_history(out) if args.resume else []
             overrides = getattr(args, "recipe_overrides", None) or {}
             if overrides and after_epoch is None:  # no epoch trained yet: a fresh start with this recipe
@@ -388,7 +390,7 @@ def train(args: argparse.Namespace):
                 f"test {len(data.test)} · {epochs} epoch{'s' * (epochs != 1)} in {cycles} cycle{'s' * (cycles != 1)} · "
                 f"{ctx.world_size} process(es) on {ctx.device}")
             try:
-                result = trainer.run(resume=args.resume)
+                result = trainer.run(resume=checked if checked is not None else args.resume)
             except OSError as exc:  # a full disk / I/O error while writing reports or the deploy file
                 from ..errors import CheckpointError
 
