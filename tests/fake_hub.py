@@ -253,6 +253,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "RepoNotFound", "Repository not found")
         return repo
 
+    def _revision(self, repo_id: str, revision: str) -> Tuple[Optional[Repo], Optional[str]]:
+        """The repo and the commit ``revision`` names in it; the Hub's 404 answered (and sha None)
+        when either does not exist."""
+        repo = self._repo(repo_id)
+        if repo is None:
+            return None, None
+        sha = repo.resolve(revision)
+        if sha is None:
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return repo, sha
+
     def _create_repo(self) -> None:
         payload = json.loads(self._body() or b"{}")
         if payload.get("type", "model") not in (None, "model"):
@@ -268,12 +279,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _preupload(self, repo_id: str, revision: str) -> None:
         payload = json.loads(self._body() or b"{}")
         with self.state.lock:
-            repo = self._repo(repo_id)
-            if repo is None:
-                return
-            sha = repo.resolve(revision)
+            repo, sha = self._revision(repo_id, revision)
             if sha is None:
-                return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                return
             snapshot = repo.commits[sha]
             files = [
                 {
@@ -325,12 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _model_info(self, repo_id: str, revision: str, query) -> None:
         with self.state.lock:
-            repo = self._repo(repo_id)
-            if repo is None:
-                return
-            sha = repo.resolve(revision)
+            repo, sha = self._revision(repo_id, revision)
             if sha is None:
-                return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                return
             blobs = query.get("blobs", ["false"])[0].lower() == "true"
             siblings = []
             for path, data in sorted(repo.commits[sha].items()):
@@ -347,12 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _resolve(self, repo_id: str, revision: str, path: str) -> None:
         with self.state.lock:
-            repo = self._repo(repo_id)
-            if repo is None:
-                return
-            sha = repo.resolve(revision)
+            repo, sha = self._revision(repo_id, revision)
             if sha is None:
-                return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+                return
             data = repo.commits[sha].get(path)
             if data is None:
                 return self._error(404, "EntryNotFound", f"{path} does not exist at {sha}", {"X-Repo-Commit": sha})
