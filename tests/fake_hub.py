@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
@@ -77,6 +77,7 @@ class FakeHub:
         self.lock = threading.Lock()
         self.repos: Dict[str, Repo] = {}
         self.faults: Dict[Tuple[str, str], str] = {}
+        self.refusals: Dict[str, Tuple[int, str]] = {}  # endpoint name → (HTTP status, message)
         self.requests: List[Tuple[str, str]] = []
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
@@ -109,6 +110,7 @@ class FakeHub:
         with self.lock:
             self.repos.clear()
             self.faults.clear()
+            self.refusals.clear()
             self.requests.clear()
 
     # -- test helpers -------------------------------------------------------------------------
@@ -121,6 +123,16 @@ class FakeHub:
                 self.faults.pop((repo_id, path), None)
             else:
                 self.faults[(repo_id, path)] = mode
+
+    def refuse(self, endpoint: str, status: Optional[int], message: str = "") -> None:
+        """Answer every request to ``endpoint`` (``"create"``, ``"preupload"``, ``"commit"``, ``"info"``,
+        ``"resolve"``, ``"whoami"``) with HTTP ``status`` and ``message`` (e.g. 403 for a token without
+        write access, 500 for the Hub failing), or serve it again (None)."""
+        with self.lock:
+            if status is None:
+                self.refusals.pop(endpoint, None)
+            else:
+                self.refusals[endpoint] = (status, message)
 
     def create(self, repo_id: str, private: bool = False) -> Repo:
         with self.lock:
@@ -218,24 +230,38 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.requests.append((method, path))
         segs = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
         try:
-            if method == "POST" and segs == ["api", "repos", "create"]:
-                return self._create_repo()
-            if method == "POST" and segs == ["api", "validate-yaml"]:
+            route = self._match(method, segs, query)
+            if route is None:
+                return self._error(404, None, f"fake hub: no route for {method} {path}")
+            endpoint, call = route
+            with self.state.lock:
+                refusal = self.state.refusals.get(endpoint)
+            if refusal is not None:  # the Hub's answer when the token lacks rights, or the Hub fails
                 self._body()
-                return self._json(200, {"errors": [], "warnings": []})
-            if method == "GET" and segs == ["api", "whoami-v2"]:
-                return self._json(200, {"type": "user", "name": USER, "orgs": [], "auth": {}})
-            if len(segs) >= 6 and segs[:2] == ["api", "models"] and method == "POST" and segs[4] in ("preupload", "commit"):
-                repo_id, revision = f"{segs[2]}/{segs[3]}", "/".join(segs[5:])
-                return self._preupload(repo_id, revision) if segs[4] == "preupload" else self._commit(repo_id, revision, query)
-            if method == "GET" and len(segs) >= 4 and segs[:2] == ["api", "models"]:
-                revision = "/".join(segs[5:]) if len(segs) >= 6 and segs[4] == "revision" else "main"
-                return self._model_info(f"{segs[2]}/{segs[3]}", revision, query)
-            if method in ("GET", "HEAD") and len(segs) >= 5 and segs[2] == "resolve":
-                return self._resolve(f"{segs[0]}/{segs[1]}", segs[3], "/".join(segs[4:]))
+                return self._error(refusal[0], None, refusal[1])
+            return call()
         except Exception as exc:  # a bug in the fake must show up as a 500, not a hang
             return self._error(500, None, f"fake hub error: {type(exc).__name__}: {exc}")
-        self._error(404, None, f"fake hub: no route for {method} {path}")
+
+    def _match(self, method: str, segs: List[str], query) -> Optional[Tuple[str, Callable[[], None]]]:
+        """``(endpoint name, its handler)`` for a request (names as :meth:`FakeHub.refuse` takes them)."""
+        if method == "POST" and segs == ["api", "repos", "create"]:
+            return "create", self._create_repo
+        if method == "POST" and segs == ["api", "validate-yaml"]:
+            return "validate", lambda: (self._body(), self._json(200, {"errors": [], "warnings": []}))[-1]
+        if method == "GET" and segs == ["api", "whoami-v2"]:
+            return "whoami", lambda: self._json(200, {"type": "user", "name": USER, "orgs": [], "auth": {}})
+        if len(segs) >= 6 and segs[:2] == ["api", "models"] and method == "POST" and segs[4] in ("preupload", "commit"):
+            repo_id, revision = f"{segs[2]}/{segs[3]}", "/".join(segs[5:])
+            if segs[4] == "preupload":
+                return "preupload", lambda: self._preupload(repo_id, revision)
+            return "commit", lambda: self._commit(repo_id, revision, query)
+        if method == "GET" and len(segs) >= 4 and segs[:2] == ["api", "models"]:
+            revision = "/".join(segs[5:]) if len(segs) >= 6 and segs[4] == "revision" else "main"
+            return "info", lambda: self._model_info(f"{segs[2]}/{segs[3]}", revision, query)
+        if method in ("GET", "HEAD") and len(segs) >= 5 and segs[2] == "resolve":
+            return "resolve", lambda: self._resolve(f"{segs[0]}/{segs[1]}", segs[3], "/".join(segs[4:]))
+        return None
 
     def do_GET(self):
         self._route("GET")

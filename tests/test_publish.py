@@ -372,3 +372,26 @@ def test_a_publish_the_manifest_would_refuse_uploads_nothing(hub, run):
     with pytest.raises(manifest.ManifestError, match="already listed in fam_a.json"):
         publish(checkpoint, metrics, "org/other-repo", tag="t", family="fam_b")
     assert "org/other-repo" not in hub.repos and hub.head(REPO) == commit
+
+
+@pytest.mark.parametrize("endpoint, status, message, names", [
+    ("create", 401, "Invalid credentials in Authorization header", ["401", "token", "login"]),
+    ("commit", 403, "You don't have the rights to create a commit in this repo", ["403", "write access", REPO]),
+    ("commit", 500, "Internal Error", ["500", "publish again"]),
+])
+def test_an_http_error_of_the_hub_is_one_line_naming_the_fix(hub, run, capsys, endpoint, status, message, names):
+    """The Hub answering with an error (not logged in, no rights to the repo, the Hub failing) is a
+    refusal naming the status and the fix, with the manifest unchanged (was: huggingface_hub's
+    HfHubHTTPError as a traceback, exit 1). Publishing again once fixed works."""
+    checkpoint, metrics, _ = run
+    hub.refuse(endpoint, status, message)
+    code = main([str(checkpoint), "--metrics", str(metrics), "--repo", REPO, "--tag", "fmnist"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("repan-publish: error:") and len(err.strip().splitlines()) == 1, err
+    assert all(n in err for n in names) and "manifest is unchanged" in err, err
+    assert manifest.find_entry(MODEL, "fmnist") is None
+    with pytest.raises(PublishError, match=str(status)):
+        publish(checkpoint, metrics, REPO, tag="fmnist")
+    hub.refuse(endpoint, None)
+    assert main([str(checkpoint), "--metrics", str(metrics), "--repo", REPO, "--tag", "fmnist"]) == 0
+    assert manifest.find_entry(MODEL, "fmnist").revision == hub.head(REPO)

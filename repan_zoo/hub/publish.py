@@ -361,6 +361,7 @@ def publish(
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
         for name in (DEFAULT_FILENAME, "config.json", "README.md")
     ]
+    commit = None
     try:
         api.create_repo(repo_id, exist_ok=True, private=private, repo_type="model")
         info = api.create_commit(
@@ -370,12 +371,17 @@ def publish(
         commit = info.oid
         meta = get_hf_file_metadata(hf_hub_url(repo_id, DEFAULT_FILENAME, revision=commit, endpoint=api.endpoint),
                                     token=token)
-    except Exception as exc:  # noqa: BLE001 - transport failures become one typed error; others re-raised
+    except Exception as exc:  # noqa: BLE001 - the Hub's answers and transport failures become one typed error
+        done = ("nothing was published and the manifest is unchanged" if commit is None else
+                f"commit {commit} is on the Hub but its file could not be checked, and the manifest is unchanged")
+        status = _http_status(exc)
+        if status is not None:
+            raise PublishError(_http_advice(status, repo_id, api.endpoint, exc, done)) from exc
         if not _unreachable(exc):
             raise
         raise PublishError(
-            f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); nothing was published and the manifest "
-            "is unchanged. Check the network and HF_ENDPOINT, then publish again (or use --dry-run / --bundle)"
+            f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); {done}. Check the network and "
+            "HF_ENDPOINT, then publish again (or use --dry-run / --bundle)"
         ) from exc
     etag = (meta.etag or "").strip('"').lower()
     if meta.commit_hash != commit or meta.size != p.size or etag not in (p.sha256, p.git_sha1):
@@ -387,6 +393,31 @@ def publish(
     entry = _entry(p, source="hub", hf_hub_id=repo_id, revision=commit, filename=DEFAULT_FILENAME)
     file = manifest.write_entry(entry, family=family, directory=manifest_dir, default=default)
     return PublishResult(entry, file, folder, commit, retire(p.run.model, supersede, manifest_dir=manifest_dir))
+
+
+def _http_status(exc: BaseException) -> Optional[int]:
+    """The HTTP status of an error answer of the Hub (huggingface_hub's ``HfHubHTTPError``), else None."""
+    from huggingface_hub.utils import HfHubHTTPError
+
+    response = getattr(exc, "response", None) if isinstance(exc, HfHubHTTPError) else None
+    return getattr(response, "status_code", None)
+
+
+def _http_advice(status: int, repo_id: str, endpoint: str, exc: BaseException, done: str) -> str:
+    """One line for an error answer of the Hub: what it said, what happened, what to do."""
+    said = (getattr(exc, "server_message", None) or "").strip().splitlines()
+    head = f"the Hub at {endpoint} answered HTTP {status}" + (f" ({said[0]})" if said else "") + f"; {done}"
+    if status == 401:
+        fix = ("the token is missing or not valid: log in (`hf auth login`, or `huggingface-cli login` with an older "
+               "huggingface_hub) or set HF_TOKEN to a token with write access, then publish again")
+    elif status in (403, 404):
+        fix = (f"the token has no write access to {repo_id}: publish to a repo of your own user or organisation, "
+               "or use a token with write access to it, then publish again")
+    elif status == 429 or status >= 500:
+        fix = "the Hub is busy or failing: publish again later (an identical commit is skipped)"
+    else:
+        fix = "publish again once the cause is fixed (or use --dry-run to check the files without uploading)"
+    return f"{head}. {fix[0].upper()}{fix[1:]}"
 
 
 def _unreachable(exc: BaseException) -> bool:
