@@ -16,10 +16,11 @@ converted exactly (:func:`load_into`), never loaded with ``strict=False``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -343,20 +344,31 @@ def load_into(
     reshapes = form in ("train", "deploy") and mform is not None and (
         form != mform or (form == "train" and "branches" in metadata))
     snapshot = copy.deepcopy(model) if reshapes else None
+    with naming_the_architecture(model, metadata, what):
+        try:
+            _load_into(model, state_dict, metadata, form, what, cast_floats)
+            return wrapper
+        except BaseException:
+            if snapshot is not None:
+                model.__dict__.clear()  # give the caller back the model as it was before the call
+                model.__dict__.update(snapshot.__dict__)
+            raise
+
+
+@contextlib.contextmanager
+def naming_the_architecture(model: nn.Module, metadata: Mapping[str, str], what: str) -> Iterator[None]:
+    """A :class:`~repan_zoo.errors.RepanError` of a load (keys, shapes, the classifier's fit) becomes a
+    :class:`CheckpointError` naming the architecture ``metadata`` records when it is not ``model``'s:
+    the mismatch is then the file's, whichever check found it first."""
     try:
-        _load_into(model, state_dict, metadata, form, what, cast_floats)
-        return wrapper
-    except BaseException as exc:
-        if snapshot is not None:
-            model.__dict__.clear()  # give the caller back the model as it was before the call
-            model.__dict__.update(snapshot.__dict__)
+        yield
+    except RepanError as exc:
         trained_for, arch = metadata.get("architecture"), _architecture(model)
-        if isinstance(exc, RepanError) and trained_for and trained_for != arch:
-            raise CheckpointError(
-                f"{what} is a checkpoint of {trained_for}, and the model is {arch}: build the model with "
-                f"timm.create_model({trained_for!r}, ...) to load it ({type(exc).__name__}: {exc})"
-            ) from exc
-        raise
+        if not trained_for or trained_for == arch:
+            raise
+        raise CheckpointError(
+            f"{what} is a checkpoint of {trained_for}, and the model is {arch}: build the model with "
+            f"timm.create_model({trained_for!r}, ...) to load it ({type(exc).__name__}: {exc})") from exc
 
 
 def metadata_json(metadata: Mapping[str, str], key: str) -> Any:

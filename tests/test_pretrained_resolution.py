@@ -138,6 +138,22 @@ def test_a_head_that_does_not_fit_is_refused_unless_another_was_asked_for(tmp_pa
         timm.create_model(name, pretrained=True, global_pool="catavgmax")
 
 
+@pytest.mark.parametrize("file_of, model", [("repan_repvgg_a1_w025", "repan_resnet18_w025"),
+                                             ("repan_resnet18_w025", "repan_mobileone_s0_w050"),
+                                             ("repan_repvgg_a0", "repan_repvgg_a0_w025")])
+@pytest.mark.parametrize("num_classes", [None, 7])
+def test_a_file_of_another_architecture_is_named_as_such(tmp_path, file_of, model, num_classes):
+    """A file whose metadata names another architecture is refused by that name, whichever step finds
+    the mismatch first (was: the classifier check's advice to change the pooling, for every pair)."""
+    from repan_zoo.errors import CheckpointError
+
+    path = save_checkpoint(rz.reparameterize(timm.create_model(file_of)), tmp_path / "other.safetensors")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    with pytest.raises(CheckpointError, match=f"is a checkpoint of {file_of}, and the model is {model}") as info:
+        timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    assert f"timm.create_model({file_of!r}" in str(info.value)
+
+
 def test_user_url_overlay_is_what_gets_loaded(tmp_path):
     src = _source("repan_repvgg_a0_w025")
     path = tmp_path / "served.safetensors"

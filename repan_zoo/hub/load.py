@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ..blocks import RepBlock
-from ..checkpoint import load_into, read_checkpoint
+from ..checkpoint import load_into, naming_the_architecture, read_checkpoint
 from ..models.timm_compat import adapt_input_kernel, checkpoint_filter, detect_source
 from ..errors import CheckpointError, WeightsNotFoundError
 from .download import Fetched, fetch
@@ -63,13 +63,14 @@ def load_pretrained(
         state_dict, metadata = checkpoint_filter(state_dict, model), {}
     if source.entry is not None:
         check_entry_against_tensors(source.entry, state_dict, cfg)
-    state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
-    loaded = {**describe_loaded(cfg, source, state_dict), **preprocessing}  # the channels the model takes
-    classes = getattr(model, "num_classes", None)
-    new_head = features_only or (cfg.get("num_classes") is not None and classes != cfg.get("num_classes"))
-    state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"), new_head=new_head,
-                                  label=f"{source.label} ({source.where})")
-    load_into(model, state_dict, metadata, what=f"pretrained weights {source.label} ({source.where})",
+    what = f"pretrained weights {source.label} ({source.where})"
+    with naming_the_architecture(model, metadata, what):  # a file of another model: said so, not its head's fit
+        state_dict = adapt_input_channels(model, state_dict, cfg.get("first_conv"), source)
+        loaded = {**describe_loaded(cfg, source, state_dict), **preprocessing}  # the channels the model takes
+        classes = getattr(model, "num_classes", None)
+        new_head = features_only or (cfg.get("num_classes") is not None and classes != cfg.get("num_classes"))
+        state_dict = adapt_classifier(model, state_dict, cfg.get("classifier"), new_head=new_head, label=what)
+    load_into(model, state_dict, metadata, what=what,  # names the architecture itself
               cast_floats=True)  # a model built with dtype=: timm casts the file's floats too
     model.repan_weights = _provenance(source, fetched)
     model.pretrained_cfg = loaded
