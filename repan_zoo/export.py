@@ -333,6 +333,12 @@ def export_onnx(
         facts["convs"], facts["bns"] = ops.get("Conv", 0), ops.get("BatchNormalization", 0)
         prep.check_graph(facts["convs"], facts["bns"], "the exported ONNX graph")
         facts["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and facts["opset"] != opset:  # the dynamo exporter falls back to its own opset
+            raise ExportError(
+                f"asked for ONNX opset {opset}, but the exporter wrote opset {facts['opset']} (torch.export's exporter "
+                "writes its own opset and keeps it when it cannot convert the graph). No file was written. Use the "
+                f"legacy exporter for opset {opset} (dynamo=False; `repan export --legacy-onnx`), or leave the opset "
+                "to the exporter")
         facts["rel_error"], facts["rel_error_source"] = prep.compare(_run_onnx(tmp, prep.inputs), "onnxruntime")
         facts.update(file_facts(tmp))
 
@@ -374,7 +380,9 @@ def export_torchscript(
 
     def write(tmp: str) -> None:
         with _quiet_deprecations(), torch.no_grad():
-            traced = torch.jit.trace(prep.deploy, (prep.probe,), check_trace=False)  # checked below, on the file
+            # strict=False records dict / list outputs (timm's feature_cls='dict'): their keys do not depend
+            # on the input, and the file's outputs are checked against torch below
+            traced = torch.jit.trace(prep.deploy, (prep.probe,), check_trace=False, strict=False)
             torch.jit.save(traced, tmp)
             loaded = torch.jit.load(tmp, map_location="cpu")
             facts["convs"], facts["bns"] = _torchscript_op_counts(loaded)

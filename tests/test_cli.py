@@ -92,6 +92,48 @@ def test_export_torchscript_from_checkpoint(tmp_path, capsys):
 
 
 @needs_model
+def test_export_names_the_weights_it_wrote(tmp_path, capsys):
+    """The report says which weights the file holds, and an export of a freshly initialised model says
+    so on stderr (was: `repan export MODEL --out F`, the README's usage line, wrote random weights
+    without a word)."""
+    out = tmp_path / "a0.pt"
+    assert main(["export", MODEL, "--out", str(out), *SMALL, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["weights"] == {"source": "random init"}
+    assert "random" in captured.err and "--pretrained" in captured.err and "--checkpoint" in captured.err
+    model = randomize(timm.create_model(MODEL, num_classes=10), seed=9)
+    ckpt = save_checkpoint(repan_zoo.reparameterize(model), tmp_path / "a0-deploy.safetensors", architecture=MODEL)
+    assert main(["export", MODEL, "--out", str(out), "--checkpoint", str(ckpt), *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and f"weights {ckpt}" in captured.out
+
+
+@needs_model
+def test_torchscript_export_of_a_dict_output_model(tmp_path):
+    """A features_only model with dict outputs traces (non-strict tracer: its dict is of fixed keys)
+    and the file is checked like any other (was: the tracer's RuntimeError as a traceback)."""
+    from repan_zoo.export import export_torchscript
+
+    model = randomize(timm.create_model(MODEL, features_only=True, feature_cls="dict"), seed=2)
+    report = export_torchscript(model, tmp_path / "f.pt", input_size=(1, 28, 28))
+    assert report["max_rel_error_vs_source"] <= 1e-5
+
+
+@needs_model
+@pytest.mark.extras
+def test_onnx_export_refuses_an_opset_the_exporter_did_not_write(tmp_path):
+    """torch.export's ONNX exporter writes its own opset when it cannot convert to the one asked for:
+    refused, naming the legacy exporter, and no file (was: opset 18 written for --opset 13, exit 0)."""
+    from repan_zoo.errors import ExportError
+    from repan_zoo.export import export_onnx
+
+    out = tmp_path / "a0.onnx"
+    with pytest.raises(ExportError, match="(?s)opset 13.*dynamo=False"):
+        export_onnx(timm.create_model(MODEL, num_classes=10), out, input_size=(1, 28, 28), opset=13)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@needs_model
 def test_profile_json(capsys):
     rc = main(["profile", MODEL, *SMALL, "--repeats", "2", "--warmup", "1", "--json"])
     assert rc == 0

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 from ..cli_types import number, writable_file
 from ..errors import ExportError
-from .model_options import add_model_options, model_from_args
+from .model_options import add_model_options, model_from_args, weights_of
 
 NAME = "export"
 HELP = "fuse a copy, export (ONNX / TorchScript / INT8) and check the file against torch"
@@ -53,13 +54,16 @@ def run(args: argparse.Namespace) -> int:
 
     fmt = export_format(args.out, args.format, args.int8)
     model = model_from_args(args)
+    weights = weights_of(args, model)
     if fmt == "int8":
-        return _export_int8(model, args)
+        return _export_int8(model, args, weights)
     common = dict(input_size=args.input_size, batch_size=args.batch_size)
     if fmt == "onnx":
         report = export_onnx(model, args.out, opset=args.opset, dynamo=not args.legacy_onnx, **common)
     else:
         report = export_torchscript(model, args.out, **common)
+    report["weights"] = weights
+    _warn_if_random(weights, args.model)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {report['path']} ({report['format']}{opset}, probe {shape}, dynamic batch): "
             f"max relative error {report['max_rel_error']:.2g} vs the fused model, "
             f"{report['max_rel_error_vs_source']:.2g} vs {args.model} (tolerance {report['tolerance']:g}); "
-            f"{report['conv_nodes']} conv, {report['batchnorm_nodes']} BatchNorm nodes; sha256 {report['sha256']}"
+            f"{report['conv_nodes']} conv, {report['batchnorm_nodes']} BatchNorm nodes; weights {_said(weights)}; "
+            f"sha256 {report['sha256']}"
         )
     return 0
 
@@ -99,7 +104,23 @@ def export_format(out: str, fmt: Optional[str], int8: bool) -> str:
     return fmt or named or "onnx"
 
 
-def _export_int8(model, args: argparse.Namespace) -> int:
+def _warn_if_random(weights, model: str) -> None:
+    """Once the file is written (a refusal stays one line): a file of freshly initialised weights is said so."""
+    if weights["source"] == "random init":
+        print(f"repan export: warning: no --pretrained or --checkpoint, so the file holds {model}'s random initial "
+              "weights (fine for timing or a graph check, not for predictions)", file=sys.stderr, flush=True)
+
+
+def _said(weights) -> str:
+    """The weights of :func:`~repan_zoo.cli.model_options.weights_of` in a few words."""
+    if weights["source"] == "checkpoint":
+        return weights["path"]
+    if weights["source"] == "pretrained":
+        return f"{weights['pretrained'].get('name', 'pretrained')} (sha256 {weights['pretrained'].get('sha256', '?')[:12]}…)"
+    return weights["source"]
+
+
+def _export_int8(model, args: argparse.Namespace, weights) -> int:
     import torch.nn as nn
 
     from ..quantize import calibration_data, export_int8
@@ -112,6 +133,9 @@ def _export_int8(model, args: argparse.Namespace) -> int:
     report = export_int8(model, args.out, data["calibration"], probe=data["probe"], equalize=args.equalize,
                          fp32_modules=args.fp32_modules)
     report["data"] = data["split"]
+    report["weights"] = weights
+    _warn_if_random(weights, args.model)
+    _warn_if_random(weights, args.model)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -120,6 +144,7 @@ def _export_int8(model, args: argparse.Namespace) -> int:
             f"wrote {report['path']} (INT8 torch.export program, dynamic batch): top-1 agreement with fp32 "
             f"{c['top1_agreement']:.3f}, relative error {c['rel_error']:.3f} on {c['probe_images']} held-out images; "
             f"calibrated on {c['calibration_images']} training images; {len(c['folded'])} layer(s) with constant "
-            f"channels folded, {len(c['equalized'])} activation(s) equalized; sha256 {report['sha256']}"
+            f"channels folded, {len(c['equalized'])} activation(s) equalized; weights {_said(weights)}; "
+            f"sha256 {report['sha256']}"
         )
     return 0

@@ -121,3 +121,15 @@ def model_from_args(args: argparse.Namespace):
         args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, input_size=args.input_size,
         num_classes=args.num_classes, model_args=args.model_arg, model_kwargs=args.model_kwargs,
     )
+
+
+def weights_of(args: argparse.Namespace, model) -> Dict[str, Any]:
+    """Which weights the model :func:`model_from_args` built holds, for a report: ``{"source":
+    "checkpoint", "path": ...}``, ``{"source": "pretrained", "pretrained": <model.repan_weights: name,
+    file, sha256 …>}``, or ``{"source": "random init"}``."""
+    if args.checkpoint:
+        return {"source": "checkpoint", "path": str(args.checkpoint)}
+    if args.pretrained:
+        return {"source": "pretrained", "pretrained": dict(getattr(model, "repan_weights", None) or {})}
+    return {"source": "random init"}
+
