@@ -119,11 +119,18 @@ def _checked_conversion(
                 "weights), or verify=False. The model was left unchanged") from exc
         if not all(bool(torch.isfinite(t).all()) for t in ref[0] if t.is_floating_point()):
             bad = non_finite_state(model)
+            _, dtype = weights_device_dtype(model)
+            if bad or dtype not in (torch.float16, torch.bfloat16):
+                cause = ((f" (NaN/inf in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''})" if bad else "")
+                         + ". Its weights or BN statistics are broken (a diverged training run?), not the fusion; "
+                         "load the last good checkpoint")
+            else:  # finite weights and statistics: the activations leave the low-precision range
+                cause = (f", while its weights and BN statistics are finite: its activations overflow in "
+                         f"{str(dtype).replace('torch.', '')}. Fuse in float32 (model.float()), then cast the fused "
+                         "model, or run it in float32")
             raise ReparameterizationError(
-                f"{call} cannot check its conversion: the model's own output on the probe is NaN/inf"
-                + (f" (NaN/inf in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''})" if bad else "")
-                + ". Its weights or BN statistics are broken (a diverged training run?), not the fusion; "
-                "load the last good checkpoint. The model was left unchanged",
+                f"{call} cannot check its conversion: the model's own output on the probe is NaN/inf{cause}. "
+                "The model was left unchanged",
                 model_rel_error=float("nan"), tolerance=tol)
         convert(work)
         new = capture(work, probe, names, block_inputs=block_inputs)  # each block on its reference input

@@ -20,6 +20,7 @@ from repan_zoo.algebra import KernelBias
 from repan_zoo.blocks import RepBlock
 from repan_zoo.blocks.branches import ConvKx1
 from repan_zoo.convert import revert_sync_batchnorm
+from repan_zoo.verify import non_finite_state
 from repan_zoo.errors import (
     CalibrationError, LambdaRangeError, NoRepBlocksError, ReparameterizationError, UncalibratedBNWarning, UnfusableBranchError,
 )
@@ -192,6 +193,21 @@ def test_a_model_with_non_finite_state_is_named_not_blamed_on_the_fusion(tiny_ne
     assert f"{name}.running_mean" in str(info.value) and "last good checkpoint" in str(info.value)
     after = snapshot(net)
     assert after.keys() == before.keys() and all(torch.equal(before[k].nan_to_num(), after[k].nan_to_num()) for k in before)
+
+
+def test_a_float16_overflow_of_a_finite_model_is_named_as_such(tiny_net, tiny_input):
+    """A model whose weights and statistics are finite but whose activations overflow in float16 is
+    told to fuse in float32 (was: 'its weights or BN statistics are broken (a diverged training run?)
+    ... load the last good checkpoint')."""
+    net = copy.deepcopy(tiny_net).half()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(300.0)  # finite fp16 weights, activations past fp16's 65504
+    assert non_finite_state(net) == []
+    with pytest.raises(ReparameterizationError, match=r"(?s)float16.*model\.float\(\)") as info:
+        rz.reparameterize(net, example_input=tiny_input.half())
+    assert "diverged" not in str(info.value) and "last good checkpoint" not in str(info.value)
 
 
 @pytest.mark.parametrize("inplace", [False, True])
