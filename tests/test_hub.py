@@ -488,3 +488,28 @@ def test_a_model_without_zoo_weights_names_timms_imagenet_weights_and_that_route
     with torch.no_grad():
         assert rel_err(src(x), model(x)) <= 1e-5
     assert model.repan_weights["hf_hub_id"] == hub_id
+
+
+def test_a_repo_named_without_a_revision_loads_its_main_as_timm_does(hub, published, tmp_path):
+    """The caller's ``hf_hub_id="ORG/REPO"`` (``pretrained_cfg_overlay``, or the cfg timm builds for
+    ``hf-hub:ORG/REPO``) without ``@revision`` names the repo's ``main``, as in timm and huggingface_hub,
+    also when the manifest pins an older commit of that repo under the cfg's tag (was: the pinned
+    commit's weights, while config.json came from main). The pinned commit, named, is verified by its
+    manifest entry; the zoo's tag alone keeps loading it."""
+    from repan_zoo.hub.download import fetch
+    from repan_zoo.hub.resolve import resolve_source
+
+    entry, deploy = published
+    checkpoint, _, newer = make_deploy_run(tmp_path / "newer", seed=9)
+    hub.commit(REPO, {FILE: checkpoint.read_bytes()}, summary="newer weights on main")
+    head = hub.head(REPO)
+    cfg = {"architecture": MODEL, "tag": "fmnist"}
+    on_main = resolve_source(cfg, {"hf_hub_id": REPO})
+    assert on_main.entry is None and on_main.revision is None  # main, verified by the Hub's metadata
+    assert fetch(on_main).revision == head
+    pinned = resolve_source(cfg, {"hf_hub_id": f"{REPO}@{entry.revision}"})
+    assert pinned.entry == entry and fetch(pinned).revision == entry.revision
+    assert resolve_source(cfg).entry == entry
+    via_timm = timm.create_model(f"hf-hub:{REPO}", pretrained=True, deploy=True).eval()
+    assert torch.equal(via_timm(X), newer(X)) and via_timm.repan_weights["revision"] == head
+    assert torch.equal(create(deploy=True)(X), deploy(X))  # the zoo's tag: its pinned, verified commit

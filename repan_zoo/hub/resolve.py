@@ -4,7 +4,8 @@ Order of resolution (:func:`resolve_source`):
 
 0. What the user named (``pretrained_cfg_overlay=dict(file=...)`` / ``url=`` / ``hf_hub_id=``, or the
    same keys in a ``pretrained_cfg`` dict, timm's documented way to load other weights): that file,
-   URL or Hub repo, never a manifest entry instead (a ``hf_hub_id`` pinned like a manifest entry is
+   URL or Hub repo, never a manifest entry instead (a ``hf_hub_id`` without ``@revision`` is the repo's
+   ``main``, as in timm and huggingface_hub; one naming a manifest entry's repo and pinned commit is
    verified by that entry). Local files and URLs are the user's: nothing to verify them against. ``source == 'hf-hub'`` (``timm.create_model('hf-hub:org/name[@rev]')``): that repo and revision.
    The file's size and hash then come from the Hub's own metadata (LFS sha256, or the git blob
    id of a non-LFS file); when a manifest entry pins the same repo, file and commit, its sha256
@@ -160,9 +161,10 @@ def resolve_source(cfg: Mapping[str, Any], user: Optional[Mapping[str, str]] = N
         url = user["url"]
         return WeightSource(model, tag, "url", url.rstrip("/").rsplit("/", 1)[-1] or DEFAULT_FILENAME, url=url,
                             user=True)
-    if user.get("hf_hub_id"):
+    if user.get("hf_hub_id"):  # as timm and huggingface_hub: no '@revision' is the repo's main
         pinned = manifest.find_entry(model, tag) if tag else None
-        if pinned is not None and pinned.source == "hub" and not _overridden(pinned, user["hf_hub_id"]):
+        if pinned is not None and pinned.source == "hub" and split_hf_hub_id(user["hf_hub_id"]) == (
+                pinned.hf_hub_id, pinned.revision):  # the pinned commit itself: verified by its manifest entry
             return from_entry(pinned)
         return _hub_source(model, tag, user["hf_hub_id"], filename)
     if cfg.get("source") == "hf-hub" and cfg.get("hf_hub_id"):
