@@ -383,6 +383,7 @@ def test_cli_export_int8(tmp_path, capsys):
     text = captured.out
     assert rc == 0 and out.is_file(), text + captured.err
     assert "64 held-out images" in text and "calibrated on 64 training images" in text
+    assert captured.err.count("warning: no --pretrained or --checkpoint") == 1 and "weights random init" in text
     assert q.load_int8(out)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 

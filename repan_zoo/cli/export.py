@@ -135,7 +135,6 @@ def _export_int8(model, args: argparse.Namespace, weights) -> int:
     report["data"] = data["split"]
     report["weights"] = weights
     _warn_if_random(weights, args.model)
-    _warn_if_random(weights, args.model)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
